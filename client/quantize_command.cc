@@ -1,0 +1,263 @@
+#include "client/quantize_command.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "core/engine.h"
+#include "core/file_util.h"
+
+namespace sq::cli {
+namespace {
+
+// Splits "--name=value" / "--name value"; returns false when a value is missing.
+bool TakeValue(const std::vector<std::string>& args, size_t* i, const std::string& inline_value,
+               bool has_inline, std::string* value) {
+  if (has_inline) {
+    *value = inline_value;
+    return true;
+  }
+  if (*i + 1 >= args.size()) return false;
+  *value = args[++*i];
+  return true;
+}
+
+absl::Status ParseInt(const std::string& flag, const std::string& text, int64_t lo, int64_t hi,
+                      int64_t* out) {
+  if (!absl::SimpleAtoi(text, out) || *out < lo || *out > hi) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " wants an integer in [", lo, ", ", hi, "], got '", text, "'"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string QuantizeUsage() {
+  return R"(usage: sqctl quantize MODEL.onnx -o OUT.onnx [options]
+
+Splits each linear/conv layer into three by 1-D k-means (SplitQuant) and quantizes the
+weights, locally. Prints a summary; --report writes the full per-layer JSON report.
+
+  -o, --output FILE          output model (required); external data goes to FILE.data
+  --bits N                   weight bits, 2..8 (default 4)
+  --granularity G            tensor | channel | block (default channel)
+  --block-size N             block length along the reduction axis (default 32)
+  --symmetric                symmetric signed codes (default: asymmetric, integer zero point)
+  --split on|off             SplitQuant on (default) or plain linear quantization
+  --form F                   branches (3 ops + Adds, default) | folded (weights added, 1 op)
+  --format F                 qdq (int codes + DequantizeLinear, default) | fake (FP32
+                             dequantized weights) | split (FP32, split only)
+  --cluster-scope S          auto (tensor for MatMul/Gemm, channel for Conv) | tensor | channel
+  --exclude REGEX            skip layers whose node name matches (repeatable)
+  --exclude-op OP            skip an op type, e.g. Conv (repeatable)
+  --min-elements N           skip weights with fewer elements (default 64)
+  --target-opset N           output opset for qdq (default: the lowest that works)
+  --threads N                worker threads (default: all cores); output is identical for any N
+  --external-data            always write weights to an external data file
+  --report FILE              write the JSON report
+  --json                     print the JSON report instead of the summary
+  --quiet                    print nothing on success
+
+Exit codes: 0 success, 1 the model could not be quantized, 2 bad command line.
+)";
+}
+
+absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& args) {
+  QuantizeArgs out;
+  QuantizeOptions& o = out.options;
+  std::vector<std::string> positional;
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") {
+      for (++i; i < args.size(); ++i) positional.push_back(args[i]);
+      break;
+    }
+    if (a.size() < 2 || a[0] != '-') {
+      positional.push_back(a);
+      continue;
+    }
+    std::string name = a, inline_value;
+    bool has_inline = false;
+    size_t eq = a.find('=');
+    if (eq != std::string::npos) {
+      name = a.substr(0, eq);
+      inline_value = a.substr(eq + 1);
+      has_inline = true;
+    }
+    std::string flag = name.substr(name[1] == '-' ? 2 : 1);
+    for (char& c : flag) c = c == '_' ? '-' : c;
+    auto value = [&]() -> absl::StatusOr<std::string> {
+      std::string v;
+      if (!TakeValue(args, &i, inline_value, has_inline, &v)) {
+        return absl::InvalidArgumentError(absl::StrCat("--", flag, " needs a value"));
+      }
+      return v;
+    };
+    auto boolean = [&](bool* target) -> absl::Status {
+      if (!has_inline) {
+        *target = true;
+      } else if (inline_value == "true" || inline_value == "1") {
+        *target = true;
+      } else if (inline_value == "false" || inline_value == "0") {
+        *target = false;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--", flag, " takes no value"));
+      }
+      return absl::OkStatus();
+    };
+    absl::Status s;
+    int64_t n = 0;
+    if (flag == "h" || flag == "help") {
+      out.help = true;
+    } else if (flag == "o" || flag == "output") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      out.output = *v;
+    } else if (flag == "report") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      out.report_path = *v;
+    } else if (flag == "bits") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      s = ParseInt(flag, *v, 2, 8, &n);
+      o.bits = static_cast<int>(n);
+    } else if (flag == "granularity") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto g = ParseGranularity(*v);
+      if (!g.ok()) return g.status();
+      o.granularity = *g;
+    } else if (flag == "block-size") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      s = ParseInt(flag, *v, 2, 1 << 16, &n);
+      o.block_size = static_cast<int>(n);
+    } else if (flag == "symmetric") {
+      s = boolean(&o.symmetric);
+    } else if (flag == "split") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v == "on" || *v == "true") {
+        o.split = true;
+      } else if (*v == "off" || *v == "false") {
+        o.split = false;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--split wants on or off, got '", *v, "'"));
+      }
+    } else if (flag == "form") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto f = ParseSplitForm(*v);
+      if (!f.ok()) return f.status();
+      o.form = *f;
+    } else if (flag == "format") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto f = ParseOutputFormat(*v);
+      if (!f.ok()) return f.status();
+      o.format = *f;
+    } else if (flag == "cluster-scope") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto c = ParseClusterScope(*v);
+      if (!c.ok()) return c.status();
+      o.cluster_scope = *c;
+    } else if (flag == "exclude") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      o.exclude_name_patterns.push_back(*v);
+    } else if (flag == "exclude-op") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      o.exclude_op_types.push_back(*v);
+    } else if (flag == "min-elements") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      s = ParseInt(flag, *v, 0, int64_t{1} << 40, &n);
+      o.min_weight_elements = n;
+    } else if (flag == "target-opset") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      s = ParseInt(flag, *v, 0, 1000, &n);
+      o.target_opset = static_cast<int>(n);
+    } else if (flag == "threads") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      s = ParseInt(flag, *v, 0, 1024, &n);
+      o.threads = static_cast<int>(n);
+    } else if (flag == "external-data") {
+      s = boolean(&o.external_data);
+    } else if (flag == "json") {
+      s = boolean(&out.json);
+    } else if (flag == "quiet" || flag == "q") {
+      s = boolean(&out.quiet);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", name, "' (see sqctl quantize --help)"));
+    }
+    if (!s.ok()) return s;
+  }
+  if (out.help) return out;
+  if (positional.size() != 1) {
+    return absl::InvalidArgumentError(positional.empty() ? "no input model given"
+                                                         : "more than one input model given");
+  }
+  out.input = positional[0];
+  if (out.output.empty()) return absl::InvalidArgumentError("no output given (-o OUT.onnx)");
+  absl::Status valid = ValidateOptions(o);
+  if (!valid.ok()) return valid;
+  return out;
+}
+
+int RunQuantize(const std::vector<std::string>& args) {
+  auto parsed = ParseQuantizeArgs(args);
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "sqctl quantize: %s\n", std::string(parsed.status().message()).c_str());
+    return kExitUsage;
+  }
+  if (parsed->help) {
+    std::fputs(QuantizeUsage().c_str(), stdout);
+    return kExitOk;
+  }
+  const bool tty = isatty(STDERR_FILENO) && !parsed->quiet && !parsed->json;
+  RunHooks hooks;
+  if (tty) {
+    hooks.on_progress = [](const Progress& p) {
+      if (p.stage == "transform" && p.layer_count > 0) {
+        std::fprintf(stderr, "\r  %-9s %d/%d layers", p.stage.c_str(), p.layer_index, p.layer_count);
+      } else {
+        std::fprintf(stderr, "\r  %-9s                    ", p.stage.c_str());
+      }
+      if (p.stage == "done") std::fputs("\r\033[K", stderr);
+      std::fflush(stderr);
+    };
+  }
+  auto report = QuantizeModelFile(parsed->input, parsed->output, parsed->options, hooks);
+  if (tty) std::fputs("\r\033[K", stderr);
+  if (!report.ok()) {
+    std::fprintf(stderr, "sqctl quantize: %s: %s\n",
+                 absl::StatusCodeToString(report.status().code()).c_str(),
+                 std::string(report.status().message()).c_str());
+    return kExitFailed;
+  }
+  if (!parsed->report_path.empty()) {
+    absl::Status s = WriteFileAtomically(parsed->report_path, ReportToJson(*report));
+    if (!s.ok()) {
+      std::fprintf(stderr, "sqctl quantize: cannot write the report: %s\n", std::string(s.message()).c_str());
+      return kExitFailed;
+    }
+  }
+  if (parsed->json) {
+    std::fputs(ReportToJson(*report).c_str(), stdout);
+  } else if (!parsed->quiet) {
+    std::fputs(ReportSummary(*report).c_str(), stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace sq::cli

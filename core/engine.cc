@@ -1,0 +1,632 @@
+#include "core/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <thread>
+
+#include "absl/cleanup/cleanup.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/file_util.h"
+#include "core/layers.h"
+#include "core/model_io.h"
+#include "core/opset_convert.h"
+#include "core/quantizer.h"
+#include "core/rewrite.h"
+#include "core/status_macros.h"
+#include "core/weight_transform.h"
+
+namespace sq {
+namespace {
+
+// Above this many bytes of tensor data the output uses an external data file: protobuf
+// cannot serialise a message of 2 GB or more, and the rest of the proto needs room.
+constexpr int64_t kInlineLimitBytes = (int64_t{2} << 30) - (int64_t{128} << 20);
+// In external mode, tensors at least this large go to the data file.
+constexpr int64_t kExternalMinBytes = 1024;
+
+double Seconds(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - since).count();
+}
+
+class StageClock {
+ public:
+  explicit StageClock(ModelReport* report) : report_(report), start_(std::chrono::steady_clock::now()) {}
+  void Mark(const std::string& stage) {
+    auto now = std::chrono::steady_clock::now();
+    report_->stages.push_back({stage, std::chrono::duration<double>(now - start_).count()});
+    start_ = now;
+  }
+
+ private:
+  ModelReport* report_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+// True when the values along some clustering unit have at least 3 distinct values.
+bool AnyUnitHasThreeDistinct(const float* data, const std::vector<int64_t>& shape, int channel_axis,
+                             bool per_channel) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  auto three = [](auto&& at, int64_t count) {
+    if (count < 3) return false;
+    float a = at(0);
+    int64_t i = 1;
+    while (i < count && at(i) == a) ++i;
+    if (i == count) return false;
+    float b = at(i);
+    for (; i < count; ++i) {
+      float v = at(i);
+      if (v != a && v != b) return true;
+    }
+    return false;
+  };
+  if (!per_channel) return three([&](int64_t i) { return data[i]; }, n);
+  int64_t channels = shape[channel_axis], inner = 1, outer = 1;
+  for (size_t a = channel_axis + 1; a < shape.size(); ++a) inner *= shape[a];
+  for (int a = 0; a < channel_axis; ++a) outer *= shape[a];
+  for (int64_t c = 0; c < channels; ++c) {
+    auto at = [&](int64_t i) {
+      int64_t o = i / inner, r = i % inner;
+      return data[(o * channels + c) * inner + r];
+    };
+    if (three(at, outer * inner)) return true;
+  }
+  return false;
+}
+
+int64_t NumElementsOf(const std::vector<int64_t>& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
+// Where a tensor's bytes go in the output.
+struct TensorSlot {
+  onnx::TensorProto* tensor = nullptr;
+  int64_t offset = -1;  // in the external data file; -1 = inline raw_data
+  int64_t size = 0;
+};
+
+struct CopyJob {  // an existing tensor's bytes that move to the output's data file
+  const onnx::TensorProto* source = nullptr;
+  ExternalLocation from;  // when the source is external
+  std::string inline_bytes;
+  int64_t offset = 0, size = 0;
+};
+
+void SetExternal(onnx::TensorProto* t, const std::string& location, int64_t offset, int64_t size) {
+  t->clear_raw_data();
+  t->clear_float_data();
+  t->clear_int32_data();
+  t->clear_int64_data();
+  t->clear_double_data();
+  t->clear_uint64_data();
+  t->clear_external_data();
+  t->set_data_location(onnx::TensorProto::EXTERNAL);
+  auto add = [&](const char* k, const std::string& v) {
+    auto* e = t->add_external_data();
+    e->set_key(k);
+    e->set_value(v);
+  };
+  add("location", location);
+  add("offset", std::to_string(offset));
+  add("length", std::to_string(size));
+}
+
+// Raw little-endian bytes of an inline tensor, whichever field holds them.
+std::string InlineBytes(const onnx::TensorProto& t) {
+  if (t.has_raw_data()) return t.raw_data();
+  auto dump = [](const auto& field, size_t elem, auto convert) {
+    std::string out(field.size() * elem, '\0');
+    for (int i = 0; i < field.size(); ++i) {
+      auto v = convert(field.Get(i));
+      std::memcpy(&out[i * elem], &v, elem);
+    }
+    return out;
+  };
+  switch (t.data_type()) {
+    case onnx::TensorProto::FLOAT:
+      return dump(t.float_data(), 4, [](float v) { return v; });
+    case onnx::TensorProto::DOUBLE:
+      return dump(t.double_data(), 8, [](double v) { return v; });
+    case onnx::TensorProto::INT64:
+      return dump(t.int64_data(), 8, [](int64_t v) { return v; });
+    case onnx::TensorProto::UINT64:
+    case onnx::TensorProto::UINT32:
+      return dump(t.uint64_data(), t.data_type() == onnx::TensorProto::UINT64 ? 8 : 4,
+                  [](uint64_t v) { return v; });
+    case onnx::TensorProto::INT32:
+      return dump(t.int32_data(), 4, [](int32_t v) { return v; });
+    case onnx::TensorProto::INT16:
+    case onnx::TensorProto::UINT16:
+    case onnx::TensorProto::FLOAT16:
+    case onnx::TensorProto::BFLOAT16:
+      return dump(t.int32_data(), 2, [](int32_t v) { return static_cast<uint16_t>(v); });
+    case onnx::TensorProto::INT8:
+    case onnx::TensorProto::UINT8:
+    case onnx::TensorProto::BOOL:
+      return dump(t.int32_data(), 1, [](int32_t v) { return static_cast<uint8_t>(v); });
+    default:
+      return "";
+  }
+}
+
+void CollectInitializers(onnx::GraphProto* g, std::vector<onnx::TensorProto*>* out) {
+  for (auto& t : *g->mutable_initializer()) out->push_back(&t);
+  for (auto& n : *g->mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_g()) CollectInitializers(a.mutable_g(), out);
+      for (auto& sg : *a.mutable_graphs()) CollectInitializers(&sg, out);
+    }
+  }
+}
+
+std::string Plural(size_t n, const char* word) { return absl::StrCat(n, " ", word, n == 1 ? "" : "s"); }
+
+}  // namespace
+
+const char* Version() { return SQ_VERSION; }
+
+absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
+                                              const std::string& output_path,
+                                              const QuantizeOptions& options,
+                                              const RunHooks& hooks) {
+  const auto run_start = std::chrono::steady_clock::now();
+  ModelReport report;
+  report.tool_version = Version();
+  report.input_path = input_path;
+  report.output_path = output_path;
+  report.options = options;
+  SQ_RETURN_IF_ERROR(ValidateOptions(options));
+  if (output_path.empty()) return absl::InvalidArgumentError("no output path given");
+  if (output_path == input_path) {
+    return absl::InvalidArgumentError("the output path is the input path; refusing to overwrite the input");
+  }
+  auto progress = [&](const std::string& stage, int i = 0, int n = 0, const std::string& name = "") {
+    if (hooks.on_progress) hooks.on_progress(Progress{stage, i, n, name});
+  };
+  auto cancelled = [&] { return hooks.is_cancelled && hooks.is_cancelled(); };
+  const absl::Status kCancelled = absl::CancelledError("cancelled by request");
+  StageClock clock(&report);
+
+  // --- load ---------------------------------------------------------------------------
+  progress("load");
+  SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
+  onnx::ModelProto& proto = model->proto();
+  report.input_bytes = model->model_file_bytes() + model->external_bytes();
+  report.input_opset = DefaultDomainOpset(proto);
+  clock.Mark("load");
+  if (cancelled()) return kCancelled;
+
+  // --- opset conversion (qdq only) ------------------------------------------------------
+  StoragePlan storage;
+  if (options.format == OutputFormat::kQdq) {
+    SQ_ASSIGN_OR_RETURN(storage, ChooseStorage(options, report.input_opset));
+    if (!storage.note.empty()) report.warnings.push_back(storage.note);
+    if (storage.opset > report.input_opset) {
+      progress("convert");
+      absl::Status s = ConvertOpset(&proto, storage.opset);
+      if (!s.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "cannot bring the model from opset ", report.input_opset, " to opset ", storage.opset,
+            " needed by format qdq: ", s.message(),
+            ". Use --format fake or --format split, which keep the model's opset"));
+      }
+    }
+    if (proto.ir_version() < storage.ir_version) proto.set_ir_version(storage.ir_version);
+    clock.Mark("convert");
+  }
+  report.output_opset = DefaultDomainOpset(proto);
+
+  // --- discovery ----------------------------------------------------------------------
+  progress("discover");
+  SQ_ASSIGN_OR_RETURN(std::vector<WeightGroup> groups, DiscoverLayers(&proto, options));
+  report.layers_found = static_cast<int>(groups.size());
+  std::vector<GroupPlan> plans;
+  for (auto& g : groups) {
+    if (!g.selected) continue;
+    GroupPlan p;
+    p.group = &g;
+    plans.push_back(p);
+  }
+  if (plans.empty()) {
+    std::string why = groups.empty()
+                          ? "the model has no MatMul/Gemm/Conv/ConvTranspose with a constant weight"
+                          : absl::StrCat(Plural(groups.size(), "candidate layer"),
+                                         " found, all skipped (first: ", groups[0].skip_reason, ")");
+    return absl::InvalidArgumentError(absl::StrCat("no quantizable layer: ", why));
+  }
+
+  // Split feasibility needs a peek at the values (3 distinct values in some unit).
+  GraphEditor editor(&proto);
+  auto bias_reader = [&](const onnx::TensorProto& t) -> absl::StatusOr<std::vector<float>> {
+    SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(*model, t));
+    std::vector<float> v(f.data, f.data + f.size);
+    f.ReleasePages();
+    return v;
+  };
+  for (GroupPlan& p : plans) {
+    WeightGroup& g = *p.group;
+    if (!options.split) {
+      p.split = false;
+    } else if (g.shape[g.channel_axis] < 3) {
+      p.not_split_reason = "fewer than 3 output channels";
+    } else {
+      SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(*model, *g.weight.tensor));
+      p.split = AnyUnitHasThreeDistinct(w.data, g.shape, g.channel_axis, g.cluster_per_channel);
+      if (!p.split) p.not_split_reason = "fewer than 3 distinct values";
+      w.ReleasePages();
+    }
+    SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, options, storage, bias_reader));
+  }
+  SQ_RETURN_IF_ERROR(editor.ApplyGraphEdits());
+  clock.Mark("discover");
+  if (cancelled()) return kCancelled;
+
+  // --- layout -------------------------------------------------------------------------
+  std::map<const onnx::TensorProto*, TensorSlot> slots;
+  for (GroupPlan& p : plans) {
+    for (int b = 0; b < 3; ++b) {
+      if (p.data[b]) slots[p.data[b]] = {p.data[b], -1, p.data_bytes_per_tensor};
+      int64_t params = NumElementsOf(p.param_shape);
+      if (p.scale[b]) slots[p.scale[b]] = {p.scale[b], -1, params * 4};
+      if (p.zero_point[b]) {
+        slots[p.zero_point[b]] = {p.zero_point[b], -1, PackedBytes(params, p.config.storage_bits)};
+      }
+    }
+  }
+  std::vector<onnx::TensorProto*> all;
+  CollectInitializers(proto.mutable_graph(), &all);
+  int64_t total = 0;
+  for (onnx::TensorProto* t : all) {
+    auto it = slots.find(t);
+    total += it != slots.end() ? it->second.size : TensorDataBytes(*t);
+  }
+  const bool external = options.external_data || total > kInlineLimitBytes;
+  const std::string data_name = BaseName(output_path) + ".data";
+  const std::string data_path = absl::StrCat(DirName(output_path), "/", data_name);
+  std::unique_ptr<AtomicFile> data_file;
+  std::vector<CopyJob> copies;
+  if (external) {
+    SQ_ASSIGN_OR_RETURN(data_file, AtomicFile::Create(data_path));
+    int64_t offset = 0;
+    for (onnx::TensorProto* t : all) {
+      auto it = slots.find(t);
+      int64_t size = it != slots.end() ? it->second.size : TensorDataBytes(*t);
+      if (size < kExternalMinBytes && it == slots.end()) {
+        // Small existing tensors stay inline; pull them in if they were external.
+        if (IsExternal(*t)) {
+          SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model->ExternalLocationOf(*t));
+          SQ_ASSIGN_OR_RETURN(const MappedFile* map, model->Map(loc.path));
+          std::string bytes(reinterpret_cast<const char*>(map->data() + loc.offset), loc.length);
+          t->clear_external_data();
+          t->set_data_location(onnx::TensorProto::DEFAULT);
+          t->set_raw_data(std::move(bytes));
+        }
+        continue;
+      }
+      const int64_t align = size >= (64 << 10) ? 4096 : 64;
+      offset = (offset + align - 1) / align * align;
+      if (it != slots.end()) {
+        it->second.offset = offset;
+      } else {
+        CopyJob job;
+        job.source = t;
+        job.offset = offset;
+        job.size = size;
+        if (IsExternal(*t)) {
+          SQ_ASSIGN_OR_RETURN(job.from, model->ExternalLocationOf(*t));
+        } else {
+          job.inline_bytes = InlineBytes(*t);
+          job.size = static_cast<int64_t>(job.inline_bytes.size());
+        }
+        copies.push_back(std::move(job));
+      }
+      SetExternal(t, data_name, offset, size);
+      offset += size;
+    }
+    SQ_RETURN_IF_ERROR(data_file->Truncate(offset));
+  } else {
+    for (onnx::TensorProto* t : all) {
+      auto it = slots.find(t);
+      if (it != slots.end()) {
+        t->mutable_raw_data()->assign(static_cast<size_t>(it->second.size), '\0');
+      } else if (IsExternal(*t)) {
+        SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model->ExternalLocationOf(*t));
+        SQ_ASSIGN_OR_RETURN(const MappedFile* map, model->Map(loc.path));
+        std::string bytes(reinterpret_cast<const char*>(map->data() + loc.offset), loc.length);
+        map->Release(loc.offset, loc.length);
+        t->clear_external_data();
+        t->set_data_location(onnx::TensorProto::DEFAULT);
+        t->set_raw_data(std::move(bytes));
+      }
+    }
+  }
+  clock.Mark("layout");
+
+  // --- transform, in parallel -----------------------------------------------------------
+  // Tasks: one per weight group (largest first, so the big ones do not trail) plus the
+  // copies of untouched tensors. Every byte has a precomputed place, so the output does
+  // not depend on which thread runs what.
+  struct Task {
+    int plan = -1, copy = -1;
+    int64_t cost = 0;
+  };
+  std::vector<Task> tasks;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    tasks.push_back({static_cast<int>(i), -1, NumElementsOf(plans[i].group->shape) * 4});
+  }
+  for (size_t i = 0; i < copies.size(); ++i) tasks.push_back({-1, static_cast<int>(i), copies[i].size / 8});
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+
+  std::vector<TransformResult> results(plans.size());
+  std::vector<absl::Status> plan_status(plans.size());
+  std::vector<absl::Status> copy_status(copies.size());
+  std::atomic<size_t> next{0};
+  std::atomic<bool> stop{false};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<int> finished;  // plan indices, in completion order
+  size_t done_tasks = 0;
+
+  auto write_bytes = [&](onnx::TensorProto* t, int64_t offset, const void* data, size_t size) -> absl::Status {
+    const TensorSlot& slot = slots.at(t);
+    if (offset < 0 || offset + static_cast<int64_t>(size) > slot.size) {
+      return absl::InternalError(absl::StrCat("write past the end of tensor '", t->name(), "'"));
+    }
+    if (slot.offset < 0) {
+      std::memcpy(&(*t->mutable_raw_data())[offset], data, size);
+      return absl::OkStatus();
+    }
+    return data_file->WriteAt(slot.offset + offset, data, size);
+  };
+
+  auto run_plan = [&](int i) -> absl::Status {
+    GroupPlan& p = plans[i];
+    SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(*model, *p.group->weight.tensor));
+    WeightView view;
+    view.data = w.data;
+    view.shape = p.group->shape;
+    view.channel_axis = p.group->channel_axis;
+    view.reduction_axis = p.group->reduction_axis;
+    absl::Status sink_status;
+    auto sink = [&](int branch, int64_t offset, const uint8_t* data, size_t size) {
+      if (!sink_status.ok()) return;
+      if (branch < 0 || branch > 2 || p.data[branch] == nullptr) {
+        sink_status = absl::InternalError(absl::StrCat("transform emitted unexpected branch ", branch));
+        return;
+      }
+      sink_status = write_bytes(p.data[branch], offset, data, size);
+    };
+    auto result = TransformWeight(view, p.config, sink);
+    w.ReleasePages();
+    if (!result.ok()) {
+      return absl::Status(result.status().code(),
+                          absl::StrCat("layer weight '", p.group->weight_name, "': ", result.status().message()));
+    }
+    SQ_RETURN_IF_ERROR(sink_status);
+    int expected = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
+    if (result->num_branches != p.num_branches) {
+      return absl::InternalError(absl::StrCat("weight '", p.group->weight_name, "': planned ",
+                                              p.num_branches, " branches, transform made ",
+                                              result->num_branches));
+    }
+    if (p.scale[0] != nullptr) {
+      for (int b = 0; b < expected; ++b) {
+        const BranchParams& bp = result->params[b];
+        int64_t count = NumElementsOf(p.param_shape);
+        if (static_cast<int64_t>(bp.scales.size()) != count ||
+            static_cast<int64_t>(bp.zero_points.size()) != count) {
+          return absl::InternalError(absl::StrCat("weight '", p.group->weight_name,
+                                                  "': parameter count mismatch"));
+        }
+        SQ_RETURN_IF_ERROR(write_bytes(p.scale[b], 0, bp.scales.data(), bp.scales.size() * 4));
+        std::string zp(static_cast<size_t>(PackedBytes(count, p.config.storage_bits)), '\0');
+        PackCodes(bp.zero_points, p.config.storage_bits, reinterpret_cast<uint8_t*>(&zp[0]));
+        SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[b], 0, zp.data(), zp.size()));
+      }
+    }
+    results[i] = *std::move(result);
+    return absl::OkStatus();
+  };
+
+  auto run_copy = [&](int i) -> absl::Status {
+    CopyJob& c = copies[i];
+    if (!c.inline_bytes.empty()) return data_file->WriteAt(c.offset, c.inline_bytes.data(), c.inline_bytes.size());
+    SQ_ASSIGN_OR_RETURN(const MappedFile* map, model->Map(c.from.path));
+    // Stream through the mapping in pieces, handing pages back as we go.
+    constexpr int64_t kPiece = 16 << 20;
+    for (int64_t done = 0; done < c.size; done += kPiece) {
+      int64_t n = std::min(kPiece, c.size - done);
+      SQ_RETURN_IF_ERROR(data_file->WriteAt(c.offset + done, map->data() + c.from.offset + done, n));
+      map->Release(c.from.offset + done, n);
+    }
+    return absl::OkStatus();
+  };
+
+  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
+  auto worker = [&] {
+    while (!stop.load()) {
+      size_t k = next.fetch_add(1);
+      if (k >= tasks.size()) break;
+      const Task& t = tasks[k];
+      absl::Status s = t.plan >= 0 ? run_plan(t.plan) : run_copy(t.copy);
+      std::lock_guard<std::mutex> lock(mu);
+      if (t.plan >= 0) {
+        plan_status[t.plan] = s;
+        finished.push_back(t.plan);
+      } else {
+        copy_status[t.copy] = s;
+      }
+      if (!s.ok()) stop = true;
+      ++done_tasks;
+      cv.notify_all();
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    cv.notify_all();
+  };
+  progress("transform", 0, static_cast<int>(plans.size()));
+  std::vector<std::thread> pool;
+  for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
+  {
+    size_t reported = 0;
+    std::unique_lock<std::mutex> lock(mu);
+    while (true) {
+      cv.wait_for(lock, std::chrono::milliseconds(100));
+      while (reported < finished.size()) {
+        int i = finished[reported++];
+        std::string name = plans[i].group->uses[0].display_name;
+        lock.unlock();
+        progress("transform", static_cast<int>(reported), static_cast<int>(plans.size()), name);
+        lock.lock();
+      }
+      if (done_tasks == tasks.size() || stop) break;
+      lock.unlock();
+      bool c = cancelled();
+      lock.lock();
+      if (c) {
+        stop = true;
+        break;
+      }
+    }
+  }
+  for (auto& t : pool) t.join();
+  if (cancelled()) return kCancelled;
+  for (const auto& s : plan_status) SQ_RETURN_IF_ERROR(s);
+  for (const auto& s : copy_status) SQ_RETURN_IF_ERROR(s);
+  if (stop) return kCancelled;
+  clock.Mark("transform");
+
+  // --- write --------------------------------------------------------------------------
+  progress("write");
+  std::string serialized;
+  if (!proto.SerializeToString(&serialized)) {
+    return absl::InternalError("the output model does not serialise (over 2 GB inline?)");
+  }
+  SQ_ASSIGN_OR_RETURN(std::unique_ptr<AtomicFile> model_file, AtomicFile::Create(output_path));
+  SQ_RETURN_IF_ERROR(model_file->Append(serialized.data(), serialized.size()));
+  report.output_bytes = static_cast<int64_t>(serialized.size());
+  report.output_sha256 = Sha256Hex(serialized.data(), serialized.size());
+  if (data_file) {
+    SQ_ASSIGN_OR_RETURN(int64_t data_bytes, FileSize(data_file->temp_path()));
+    report.output_bytes += data_bytes;
+    report.external_data_path = data_name;
+    SQ_ASSIGN_OR_RETURN(report.external_data_sha256, Sha256File(data_file->temp_path()));
+    SQ_RETURN_IF_ERROR(data_file->Commit());
+  }
+  SQ_RETURN_IF_ERROR(model_file->Commit());
+  clock.Mark("write");
+
+  // --- report -------------------------------------------------------------------------
+  std::map<const WeightGroup*, int> plan_of;
+  for (size_t i = 0; i < plans.size(); ++i) plan_of[plans[i].group] = static_cast<int>(i);
+  double sum_plain = 0, sum_split = 0;
+  for (const WeightGroup& g : groups) {
+    LayerReport l;
+    l.name = g.uses[0].display_name;
+    l.op_type = g.op_type;
+    l.weight = g.weight_name;
+    l.shape = g.shape;
+    l.shared_by = static_cast<int>(g.uses.size());
+    l.graph = g.uses[0].graph_path;
+    l.bytes_before = NumElementsOf(g.shape) * 4;
+    l.bytes_after = l.bytes_before;
+    auto it = plan_of.find(&g);
+    if (it == plan_of.end()) {
+      l.skip_reason = g.skip_reason;
+      report.layers.push_back(std::move(l));
+      continue;
+    }
+    const GroupPlan& p = plans[it->second];
+    const TransformResult& r = results[it->second];
+    l.quantized = options.format != OutputFormat::kSplit;
+    l.split = r.split;
+    l.not_split_reason = r.split ? "" : (p.not_split_reason.empty() ? r.not_split_reason : p.not_split_reason);
+    if (!options.split) l.not_split_reason = "split off";
+    for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
+    l.degenerate_channels = r.degenerate_units;
+    float smin = std::numeric_limits<float>::infinity(), smax = 0;
+    for (int b = 0; b < r.num_branches; ++b) {
+      for (float s : r.params[b].scales) {
+        smin = std::min(smin, s);
+        smax = std::max(smax, s);
+      }
+    }
+    l.scale_min = smax > 0 ? smin : 0;
+    l.scale_max = smax;
+    const double n = static_cast<double>(NumElementsOf(g.shape));
+    l.mse_plain = r.plain_error_energy / n;
+    l.mse_split = r.split_error_energy / n;
+    l.sqnr_plain_db = SqnrDb(r.signal_energy, r.plain_error_energy);
+    l.sqnr_split_db = SqnrDb(r.signal_energy, r.split_error_energy);
+    int tensors = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
+    int64_t params = NumElementsOf(p.param_shape);
+    l.bytes_after = tensors * p.data_bytes_per_tensor;
+    if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
+    l.bias_split = p.bias_split;
+    if (!g.other_consumers.empty()) {
+      report.warnings.push_back(absl::StrCat("weight '", g.weight_name, "' is also read by ",
+                                             absl::StrJoin(g.other_consumers, ", "),
+                                             "; its FP32 copy is kept for them"));
+    }
+    report.layers_quantized += l.quantized ? 1 : 0;
+    report.layers_split += l.split ? 1 : 0;
+    sum_plain += std::min(l.sqnr_plain_db, 300.0);
+    sum_split += std::min(l.sqnr_split_db, 300.0);
+    report.layers.push_back(std::move(l));
+  }
+  if (!plans.empty()) {
+    report.mean_sqnr_plain_db = sum_plain / plans.size();
+    report.mean_sqnr_split_db = sum_split / plans.size();
+  }
+  report.compression_ratio = report.output_bytes > 0
+                                 ? static_cast<double>(report.input_bytes) / report.output_bytes
+                                 : 0;
+  report.peak_rss_bytes = PeakRssBytes();
+  report.total_seconds = Seconds(run_start);
+  progress("done", static_cast<int>(plans.size()), static_cast<int>(plans.size()));
+  return report;
+}
+
+absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
+  SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
+  onnx::ModelProto& proto = model->proto();
+  ModelInfo info;
+  info.ir_version = proto.ir_version();
+  info.opset = DefaultDomainOpset(proto);
+  for (const auto& o : proto.opset_import()) info.opset_imports[o.domain().empty() ? "ai.onnx" : o.domain()] = o.version();
+  for (const auto& [op, n] : OpHistogram(proto)) info.op_histogram[op] = n;
+  info.model_bytes = model->model_file_bytes() + model->external_bytes();
+  info.uses_external_data = model->uses_external_data();
+  info.unsupported_ops = UnconvertibleOps(proto, std::max(21, info.opset));
+  QuantizeOptions defaults;
+  SQ_ASSIGN_OR_RETURN(std::vector<WeightGroup> groups, DiscoverLayers(&proto, defaults));
+  std::map<int, int64_t> quantized_bytes;
+  int64_t weight_bytes = 0;
+  for (const WeightGroup& g : groups) {
+    LayerInfo l{g.uses[0].display_name, g.op_type, g.weight_name, g.uses[0].graph_path, g.shape,
+                static_cast<int>(g.uses.size())};
+    info.layers.push_back(l);
+    if (!g.selected) continue;
+    int64_t n = NumElementsOf(g.shape);
+    weight_bytes += n * 4;
+    for (int bits : {2, 4, 8}) {
+      int storage = bits == 4 ? 4 : 8;
+      quantized_bytes[bits] += 3 * (PackedBytes(n, storage) + g.shape[g.channel_axis] * 5);
+    }
+  }
+  info.weight_bytes = weight_bytes;
+  for (const auto& [bits, q] : quantized_bytes) {
+    info.estimated_output_bytes[bits] = info.model_bytes - weight_bytes + q;
+  }
+  return info;
+}
+
+}  // namespace sq

@@ -1,0 +1,256 @@
+#include "core/file_util.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+
+namespace sq {
+
+absl::Status ErrnoStatus(int err, const std::string& what, const std::string& path) {
+  std::string msg = absl::StrCat(what, " '", path, "': ", std::strerror(err));
+  switch (err) {
+    case ENOENT:
+      return absl::NotFoundError(msg);
+    case ENOSPC:
+    case EDQUOT:
+    case EFBIG:
+      return absl::ResourceExhaustedError(msg);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(msg);
+    case EISDIR:
+    case ENOTDIR:
+      return absl::InvalidArgumentError(msg);
+    default:
+      return absl::InternalError(msg);
+  }
+}
+
+absl::StatusOr<int64_t> FileSize(const std::string& path) {
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "cannot stat", path);
+  if (!S_ISREG(st.st_mode)) return absl::InvalidArgumentError(absl::StrCat("not a regular file: '", path, "'"));
+  return static_cast<int64_t>(st.st_size);
+}
+
+absl::StatusOr<std::string> ReadFileToString(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat("not a regular file: '", path, "'"));
+  }
+  std::string out;
+  out.resize(static_cast<size_t>(st.st_size));
+  size_t done = 0;
+  while (done < out.size()) {
+    ssize_t n = read(fd, &out[done], out.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int err = n < 0 ? errno : EIO;
+      close(fd);
+      return ErrnoStatus(err, "cannot read", path);
+    }
+    done += static_cast<size_t>(n);
+  }
+  close(fd);
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
+  struct stat st;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return absl::InvalidArgumentError(absl::StrCat("not a regular file: '", path, "'"));
+  }
+  const uint8_t* data = nullptr;
+  if (st.st_size > 0) {
+    void* p = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      int err = errno;
+      close(fd);
+      return ErrnoStatus(err, "cannot map", path);
+    }
+    data = static_cast<const uint8_t*>(p);
+  }
+  close(fd);
+  return std::unique_ptr<MappedFile>(new MappedFile(path, data, st.st_size));
+}
+
+MappedFile::~MappedFile() {
+  if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+}
+
+void MappedFile::Release(int64_t offset, int64_t length) const {
+  if (data_ == nullptr || length <= 0) return;
+  static const int64_t page = sysconf(_SC_PAGESIZE);
+  // Only whole pages inside the range: a neighbouring tensor may still be in use.
+  int64_t begin = (offset + page - 1) / page * page;
+  int64_t end = std::min<int64_t>(offset + length, size_) / page * page;
+  if (end <= begin) return;
+  madvise(const_cast<uint8_t*>(data_) + begin, static_cast<size_t>(end - begin), MADV_DONTNEED);
+}
+
+std::string DirName(const std::string& path) {
+  size_t pos = path.find_last_of('/');
+  if (pos == std::string::npos) return ".";
+  if (pos == 0) return "/";
+  return path.substr(0, pos);
+}
+
+std::string BaseName(const std::string& path) {
+  size_t pos = path.find_last_of('/');
+  return pos == std::string::npos ? path : path.substr(pos + 1);
+}
+
+absl::StatusOr<std::unique_ptr<AtomicFile>> AtomicFile::Create(const std::string& final_path) {
+  std::random_device rd;
+  std::string temp = absl::StrFormat("%s/.%s.tmp-%08x%08x", DirName(final_path),
+                                     BaseName(final_path), rd(), rd());
+  int fd = open(temp.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) return ErrnoStatus(errno, "cannot create", temp);
+  return std::unique_ptr<AtomicFile>(new AtomicFile(final_path, temp, fd));
+}
+
+AtomicFile::~AtomicFile() {
+  if (fd_ >= 0) close(fd_);
+  if (!committed_) unlink(temp_path_.c_str());
+}
+
+absl::Status AtomicFile::WriteAt(int64_t offset, const void* data, size_t size) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = pwrite(fd_, p, size, offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return ErrnoStatus(errno, "cannot write", final_path_);
+    if (n == 0) return ErrnoStatus(ENOSPC, "cannot write", final_path_);
+    p += n;
+    size -= static_cast<size_t>(n);
+    offset += n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Append(const void* data, size_t size) {
+  absl::Status s = WriteAt(append_offset_, data, size);
+  if (s.ok()) append_offset_ += static_cast<int64_t>(size);
+  return s;
+}
+
+absl::Status AtomicFile::CopyFrom(int src_fd, int64_t src_offset, int64_t dst_offset,
+                                  int64_t length) {
+  loff_t in = src_offset, out = dst_offset;
+  while (length > 0) {
+    ssize_t n = copy_file_range(src_fd, &in, fd_, &out, static_cast<size_t>(length), 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      // Fall back to read + write (e.g. across file systems that refuse the call).
+      std::string buf(std::min<int64_t>(length, 8 << 20), '\0');
+      ssize_t r = pread(src_fd, buf.data(), buf.size(), in);
+      if (r <= 0) return ErrnoStatus(r < 0 ? errno : EIO, "cannot read while copying to", final_path_);
+      absl::Status s = WriteAt(out, buf.data(), static_cast<size_t>(r));
+      if (!s.ok()) return s;
+      n = r;
+      in += r;
+      out += r;
+    }
+    length -= n;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Truncate(int64_t size) {
+  if (ftruncate(fd_, size) != 0) return ErrnoStatus(errno, "cannot resize", final_path_);
+  return absl::OkStatus();
+}
+
+absl::Status AtomicFile::Commit() {
+  if (fd_ >= 0) {
+    if (close(fd_) != 0) {
+      fd_ = -1;
+      return ErrnoStatus(errno, "cannot close", final_path_);
+    }
+    fd_ = -1;
+  }
+  if (rename(temp_path_.c_str(), final_path_.c_str()) != 0) {
+    return ErrnoStatus(errno, "cannot rename into place", final_path_);
+  }
+  committed_ = true;
+  return absl::OkStatus();
+}
+
+absl::Status WriteFileAtomically(const std::string& path, const std::string& contents) {
+  auto file = AtomicFile::Create(path);
+  if (!file.ok()) return file.status();
+  absl::Status s = (*file)->Append(contents.data(), contents.size());
+  if (!s.ok()) return s;
+  return (*file)->Commit();
+}
+
+namespace {
+std::string Hex(const unsigned char* digest, unsigned int len) {
+  static const char* kHex = "0123456789abcdef";
+  std::string out;
+  out.reserve(len * 2);
+  for (unsigned int i = 0; i < len; ++i) {
+    out.push_back(kHex[digest[i] >> 4]);
+    out.push_back(kHex[digest[i] & 15]);
+  }
+  return out;
+}
+}  // namespace
+
+std::string Sha256Hex(const void* data, size_t size) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_Digest(data, size, digest, &len, EVP_sha256(), nullptr);
+  return Hex(digest, len);
+}
+
+absl::StatusOr<std::string> Sha256File(const std::string& path) {
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
+  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
+  EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
+  std::string buf(4 << 20, '\0');
+  absl::Status status;
+  while (true) {
+    ssize_t n = read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      status = ErrnoStatus(errno, "cannot read", path);
+      break;
+    }
+    if (n == 0) break;
+    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(n));
+  }
+  close(fd);
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(ctx, digest, &len);
+  EVP_MD_CTX_free(ctx);
+  if (!status.ok()) return status;
+  return Hex(digest, len);
+}
+
+int64_t PeakRssBytes() {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return static_cast<int64_t>(ru.ru_maxrss) * 1024;
+}
+
+}  // namespace sq

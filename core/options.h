@@ -1,0 +1,85 @@
+// QuantizeOptions: every user-visible knob of the engine, with its default. One struct is
+// shared by the library, `sqctl quantize` and the gRPC service (which translates its wire
+// message into this struct and nothing else).
+#ifndef SQ_CORE_OPTIONS_H_
+#define SQ_CORE_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace sq {
+
+// Which values share one (scale, zero point).
+enum class Granularity {
+  kTensor,   // one pair per tensor (per branch)
+  kChannel,  // one pair per output channel
+  kBlock,    // one pair per output channel per `block_size` run along the reduction axis
+};
+
+// What the output model contains.
+enum class OutputFormat {
+  kQdq,    // integer weights + DequantizeLinear (standard ONNX; may raise the opset)
+  kFake,   // FP32 weights holding the dequantized values (runs anywhere; for evaluation)
+  kSplit,  // FP32, split only, no quantization (for NPU vendors' own quantizers)
+};
+
+// How a split layer is laid out in the graph.
+enum class SplitForm {
+  kBranches,  // three copies of the op, outputs summed with Add (the paper's structure)
+  kFolded,    // the three weights are added first, then one op runs (1x compute)
+};
+
+// Which values one 1-D k-means sees.
+enum class ClusterScope {
+  kAuto,     // as the paper: whole tensor for MatMul/Gemm, per output channel for Conv
+  kTensor,   // whole tensor for every layer kind
+  kChannel,  // per output channel for every layer kind
+};
+
+struct QuantizeOptions {
+  int bits = 4;                                   // 2..8
+  Granularity granularity = Granularity::kChannel;
+  int block_size = 32;                            // kBlock only; >= 2
+  bool symmetric = false;                         // asymmetric with integer zero point by default
+  bool split = true;                              // SplitQuant on/off (off = plain linear)
+  SplitForm form = SplitForm::kBranches;
+  OutputFormat format = OutputFormat::kQdq;
+  ClusterScope cluster_scope = ClusterScope::kAuto;
+
+  // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
+  // match not required), when its op type is listed, or when its weight has fewer elements.
+  std::vector<std::string> exclude_name_patterns;
+  std::vector<std::string> exclude_op_types;
+  int64_t min_weight_elements = 64;
+
+  // Output opset for kQdq; 0 picks the lowest opset that the chosen bits need (13 for
+  // 8-bit/containers, 21 for packed int4). Ignored for kFake/kSplit, which keep the model's.
+  int target_opset = 0;
+  // Worker threads for tensor processing; 0 = hardware concurrency. Output is identical
+  // whatever the value.
+  int threads = 0;
+  // Force weights into an external data file ("<output>.data") even below 2 GB.
+  bool external_data = false;
+};
+
+// Checks ranges and combinations; InvalidArgument naming the offending option.
+absl::Status ValidateOptions(const QuantizeOptions& options);
+
+// Parsing/printing of the enums (lower-case names as used on the command line and wire).
+absl::StatusOr<Granularity> ParseGranularity(absl::string_view s);
+absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view s);
+absl::StatusOr<SplitForm> ParseSplitForm(absl::string_view s);
+absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
+const char* ToString(Granularity g);
+const char* ToString(OutputFormat f);
+const char* ToString(SplitForm f);
+const char* ToString(ClusterScope c);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_OPTIONS_H_

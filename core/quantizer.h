@@ -1,0 +1,68 @@
+// Linear (affine) quantization of FP32 weights to 2..8-bit integers.
+//
+// Math contract (the ONNX QuantizeLinear / DequantizeLinear convention):
+//   q  = saturate(round_half_to_even(x / s) + z)      in [qmin, qmax]
+//   x^ = (q - z) * s
+// with, for b bits:
+//   symmetric : signed codes, qmin = -2^(b-1), qmax = 2^(b-1) - 1, z = 0,
+//               s = max|x| / (2^(b-1) - 1)  (the grid is symmetric; -2^(b-1) is unused).
+//   asymmetric: unsigned codes, qmin = 0, qmax = 2^b - 1. The range is first widened to
+//               include 0 (rmin = min(min x, 0), rmax = max(max x, 0)); s = (rmax - rmin)
+//               / qmax; z = round_half_to_even(-rmin / s) is an integer in [0, qmax]; s is
+//               then enlarged just enough that [rmin, rmax] still maps inside [qmin, qmax].
+// Either way x = 0 maps to q = z exactly and dequantizes to exactly 0: a branch that is
+// mostly zeros loses nothing at its zeros. A slice that is all zeros gets s = 1, z = 0
+// (or the asymmetric equivalent) so scales are always finite and positive.
+// Error bound: |x - x^| <= s / 2 for every x in the slice's range.
+#ifndef SQ_CORE_QUANTIZER_H_
+#define SQ_CORE_QUANTIZER_H_
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "absl/types/span.h"
+
+namespace sq {
+
+struct QuantSpec {
+  int bits = 4;            // 2..8
+  bool symmetric = false;
+  int qmin() const { return symmetric ? -(1 << (bits - 1)) : 0; }
+  int qmax() const { return symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1; }
+};
+
+struct QuantParams {
+  float scale = 1.0f;
+  int32_t zero_point = 0;
+};
+
+// Parameters for a slice whose values span [min_value, max_value] (min <= max, finite).
+QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec& spec);
+
+// Round half to even, as std::nearbyint under the default rounding mode.
+inline int32_t QuantizeValue(float x, const QuantParams& p, const QuantSpec& spec) {
+  float r = std::nearbyint(x / p.scale);
+  float q = r + static_cast<float>(p.zero_point);
+  if (q < spec.qmin()) q = static_cast<float>(spec.qmin());
+  if (q > spec.qmax()) q = static_cast<float>(spec.qmax());
+  return static_cast<int32_t>(q);
+}
+inline float DequantizeValue(int32_t q, const QuantParams& p) {
+  return static_cast<float>(q - p.zero_point) * p.scale;
+}
+
+// Storage of codes in an ONNX tensor. 8: one byte per code (int8 / uint8); 4: two codes
+// per byte, first element in the low nibble (INT4 / UINT4); 2: four per byte,
+// x0 | x1 << 2 | x2 << 4 | x3 << 6 (INT2 / UINT2). Last byte zero-padded.
+int64_t PackedBytes(int64_t num_codes, int storage_bits);
+void PackCodes(absl::Span<const int32_t> codes, int storage_bits, uint8_t* out);
+std::vector<int32_t> UnpackCodes(const uint8_t* data, int64_t num_codes, int storage_bits,
+                                 bool is_signed);
+
+// Weight SQNR in dB: 10 log10(sum x^2 / sum (x - x^)^2); +inf for zero error.
+double SqnrDb(double signal_energy, double error_energy);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_QUANTIZER_H_

@@ -1,0 +1,147 @@
+#include "core/report.h"
+
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "nlohmann/json.hpp"
+
+namespace sq {
+namespace {
+
+// JSON has no infinity: an error-free layer's SQNR is written as null.
+nlohmann::json Db(double v) {
+  if (!std::isfinite(v)) return nullptr;
+  return std::round(v * 1000.0) / 1000.0;
+}
+
+nlohmann::json OptionsJson(const QuantizeOptions& o) {
+  return {{"bits", o.bits},
+          {"granularity", ToString(o.granularity)},
+          {"block_size", o.block_size},
+          {"symmetric", o.symmetric},
+          {"split", o.split},
+          {"form", ToString(o.form)},
+          {"format", ToString(o.format)},
+          {"cluster_scope", ToString(o.cluster_scope)},
+          {"exclude", o.exclude_name_patterns},
+          {"exclude_op_types", o.exclude_op_types},
+          {"min_weight_elements", o.min_weight_elements},
+          {"target_opset", o.target_opset},
+          {"threads", o.threads},
+          {"external_data", o.external_data}};
+}
+
+std::string HumanBytes(int64_t b) {
+  if (b >= (int64_t{1} << 30)) return absl::StrFormat("%.2f GiB", b / double(int64_t{1} << 30));
+  if (b >= (1 << 20)) return absl::StrFormat("%.2f MiB", b / double(1 << 20));
+  if (b >= (1 << 10)) return absl::StrFormat("%.1f KiB", b / 1024.0);
+  return absl::StrCat(b, " B");
+}
+
+std::string DbText(double v) { return std::isfinite(v) ? absl::StrFormat("%.1f", v) : "inf"; }
+
+}  // namespace
+
+std::string ReportToJson(const ModelReport& r, int indent) {
+  nlohmann::json layers = nlohmann::json::array();
+  for (const LayerReport& l : r.layers) {
+    nlohmann::json clusters = nlohmann::json::array();
+    for (const auto& c : l.clusters) clusters.push_back({{"count", c.count}, {"min", c.min}, {"max", c.max}});
+    layers.push_back({{"name", l.name},
+                      {"op_type", l.op_type},
+                      {"weight", l.weight},
+                      {"shape", l.shape},
+                      {"graph", l.graph},
+                      {"shared_by", l.shared_by},
+                      {"quantized", l.quantized},
+                      {"skip_reason", l.skip_reason},
+                      {"split", l.split},
+                      {"not_split_reason", l.not_split_reason},
+                      {"clusters", clusters},
+                      {"degenerate_channels", l.degenerate_channels},
+                      {"bias_split", l.bias_split},
+                      {"scale_min", l.scale_min},
+                      {"scale_max", l.scale_max},
+                      {"mse_plain", l.mse_plain},
+                      {"mse_split", l.mse_split},
+                      {"sqnr_plain_db", Db(l.sqnr_plain_db)},
+                      {"sqnr_split_db", Db(l.sqnr_split_db)},
+                      {"bytes_before", l.bytes_before},
+                      {"bytes_after", l.bytes_after}});
+  }
+  nlohmann::json stages = nlohmann::json::array();
+  for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});
+  nlohmann::json j = {{"tool", "sq"},
+                      {"tool_version", r.tool_version},
+                      {"input_path", r.input_path},
+                      {"output_path", r.output_path},
+                      {"options", OptionsJson(r.options)},
+                      {"input_opset", r.input_opset},
+                      {"output_opset", r.output_opset},
+                      {"input_bytes", r.input_bytes},
+                      {"output_bytes", r.output_bytes},
+                      {"compression_ratio", r.compression_ratio},
+                      {"stages", stages},
+                      {"total_seconds", r.total_seconds},
+                      {"peak_rss_bytes", r.peak_rss_bytes},
+                      {"output_sha256", r.output_sha256},
+                      {"external_data_path", r.external_data_path},
+                      {"external_data_sha256", r.external_data_sha256},
+                      {"layers_found", r.layers_found},
+                      {"layers_quantized", r.layers_quantized},
+                      {"layers_split", r.layers_split},
+                      {"mean_sqnr_plain_db", Db(r.mean_sqnr_plain_db)},
+                      {"mean_sqnr_split_db", Db(r.mean_sqnr_split_db)},
+                      {"warnings", r.warnings},
+                      {"layers", layers}};
+  return j.dump(indent) + "\n";
+}
+
+std::string ReportSummary(const ModelReport& r) {
+  std::string out;
+  const QuantizeOptions& o = r.options;
+  absl::StrAppend(&out, absl::StrFormat(
+      "sq %s: %s -> %s\n", r.tool_version, r.input_path, r.output_path));
+  absl::StrAppend(&out, absl::StrFormat(
+      "  options: %d-bit %s %s, split %s (%s), format %s\n", o.bits,
+      o.symmetric ? "symmetric" : "asymmetric",
+      o.granularity == Granularity::kBlock ? absl::StrCat("block ", o.block_size) : ToString(o.granularity),
+      o.split ? "on" : "off", ToString(o.form), ToString(o.format)));
+  absl::StrAppend(&out, absl::StrFormat(
+      "  layers: %d found, %d quantized, %d split; opset %d -> %d\n", r.layers_found,
+      r.layers_quantized, r.layers_split, r.input_opset, r.output_opset));
+  absl::StrAppend(&out, absl::StrFormat(
+      "  size: %s -> %s (%.2fx); mean weight SQNR plain %s dB, split %s dB\n",
+      HumanBytes(r.input_bytes), HumanBytes(r.output_bytes), r.compression_ratio,
+      DbText(r.mean_sqnr_plain_db), DbText(r.mean_sqnr_split_db)));
+  std::vector<std::string> stages;
+  for (const auto& s : r.stages) stages.push_back(absl::StrFormat("%s %.2fs", s.stage, s.seconds));
+  absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,
+                                        absl::StrJoin(stages, ", "), HumanBytes(r.peak_rss_bytes)));
+  absl::StrAppend(&out, "  sha256: ", r.output_sha256, "\n");
+  for (const auto& w : r.warnings) absl::StrAppend(&out, "  warning: ", w, "\n");
+  absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s\n", "layer", "op", "shape",
+                                        "split", "SQNR pl", "SQNR sp"));
+  size_t shown = 0;
+  for (const LayerReport& l : r.layers) {
+    if (++shown > 40) {
+      absl::StrAppend(&out, absl::StrFormat("  ... %d more layers in the JSON report\n",
+                                            r.layers.size() - 40));
+      break;
+    }
+    std::string name = l.name.size() > 40 ? "..." + l.name.substr(l.name.size() - 37) : l.name;
+    if (!l.quantized && !l.split) {
+      absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s  skip (%s)\n", name, l.op_type,
+                                            absl::StrJoin(l.shape, "x"), l.skip_reason));
+      continue;
+    }
+    absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s\n", name, l.op_type,
+                                          absl::StrJoin(l.shape, "x"), l.split ? "yes" : "no",
+                                          DbText(l.sqnr_plain_db), DbText(l.sqnr_split_db)));
+  }
+  return out;
+}
+
+}  // namespace sq

@@ -1,0 +1,76 @@
+// The per-layer and per-model report of one quantization run: what was done to each layer
+// and why, how much error it introduced (plain linear vs SplitQuant at the chosen bits),
+// and what the run cost. Serialised as JSON (the file users keep) and as a short text
+// summary (what the CLI prints).
+#ifndef SQ_CORE_REPORT_H_
+#define SQ_CORE_REPORT_H_
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/options.h"
+
+namespace sq {
+
+struct ClusterRange {
+  int64_t count = 0;
+  float min = 0, max = 0;
+};
+
+struct LayerReport {
+  std::string name;                 // node name (or "<op>#<index>" when unnamed)
+  std::string op_type;              // MatMul, Gemm, Conv, ConvTranspose
+  std::string weight;               // initializer / Constant output name
+  std::vector<int64_t> shape;
+  int shared_by = 1;                // nodes using this weight (processed once)
+  std::string graph;                // "main" or the subgraph path, e.g. "main/If_0.then_branch"
+  bool quantized = false;
+  std::string skip_reason;          // why not quantized (excluded, too small, ...)
+  bool split = false;
+  std::string not_split_reason;     // why quantized but not split
+  std::array<ClusterRange, 3> clusters{};
+  int64_t degenerate_channels = 0;
+  float scale_min = 0, scale_max = 0;
+  double sqnr_plain_db = 0;         // plain linear quantization at the same bits
+  double sqnr_split_db = 0;         // with the split (== plain when not split)
+  double mse_plain = 0, mse_split = 0;
+  int64_t bytes_before = 0;         // FP32 weight bytes
+  int64_t bytes_after = 0;          // encoded weight bytes + scales/zero points
+  bool bias_split = false;
+};
+
+struct StageTiming {
+  std::string stage;                // load, discover, convert, transform, write
+  double seconds = 0;
+};
+
+struct ModelReport {
+  std::string tool_version;
+  std::string input_path;
+  std::string output_path;
+  QuantizeOptions options;
+  int input_opset = 0, output_opset = 0;
+  int64_t input_bytes = 0;          // model file + external data
+  int64_t output_bytes = 0;
+  double compression_ratio = 0;     // input_bytes / output_bytes
+  std::vector<StageTiming> stages;
+  double total_seconds = 0;
+  int64_t peak_rss_bytes = 0;
+  std::string output_sha256;        // of the .onnx file
+  std::string external_data_sha256; // of the external data file, if any
+  std::string external_data_path;   // relative to the output's directory, if any
+  int layers_found = 0, layers_quantized = 0, layers_split = 0;
+  double mean_sqnr_plain_db = 0, mean_sqnr_split_db = 0;  // over quantized layers
+  std::vector<std::string> warnings;
+  std::vector<LayerReport> layers;
+};
+
+std::string ReportToJson(const ModelReport& report, int indent = 2);
+std::string ReportSummary(const ModelReport& report);  // human-readable, a few lines + table
+
+}  // namespace sq
+
+#endif  // SQ_CORE_REPORT_H_

@@ -1,0 +1,403 @@
+#include "core/rewrite.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/model_io.h"
+#include "core/opset_convert.h"
+#include "core/quantizer.h"
+#include "core/status_macros.h"
+
+namespace sq {
+namespace {
+
+// Whether ONNX Runtime (the runtime the tests hold outputs to) executes packed 2-bit
+// DequantizeLinear. Until it does, 2-bit codes are stored in INT8/UINT8 containers.
+constexpr bool kPackInt2 = false;
+
+int64_t MinIrVersionForOpset(int opset) {
+  if (opset >= 25) return 13;
+  if (opset >= 24) return 12;
+  if (opset >= 23) return 11;
+  if (opset >= 21) return 10;
+  if (opset >= 19) return 9;
+  if (opset >= 15) return 8;
+  if (opset >= 13) return 7;
+  return 4;
+}
+
+void SetIntAttr(onnx::NodeProto* n, const std::string& name, int64_t v) {
+  auto* a = n->add_attribute();
+  a->set_name(name);
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(v);
+}
+
+void AppendFloats(onnx::TensorProto* t, const std::vector<float>& v) {
+  t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float)));
+}
+
+void ForEachGraph(onnx::GraphProto* g, std::vector<onnx::GraphProto*>* out) {
+  out->push_back(g);
+  for (auto& n : *g->mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_g()) ForEachGraph(a.mutable_g(), out);
+      for (auto& sg : *a.mutable_graphs()) ForEachGraph(&sg, out);
+    }
+  }
+}
+
+}  // namespace
+
+int32_t CodeDataType(int storage_bits, bool is_signed) {
+  switch (storage_bits) {
+    case 4:
+      return is_signed ? 22 : 21;  // INT4 / UINT4
+    case 2:
+      return is_signed ? 26 : 25;  // INT2 / UINT2
+    default:
+      return is_signed ? onnx::TensorProto::INT8 : onnx::TensorProto::UINT8;
+  }
+}
+
+absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset) {
+  StoragePlan plan;
+  const bool block = options.granularity == Granularity::kBlock;
+  // DequantizeLinear: per-tensor since 10, per-axis since 13, blocked and 4-bit since 21.
+  int needed = block ? 21 : 13;
+  if (model_opset > kMaxSupportedOpset) {
+    return absl::InvalidArgumentError(absl::StrCat("the model uses opset ", model_opset,
+                                                   "; sq supports up to ", kMaxSupportedOpset));
+  }
+  int opset;
+  if (options.target_opset != 0) {
+    opset = options.target_opset;
+    if (opset < model_opset) {
+      return absl::InvalidArgumentError(absl::StrCat("--target-opset ", opset,
+                                                     " is below the model's opset ", model_opset,
+                                                     "; sq only raises opsets"));
+    }
+    if (opset < needed) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--target-opset ", opset, " cannot express ", block ? "blocked" : "per-channel",
+          " DequantizeLinear; it needs opset ", needed, " or higher"));
+    }
+  } else {
+    int want = needed;
+    if (options.bits == 4) want = std::max(want, 21);
+    if (options.bits == 2 && kPackInt2) want = std::max(want, 25);
+    opset = std::max(model_opset, want);
+  }
+  plan.opset = opset;
+  if (options.bits == 4 && opset >= 21) {
+    plan.storage_bits = 4;
+  } else if (options.bits == 2 && kPackInt2 && opset >= 25) {
+    plan.storage_bits = 2;
+  } else {
+    plan.storage_bits = 8;
+    if (options.bits < 8) {
+      plan.note = absl::StrCat(options.bits, "-bit codes are stored one per byte in ",
+                               options.symmetric ? "INT8" : "UINT8",
+                               options.bits == 4 ? " (packed INT4 needs opset 21)"
+                                                 : " (ONNX Runtime has no packed type for it)");
+    }
+  }
+  plan.ir_version = MinIrVersionForOpset(opset);
+  return plan;
+}
+
+GraphEditor::GraphEditor(onnx::ModelProto* model) : model_(model) {
+  CollectNames(model->graph());
+}
+
+void GraphEditor::CollectNames(const onnx::GraphProto& g) {
+  for (const auto& v : g.input()) names_.insert(v.name());
+  for (const auto& v : g.output()) names_.insert(v.name());
+  for (const auto& v : g.value_info()) names_.insert(v.name());
+  for (const auto& t : g.initializer()) names_.insert(t.name());
+  for (const auto& n : g.node()) {
+    if (!n.name().empty()) names_.insert(n.name());
+    for (const auto& o : n.output()) names_.insert(o);
+    for (const auto& i : n.input()) names_.insert(i);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g()) CollectNames(a.g());
+      for (const auto& sg : a.graphs()) CollectNames(sg);
+    }
+  }
+}
+
+std::string GraphEditor::UniqueName(const std::string& base) {
+  std::string name = base;
+  for (int i = 1; names_.count(name); ++i) name = absl::StrCat(base, "_", i);
+  names_.insert(name);
+  return name;
+}
+
+onnx::TensorProto* GraphEditor::NewInitializer(onnx::GraphProto* g, const std::string& name,
+                                               int32_t data_type,
+                                               const std::vector<int64_t>& dims) {
+  onnx::TensorProto* t = g->add_initializer();
+  t->set_name(name);
+  t->set_data_type(data_type);
+  for (int64_t d : dims) t->add_dims(d);
+  return t;
+}
+
+absl::Status GraphEditor::PlanGroup(
+    GroupPlan* plan, const QuantizeOptions& options, const StoragePlan& storage,
+    const std::function<absl::StatusOr<std::vector<float>>(const onnx::TensorProto&)>&
+        bias_reader) {
+  WeightGroup& g = *plan->group;
+  const int64_t numel = NumElements(*g.weight.tensor);
+  const bool qdq = options.format == OutputFormat::kQdq;
+  const bool folded = options.form == SplitForm::kFolded;
+  plan->num_branches = plan->split ? 3 : 1;
+
+  TransformConfig& c = plan->config;
+  c.spec.bits = options.bits;
+  c.spec.symmetric = options.symmetric;
+  c.granularity = options.granularity;
+  c.block_size = options.block_size;
+  c.split = plan->split;
+  c.cluster_per_channel = g.cluster_per_channel;
+  c.storage_bits = storage.storage_bits >= options.bits ? storage.storage_bits : 8;
+  switch (options.format) {
+    case OutputFormat::kQdq:
+      c.encoding = WeightEncoding::kCodes;
+      break;
+    case OutputFormat::kFake:
+      c.encoding = (folded || !plan->split) ? WeightEncoding::kDequantizedSum
+                                            : WeightEncoding::kDequantized;
+      break;
+    case OutputFormat::kSplit:
+      c.encoding = WeightEncoding::kFloatSplit;
+      break;
+  }
+
+  // Parameter tensor shape, as DequantizeLinear expects it.
+  plan->param_shape.clear();
+  if (options.granularity == Granularity::kChannel) {
+    plan->param_shape = {g.shape[g.channel_axis]};
+  } else if (options.granularity == Granularity::kBlock) {
+    plan->param_shape = g.shape;
+    int64_t d = g.shape[g.reduction_axis];
+    plan->param_shape[g.reduction_axis] = (d + options.block_size - 1) / options.block_size;
+  }
+
+  onnx::GraphProto* owner = g.weight.graph;
+  const std::string& w = g.weight_name;
+  const int tensors = c.encoding == WeightEncoding::kDequantizedSum ? 1 : plan->num_branches;
+  std::vector<std::string> branch_values;
+  for (int b = 0; b < tensors; ++b) {
+    std::string suffix = tensors == 1 ? "" : absl::StrCat(".b", b);
+    if (qdq) {
+      bool is_signed = options.symmetric;
+      int32_t code_type = CodeDataType(c.storage_bits, is_signed);
+      plan->data[b] = NewInitializer(owner, UniqueName(absl::StrCat(w, ".sq", suffix, ".q")),
+                                     code_type, g.shape);
+      plan->scale[b] = NewInitializer(owner, UniqueName(absl::StrCat(w, ".sq", suffix, ".scale")),
+                                      onnx::TensorProto::FLOAT, plan->param_shape);
+      plan->zero_point[b] = NewInitializer(
+          owner, UniqueName(absl::StrCat(w, ".sq", suffix, ".zero_point")), code_type,
+          plan->param_shape);
+      onnx::NodeProto dq;
+      dq.set_op_type("DequantizeLinear");
+      dq.set_name(UniqueName(absl::StrCat(w, ".sq", suffix, ".dequantize")));
+      dq.add_input(plan->data[b]->name());
+      dq.add_input(plan->scale[b]->name());
+      dq.add_input(plan->zero_point[b]->name());
+      std::string out = UniqueName(absl::StrCat(w, ".sq", suffix));
+      dq.add_output(out);
+      if (options.granularity == Granularity::kChannel) SetIntAttr(&dq, "axis", g.channel_axis);
+      if (options.granularity == Granularity::kBlock) {
+        SetIntAttr(&dq, "axis", g.reduction_axis);
+        SetIntAttr(&dq, "block_size", options.block_size);
+      }
+      front_nodes_[owner].push_back(std::move(dq));
+      branch_values.push_back(out);
+      plan->data_bytes_per_tensor = PackedBytes(numel, c.storage_bits);
+    } else {
+      const char* kind = options.format == OutputFormat::kFake ? ".fake" : ".split";
+      plan->data[b] = NewInitializer(owner, UniqueName(absl::StrCat(w, ".sq", suffix, kind)),
+                                     onnx::TensorProto::FLOAT, g.shape);
+      branch_values.push_back(plan->data[b]->name());
+      plan->data_bytes_per_tensor = numel * 4;
+    }
+  }
+
+  maybe_unused_.insert(g.weight.tensor);
+  const bool branches = branch_values.size() == 3 && !folded;
+  std::string consumer_value = branch_values[0];
+  if (branch_values.size() == 3 && folded) {
+    onnx::NodeProto add1, add2;
+    std::string partial = UniqueName(absl::StrCat(w, ".sq.b01"));
+    consumer_value = UniqueName(absl::StrCat(w, ".sq.folded"));
+    add1.set_op_type("Add");
+    add1.set_name(UniqueName(absl::StrCat(w, ".sq.fold01")));
+    add1.add_input(branch_values[0]);
+    add1.add_input(branch_values[1]);
+    add1.add_output(partial);
+    add2.set_op_type("Add");
+    add2.set_name(UniqueName(absl::StrCat(w, ".sq.fold012")));
+    add2.add_input(partial);
+    add2.add_input(branch_values[2]);
+    add2.add_output(consumer_value);
+    front_nodes_[owner].push_back(std::move(add1));
+    front_nodes_[owner].push_back(std::move(add2));
+  }
+
+  const int opset = qdq ? storage.opset : DefaultDomainOpset(*model_);
+  for (LayerUse& use : g.uses) {
+    onnx::NodeProto* node = use.node;
+    if (!branches) {
+      node->set_input(use.weight_input, consumer_value);
+      continue;
+    }
+    // Bias parts: one per branch when the bias has >= 3 distinct values, else the whole
+    // bias rides on the middle branch.
+    std::vector<std::string> bias_for_branch(3);
+    if (use.bias_input >= 0) {
+      const onnx::TensorProto* bt = use.bias.tensor;
+      auto it = bias_parts_.find(bt);
+      if (it == bias_parts_.end()) {
+        SQ_ASSIGN_OR_RETURN(std::vector<float> bias, bias_reader(*bt));
+        std::vector<std::vector<float>> parts = SplitBias(bias);
+        std::vector<std::string> names;
+        if (parts.size() == 3) {
+          for (int b = 0; b < 3; ++b) {
+            std::vector<int64_t> dims(bt->dims().begin(), bt->dims().end());
+            onnx::TensorProto* t =
+                NewInitializer(use.bias.graph, UniqueName(absl::StrCat(node->input(use.bias_input), ".sq.b", b)),
+                               onnx::TensorProto::FLOAT, dims);
+            AppendFloats(t, parts[b]);
+            names.push_back(t->name());
+          }
+        }
+        it = bias_parts_.emplace(bt, names).first;
+      }
+      if (it->second.size() == 3) {
+        bias_for_branch = it->second;
+        plan->bias_split = true;
+        maybe_unused_.insert(bt);
+      } else {
+        bias_for_branch[1] = node->input(use.bias_input);
+      }
+    }
+    const std::string out = node->output(0);
+    std::vector<onnx::NodeProto> repl;
+    std::vector<std::string> outs;
+    for (int b = 0; b < 3; ++b) {
+      onnx::NodeProto clone = *node;
+      if (!node->name().empty()) clone.set_name(UniqueName(absl::StrCat(node->name(), ".sq.b", b)));
+      clone.set_input(use.weight_input, branch_values[b]);
+      if (use.bias_input >= 0) {
+        std::string bias = bias_for_branch[b];
+        if (bias.empty() && node->op_type() == "Gemm" && opset < 11) {
+          // Gemm's C is mandatory before opset 11: give bias-less branches a zero.
+          if (zero_bias_name_.empty()) {
+            zero_bias_name_ = UniqueName("sq.zero_bias");
+            onnx::TensorProto* z = NewInitializer(model_->mutable_graph(), zero_bias_name_,
+                                                  onnx::TensorProto::FLOAT, {1});
+            AppendFloats(z, {0.0f});
+          }
+          bias = zero_bias_name_;
+        }
+        clone.set_input(use.bias_input, bias);
+        while (clone.input_size() > 0 && clone.input(clone.input_size() - 1).empty()) {
+          clone.mutable_input()->RemoveLast();
+        }
+      }
+      std::string y = UniqueName(absl::StrCat(out, ".sq.b", b));
+      clone.set_output(0, y);
+      outs.push_back(y);
+      repl.push_back(std::move(clone));
+    }
+    onnx::NodeProto add1, add2;
+    std::string partial = UniqueName(absl::StrCat(out, ".sq.b01"));
+    add1.set_op_type("Add");
+    add1.set_name(UniqueName(absl::StrCat(out, ".sq.sum01")));
+    add1.add_input(outs[0]);
+    add1.add_input(outs[1]);
+    add1.add_output(partial);
+    add2.set_op_type("Add");
+    add2.set_name(UniqueName(absl::StrCat(out, ".sq.sum012")));
+    add2.add_input(partial);
+    add2.add_input(outs[2]);
+    add2.add_output(out);
+    repl.push_back(std::move(add1));
+    repl.push_back(std::move(add2));
+    replacements_[node] = std::move(repl);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GraphEditor::ApplyGraphEdits() {
+  std::vector<onnx::GraphProto*> graphs;
+  ForEachGraph(model_->mutable_graph(), &graphs);
+  for (onnx::GraphProto* g : graphs) {
+    auto front = front_nodes_.find(g);
+    bool touched = front != front_nodes_.end();
+    for (const auto& n : g->node()) touched = touched || replacements_.count(&n);
+    if (!touched) continue;
+    std::vector<onnx::NodeProto*> old;
+    old.reserve(g->node_size());
+    while (g->node_size() > 0) old.push_back(g->mutable_node()->ReleaseLast());
+    std::reverse(old.begin(), old.end());
+    if (front != front_nodes_.end()) {
+      for (auto& n : front->second) g->add_node()->Swap(&n);
+    }
+    for (onnx::NodeProto* n : old) {
+      auto r = replacements_.find(n);
+      if (r == replacements_.end()) {
+        g->mutable_node()->AddAllocated(n);
+        continue;
+      }
+      for (auto& rn : r->second) g->add_node()->Swap(&rn);
+      graveyard_nodes_.emplace_back(n);
+    }
+  }
+
+  // Drop original weights and biases that nothing reads any more. The objects are kept
+  // alive (graveyard) because the engine still reads their data afterwards.
+  graphs.clear();
+  ForEachGraph(model_->mutable_graph(), &graphs);
+  std::set<std::string> used;
+  for (onnx::GraphProto* g : graphs) {
+    for (const auto& o : g->output()) used.insert(o.name());
+    for (const auto& n : g->node()) {
+      for (const auto& i : n.input()) used.insert(i);
+    }
+  }
+  for (onnx::GraphProto* g : graphs) {
+    auto* inits = g->mutable_initializer();
+    for (int i = inits->size() - 1; i >= 0; --i) {
+      const onnx::TensorProto* t = &inits->Get(i);
+      if (!maybe_unused_.count(t) || used.count(t->name())) continue;
+      std::string name = t->name();
+      onnx::TensorProto* released = nullptr;
+      inits->ExtractSubrange(i, 1, &released);
+      graveyard_tensors_.emplace_back(released);
+      auto* inputs = g->mutable_input();
+      for (int j = 0; j < inputs->size(); ++j) {
+        if (inputs->Get(j).name() == name) {
+          inputs->DeleteSubrange(j, 1);
+          break;
+        }
+      }
+    }
+    auto* nodes = g->mutable_node();
+    for (int i = nodes->size() - 1; i >= 0; --i) {
+      const onnx::NodeProto& n = nodes->Get(i);
+      if (n.op_type() != "Constant" || n.output_size() != 1 || used.count(n.output(0))) continue;
+      bool ours = false;
+      for (const auto& a : n.attribute()) ours = ours || (a.has_t() && maybe_unused_.count(&a.t()));
+      if (!ours) continue;
+      onnx::NodeProto* released = nullptr;
+      nodes->ExtractSubrange(i, 1, &released);
+      graveyard_nodes_.emplace_back(released);
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sq

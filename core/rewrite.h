@@ -1,0 +1,102 @@
+// Graph surgery for SplitQuant (internal to the engine).
+//
+// Planning creates, for each selected weight group, the output tensors (codes or FP32
+// branches, scales, zero points, bias parts) with their final names, types and dims but
+// no data yet, and records the nodes to insert. The engine then fills the data (streaming
+// it to memory or to the external data file) and finally calls ApplyGraphEdits, which
+// rebuilds the node lists and drops tensors nothing reads any more.
+//
+// Graph forms, for a split weight W = W0 + W1 + W2 (disjoint supports):
+//   branches: the layer node is cloned three times, clone b reads branch b (and bias part
+//             b), and Add(Add(y0, y1), y2) produces the original output name.
+//   folded:   Add(Add(W0', W1'), W2') produces one weight that the original node reads.
+// W_b' is DequantizeLinear(codes_b, scale_b, zero_point_b) for format qdq, an FP32
+// initializer for fake (dequantized values) and split (exact branch values). An unsplit
+// layer has one branch. Format fake + folded stores the summed dequantized weight.
+#ifndef SQ_CORE_REWRITE_H_
+#define SQ_CORE_REWRITE_H_
+
+#include <array>
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/layers.h"
+#include "core/options.h"
+#include "core/weight_transform.h"
+#include "onnx/onnx_pb.h"
+
+namespace sq {
+
+// How quantized codes are stored in the output (qdq format).
+struct StoragePlan {
+  int storage_bits = 8;      // 8, 4 or 2
+  int opset = 0;             // default-domain opset of the output
+  int64_t ir_version = 0;    // minimum IR version of the output
+  std::string note;          // e.g. "3-bit codes stored in INT8 (no 3-bit ONNX type)"
+};
+
+// Picks storage and opset for the options and the model's opset (qdq only).
+// InvalidArgument when options.target_opset cannot hold what was asked.
+absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset);
+
+// ONNX data type of a code tensor.
+int32_t CodeDataType(int storage_bits, bool is_signed);
+
+struct GroupPlan {
+  WeightGroup* group = nullptr;
+  TransformConfig config;
+  int num_branches = 1;
+  bool split = false;
+  std::string not_split_reason;
+  // Output tensors per branch (only [0] for folded fake / unsplit); nullptr = unused.
+  std::array<onnx::TensorProto*, 3> data{};
+  std::array<onnx::TensorProto*, 3> scale{};
+  std::array<onnx::TensorProto*, 3> zero_point{};
+  std::vector<int64_t> param_shape;  // scale / zero point dims (same for all branches)
+  int64_t data_bytes_per_tensor = 0;
+  bool bias_split = false;
+};
+
+// Names and edits collected while planning; applied at the end.
+class GraphEditor {
+ public:
+  explicit GraphEditor(onnx::ModelProto* model);
+
+  // Creates the plan's tensors and records its node edits. `bias_reader` returns the FP32
+  // values of a bias tensor. Errors only on unreadable biases.
+  absl::Status PlanGroup(GroupPlan* plan, const QuantizeOptions& options,
+                         const StoragePlan& storage,
+                         const std::function<absl::StatusOr<std::vector<float>>(
+                             const onnx::TensorProto&)>& bias_reader);
+
+  // Rebuilds node lists (weight producers first in their graph, layer replacements in
+  // place) and removes original weights that nothing reads any more.
+  absl::Status ApplyGraphEdits();
+
+  std::string UniqueName(const std::string& base);
+
+ private:
+  onnx::TensorProto* NewInitializer(onnx::GraphProto* g, const std::string& name,
+                                    int32_t data_type, const std::vector<int64_t>& dims);
+  void CollectNames(const onnx::GraphProto& g);
+
+  onnx::ModelProto* model_;
+  std::set<std::string> names_;
+  std::map<onnx::GraphProto*, std::vector<onnx::NodeProto>> front_nodes_;
+  std::map<const onnx::NodeProto*, std::vector<onnx::NodeProto>> replacements_;
+  std::set<const onnx::TensorProto*> maybe_unused_;
+  std::map<const onnx::TensorProto*, std::vector<std::string>> bias_parts_;  // cache
+  std::string zero_bias_name_;
+  // Nodes and tensors taken out of the graph, kept alive: the engine reads their data.
+  std::vector<std::unique_ptr<onnx::NodeProto>> graveyard_nodes_;
+  std::vector<std::unique_ptr<onnx::TensorProto>> graveyard_tensors_;
+};
+
+}  // namespace sq
+
+#endif  // SQ_CORE_REWRITE_H_

@@ -1,0 +1,119 @@
+// SplitQuant on one weight tensor: cluster, split into three disjoint-support branches and
+// quantize each branch, fused in a few streaming passes with no FP32 copy of the branches.
+//
+// The tensor is dense FP32, row-major. The caller says which axis is the output channel
+// (per-channel scales and per-channel clustering run along it) and which axis blocks run
+// along (the reduction axis). Output goes to a sink in ascending offset order per branch,
+// in fixed-size pieces, so a 1 GB tensor never needs a second 1 GB buffer.
+//
+// Encodings (`WeightEncoding`):
+//   kCodes       : integer codes per branch, packed at `storage_bits` (8, 4 or 2; see
+//                  quantizer.h), element order = the weight's row-major order.
+//   kDequantized : FP32 dequantized values per branch (format `fake`, branches form).
+//   kDequantizedSum : one FP32 tensor = sum of the dequantized branches (format `fake`,
+//                  folded form; for an unsplit layer the dequantized weight).
+//   kFloatSplit  : FP32 branch values, no quantization (format `split`).
+// For an unsplit layer (`split == false`, or degenerate) there is one branch.
+//
+// Determinism: results depend only on the input values and the config, never on
+// `parallel_for` or thread count: work is cut in fixed chunks and reduced in chunk order.
+//
+// Thread-safety: TransformWeight is re-entrant; call it from several threads at once on
+// different tensors. `sink` is called from the calling thread only.
+#ifndef SQ_CORE_WEIGHT_TRANSFORM_H_
+#define SQ_CORE_WEIGHT_TRANSFORM_H_
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/options.h"
+#include "core/quantizer.h"
+
+namespace sq {
+
+struct WeightView {
+  const float* data = nullptr;
+  std::vector<int64_t> shape;  // rank >= 1
+  int channel_axis = 0;        // output-channel axis
+  int reduction_axis = 0;      // axis blocks run along (kBlock)
+  int64_t num_elements() const;
+};
+
+enum class WeightEncoding { kCodes, kDequantized, kDequantizedSum, kFloatSplit };
+enum class ClusterMethod { kFast, kReference };
+
+struct TransformConfig {
+  QuantSpec spec;                      // bits + symmetric
+  Granularity granularity = Granularity::kChannel;
+  int block_size = 32;
+  bool split = true;
+  bool cluster_per_channel = false;    // one k-means per output channel (else per tensor)
+  WeightEncoding encoding = WeightEncoding::kCodes;
+  int storage_bits = 8;                // kCodes only: 8, 4 or 2 (>= spec.bits)
+  ClusterMethod cluster_method = ClusterMethod::kFast;
+  bool compute_plain_error = true;     // also measure plain (unsplit) quantization error
+};
+
+// DequantizeLinear-shaped parameters of one branch.
+struct BranchParams {
+  std::vector<int64_t> shape;          // {} per tensor; {C} per channel; blocked: weight
+                                       // shape with the reduction dim -> ceil(D / block)
+  int axis = 0;                        // ONNX `axis` (per channel: channel axis;
+                                       // blocked: reduction axis)
+  int block_size = 0;                  // ONNX `block_size`; 0 unless blocked
+  std::vector<float> scales;
+  std::vector<int32_t> zero_points;
+};
+
+struct ClusterSummary {
+  int64_t count = 0;                   // values in this cluster over the whole tensor
+  float min = 0, max = 0;              // over the whole tensor (0, 0 if empty)
+};
+
+struct TransformResult {
+  int num_branches = 1;                // 3 when split
+  bool split = false;
+  std::string not_split_reason;        // set when split was asked for but not done
+  std::array<BranchParams, 3> params;  // [0, num_branches); empty for kFloatSplit
+  std::array<ClusterSummary, 3> clusters;
+  double inertia = 0;                  // k-means inertia summed over clustering units
+  int64_t degenerate_units = 0;        // clustering units with < 3 distinct values
+  double signal_energy = 0;            // sum x^2
+  double split_error_energy = 0;       // sum (x - sum_b x^_b)^2 with the split
+  double plain_error_energy = 0;       // same, plain quantization of the whole tensor
+                                       // with the same granularity (if requested)
+  int64_t bytes_per_branch = 0;        // encoded size of one branch
+};
+
+// Receives encoded bytes of `branch` at `offset` within that branch's encoded tensor.
+using BranchSink =
+    std::function<void(int branch, int64_t offset, const uint8_t* data, size_t size)>;
+// Runs fn(begin, end) over [0, n) split in pieces, possibly in parallel, and returns when
+// all are done. nullptr = run inline.
+using ParallelFor = std::function<void(int64_t n, const std::function<void(int64_t, int64_t)>&)>;
+
+// Errors: InvalidArgument for a bad view/config (axis out of range, bits out of 2..8,
+// storage_bits < bits, non-finite values naming the first bad index).
+absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
+                                                const TransformConfig& config,
+                                                const BranchSink& sink,
+                                                const ParallelFor& parallel_for = nullptr);
+
+// Plain, obviously-correct version of the same contract (materialises everything), kept
+// beside the fast one; tests hold TransformWeight to it.
+absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weight,
+                                                         const TransformConfig& config,
+                                                         const BranchSink& sink);
+
+// A 1-D bias split by its own k-means into three disjoint parts summing to it. Returns one
+// part (the bias itself) when it has < 3 distinct values.
+std::vector<std::vector<float>> SplitBias(absl::Span<const float> bias);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_WEIGHT_TRANSFORM_H_
