@@ -131,17 +131,11 @@ class Walker {
     c.use.display_name = n->name().empty() ? absl::StrCat(op, "#", index) : n->name();
     c.use.weight_input = weight_input;
     if (bias_input >= 0) {
+      // Any constant FP32 bias can be split element-wise: the parts are disjoint pieces of
+      // the same values, whatever its shape. A computed bias goes whole to one branch.
+      c.use.bias_input = bias_input;
       const ConstantRef* b = Resolve(s, n->input(bias_input));
-      if (b != nullptr && b->tensor->dims_size() <= 2 &&
-          b->tensor->data_type() == onnx::TensorProto::FLOAT) {
-        // Only a per-output-channel bias can be split element-wise.
-        int64_t count = NumElements(*b->tensor);
-        int64_t channels = rank > channel_axis ? t.dims(channel_axis) : -1;
-        if (count == channels) {
-          c.use.bias_input = bias_input;
-          c.use.bias = *b;
-        }
-      }
+      if (b != nullptr && b->tensor->data_type() == onnx::TensorProto::FLOAT) c.use.bias = *b;
     }
     c.weight = w;
     c.op_type = op;

@@ -39,8 +39,8 @@ struct LayerUse {
   std::string graph_path;
   std::string display_name;           // node name, or "<op>#<index>" when unnamed
   int weight_input = 1;               // input index of the weight
-  int bias_input = -1;                // input index of a constant 1-D bias, or -1
-  ConstantRef bias;
+  int bias_input = -1;                // input index of the bias (Gemm C, Conv B), or -1
+  ConstantRef bias;                   // set when the bias is a constant FP32 tensor
 };
 
 struct WeightGroup {

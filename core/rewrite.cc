@@ -11,9 +11,12 @@
 namespace sq {
 namespace {
 
-// Whether ONNX Runtime (the runtime the tests hold outputs to) executes packed 2-bit
-// DequantizeLinear. Until it does, 2-bit codes are stored in INT8/UINT8 containers.
-constexpr bool kPackInt2 = false;
+// Packed 2-bit codes (INT2/UINT2) need opset 25. ONNX Runtime 1.29 runs them exactly with
+// graph optimizations off, but its default DequantizeLinear+MatMul fusion (MatMulNBits)
+// miscomputes 2-bit weights whose output dimension is not a multiple of 4. So by default
+// 2-bit codes go in INT8/UINT8 containers, and are packed only when --target-opset >= 25
+// is asked for explicitly.
+constexpr bool kPackInt2 = true;
 
 int64_t MinIrVersionForOpset(int opset) {
   if (opset >= 25) return 13;
@@ -85,7 +88,6 @@ absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int mo
   } else {
     int want = needed;
     if (options.bits == 4) want = std::max(want, 21);
-    if (options.bits == 2 && kPackInt2) want = std::max(want, 25);
     opset = std::max(model_opset, want);
   }
   plan.opset = opset;
@@ -256,7 +258,9 @@ absl::Status GraphEditor::PlanGroup(
     // Bias parts: one per branch when the bias has >= 3 distinct values, else the whole
     // bias rides on the middle branch.
     std::vector<std::string> bias_for_branch(3);
-    if (use.bias_input >= 0) {
+    if (use.bias_input >= 0 && use.bias.tensor == nullptr) {
+      bias_for_branch[1] = node->input(use.bias_input);
+    } else if (use.bias_input >= 0) {
       const onnx::TensorProto* bt = use.bias.tensor;
       auto it = bias_parts_.find(bt);
       if (it == bias_parts_.end()) {

@@ -1,0 +1,555 @@
+// End-to-end tests of the engine on models built in code, checked in ONNX Runtime:
+// every layer kind and storage form, every format and form, determinism, atomicity,
+// cancellation and bad input.
+#include "core/engine.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/model_io.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/model_builder.h"
+#include "tests/support/ort_runner.h"
+
+namespace sq {
+namespace {
+
+using ::sq::testing::GraphBuilder;
+using ::sq::testing::OrtTensor;
+using ::testing::HasSubstr;
+
+// The split model computes the same function in FP32 up to summation order.
+constexpr double kSplitRelTolerance = 1e-5;
+// qdq (DequantizeLinear in ORT) vs fake (our dequantized FP32 weights): same weights,
+// different kernels.
+constexpr double kQdqVsFakeRelTolerance = 1e-4;
+
+bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
+
+class EngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testing::MakeTempDir("sq-engine"); }
+  std::string Path(const std::string& name) { return dir_ + "/" + name; }
+
+  // Runs `model` and `other` on the same random inputs; returns max relative error.
+  double Compare(const std::string& model, const std::string& other, uint64_t seed = 7,
+                 bool optimize = true) {
+    auto inputs = testing::MakeRandomInputs(model, seed, 2);
+    EXPECT_TRUE(inputs.ok()) << inputs.status();
+    testing::OrtRunOptions ro;
+    ro.disable_optimizations = !optimize;
+    auto a = testing::RunOrt(model, *inputs, ro);
+    auto b = testing::RunOrt(other, *inputs, ro);
+    EXPECT_TRUE(a.ok()) << a.status();
+    EXPECT_TRUE(b.ok()) << b.status();
+    if (!a.ok() || !b.ok()) return INFINITY;
+    return testing::MaxRelativeError(*b, *a);
+  }
+
+  absl::StatusOr<ModelReport> Quantize(const std::string& in, const std::string& out,
+                                       const QuantizeOptions& o) {
+    return QuantizeModelFile(in, out, o);
+  }
+
+  std::string dir_;
+};
+
+// x[N,32] -> MatMul W1[32,24] -> Relu -> Gemm(transB) W2[16,24] + C -> y
+onnx::ModelProto MlpModel(int opset = 17) {
+  onnx::ModelProto m = testing::NewModel(opset);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 32});
+  g.Initializer("w1", {32, 24}, testing::TestWeights(32 * 24, 1));
+  g.Initializer("w2", {16, 24}, testing::TestWeights(16 * 24, 2));
+  g.Initializer("c2", {16}, testing::TestWeights(16, 3));
+  g.Node("MatMul", {"x", "w1"}, {"h"}, "fc1");
+  g.Node("Relu", {"h"}, {"r"}, "relu");
+  auto* gemm = g.Node("Gemm", {"r", "w2", "c2"}, {"y"}, "fc2");
+  testing::AttrInt(gemm, "transB", 1);
+  testing::AttrFloat(gemm, "alpha", 0.75f);
+  testing::AttrFloat(gemm, "beta", 1.5f);
+  g.Output("y");
+  return m;
+}
+
+// x[N,4,10,10] -> Conv(8x4x3x3, bias) -> Conv depthwise (8x1x3x3, group 8, bias)
+//   -> ConvTranspose (8 -> 6, group 2, bias) -> y
+onnx::ModelProto ConvModel(int opset = 17) {
+  onnx::ModelProto m = testing::NewModel(opset);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 4, 10, 10});
+  g.Initializer("cw", {8, 4, 3, 3}, testing::TestWeights(8 * 4 * 9, 11));
+  g.Initializer("cb", {8}, testing::TestWeights(8, 12));
+  g.Initializer("dw", {8, 1, 3, 3}, testing::TestWeights(8 * 9, 13));
+  g.Initializer("db", {8}, testing::TestWeights(8, 14));
+  g.Initializer("tw", {8, 3, 3, 3}, testing::TestWeights(8 * 3 * 9, 15));
+  g.Initializer("tb", {6}, testing::TestWeights(6, 16));
+  auto* c1 = g.Node("Conv", {"x", "cw", "cb"}, {"a"}, "conv");
+  testing::AttrInts(c1, "pads", {1, 1, 1, 1});
+  auto* c2 = g.Node("Conv", {"a", "dw", "db"}, {"b"}, "depthwise");
+  testing::AttrInt(c2, "group", 8);
+  testing::AttrInts(c2, "pads", {1, 1, 1, 1});
+  auto* c3 = g.Node("ConvTranspose", {"b", "tw", "tb"}, {"y"}, "deconv");
+  testing::AttrInt(c3, "group", 2);
+  testing::AttrInts(c3, "strides", {2, 2});
+  g.Output("y");
+  return m;
+}
+
+TEST_F(EngineTest, SplitFormatEqualsOriginalForEveryLayerKindAndForm) {
+  for (auto& [name, model] : {std::pair<std::string, onnx::ModelProto>{"mlp", MlpModel()},
+                              {"conv", ConvModel()}}) {
+    ASSERT_TRUE(testing::SaveModel(model, Path(name + ".onnx")).ok());
+    for (SplitForm form : {SplitForm::kBranches, SplitForm::kFolded}) {
+      QuantizeOptions o;
+      o.format = OutputFormat::kSplit;
+      o.form = form;
+      o.min_weight_elements = 1;
+      std::string out = Path(absl::StrCat(name, "-split-", ToString(form), ".onnx"));
+      auto report = Quantize(Path(name + ".onnx"), out, o);
+      ASSERT_TRUE(report.ok()) << report.status();
+      EXPECT_EQ(report->layers_split, name == "mlp" ? 2 : 3) << name;
+      EXPECT_LE(Compare(Path(name + ".onnx"), out), kSplitRelTolerance) << name << " " << ToString(form);
+    }
+  }
+}
+
+TEST_F(EngineTest, BranchesFormHasThreeOpsPerLayerAndSplitsBias) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  QuantizeOptions o;
+  o.format = OutputFormat::kSplit;
+  o.min_weight_elements = 1;
+  auto report = Quantize(Path("mlp.onnx"), Path("out.onnx"), o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  auto loaded = LoadedModel::FromFile(Path("out.onnx"));
+  ASSERT_TRUE(loaded.ok());
+  int matmuls = 0, gemms = 0, adds = 0;
+  for (const auto& n : (*loaded)->proto().graph().node()) {
+    matmuls += n.op_type() == "MatMul";
+    gemms += n.op_type() == "Gemm";
+    adds += n.op_type() == "Add";
+  }
+  EXPECT_EQ(matmuls, 3);
+  EXPECT_EQ(gemms, 3);
+  EXPECT_EQ(adds, 4);
+  // Original weights are gone; the Gemm bias was split in three.
+  for (const auto& t : (*loaded)->proto().graph().initializer()) {
+    EXPECT_NE(t.name(), "w1");
+    EXPECT_NE(t.name(), "c2");
+  }
+  EXPECT_TRUE(report->layers[1].bias_split);
+}
+
+TEST_F(EngineTest, QdqMatchesOurDequantizedReferenceInOrt) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  struct Case {
+    int bits;
+    Granularity g;
+    int block;
+    bool symmetric;
+  };
+  for (const Case& c : {Case{8, Granularity::kTensor, 0, false}, Case{8, Granularity::kChannel, 0, true},
+                        Case{4, Granularity::kChannel, 0, false}, Case{4, Granularity::kBlock, 16, false},
+                        Case{4, Granularity::kTensor, 0, true}, Case{3, Granularity::kChannel, 0, false},
+                        Case{2, Granularity::kChannel, 0, false}}) {
+    for (const char* name : {"mlp", "conv"}) {
+      for (SplitForm form : {SplitForm::kBranches, SplitForm::kFolded}) {
+        QuantizeOptions o;
+        o.bits = c.bits;
+        o.granularity = c.g;
+        if (c.block) o.block_size = c.block;
+        o.symmetric = c.symmetric;
+        o.form = form;
+        o.min_weight_elements = 1;
+        std::string tag = absl::StrCat(name, "-", c.bits, ToString(c.g), c.symmetric, ToString(form));
+        o.format = OutputFormat::kQdq;
+        auto q = Quantize(Path(absl::StrCat(name, ".onnx")), Path(tag + "-qdq.onnx"), o);
+        ASSERT_TRUE(q.ok()) << tag << ": " << q.status();
+        o.format = OutputFormat::kFake;
+        auto f = Quantize(Path(absl::StrCat(name, ".onnx")), Path(tag + "-fake.onnx"), o);
+        ASSERT_TRUE(f.ok()) << tag << ": " << f.status();
+        EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-qdq.onnx"), 7, false),
+                  kQdqVsFakeRelTolerance) << tag;
+        // Same clustering and parameters whatever the format: same error statistics.
+        EXPECT_DOUBLE_EQ(q->mean_sqnr_split_db, f->mean_sqnr_split_db) << tag;
+      }
+    }
+  }
+}
+
+TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 256});
+  g.Initializer("w", {256, 256}, testing::TestWeights(256 * 256, 5));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("big.onnx")).ok());
+  QuantizeOptions o;  // 4-bit qdq split, channel
+  auto r = Quantize(Path("big.onnx"), Path("q.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->output_opset, 21);
+  // Three packed 4-bit branches: 3 * 0.5 byte per weight vs 4 bytes.
+  EXPECT_GT(r->compression_ratio, 2.4);
+  EXPECT_TRUE(testing::LoadInOrt(Path("q.onnx")).ok());
+  QuantizeOptions plain = o;
+  plain.split = false;
+  auto p = Quantize(Path("big.onnx"), Path("p.onnx"), plain);
+  ASSERT_TRUE(p.ok());
+  EXPECT_GT(p->compression_ratio, 7.0);
+  // SplitQuant beats plain linear on heavy-tailed weights.
+  EXPECT_GT(r->mean_sqnr_split_db, p->mean_sqnr_plain_db + 3.0);
+  EXPECT_DOUBLE_EQ(p->mean_sqnr_plain_db, r->mean_sqnr_plain_db);
+}
+
+TEST_F(EngineTest, ZeroIsExactInEveryBranch) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.format = OutputFormat::kSplit;
+  ASSERT_TRUE(Quantize(Path("mlp.onnx"), Path("split.onnx"), o).ok());
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      o.format = OutputFormat::kFake;
+      o.bits = bits;
+      o.symmetric = symmetric;
+      ASSERT_TRUE(Quantize(Path("mlp.onnx"), Path("fake.onnx"), o).ok());
+      auto split = LoadedModel::FromFile(Path("split.onnx"));
+      auto fake = LoadedModel::FromFile(Path("fake.onnx"));
+      ASSERT_TRUE(split.ok() && fake.ok());
+      int checked = 0;
+      for (const auto& st : (*split)->proto().graph().initializer()) {
+        if (st.name().find(".split") == std::string::npos) continue;
+        std::string fake_name = st.name();
+        fake_name.replace(fake_name.find(".split"), 6, ".fake");
+        for (const auto& ft : (*fake)->proto().graph().initializer()) {
+          if (ft.name() != fake_name) continue;
+          auto a = ReadFloatTensor(**split, st);
+          auto b = ReadFloatTensor(**fake, ft);
+          ASSERT_TRUE(a.ok() && b.ok());
+          for (int64_t i = 0; i < a->size; ++i) {
+            if (a->data[i] == 0.0f) {
+              ASSERT_EQ(b->data[i], 0.0f) << ft.name() << "[" << i << "] bits " << bits;
+            }
+          }
+          ++checked;
+        }
+      }
+      EXPECT_EQ(checked, 6);  // 3 branches x 2 layers
+    }
+  }
+}
+
+TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 16});
+  g.Input("cond", {}, onnx::TensorProto::BOOL);
+  g.Constant("wc", {16, 16}, testing::TestWeights(256, 21));       // Constant node weight
+  g.Initializer("shared", {16, 16}, testing::TestWeights(256, 22));  // used 3 times
+  g.Initializer("outer", {16, 8}, testing::TestWeights(128, 23));   // used inside If
+  g.Node("MatMul", {"x", "wc"}, {"a"}, "const_mm");
+  g.Node("MatMul", {"a", "shared"}, {"b"}, "shared_mm1");
+  g.Node("MatMul", {"b", "shared"}, {"c"}, "shared_mm2");
+  onnx::NodeProto* iff = g.Node("If", {"cond"}, {"y"}, "branch");
+  GraphBuilder then_g(testing::AttrGraph(iff, "then_branch"));
+  then_g.Node("MatMul", {"c", "outer"}, {"t"}, "then_mm");
+  then_g.Output("t");
+  GraphBuilder else_g(testing::AttrGraph(iff, "else_branch"));
+  else_g.Node("MatMul", {"c", "shared"}, {"e0"}, "else_mm");
+  else_g.Node("MatMul", {"e0", "outer"}, {"e"}, "else_mm2");
+  else_g.Output("e");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("sub.onnx")).ok());
+
+  for (OutputFormat f : {OutputFormat::kSplit, OutputFormat::kQdq}) {
+    for (SplitForm form : {SplitForm::kBranches, SplitForm::kFolded}) {
+      QuantizeOptions o;
+      o.format = f;
+      o.form = form;
+      o.bits = 8;
+      o.min_weight_elements = 1;
+      std::string out = Path(absl::StrCat("sub-", ToString(f), ToString(form), ".onnx"));
+      auto r = Quantize(Path("sub.onnx"), out, o);
+      ASSERT_TRUE(r.ok()) << r.status();
+      ASSERT_EQ(r->layers.size(), 3u);  // wc, shared, outer: each handled once
+      EXPECT_EQ(r->layers[1].shared_by, 3);
+      EXPECT_EQ(r->layers[2].graph, "main/branch.then_branch");
+      for (bool cond : {true, false}) {
+        std::vector<OrtTensor> in(2);
+        in[0].name = "x";
+        in[0].shape = {2, 16};
+        in[0].f = testing::TestWeights(32, 99, 1.0f);
+        in[1].name = "cond";
+        in[1].elem_type = onnx::TensorProto::BOOL;
+        in[1].i = {cond ? 1 : 0};
+        auto a = testing::RunOrt(Path("sub.onnx"), in);
+        auto b = testing::RunOrt(out, in);
+        ASSERT_TRUE(a.ok()) << a.status();
+        ASSERT_TRUE(b.ok()) << b.status();
+        double tol = f == OutputFormat::kSplit ? kSplitRelTolerance : 0.1;
+        EXPECT_LE(testing::MaxRelativeError(*b, *a), tol) << ToString(f) << " " << ToString(form);
+      }
+      // A shared weight is stored once: one set of branch tensors for "shared".
+      auto loaded = LoadedModel::FromFile(out);
+      ASSERT_TRUE(loaded.ok());
+      int shared_tensors = 0;
+      for (const auto& t : (*loaded)->proto().graph().initializer()) {
+        shared_tensors += t.name().rfind("shared.sq", 0) == 0;
+      }
+      EXPECT_EQ(shared_tensors, f == OutputFormat::kSplit ? 3 : 9);
+    }
+  }
+}
+
+TEST_F(EngineTest, ExternalDataInAndOut) {
+  ASSERT_TRUE(testing::SaveModelWithExternalData(MlpModel(), Path("ext.onnx"), "ext.bin").ok());
+  QuantizeOptions o;
+  o.format = OutputFormat::kSplit;
+  o.min_weight_elements = 1;
+  o.external_data = true;
+  auto r = Quantize(Path("ext.onnx"), Path("out.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->external_data_path, "out.onnx.data");
+  EXPECT_TRUE(Exists(Path("out.onnx.data")));
+  EXPECT_LE(Compare(Path("ext.onnx"), Path("out.onnx")), kSplitRelTolerance);
+  // External input, inline output.
+  o.external_data = false;
+  o.format = OutputFormat::kQdq;
+  auto r2 = Quantize(Path("ext.onnx"), Path("inline.onnx"), o);
+  ASSERT_TRUE(r2.ok()) << r2.status();
+  EXPECT_TRUE(r2->external_data_path.empty());
+  EXPECT_TRUE(testing::LoadInOrt(Path("inline.onnx")).ok());
+}
+
+TEST_F(EngineTest, SameInputAndOptionsGiveByteIdenticalOutputWhateverTheThreads) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.threads = 1;
+  auto a = Quantize(Path("conv.onnx"), Path("a.onnx"), o);
+  o.threads = 4;
+  auto b = Quantize(Path("conv.onnx"), Path("b.onnx"), o);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->output_sha256, b->output_sha256);
+  auto fa = ReadFileToString(Path("a.onnx"));
+  auto fb = ReadFileToString(Path("b.onnx"));
+  ASSERT_TRUE(fa.ok() && fb.ok());
+  EXPECT_TRUE(*fa == *fb);
+  EXPECT_EQ(Sha256Hex(fa->data(), fa->size()), a->output_sha256);
+}
+
+TEST_F(EngineTest, PreservesWhatItDoesNotTouch) {
+  onnx::ModelProto m = MlpModel();
+  m.set_doc_string("a model doc");
+  m.set_producer_name("producer-x");
+  auto* meta = m.add_metadata_props();
+  meta->set_key("author");
+  meta->set_value("someone");
+  m.mutable_graph()->mutable_node(1)->set_doc_string("relu doc");
+  auto* vi = m.mutable_graph()->add_value_info();
+  vi->set_name("r");
+  vi->mutable_type()->mutable_tensor_type()->set_elem_type(1);
+  auto* custom = m.add_opset_import();
+  custom->set_domain("com.example");
+  custom->set_version(3);
+  ASSERT_TRUE(testing::SaveModel(m, Path("m.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.format = OutputFormat::kFake;
+  ASSERT_TRUE(Quantize(Path("m.onnx"), Path("o.onnx"), o).ok());
+  auto out = LoadedModel::FromFile(Path("o.onnx"));
+  ASSERT_TRUE(out.ok());
+  const auto& p = (*out)->proto();
+  EXPECT_EQ(p.doc_string(), "a model doc");
+  EXPECT_EQ(p.producer_name(), "producer-x");
+  ASSERT_EQ(p.metadata_props_size(), 1);
+  EXPECT_EQ(p.metadata_props(0).value(), "someone");
+  EXPECT_EQ(p.graph().value_info_size(), 1);
+  bool found_doc = false, found_domain = false;
+  for (const auto& n : p.graph().node()) found_doc |= n.doc_string() == "relu doc";
+  for (const auto& o2 : p.opset_import()) found_domain |= o2.domain() == "com.example";
+  EXPECT_TRUE(found_doc);
+  EXPECT_TRUE(found_domain);
+}
+
+TEST_F(EngineTest, ExclusionsAndMinimumSize) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.exclude_name_patterns = {"^fc2$"};
+  auto r = Quantize(Path("mlp.onnx"), Path("o.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->layers_quantized, 1);
+  EXPECT_THAT(r->layers[1].skip_reason, HasSubstr("excluded"));
+  o.exclude_name_patterns.clear();
+  o.exclude_op_types = {"MatMul"};
+  r = Quantize(Path("mlp.onnx"), Path("o.onnx"), o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FALSE(r->layers[0].quantized);
+  o.exclude_op_types.clear();
+  o.min_weight_elements = 500;  // w1 has 768 elements, w2 384
+  r = Quantize(Path("mlp.onnx"), Path("o.onnx"), o);
+  ASSERT_TRUE(r.ok());
+  EXPECT_TRUE(r->layers[0].quantized);
+  EXPECT_FALSE(r->layers[1].quantized);
+}
+
+TEST_F(EngineTest, DegenerateWeightsAreQuantizedButNotSplit) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 8});
+  g.Initializer("const_w", {8, 8}, std::vector<float>(64, 0.5f));
+  std::vector<float> two(64);
+  for (int i = 0; i < 64; ++i) two[i] = i % 2 ? 1.0f : -1.0f;
+  g.Initializer("two_w", {8, 8}, two);
+  g.Node("MatMul", {"x", "const_w"}, {"a"}, "const_mm");
+  g.Node("MatMul", {"a", "two_w"}, {"y"}, "two_mm");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("d.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  auto r = Quantize(Path("d.onnx"), Path("o.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->layers[0].split);
+  EXPECT_THAT(r->layers[0].not_split_reason, HasSubstr("distinct"));
+  EXPECT_FALSE(r->layers[1].split);
+  // Two-valued and constant weights are exact at any bit width.
+  o.format = OutputFormat::kFake;
+  ASSERT_TRUE(Quantize(Path("d.onnx"), Path("f.onnx"), o).ok());
+  EXPECT_LE(Compare(Path("d.onnx"), Path("f.onnx")), 1e-6);
+}
+
+TEST_F(EngineTest, BadInputGivesInvalidArgumentNamingTheProblem) {
+  QuantizeOptions o;
+  {
+    std::ofstream(Path("junk.onnx")) << "this is not a model";
+    auto r = Quantize(Path("junk.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("not a valid ONNX model"));
+  }
+  {
+    ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+    auto bytes = ReadFileToString(Path("mlp.onnx"));
+    std::ofstream(Path("trunc.onnx"), std::ios::binary) << bytes->substr(0, bytes->size() / 2);
+    auto r = Quantize(Path("trunc.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  }
+  {
+    onnx::ModelProto m = MlpModel();
+    ASSERT_TRUE(testing::SaveModelWithExternalData(m, Path("ext.onnx"), "ext.bin").ok());
+    auto loaded = LoadedModel::FromFile(Path("ext.onnx"));
+    ASSERT_TRUE(loaded.ok());
+    onnx::ModelProto evil = (*loaded)->proto();
+    for (auto& t : *evil.mutable_graph()->mutable_initializer()) {
+      for (auto& e : *t.mutable_external_data()) {
+        if (e.key() == "location") e.set_value("../../etc/passwd");
+      }
+    }
+    ASSERT_TRUE(testing::SaveModel(evil, Path("evil.onnx")).ok());
+    auto r = Quantize(Path("evil.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("escapes the model's directory"));
+    for (auto& t : *evil.mutable_graph()->mutable_initializer()) {
+      for (auto& e : *t.mutable_external_data()) {
+        if (e.key() == "location") e.set_value("/etc/passwd");
+      }
+    }
+    ASSERT_TRUE(testing::SaveModel(evil, Path("evil2.onnx")).ok());
+    r = Quantize(Path("evil2.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    ASSERT_EQ(symlink("/etc", Path("link").c_str()), 0);
+    for (auto& t : *evil.mutable_graph()->mutable_initializer()) {
+      for (auto& e : *t.mutable_external_data()) {
+        if (e.key() == "location") e.set_value("link/passwd");
+      }
+    }
+    ASSERT_TRUE(testing::SaveModel(evil, Path("evil3.onnx")).ok());
+    r = Quantize(Path("evil3.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("outside the model's directory"));
+  }
+  {
+    QuantizeOptions bad;
+    bad.bits = 9;
+    auto r = Quantize(Path("mlp.onnx"), Path("o.onnx"), bad);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("bits"));
+  }
+  {
+    onnx::ModelProto m = testing::NewModel(17);
+    GraphBuilder g(m.mutable_graph());
+    g.Input("x", {-1, 8});
+    g.Node("Relu", {"x"}, {"y"});
+    g.Output("y");
+    ASSERT_TRUE(testing::SaveModel(m, Path("relu.onnx")).ok());
+    auto r = Quantize(Path("relu.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("no quantizable layer"));
+  }
+  {
+    auto r = Quantize(Path("missing.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  }
+  EXPECT_FALSE(Exists(Path("o.onnx")));
+}
+
+TEST_F(EngineTest, CancellationLeavesNothingBehind) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.external_data = true;
+  RunHooks hooks;
+  int calls = 0;
+  hooks.is_cancelled = [&] { return ++calls > 2; };
+  auto r = QuantizeModelFile(Path("conv.onnx"), Path("o.onnx"), o, hooks);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_FALSE(Exists(Path("o.onnx")));
+  EXPECT_FALSE(Exists(Path("o.onnx.data")));
+  // No temporary files either.
+  auto listing = std::system(absl::StrCat("test -z \"$(ls -A ", dir_, " | grep tmp)\"").c_str());
+  EXPECT_EQ(listing, 0);
+}
+
+TEST_F(EngineTest, ProgressReportsEveryLayer) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  RunHooks hooks;
+  std::vector<std::string> stages;
+  int last_layer = 0, count = 0;
+  hooks.on_progress = [&](const Progress& p) {
+    if (stages.empty() || stages.back() != p.stage) stages.push_back(p.stage);
+    if (p.stage == "transform") {
+      EXPECT_GE(p.layer_index, last_layer);
+      last_layer = p.layer_index;
+      count = p.layer_count;
+    }
+  };
+  ASSERT_TRUE(QuantizeModelFile(Path("conv.onnx"), Path("o.onnx"), o, hooks).ok());
+  EXPECT_EQ(count, 3);
+  EXPECT_EQ(last_layer, 3);
+  EXPECT_EQ(stages.front(), "load");
+  EXPECT_EQ(stages.back(), "done");
+}
+
+TEST_F(EngineTest, InspectListsLayersAndOps) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  auto info = InspectModelFile(Path("conv.onnx"));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->opset, 17);
+  EXPECT_EQ(info->layers.size(), 3u);
+  EXPECT_EQ(info->op_histogram.at("Conv"), 2);
+  EXPECT_EQ(info->op_histogram.at("ConvTranspose"), 1);
+  EXPECT_TRUE(info->unsupported_ops.empty());
+}
+
+}  // namespace
+}  // namespace sq
