@@ -1,0 +1,120 @@
+// `sqctl quantize`: flag parsing (library) and the real binary's exit codes and output.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_cat.h"
+#include "client/quantize_command.h"
+#include "core/file_util.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/model_builder.h"
+
+namespace sq::cli {
+namespace {
+
+using ::testing::HasSubstr;
+
+TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
+  auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--bits", "2", "--granularity=block",
+                              "--block-size", "16", "--symmetric", "--split", "off", "--form",
+                              "folded", "--format", "fake", "--exclude", "a,b", "--exclude", "^c",
+                              "--exclude-op", "Conv", "--threads", "3", "--report", "r.json",
+                              "--cluster-scope", "channel", "--external-data", "--target-opset", "21"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->input, "m.onnx");
+  EXPECT_EQ(a->output, "o.onnx");
+  EXPECT_EQ(a->options.bits, 2);
+  EXPECT_EQ(a->options.granularity, Granularity::kBlock);
+  EXPECT_EQ(a->options.block_size, 16);
+  EXPECT_TRUE(a->options.symmetric);
+  EXPECT_FALSE(a->options.split);
+  EXPECT_EQ(a->options.form, SplitForm::kFolded);
+  EXPECT_EQ(a->options.format, OutputFormat::kFake);
+  EXPECT_EQ(a->options.exclude_name_patterns, (std::vector<std::string>{"a,b", "^c"}));
+  EXPECT_EQ(a->options.exclude_op_types, (std::vector<std::string>{"Conv"}));
+  EXPECT_EQ(a->options.threads, 3);
+  EXPECT_EQ(a->options.cluster_scope, ClusterScope::kChannel);
+  EXPECT_TRUE(a->options.external_data);
+  EXPECT_EQ(a->options.target_opset, 21);
+  EXPECT_EQ(a->report_path, "r.json");
+}
+
+TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  for (const Case& c : {Case{{"m.onnx", "-o", "o", "--bits", "9"}, "--bits"},
+                        Case{{"m.onnx", "-o", "o", "--bits", "four"}, "--bits"},
+                        Case{{"m.onnx", "-o", "o", "--granularity", "row"}, "granularity"},
+                        Case{{"m.onnx", "-o", "o", "--format", "gguf"}, "format"},
+                        Case{{"m.onnx", "-o", "o", "--split", "maybe"}, "--split"},
+                        Case{{"m.onnx", "-o", "o", "--frobnicate"}, "unknown flag"},
+                        Case{{"m.onnx"}, "no output"},
+                        Case{{"-o", "o.onnx"}, "no input"},
+                        Case{{"a.onnx", "b.onnx", "-o", "o"}, "more than one"},
+                        Case{{"m.onnx", "-o"}, "needs a value"},
+                        Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
+    auto a = ParseQuantizeArgs(c.args);
+    EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
+    EXPECT_THAT(std::string(a.status().message()), HasSubstr(c.message));
+  }
+}
+
+// Runs the built sqctl binary; returns the exit code and captures stdout+stderr.
+int RunSqctl(const std::string& args, std::string* output) {
+  std::string cmd = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl ", args, " 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  output->clear();
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) output->append(buf, n);
+  int status = pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
+  std::string dir = testing::MakeTempDir("sq-cli");
+  onnx::ModelProto m = testing::NewModel(17);
+  testing::GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 64});
+  g.Initializer("w", {64, 64}, testing::TestWeights(64 * 64, 3));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, dir + "/m.onnx").ok());
+  std::string out;
+  int rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q.onnx --bits 4 --report ",
+                                 dir, "/r.json"), &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("1 quantized, 1 split"));
+  auto report = ReadFileToString(dir + "/r.json");
+  ASSERT_TRUE(report.ok());
+  auto j = nlohmann::json::parse(*report);
+  EXPECT_EQ(j["layers"].size(), 1u);
+  EXPECT_EQ(j["layers"][0]["split"], true);
+  EXPECT_EQ(j["options"]["bits"], 4);
+  EXPECT_EQ(j["output_sha256"].get<std::string>().size(), 64u);
+
+  rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q2.onnx --json"), &out);
+  EXPECT_EQ(rc, 0);
+  EXPECT_NO_THROW(nlohmann::json::parse(out));
+
+  rc = RunSqctl(absl::StrCat("quantize ", dir, "/missing.onnx -o ", dir, "/q3.onnx"), &out);
+  EXPECT_EQ(rc, kExitFailed);
+  EXPECT_THAT(out, HasSubstr("NOT_FOUND"));
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << "errors are one line: " << out;
+
+  rc = RunSqctl("quantize --bits 1 x.onnx -o y.onnx", &out);
+  EXPECT_EQ(rc, kExitUsage);
+  rc = RunSqctl("quantize --help", &out);
+  EXPECT_EQ(rc, 0);
+  EXPECT_THAT(out, HasSubstr("--granularity"));
+  rc = RunSqctl("nonsense", &out);
+  EXPECT_EQ(rc, kExitUsage);
+}
+
+}  // namespace
+}  // namespace sq::cli
