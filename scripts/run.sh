@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The main job, from a fresh machine: install what is needed, build sq-server and sqctl,
+# start the server on its embedded defaults (gRPC 127.0.0.1:50051, metrics :9464, a
+# private artifact directory), submit the real PaddleOCR v4 recognizer (from npm) for
+# SplitQuant INT4 with sqctl, download the result, print the report, stop the server.
+# Without the service (built with -DSQ_BUILD_SERVER=OFF) it quantizes locally instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+SQ_CACHE="${SQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sq}"
+MODEL="${MODEL:-$SQ_CACHE/ocr-models-1.4.2/ch_PP-OCRv4_rec_infer.onnx}"
+OUT_DIR="${OUT_DIR:-out}"
+mkdir -p "$OUT_DIR"
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build -j"$(nproc)" sqctl $( [[ -f server/main.cc ]] && echo sq-server )
+
+SQCTL=build/client/sqctl
+if [[ -x build/server/sq-server ]]; then
+  export XDG_STATE_HOME="${XDG_STATE_HOME:-$PWD/$OUT_DIR/state}"
+  build/server/sq-server &
+  server=$!
+  trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
+  for _ in $(seq 1 50); do "$SQCTL" health >/dev/null 2>&1 && break; sleep 0.2; done
+  "$SQCTL" health
+  "$SQCTL" submit "$MODEL" --bits 4 --granularity channel -o "$OUT_DIR/rec-int4.onnx"
+  job=$("$SQCTL" list --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["jobs"][0]["job_id"] if "jobs" in j else j[0]["job_id"])' 2>/dev/null || true)
+  [[ -n "$job" ]] && "$SQCTL" report "$job"
+else
+  "$SQCTL" quantize "$MODEL" -o "$OUT_DIR/rec-int4.onnx" --bits 4 --granularity channel \
+    --report "$OUT_DIR/rec-int4.report.json"
+fi
+echo "output: $OUT_DIR/rec-int4.onnx"

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Builds sq and runs the whole test suite, from a fresh machine: installs what it needs
+# (scripts/setup.sh), builds in build/ (Release with debug info), runs every GoogleTest
+# through ctest, then repeats the engine's tests in an ASan+UBSan build (build-asan/).
+# Environment: SQ_SKIP_SANITIZE=1 skips the sanitizer pass; JOBS overrides parallelism.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+JOBS="${JOBS:-$(nproc)}"
+
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build -j"$JOBS"
+(cd build && ctest -j"$JOBS" --output-on-failure --timeout 900)
+
+if [[ "${SQ_SKIP_SANITIZE:-0}" != "1" ]]; then
+  # The engine (no service) under AddressSanitizer + UndefinedBehaviorSanitizer.
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSQ_SANITIZE=ON \
+        -DSQ_BUILD_SERVER=OFF >/dev/null
+  ninja -C build-asan -j"$JOBS"
+  (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+     ctest -j"$JOBS" --output-on-failure --timeout 900 -E 'llama_gen')
+fi
