@@ -365,6 +365,10 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   for (size_t i = 0; i < copies.size(); ++i) tasks.push_back({-1, static_cast<int>(i), copies[i].size / 8});
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 
+  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
+  threads = std::max(1, threads);
+  int64_t total_weight_elements = 0;
+  for (const GroupPlan& p : plans) total_weight_elements += NumElementsOf(p.group->shape);
   std::vector<TransformResult> results(plans.size());
   std::vector<absl::Status> plan_status(plans.size());
   std::vector<absl::Status> copy_status(copies.size());
@@ -404,7 +408,21 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
       }
       sink_status = write_bytes(p.data[branch], offset, data, size);
     };
-    auto result = TransformWeight(view, p.config, sink);
+    // A tensor bigger than a fair share of the work would trail behind the others: cut its
+    // passes across extra threads (the output does not depend on how they are cut).
+    ParallelFor parallel;
+    if (threads > 1 && NumElementsOf(p.group->shape) * threads > 2 * total_weight_elements) {
+      parallel = [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+        int parts = static_cast<int>(std::min<int64_t>(threads, n));
+        std::vector<std::thread> helpers;
+        for (int t = 1; t < parts; ++t) {
+          helpers.emplace_back([&, t] { fn(n * t / parts, n * (t + 1) / parts); });
+        }
+        fn(0, n / parts);
+        for (auto& h : helpers) h.join();
+      };
+    }
+    auto result = TransformWeight(view, p.config, sink, parallel);
     w.ReleasePages();
     if (!result.ok()) {
       return absl::Status(result.status().code(),
@@ -450,8 +468,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     return absl::OkStatus();
   };
 
-  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
-  threads = std::max(1, std::min<int>(threads, static_cast<int>(tasks.size())));
+  const int workers = std::min<int>(threads, static_cast<int>(tasks.size()));
   auto worker = [&] {
     while (!stop.load()) {
       size_t k = next.fetch_add(1);
@@ -474,7 +491,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   };
   progress("transform", 0, static_cast<int>(plans.size()));
   std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
+  for (int i = 0; i < workers; ++i) pool.emplace_back(worker);
   {
     size_t reported = 0;
     std::unique_lock<std::mutex> lock(mu);

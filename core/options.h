@@ -67,7 +67,10 @@ struct QuantizeOptions {
   bool external_data = false;
 };
 
-// Checks ranges and combinations; InvalidArgument naming the offending option.
+// Checks ranges and combinations; InvalidArgument naming the offending option. block_size
+// is checked (2..65536) only when granularity is kBlock, since nothing else reads it; an
+// enum holding a value outside its enumerators (a bad cast from a wire message) is
+// rejected too. ToString returns "?" for such values.
 absl::Status ValidateOptions(const QuantizeOptions& options);
 
 // Parsing/printing of the enums (lower-case names as used on the command line and wire).

@@ -8,8 +8,11 @@
 //               s = max|x| / (2^(b-1) - 1)  (the grid is symmetric; -2^(b-1) is unused).
 //   asymmetric: unsigned codes, qmin = 0, qmax = 2^b - 1. The range is first widened to
 //               include 0 (rmin = min(min x, 0), rmax = max(max x, 0)); s = (rmax - rmin)
-//               / qmax; z = round_half_to_even(-rmin / s) is an integer in [0, qmax]; s is
-//               then enlarged just enough that [rmin, rmax] still maps inside [qmin, qmax].
+//               / qmax; z is an integer in [0, qmax] next to -rmin / s (of the two
+//               neighbours and round_half_to_even, the one needing the smaller final s; z = 0
+//               when rmin = 0, z = qmax when rmax = 0); s is then enlarged just enough that
+//               rmin and rmax map to codes inside [qmin, qmax] without clipping.
+// Scales are rounded up to float and kept >= FLT_MIN (normal).
 // Either way x = 0 maps to q = z exactly and dequantizes to exactly 0: a branch that is
 // mostly zeros loses nothing at its zeros. A slice that is all zeros gets s = 1, z = 0
 // (or the asymmetric equivalent) so scales are always finite and positive.

@@ -14,6 +14,16 @@
 //                  folded form; for an unsplit layer the dequantized weight).
 //   kFloatSplit  : FP32 branch values, no quantization (format `split`).
 // For an unsplit layer (`split == false`, or degenerate) there is one branch.
+// kDequantizedSum emits one tensor (sink branch 0) even when split; `params` still holds
+// the three branches' parameters.
+//
+// Emission: per branch, pieces in ascending offset order, each at most 4 MiB, each starting
+// at an element index that is a multiple of 2^20 (so packed pieces start on byte bounds).
+//
+// Fast path passes: (0) finiteness check, (1) clustering (tensor > 65536 elements:
+// histogram + a light second pass over the cut bins; else exact sort-based), (2) per-slice
+// per-branch min/max, (3) quantize + encode + error sums. Within a tensor the passes run
+// over fixed 32768-element chunks on `parallel_for`.
 //
 // Determinism: results depend only on the input values and the config, never on
 // `parallel_for` or thread count: work is cut in fixed chunks and reduced in chunk order.
@@ -80,13 +90,14 @@ struct TransformResult {
   bool split = false;
   std::string not_split_reason;        // set when split was asked for but not done
   std::array<BranchParams, 3> params;  // [0, num_branches); empty for kFloatSplit
-  std::array<ClusterSummary, 3> clusters;
+  std::array<ClusterSummary, 3> clusters;  // unsplit: [0] describes the whole tensor
   double inertia = 0;                  // k-means inertia summed over clustering units
   int64_t degenerate_units = 0;        // clustering units with < 3 distinct values
   double signal_energy = 0;            // sum x^2
   double split_error_energy = 0;       // sum (x - sum_b x^_b)^2 with the split
   double plain_error_energy = 0;       // same, plain quantization of the whole tensor
-                                       // with the same granularity (if requested)
+                                       // with the same granularity (if requested; also
+                                       // for kFloatSplit, where split_error_energy = 0)
   int64_t bytes_per_branch = 0;        // encoded size of one branch
 };
 

@@ -1,0 +1,1129 @@
+#include "core/weight_transform.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <mutex>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "absl/strings/str_cat.h"
+#include "core/kmeans.h"
+#include "core/status_macros.h"
+
+namespace sq {
+namespace {
+
+constexpr float kInfF = std::numeric_limits<float>::infinity();
+// Fixed work unit of every pass (elements). A multiple of 4 so packed pieces start on
+// byte boundaries; independent of the thread count, which makes results reproducible.
+constexpr int64_t kSubChunk = 1 << 15;
+// Elements per emitted piece: 4 MiB of FP32 per branch at most.
+constexpr int64_t kPieceElements = 1 << 20;
+// |x / s| is clamped to this before rounding: keeps the add-magic rounding exact and
+// changes nothing after saturation (codes span at most 256 levels).
+constexpr float kRoundClamp = 4194304.0f;     // 2^22
+constexpr float kRoundMagic = 12582912.0f;    // 1.5 * 2^23
+
+// ---- validation ------------------------------------------------------------------------
+
+absl::Status ValidateInputs(const WeightView& w, const TransformConfig& c) {
+  if (w.shape.empty()) return absl::InvalidArgumentError("weight: rank must be >= 1");
+  const int rank = static_cast<int>(w.shape.size());
+  int64_t n = 1;
+  for (int64_t d : w.shape) {
+    if (d < 0) return absl::InvalidArgumentError("weight: negative dimension");
+    if (d > 0 && n > (int64_t{1} << 62) / d) {
+      return absl::InvalidArgumentError("weight: too many elements");
+    }
+    n *= d;
+  }
+  if (w.channel_axis < 0 || w.channel_axis >= rank) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight: channel_axis ", w.channel_axis, " out of range for rank ", rank));
+  }
+  if (c.granularity == Granularity::kBlock &&
+      (w.reduction_axis < 0 || w.reduction_axis >= rank)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "weight: reduction_axis ", w.reduction_axis, " out of range for rank ", rank));
+  }
+  if (n > 0 && w.data == nullptr) return absl::InvalidArgumentError("weight: null data");
+  if (c.spec.bits < 2 || c.spec.bits > 8) {
+    return absl::InvalidArgumentError(absl::StrCat("bits must be in 2..8, got ", c.spec.bits));
+  }
+  if (c.granularity == Granularity::kBlock && c.block_size < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size must be >= 1, got ", c.block_size));
+  }
+  if (c.encoding == WeightEncoding::kCodes) {
+    if (c.storage_bits != 8 && c.storage_bits != 4 && c.storage_bits != 2) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("storage_bits must be 8, 4 or 2, got ", c.storage_bits));
+    }
+    if (c.storage_bits < c.spec.bits) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "storage_bits ", c.storage_bits, " < bits ", c.spec.bits));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// First non-finite element, or -1. Chunked so the scan can run in parallel; the answer is
+// the minimum index, independent of scheduling.
+int64_t FirstNonFinite(const float* data, int64_t n, const ParallelFor& parallel_for) {
+  const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
+  std::vector<int64_t> first(static_cast<size_t>(chunks), -1);
+  auto fn = [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      const int64_t b = ch * kSubChunk, e = std::min(n, b + kSubChunk);
+      uint32_t any = 0;
+      int64_t k = b;
+#if defined(__SSE2__)
+      const __m128i exp_mask = _mm_set1_epi32(0x7F800000);
+      __m128i acc = _mm_setzero_si128();
+      for (; k + 4 <= e; k += 4) {
+        const __m128i v = _mm_and_si128(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + k)), exp_mask);
+        acc = _mm_or_si128(acc, _mm_cmpeq_epi32(v, exp_mask));
+      }
+      any = static_cast<uint32_t>(_mm_movemask_epi8(acc));
+#endif
+      for (; k < e; ++k) {
+        uint32_t bits;
+        std::memcpy(&bits, data + k, 4);
+        any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+      }
+      if (!any) continue;
+      for (int64_t k = b; k < e; ++k) {
+        if (!std::isfinite(data[k])) {
+          first[ch] = k;
+          break;
+        }
+      }
+    }
+  };
+  if (chunks == 0) return -1;
+  if (parallel_for) {
+    parallel_for(chunks, fn);
+  } else {
+    fn(0, chunks);
+  }
+  for (int64_t f : first) {
+    if (f >= 0) return f;
+  }
+  return -1;
+}
+
+// ---- index maps: flat element index -> slice (parameter index) or clustering unit -------
+
+// The flat index seen as [O, D, I] around one axis.
+struct AxisSplit {
+  int64_t O = 1, D = 1, I = 1;
+};
+AxisSplit SplitAround(const std::vector<int64_t>& shape, int axis) {
+  AxisSplit s;
+  for (int k = 0; k < static_cast<int>(shape.size()); ++k) {
+    if (k < axis) s.O *= shape[k];
+    if (k == axis) s.D = shape[k];
+    if (k > axis) s.I *= shape[k];
+  }
+  return s;
+}
+
+enum class MapKind { kConst, kChannel, kBlock };
+struct IndexMap {
+  MapKind kind = MapKind::kConst;
+  AxisSplit ax;
+  int64_t block = 1, nb = 1;  // kBlock: block size, blocks along the axis
+  int64_t Count() const {
+    switch (kind) {
+      case MapKind::kConst: return 1;
+      case MapKind::kChannel: return ax.D;
+      case MapKind::kBlock: return ax.O * nb * ax.I;
+    }
+    return 1;
+  }
+  // Conservative [lo, hi) of the values over the elements [e0, e1), e0 < e1.
+  std::pair<int64_t, int64_t> Range(int64_t e0, int64_t e1) const {
+    if (kind == MapKind::kConst) return {0, 1};
+    const int64_t DI = ax.D * ax.I;
+    const int64_t o0 = e0 / DI, d0 = (e0 / ax.I) % ax.D;
+    const int64_t o1 = (e1 - 1) / DI, d1 = ((e1 - 1) / ax.I) % ax.D;
+    if (kind == MapKind::kChannel) {
+      if (o0 == o1) return {d0, d1 + 1};
+      return {0, ax.D};
+    }
+    return {(o0 * nb + d0 / block) * ax.I, (o1 * nb + d1 / block) * ax.I + ax.I};
+  }
+};
+
+// A run of consecutive elements whose map value is constant (stride 0) or increases by
+// one per element (stride 1).
+struct Run {
+  int64_t value;
+  int64_t length;
+  bool stride;
+};
+
+// Walks an IndexMap incrementally (no divisions per run).
+class Cursor {
+ public:
+  Cursor(const IndexMap& m, int64_t e) : m_(m) {
+    if (m.kind == MapKind::kConst) return;
+    o_ = e / (m.ax.D * m.ax.I);
+    d_ = (e / m.ax.I) % m.ax.D;
+    i_ = e % m.ax.I;
+  }
+  Run Current() const {
+    const AxisSplit& a = m_.ax;
+    switch (m_.kind) {
+      case MapKind::kConst:
+        return {0, std::numeric_limits<int64_t>::max(), false};
+      case MapKind::kChannel:
+        if (a.I > 1) return {d_, a.I - i_, false};
+        return {d_, a.D - d_, true};
+      case MapKind::kBlock:
+        if (a.I > 1) return {(o_ * m_.nb + d_ / m_.block) * a.I + i_, a.I - i_, true};
+        return {o_ * m_.nb + d_ / m_.block,
+                std::min(a.D - d_, m_.block - d_ % m_.block), false};
+    }
+    return {0, 0, false};
+  }
+  void Advance(int64_t len) {
+    if (m_.kind == MapKind::kConst) return;
+    if (m_.ax.I > 1) {
+      i_ += len;
+      if (i_ < m_.ax.I) return;
+      i_ = 0;
+      len = 1;
+    }
+    d_ += len;
+    if (d_ == m_.ax.D) {
+      d_ = 0;
+      ++o_;
+    }
+  }
+
+ private:
+  const IndexMap& m_;
+  int64_t o_ = 0, d_ = 0, i_ = 0;
+};
+
+// Calls fn(e, len, slice_run, unit_run) over [e0, e1) in maximal runs of both maps.
+template <typename Fn>
+void ForEachSegment(const IndexMap& slices, const IndexMap& units, int64_t e0, int64_t e1,
+                    Fn&& fn) {
+  Cursor cs(slices, e0), cu(units, e0);
+  for (int64_t e = e0; e < e1;) {
+    const Run rs = cs.Current(), ru = cu.Current();
+    const int64_t len = std::min({rs.length, ru.length, e1 - e});
+    fn(e, len, Run{rs.value, len, rs.stride}, Run{ru.value, len, ru.stride});
+    cs.Advance(len);
+    cu.Advance(len);
+    e += len;
+  }
+}
+
+void RunParallel(int64_t n, const ParallelFor& parallel_for,
+                 const std::function<void(int64_t, int64_t)>& fn) {
+  if (n <= 0) return;
+  if (parallel_for) {
+    parallel_for(n, fn);
+  } else {
+    fn(0, n);
+  }
+}
+
+IndexMap SliceMap(const WeightView& w, const TransformConfig& c) {
+  IndexMap m;
+  if (c.granularity == Granularity::kChannel) {
+    m.kind = MapKind::kChannel;
+    m.ax = SplitAround(w.shape, w.channel_axis);
+  } else if (c.granularity == Granularity::kBlock) {
+    m.kind = MapKind::kBlock;
+    m.ax = SplitAround(w.shape, w.reduction_axis);
+    m.block = c.block_size;
+    m.nb = (m.ax.D + c.block_size - 1) / c.block_size;
+  }
+  return m;
+}
+
+IndexMap UnitMap(const WeightView& w, const TransformConfig& c) {
+  IndexMap m;
+  if (c.split && c.cluster_per_channel) {
+    m.kind = MapKind::kChannel;
+    m.ax = SplitAround(w.shape, w.channel_axis);
+  }
+  return m;
+}
+
+BranchParams ParamsLayout(const WeightView& w, const TransformConfig& c) {
+  BranchParams p;
+  if (c.granularity == Granularity::kChannel) {
+    p.shape = {w.shape[w.channel_axis]};
+    p.axis = w.channel_axis;
+  } else if (c.granularity == Granularity::kBlock) {
+    p.shape = w.shape;
+    p.shape[w.reduction_axis] = (w.shape[w.reduction_axis] + c.block_size - 1) / c.block_size;
+    p.axis = w.reduction_axis;
+    p.block_size = c.block_size;
+  }
+  return p;
+}
+
+int64_t EncodedBytes(int64_t n, const TransformConfig& c) {
+  return c.encoding == WeightEncoding::kCodes ? PackedBytes(n, c.storage_bits) : n * 4;
+}
+
+// ---- clustering ------------------------------------------------------------------------
+
+struct Clustering {
+  std::vector<KMeans1DResult> units;
+  int64_t unit_size = 0;
+};
+
+KMeans1DResult ClusterValues(absl::Span<const float> v, ClusterMethod method,
+                             const ParallelFor& parallel_for) {
+  if (method == ClusterMethod::kReference) return KMeans1DReference(v);
+  return KMeans1DParallel(v, parallel_for);
+}
+
+// Values of channel `c` (map kind kChannel), in flat order.
+void GatherUnit(const float* data, const AxisSplit& a, int64_t c, std::vector<float>& out) {
+  out.resize(static_cast<size_t>(a.O * a.I));
+  for (int64_t o = 0; o < a.O; ++o) {
+    std::memcpy(out.data() + o * a.I, data + (o * a.D + c) * a.I,
+                static_cast<size_t>(a.I) * sizeof(float));
+  }
+}
+
+Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
+                       ClusterMethod method, const ParallelFor& parallel_for) {
+  Clustering out;
+  if (units.kind == MapKind::kConst) {
+    out.unit_size = n;
+    out.units.push_back(ClusterValues(absl::MakeConstSpan(w.data, n), method, parallel_for));
+    return out;
+  }
+  const int64_t count = units.Count();
+  out.unit_size = units.ax.O * units.ax.I;
+  out.units.resize(static_cast<size_t>(count));
+  RunParallel(count, parallel_for, [&](int64_t ub, int64_t ue) {
+    std::vector<float> buf;
+    for (int64_t u = ub; u < ue; ++u) {
+      if (units.ax.O == 1) {  // contiguous: no copy
+        out.units[u] = ClusterValues(
+            absl::MakeConstSpan(w.data + u * units.ax.I, units.ax.I), method, nullptr);
+      } else {
+        GatherUnit(w.data, units.ax, u, buf);
+        out.units[u] = ClusterValues(buf, method, nullptr);
+      }
+    }
+  });
+  return out;
+}
+
+// Outcome of the clustering step shared by both implementations.
+struct SplitPlan {
+  bool split = false;
+  std::string not_split_reason;
+  std::vector<float> t0, t1;  // per unit float thresholds (split only)
+  std::vector<bool> degenerate;
+  int64_t degenerate_units = 0;
+  double inertia = 0;
+  std::array<int64_t, 3> counts{};
+};
+
+SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split) {
+  SplitPlan plan;
+  if (!want_split) return plan;
+  const size_t u = cl.units.size();
+  plan.degenerate.assign(u, false);
+  for (size_t k = 0; k < u; ++k) {
+    const KMeans1DResult& r = cl.units[k];
+    plan.inertia += r.inertia;
+    if (r.distinct_clusters < 3) {
+      plan.degenerate[k] = true;
+      ++plan.degenerate_units;
+    }
+  }
+  if (plan.degenerate_units == static_cast<int64_t>(u)) {
+    plan.not_split_reason = u == 1 ? "fewer than 3 distinct values"
+                                   : "every channel has fewer than 3 distinct values";
+    return plan;
+  }
+  plan.split = true;
+  plan.t0.resize(u);
+  plan.t1.resize(u);
+  for (size_t k = 0; k < u; ++k) {
+    const KMeans1DResult& r = cl.units[k];
+    if (plan.degenerate[k]) {
+      // Degenerate channel: everything into the middle branch.
+      plan.t0[k] = -kInfF;
+      plan.t1[k] = kInfF;
+      plan.counts[1] += cl.unit_size;
+    } else {
+      plan.t0[k] = LowerThreshold(r.lower_boundary);
+      plan.t1[k] = UpperThreshold(r.upper_boundary);
+      for (int c = 0; c < 3; ++c) plan.counts[c] += r.counts[c];
+    }
+  }
+  (void)n;
+  return plan;
+}
+
+// ---- pass 2: per-slice, per-branch min / max -------------------------------------------
+
+// Per branch min and max of the cluster's values (+inf / -inf when none), per slice.
+struct SliceRanges {
+  int branches = 1;
+  int64_t slices = 0;
+  std::vector<float> mn, mx;  // [branch * slices + slice]
+  void Init(int b, int64_t s) {
+    branches = b;
+    slices = s;
+    mn.assign(static_cast<size_t>(b * s), kInfF);
+    mx.assign(static_cast<size_t>(b * s), -kInfF);
+  }
+};
+
+inline int ClusterOfF(float x, float t0, float t1) {
+  return x <= t0 ? 0 : (x >= t1 ? 2 : 1);
+}
+
+// Reduces x[0, len) into mn/mx (arrays of `branches` rows with row stride `stride`); slice
+// index advances with the element when kVecS. Thresholds per element when kVecT.
+template <bool kSplit, bool kVecT, bool kVecS>
+void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1, float* mn,
+                   float* mx, int64_t stride) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  if (!kVecS) {
+    __m128 vmn[3], vmx[3];
+    for (int b = 0; b < 3; ++b) {
+      vmn[b] = _mm_set1_ps(kInfF);
+      vmx[b] = _mm_set1_ps(-kInfF);
+    }
+    const __m128 inf = _mm_set1_ps(kInfF), ninf = _mm_set1_ps(-kInfF);
+    for (; k + 4 <= len; k += 4) {
+      const __m128 v = _mm_loadu_ps(x + k);
+      if (!kSplit) {
+        vmn[0] = _mm_min_ps(vmn[0], v);
+        vmx[0] = _mm_max_ps(vmx[0], v);
+        continue;
+      }
+      const __m128 a = kVecT ? _mm_loadu_ps(t0 + k) : _mm_set1_ps(t0[0]);
+      const __m128 c = kVecT ? _mm_loadu_ps(t1 + k) : _mm_set1_ps(t1[0]);
+      const __m128 m0 = _mm_cmple_ps(v, a), m2 = _mm_cmpge_ps(v, c);
+      const __m128 m1 = _mm_andnot_ps(_mm_or_ps(m0, m2), _mm_castsi128_ps(_mm_set1_epi32(-1)));
+      const __m128 m[3] = {m0, m1, m2};
+      for (int b = 0; b < 3; ++b) {
+        vmn[b] = _mm_min_ps(vmn[b], _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], inf)));
+        vmx[b] = _mm_max_ps(vmx[b], _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], ninf)));
+      }
+    }
+    const int nb = kSplit ? 3 : 1;
+    for (int b = 0; b < nb; ++b) {
+      alignas(16) float a[4], c[4];
+      _mm_store_ps(a, vmn[b]);
+      _mm_store_ps(c, vmx[b]);
+      for (int l = 0; l < 4; ++l) {
+        mn[b * stride] = std::min(mn[b * stride], a[l]);
+        mx[b * stride] = std::max(mx[b * stride], c[l]);
+      }
+    }
+  }
+  if (kVecS) {
+    // One slice per element: update the accumulator arrays lane-wise.
+    const __m128 inf = _mm_set1_ps(kInfF), ninf = _mm_set1_ps(-kInfF);
+    for (; k + 4 <= len; k += 4) {
+      const __m128 v = _mm_loadu_ps(x + k);
+      if (!kSplit) {
+        _mm_storeu_ps(mn + k, _mm_min_ps(_mm_loadu_ps(mn + k), v));
+        _mm_storeu_ps(mx + k, _mm_max_ps(_mm_loadu_ps(mx + k), v));
+        continue;
+      }
+      const __m128 a = kVecT ? _mm_loadu_ps(t0 + k) : _mm_set1_ps(t0[0]);
+      const __m128 c = kVecT ? _mm_loadu_ps(t1 + k) : _mm_set1_ps(t1[0]);
+      const __m128 m0 = _mm_cmple_ps(v, a), m2 = _mm_cmpge_ps(v, c);
+      const __m128 m1 = _mm_andnot_ps(_mm_or_ps(m0, m2), _mm_castsi128_ps(_mm_set1_epi32(-1)));
+      const __m128 m[3] = {m0, m1, m2};
+      for (int b = 0; b < 3; ++b) {
+        float* pmn = mn + b * stride + k;
+        float* pmx = mx + b * stride + k;
+        _mm_storeu_ps(pmn, _mm_min_ps(_mm_loadu_ps(pmn),
+                                      _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], inf))));
+        _mm_storeu_ps(pmx, _mm_max_ps(_mm_loadu_ps(pmx),
+                                      _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], ninf))));
+      }
+    }
+  }
+#endif
+  for (; k < len; ++k) {
+    const float v = x[k];
+    const int64_t s = kVecS ? k : 0;
+    const int b = kSplit ? ClusterOfF(v, t0[kVecT ? k : 0], t1[kVecT ? k : 0]) : 0;
+    float& lo = mn[b * stride + s];
+    float& hi = mx[b * stride + s];
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+  }
+}
+
+template <bool kSplit>
+void ReduceDispatch(const float* x, int64_t len, const float* t0, const float* t1,
+                    bool vec_t, bool vec_s, float* mn, float* mx, int64_t stride) {
+  if (vec_t) {
+    if (vec_s) return ReduceSegment<kSplit, true, true>(x, len, t0, t1, mn, mx, stride);
+    return ReduceSegment<kSplit, true, false>(x, len, t0, t1, mn, mx, stride);
+  }
+  if (vec_s) return ReduceSegment<kSplit, false, true>(x, len, t0, t1, mn, mx, stride);
+  return ReduceSegment<kSplit, false, false>(x, len, t0, t1, mn, mx, stride);
+}
+
+void ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
+                        const IndexMap& units, const SplitPlan& plan,
+                        const ParallelFor& parallel_for, SliceRanges& out) {
+  const int nb = plan.split ? 3 : 1;
+  out.Init(nb, slices.Count());
+  const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
+  std::mutex mu;
+  const float neg_inf = -kInfF, pos_inf = kInfF;
+  RunParallel(chunks, parallel_for, [&](int64_t cb, int64_t ce) {
+    const int64_t e0 = cb * kSubChunk, e1 = std::min(n, ce * kSubChunk);
+    const auto [lo, hi] = slices.Range(e0, e1);
+    const int64_t width = hi - lo;
+    std::vector<float> mn(static_cast<size_t>(nb * width), kInfF);
+    std::vector<float> mx(static_cast<size_t>(nb * width), -kInfF);
+    ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
+      const float* t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
+      const float* t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
+      float* pmn = mn.data() + (rs.value - lo);
+      float* pmx = mx.data() + (rs.value - lo);
+      if (plan.split) {
+        ReduceDispatch<true>(data + e, len, t0, t1, ru.stride, rs.stride, pmn, pmx, width);
+      } else {
+        ReduceDispatch<false>(data + e, len, t0, t1, false, rs.stride, pmn, pmx, width);
+      }
+    });
+    // min/max merge is order independent (up to the sign of zero, which the consumers
+    // normalise), so a plain lock keeps the result deterministic.
+    std::lock_guard<std::mutex> lock(mu);
+    for (int b = 0; b < nb; ++b) {
+      float* gmn = out.mn.data() + b * out.slices + lo;
+      float* gmx = out.mx.data() + b * out.slices + lo;
+      for (int64_t s = 0; s < width; ++s) {
+        gmn[s] = std::min(gmn[s], mn[b * width + s]);
+        gmx[s] = std::max(gmx[s], mx[b * width + s]);
+      }
+    }
+  });
+}
+
+// ---- pass 3: quantize, encode, measure --------------------------------------------------
+
+// Per-slice parameters of one branch in the layout the kernels read.
+struct KernelParams {
+  std::vector<float> scale, zf;  // zero point as float
+  std::vector<int32_t> zi;
+};
+
+struct Partial {
+  double signal = 0, split_error = 0, plain_error = 0;
+};
+
+struct SegmentArgs {
+  const float* x;
+  int64_t len;
+  const float* t0;
+  const float* t1;
+  const float* scale[3];
+  const float* zf[3];
+  const int32_t* zi[3];
+  const float* pscale;  // plain
+  const float* pzf;
+  float qmin, qmax;
+  bool is_signed;
+  uint8_t* codes[3];    // kCodes: one byte per element (staging)
+  float* floats[3];     // FP32 encodings
+};
+
+inline float RoundHalfEven(float v) {
+  v = std::min(std::max(v, -kRoundClamp), kRoundClamp);
+  return (v + kRoundMagic) - kRoundMagic;
+}
+
+// Scalar element step, shared by the tails of the SIMD loop and the non-SSE2 build.
+template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain>
+inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
+  const float x = a.x[k];
+  const int64_t s = kVecS ? k : 0;
+  acc.signal += static_cast<double>(x) * x;
+  const int c = kSplit ? ClusterOfF(x, a.t0[kVecT ? k : 0], a.t1[kVecT ? k : 0]) : 0;
+  if (kEnc == WeightEncoding::kFloatSplit) {
+    for (int b = 0; b < (kSplit ? 3 : 1); ++b) a.floats[b][k] = (b == c) ? x : 0.0f;
+  } else {
+    const float sc = a.scale[c][s], zf = a.zf[c][s];
+    const float q = std::min(std::max(RoundHalfEven(x / sc) + zf, a.qmin), a.qmax);
+    const float dq = (q - zf) * sc;
+    const float e = x - dq;
+    acc.split_error += static_cast<double>(e) * e;
+    if (kEnc == WeightEncoding::kCodes) {
+      for (int b = 0; b < (kSplit ? 3 : 1); ++b) {
+        const int32_t code = (b == c) ? static_cast<int32_t>(q) : a.zi[b][s];
+        a.codes[b][k] = static_cast<uint8_t>(code & 0xFF);
+      }
+    } else if (kEnc == WeightEncoding::kDequantized) {
+      for (int b = 0; b < (kSplit ? 3 : 1); ++b) a.floats[b][k] = (b == c) ? dq : 0.0f;
+    } else {
+      a.floats[0][k] = dq;
+    }
+  }
+  if (kPlain) {
+    const float sc = a.pscale[s], zf = a.pzf[s];
+    const float q = std::min(std::max(RoundHalfEven(x / sc) + zf, a.qmin), a.qmax);
+    const float e = x - (q - zf) * sc;
+    acc.plain_error += static_cast<double>(e) * e;
+  }
+}
+
+#if defined(__SSE2__)
+inline __m128 Select(__m128 m, __m128 a, __m128 b) {
+  return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
+}
+inline __m128 RoundHalfEven4(__m128 v) {
+  v = _mm_min_ps(_mm_max_ps(v, _mm_set1_ps(-kRoundClamp)), _mm_set1_ps(kRoundClamp));
+  const __m128 magic = _mm_set1_ps(kRoundMagic);
+  return _mm_sub_ps(_mm_add_ps(v, magic), magic);
+}
+inline __m128d Square2(__m128 e) { return _mm_mul_pd(_mm_cvtps_pd(e), _mm_cvtps_pd(e)); }
+inline __m128d SquareHi2(__m128 e) {
+  const __m128d h = _mm_cvtps_pd(_mm_movehl_ps(e, e));
+  return _mm_mul_pd(h, h);
+}
+template <bool kVec>
+inline __m128 Load4(const float* p, int64_t k) {
+  return kVec ? _mm_loadu_ps(p + k) : _mm_set1_ps(p[0]);
+}
+template <bool kVec>
+inline __m128i Load4i(const int32_t* p, int64_t k) {
+  return kVec ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + k)) : _mm_set1_epi32(p[0]);
+}
+#endif
+
+template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain>
+void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  constexpr int kB = kSplit ? 3 : 1;
+  __m128d sig = _mm_setzero_pd(), err = _mm_setzero_pd(), perr = _mm_setzero_pd();
+  const __m128 qmin = _mm_set1_ps(a.qmin), qmax = _mm_set1_ps(a.qmax);
+  const __m128 ones = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  for (; k + 4 <= a.len; k += 4) {
+    const __m128 x = _mm_loadu_ps(a.x + k);
+    sig = _mm_add_pd(sig, _mm_add_pd(Square2(x), SquareHi2(x)));
+    __m128 m[3];
+    if (kSplit) {
+      m[0] = _mm_cmple_ps(x, Load4<kVecT>(a.t0, k));
+      m[2] = _mm_cmpge_ps(x, Load4<kVecT>(a.t1, k));
+      m[1] = _mm_andnot_ps(_mm_or_ps(m[0], m[2]), ones);
+    } else {
+      m[0] = ones;
+    }
+    if (kEnc == WeightEncoding::kFloatSplit) {
+      for (int b = 0; b < kB; ++b) _mm_storeu_ps(a.floats[b] + k, _mm_and_ps(m[b], x));
+    } else {
+      __m128 sc, zf;
+      if (kSplit) {
+        sc = _mm_or_ps(_mm_or_ps(_mm_and_ps(m[0], Load4<kVecS>(a.scale[0], k)),
+                                 _mm_and_ps(m[1], Load4<kVecS>(a.scale[1], k))),
+                       _mm_and_ps(m[2], Load4<kVecS>(a.scale[2], k)));
+        zf = _mm_or_ps(_mm_or_ps(_mm_and_ps(m[0], Load4<kVecS>(a.zf[0], k)),
+                                 _mm_and_ps(m[1], Load4<kVecS>(a.zf[1], k))),
+                       _mm_and_ps(m[2], Load4<kVecS>(a.zf[2], k)));
+      } else {
+        sc = Load4<kVecS>(a.scale[0], k);
+        zf = Load4<kVecS>(a.zf[0], k);
+      }
+      const __m128 q = _mm_min_ps(
+          _mm_max_ps(_mm_add_ps(RoundHalfEven4(_mm_div_ps(x, sc)), zf), qmin), qmax);
+      const __m128 dq = _mm_mul_ps(_mm_sub_ps(q, zf), sc);
+      const __m128 e = _mm_sub_ps(x, dq);
+      err = _mm_add_pd(err, _mm_add_pd(Square2(e), SquareHi2(e)));
+      if (kEnc == WeightEncoding::kCodes) {
+        const __m128i qi = _mm_cvttps_epi32(q);
+        for (int b = 0; b < kB; ++b) {
+          __m128i code = qi;
+          if (kSplit) {
+            const __m128i mb = _mm_castps_si128(m[b]);
+            code = _mm_or_si128(_mm_and_si128(mb, qi),
+                                _mm_andnot_si128(mb, Load4i<kVecS>(a.zi[b], k)));
+          }
+          const __m128i w16 = _mm_packs_epi32(code, code);
+          const __m128i w8 = a.is_signed ? _mm_packs_epi16(w16, w16) : _mm_packus_epi16(w16, w16);
+          const int32_t word = _mm_cvtsi128_si32(w8);
+          std::memcpy(a.codes[b] + k, &word, 4);
+        }
+      } else if (kEnc == WeightEncoding::kDequantized) {
+        for (int b = 0; b < kB; ++b) _mm_storeu_ps(a.floats[b] + k, _mm_and_ps(m[b], dq));
+      } else {
+        _mm_storeu_ps(a.floats[0] + k, dq);
+      }
+    }
+    if (kPlain) {
+      const __m128 sc = Load4<kVecS>(a.pscale, k), zf = Load4<kVecS>(a.pzf, k);
+      const __m128 q = _mm_min_ps(
+          _mm_max_ps(_mm_add_ps(RoundHalfEven4(_mm_div_ps(x, sc)), zf), qmin), qmax);
+      const __m128 e = _mm_sub_ps(x, _mm_mul_ps(_mm_sub_ps(q, zf), sc));
+      perr = _mm_add_pd(perr, _mm_add_pd(Square2(e), SquareHi2(e)));
+    }
+  }
+  alignas(16) double t[2];
+  _mm_store_pd(t, sig);
+  acc.signal += t[0] + t[1];
+  _mm_store_pd(t, err);
+  acc.split_error += t[0] + t[1];
+  _mm_store_pd(t, perr);
+  acc.plain_error += t[0] + t[1];
+#endif
+  for (; k < a.len; ++k) QuantizeOne<kSplit, kVecT, kVecS, kEnc, kPlain>(a, k, acc);
+}
+
+using SegmentFn = void (*)(const SegmentArgs&, Partial&);
+
+template <bool kSplit, WeightEncoding kEnc, bool kPlain>
+SegmentFn PickKernel3(bool vt, bool vs) {
+  if (vt) {
+    return vs ? &QuantizeSegment<kSplit, true, true, kEnc, kPlain>
+              : &QuantizeSegment<kSplit, true, false, kEnc, kPlain>;
+  }
+  return vs ? &QuantizeSegment<kSplit, false, true, kEnc, kPlain>
+            : &QuantizeSegment<kSplit, false, false, kEnc, kPlain>;
+}
+template <bool kSplit, WeightEncoding kEnc>
+SegmentFn PickKernel2(bool plain, bool vt, bool vs) {
+  return plain ? PickKernel3<kSplit, kEnc, true>(vt, vs) : PickKernel3<kSplit, kEnc, false>(vt, vs);
+}
+template <bool kSplit>
+SegmentFn PickKernel1(WeightEncoding enc, bool plain, bool vt, bool vs) {
+  switch (enc) {
+    case WeightEncoding::kCodes: return PickKernel2<kSplit, WeightEncoding::kCodes>(plain, vt, vs);
+    case WeightEncoding::kDequantized:
+      return PickKernel2<kSplit, WeightEncoding::kDequantized>(plain, vt, vs);
+    case WeightEncoding::kDequantizedSum:
+      return PickKernel2<kSplit, WeightEncoding::kDequantizedSum>(plain, vt, vs);
+    case WeightEncoding::kFloatSplit:
+      return PickKernel2<kSplit, WeightEncoding::kFloatSplit>(plain, vt, vs);
+  }
+  return nullptr;
+}
+SegmentFn PickKernel(bool split, WeightEncoding enc, bool plain, bool vt, bool vs) {
+  return split ? PickKernel1<true>(enc, plain, vt, vs) : PickKernel1<false>(enc, plain, vt, vs);
+}
+
+// Packs one byte per code into `storage_bits` codes per byte (count a multiple of the
+// per-byte count, or the tensor's tail).
+void PackStaging(const uint8_t* in, int64_t count, int storage_bits, uint8_t* out) {
+  int64_t k = 0;
+#if defined(__SSE2__)
+  // 16 codes per step: nibbles / crumbs are merged inside 16- or 32-bit lanes, then the
+  // lanes are narrowed to bytes.
+  if (storage_bits == 4) {
+    const __m128i lo = _mm_set1_epi16(0x000F), hi = _mm_set1_epi16(0x00F0);
+    for (; k + 16 <= count; k += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + k));
+      const __m128i t = _mm_or_si128(_mm_and_si128(v, lo), _mm_and_si128(_mm_srli_epi16(v, 4), hi));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out + k / 2), _mm_packus_epi16(t, t));
+    }
+  } else {
+    for (; k + 16 <= count; k += 16) {
+      const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + k));
+      __m128i t = _mm_and_si128(v, _mm_set1_epi32(0x3));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi32(0xC)));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 12), _mm_set1_epi32(0x30)));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 18), _mm_set1_epi32(0xC0)));
+      const __m128i w16 = _mm_packs_epi32(t, t);
+      const int32_t word = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
+      std::memcpy(out + k / 4, &word, 4);
+    }
+  }
+#endif
+  if (storage_bits == 4) {
+    for (; k + 2 <= count; k += 2) out[k / 2] = (in[k] & 0xF) | (in[k + 1] << 4);
+    if (k < count) out[k / 2] = in[k] & 0xF;
+  } else {
+    for (; k + 4 <= count; k += 4) {
+      out[k / 4] = (in[k] & 3) | ((in[k + 1] & 3) << 2) | ((in[k + 2] & 3) << 4) |
+                   ((in[k + 3] & 3) << 6);
+    }
+    if (k < count) {
+      uint8_t v = 0;
+      for (int64_t j = k; j < count; ++j) v |= (in[j] & 3) << ((j - k) * 2);
+      out[k / 4] = v;
+    }
+  }
+}
+
+}  // namespace
+
+int64_t WeightView::num_elements() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
+                                                const TransformConfig& config,
+                                                const BranchSink& sink,
+                                                const ParallelFor& parallel_for) {
+  SQ_RETURN_IF_ERROR(ValidateInputs(weight, config));
+  const int64_t n = weight.num_elements();
+  if (const int64_t bad = FirstNonFinite(weight.data, n, parallel_for); bad >= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weight: non-finite value at element ", bad));
+  }
+  const IndexMap slices = SliceMap(weight, config);
+  const IndexMap units = UnitMap(weight, config);
+
+  TransformResult result;
+  SplitPlan plan;
+  if (config.split) {
+    const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for);
+    plan = PlanSplit(cl, n, true);
+    result.not_split_reason = plan.not_split_reason;
+    result.inertia = plan.inertia;
+    result.degenerate_units = plan.degenerate_units;
+  }
+  const int nb = plan.split ? 3 : 1;
+  result.split = plan.split;
+  result.num_branches = nb;
+
+  // Pass 2.
+  SliceRanges ranges;
+  ComputeSliceRanges(weight.data, n, slices, units, plan, parallel_for, ranges);
+
+  // Cluster summary (an unsplit tensor is reported as cluster 0).
+  for (int b = 0; b < nb; ++b) {
+    float lo = kInfF, hi = -kInfF;
+    for (int64_t s = 0; s < ranges.slices; ++s) {
+      lo = std::min(lo, ranges.mn[b * ranges.slices + s]);
+      hi = std::max(hi, ranges.mx[b * ranges.slices + s]);
+    }
+    ClusterSummary& cs = result.clusters[b];
+    cs.count = plan.split ? plan.counts[b] : n;
+    if (lo <= hi) {
+      cs.min = lo + 0.0f;
+      cs.max = hi + 0.0f;
+    }
+  }
+
+  const bool quantize = config.encoding != WeightEncoding::kFloatSplit;
+  const bool plain = config.compute_plain_error && (plan.split || !quantize);
+  std::array<KernelParams, 3> kp;
+  KernelParams pp;
+  const int64_t S = ranges.slices;
+  auto fill = [&](KernelParams& k, BranchParams& bp, auto range_of) {
+    k.scale.resize(S);
+    k.zf.resize(S);
+    k.zi.resize(S);
+    bp = ParamsLayout(weight, config);
+    bp.scales.resize(S);
+    bp.zero_points.resize(S);
+    for (int64_t s = 0; s < S; ++s) {
+      const auto [lo, hi] = range_of(s);
+      const QuantParams q = ChooseQuantParams(std::min(lo, 0.0f), std::max(hi, 0.0f), config.spec);
+      k.scale[s] = bp.scales[s] = q.scale;
+      k.zi[s] = bp.zero_points[s] = q.zero_point;
+      k.zf[s] = static_cast<float>(q.zero_point);
+    }
+  };
+  for (int b = 0; b < nb; ++b) {
+    BranchParams bp;
+    fill(kp[b], bp, [&](int64_t s) {
+      return std::make_pair(ranges.mn[b * S + s], ranges.mx[b * S + s]);
+    });
+    if (quantize) result.params[b] = std::move(bp);
+  }
+  if (plain) {
+    BranchParams unused;
+    fill(pp, unused, [&](int64_t s) {
+      float lo = kInfF, hi = -kInfF;
+      for (int b = 0; b < nb; ++b) {
+        lo = std::min(lo, ranges.mn[b * S + s]);
+        hi = std::max(hi, ranges.mx[b * S + s]);
+      }
+      return std::make_pair(lo, hi);
+    });
+  }
+
+  // Pass 3, piece by piece: workers fill the piece buffers, then this thread emits them in
+  // offset order.
+  const bool codes = config.encoding == WeightEncoding::kCodes;
+  const int out_branches = config.encoding == WeightEncoding::kDequantizedSum ? 1 : nb;
+  result.bytes_per_branch = EncodedBytes(n, config);
+  const int64_t total_sub = (n + kSubChunk - 1) / kSubChunk;
+  std::vector<Partial> partials(static_cast<size_t>(total_sub));
+  const int64_t piece_cap = std::min(n, kPieceElements);
+  std::array<std::vector<uint8_t>, 3> piece;
+  for (int b = 0; b < out_branches; ++b) {
+    piece[b].resize(static_cast<size_t>(EncodedBytes(piece_cap, config)));
+  }
+  const float neg_inf = -kInfF, pos_inf = kInfF;
+  for (int64_t p0 = 0; p0 < n; p0 += kPieceElements) {
+    const int64_t p1 = std::min(n, p0 + kPieceElements);
+    const int64_t sub0 = p0 / kSubChunk;
+    const int64_t subs = (p1 - p0 + kSubChunk - 1) / kSubChunk;
+    RunParallel(subs, parallel_for, [&](int64_t cb, int64_t ce) {
+      std::array<std::vector<uint8_t>, 3> staging;
+      if (codes && config.storage_bits != 8) {
+        for (int b = 0; b < out_branches; ++b) staging[b].resize(kSubChunk);
+      }
+      for (int64_t sc = cb; sc < ce; ++sc) {
+        const int64_t e0 = p0 + sc * kSubChunk, e1 = std::min(p1, e0 + kSubChunk);
+        Partial& acc = partials[sub0 + sc];
+        ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
+          SegmentArgs a;
+          a.x = weight.data + e;
+          a.len = len;
+          a.t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
+          a.t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
+          for (int b = 0; b < 3; ++b) {
+            const int bb = b < nb ? b : 0;
+            a.scale[b] = kp[bb].scale.data() + rs.value;
+            a.zf[b] = kp[bb].zf.data() + rs.value;
+            a.zi[b] = kp[bb].zi.data() + rs.value;
+            a.codes[b] = nullptr;
+            a.floats[b] = nullptr;
+          }
+          a.pscale = plain ? pp.scale.data() + rs.value : nullptr;
+          a.pzf = plain ? pp.zf.data() + rs.value : nullptr;
+          a.qmin = static_cast<float>(config.spec.qmin());
+          a.qmax = static_cast<float>(config.spec.qmax());
+          a.is_signed = config.spec.symmetric;
+          for (int b = 0; b < out_branches; ++b) {
+            if (codes) {
+              a.codes[b] = config.storage_bits == 8 ? piece[b].data() + (e - p0)
+                                                    : staging[b].data() + (e - e0);
+            } else {
+              a.floats[b] = reinterpret_cast<float*>(piece[b].data()) + (e - p0);
+            }
+          }
+          PickKernel(plan.split, config.encoding, plain, plan.split && ru.stride,
+                     rs.stride)(a, acc);
+        });
+        if (codes && config.storage_bits != 8) {
+          for (int b = 0; b < out_branches; ++b) {
+            PackStaging(staging[b].data(), e1 - e0, config.storage_bits,
+                        piece[b].data() + PackedBytes(e0 - p0, config.storage_bits));
+          }
+        }
+      }
+    });
+    const int64_t offset = EncodedBytes(p0, config);
+    const int64_t size = EncodedBytes(p1, config) - offset;
+    for (int b = 0; b < out_branches; ++b) {
+      sink(b, offset, piece[b].data(), static_cast<size_t>(size));
+    }
+  }
+  for (const Partial& p : partials) {
+    result.signal_energy += p.signal;
+    result.split_error_energy += p.split_error;
+    result.plain_error_energy += p.plain_error;
+  }
+  if (!quantize) result.split_error_energy = 0;  // the FP32 branches sum to the input
+  if (config.compute_plain_error && quantize && !plan.split) {
+    result.plain_error_energy = result.split_error_energy;
+  }
+  if (!config.compute_plain_error) result.plain_error_energy = 0;
+  return result;
+}
+
+// ---- reference --------------------------------------------------------------------------
+
+absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weight,
+                                                         const TransformConfig& config,
+                                                         const BranchSink& sink) {
+  SQ_RETURN_IF_ERROR(ValidateInputs(weight, config));
+  const int64_t n = weight.num_elements();
+  for (int64_t k = 0; k < n; ++k) {
+    if (!std::isfinite(weight.data[k])) {
+      return absl::InvalidArgumentError(absl::StrCat("weight: non-finite value at element ", k));
+    }
+  }
+  const int rank = static_cast<int>(weight.shape.size());
+  const BranchParams layout = ParamsLayout(weight, config);
+  // Per element: multi-index -> clustering unit and parameter slice, spelled out.
+  std::vector<int64_t> unit(n), slice(n);
+  int64_t num_slices = 1;
+  for (int64_t d : layout.shape) num_slices *= d;
+  const int64_t num_units =
+      (config.split && config.cluster_per_channel) ? weight.shape[weight.channel_axis] : 1;
+  std::vector<int64_t> idx(rank, 0);
+  for (int64_t e = 0; e < n; ++e) {
+    int64_t rem = e;
+    for (int k = rank - 1; k >= 0; --k) {
+      idx[k] = rem % weight.shape[k];
+      rem /= weight.shape[k];
+    }
+    unit[e] = num_units == 1 ? 0 : idx[weight.channel_axis];
+    if (config.granularity == Granularity::kTensor) {
+      slice[e] = 0;
+    } else if (config.granularity == Granularity::kChannel) {
+      slice[e] = idx[weight.channel_axis];
+    } else {
+      int64_t s = 0;
+      for (int k = 0; k < rank; ++k) {
+        const int64_t c = k == weight.reduction_axis ? idx[k] / config.block_size : idx[k];
+        s = s * layout.shape[k] + c;
+      }
+      slice[e] = s;
+    }
+  }
+
+  TransformResult result;
+  std::vector<int> cluster(n, 0);
+  int nb = 1;
+  if (config.split) {
+    std::vector<std::vector<float>> unit_values(num_units);
+    for (int64_t e = 0; e < n; ++e) unit_values[unit[e]].push_back(weight.data[e]);
+    Clustering cl;
+    cl.unit_size = num_units ? n / std::max<int64_t>(num_units, 1) : 0;
+    for (const auto& v : unit_values) {
+      cl.units.push_back(config.cluster_method == ClusterMethod::kReference
+                             ? KMeans1DReference(v)
+                             : KMeans1D(v));
+    }
+    const SplitPlan plan = PlanSplit(cl, n, true);
+    result.not_split_reason = plan.not_split_reason;
+    result.inertia = plan.inertia;
+    result.degenerate_units = plan.degenerate_units;
+    if (plan.split) {
+      nb = 3;
+      for (int64_t e = 0; e < n; ++e) {
+        const KMeans1DResult& r = cl.units[unit[e]];
+        cluster[e] = plan.degenerate[unit[e]]
+                         ? 1
+                         : ClusterOf(weight.data[e], r.lower_boundary, r.upper_boundary);
+      }
+    }
+  }
+  result.split = nb == 3;
+  result.num_branches = nb;
+
+  std::vector<std::vector<float>> branch(nb, std::vector<float>(n, 0.0f));
+  for (int64_t e = 0; e < n; ++e) branch[cluster[e]][e] = weight.data[e];
+
+  for (int b = 0; b < nb; ++b) {
+    ClusterSummary& cs = result.clusters[b];
+    bool any = false;
+    for (int64_t e = 0; e < n; ++e) {
+      if (cluster[e] != b) continue;
+      const float v = weight.data[e];
+      cs.min = any ? std::min(cs.min, v) : v;
+      cs.max = any ? std::max(cs.max, v) : v;
+      any = true;
+      ++cs.count;
+    }
+    cs.min += 0.0f;
+    cs.max += 0.0f;
+  }
+
+  // Range of a slice: min / max of the branch's values there, zeros included.
+  auto choose = [&](const std::vector<float>& values) {
+    std::vector<float> lo(num_slices, 0.0f), hi(num_slices, 0.0f);
+    std::vector<bool> seen(num_slices, false);
+    for (int64_t e = 0; e < n; ++e) {
+      const int64_t s = slice[e];
+      lo[s] = seen[s] ? std::min(lo[s], values[e]) : values[e];
+      hi[s] = seen[s] ? std::max(hi[s], values[e]) : values[e];
+      seen[s] = true;
+    }
+    BranchParams bp = layout;
+    for (int64_t s = 0; s < num_slices; ++s) {
+      const QuantParams q = ChooseQuantParams(lo[s], hi[s], config.spec);
+      bp.scales.push_back(q.scale);
+      bp.zero_points.push_back(q.zero_point);
+    }
+    return bp;
+  };
+  auto param_of = [](const BranchParams& bp, int64_t s) {
+    QuantParams q;
+    q.scale = bp.scales[s];
+    q.zero_point = bp.zero_points[s];
+    return q;
+  };
+
+  const bool quantize = config.encoding != WeightEncoding::kFloatSplit;
+  std::vector<float> total(n, 0.0f);
+  std::vector<std::vector<uint8_t>> encoded(nb);
+  for (int b = 0; b < nb; ++b) {
+    if (!quantize) {
+      encoded[b].resize(n * 4);
+      std::memcpy(encoded[b].data(), branch[b].data(), n * 4);
+      for (int64_t e = 0; e < n; ++e) total[e] += branch[b][e];
+      continue;
+    }
+    const BranchParams bp = choose(branch[b]);
+    std::vector<int32_t> q(n);
+    std::vector<float> deq(n);
+    for (int64_t e = 0; e < n; ++e) {
+      q[e] = QuantizeValue(branch[b][e], param_of(bp, slice[e]), config.spec);
+      deq[e] = DequantizeValue(q[e], param_of(bp, slice[e]));
+      total[e] += deq[e];
+    }
+    if (config.encoding == WeightEncoding::kCodes) {
+      encoded[b].resize(PackedBytes(n, config.storage_bits));
+      PackCodes(q, config.storage_bits, encoded[b].data());
+    } else {
+      encoded[b].resize(n * 4);
+      std::memcpy(encoded[b].data(), deq.data(), n * 4);
+    }
+    result.params[b] = bp;
+  }
+  if (config.encoding == WeightEncoding::kDequantizedSum) {
+    encoded.resize(1);
+    std::memcpy(encoded[0].data(), total.data(), n * 4);
+  }
+
+  for (int64_t e = 0; e < n; ++e) {
+    const double x = weight.data[e];
+    result.signal_energy += x * x;
+    result.split_error_energy += (x - total[e]) * (x - total[e]);
+  }
+  if (config.compute_plain_error) {
+    std::vector<float> whole(weight.data, weight.data + n);
+    const BranchParams bp = choose(whole);
+    for (int64_t e = 0; e < n; ++e) {
+      const QuantParams q = param_of(bp, slice[e]);
+      const double d = weight.data[e] -
+                       static_cast<double>(DequantizeValue(QuantizeValue(whole[e], q, config.spec), q));
+      result.plain_error_energy += d * d;
+    }
+  }
+  result.bytes_per_branch = EncodedBytes(n, config);
+
+  // Emit in 4 MiB pieces (element counts a multiple of 4, so packed pieces align).
+  constexpr int64_t kPieceBytes = int64_t{4} << 20;
+  for (size_t b = 0; b < encoded.size(); ++b) {
+    for (int64_t off = 0; off < static_cast<int64_t>(encoded[b].size()); off += kPieceBytes) {
+      const int64_t size = std::min<int64_t>(kPieceBytes, encoded[b].size() - off);
+      sink(static_cast<int>(b), off, encoded[b].data() + off, static_cast<size_t>(size));
+    }
+  }
+  return result;
+}
+
+std::vector<std::vector<float>> SplitBias(absl::Span<const float> bias) {
+  const KMeans1DResult r = KMeans1D(bias);
+  if (r.distinct_clusters < 3) return {std::vector<float>(bias.begin(), bias.end())};
+  std::vector<std::vector<float>> parts(3, std::vector<float>(bias.size(), 0.0f));
+  for (size_t k = 0; k < bias.size(); ++k) {
+    parts[ClusterOf(bias[k], r.lower_boundary, r.upper_boundary)][k] = bias[k];
+  }
+  return parts;
+}
+
+}  // namespace sq
