@@ -27,6 +27,11 @@ namespace {
 // Above this many bytes of tensor data the output uses an external data file: protobuf
 // cannot serialise a message of 2 GB or more, and the rest of the proto needs room.
 constexpr int64_t kInlineLimitBytes = (int64_t{2} << 30) - (int64_t{128} << 20);
+// An input with external data keeps an external output above this size.
+constexpr int64_t kKeepExternalBytes = int64_t{64} << 20;
+// Mapped weights larger than this are handed back to the kernel piece by piece while a
+// pass runs (bounding memory); smaller ones when their transform is done.
+constexpr int64_t kReleasePiecesAboveBytes = int64_t{256} << 20;
 // In external mode, tensors at least this large go to the data file.
 constexpr int64_t kExternalMinBytes = 1024;
 
@@ -288,7 +293,10 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     auto it = slots.find(t);
     total += it != slots.end() ? it->second.size : TensorDataBytes(*t);
   }
-  const bool external = options.external_data || total > kInlineLimitBytes;
+  // A model that came with external data keeps it when large: pulling gigabytes into the
+  // proto would cost memory and a slow serialisation for nothing.
+  const bool external = options.external_data || total > kInlineLimitBytes ||
+                        (model->uses_external_data() && total > kKeepExternalBytes);
   const std::string data_name = BaseName(output_path) + ".data";
   const std::string data_path = absl::StrCat(DirName(output_path), "/", data_name);
   std::unique_ptr<AtomicFile> data_file;
@@ -409,16 +417,35 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
       sink_status = write_bytes(p.data[branch], offset, data, size);
     };
     // A tensor bigger than a fair share of the work would trail behind the others: cut its
-    // passes across extra threads (the output does not depend on how they are cut).
+    // passes across extra threads (the output does not depend on how they are cut). A
+    // memory-mapped tensor is walked in ~32 MB pieces whose pages are handed back after
+    // each piece, so even a 1 GB weight never sits in memory whole. Smaller tensors stay
+    // mapped until they are done: re-faulting their pages on every pass costs more.
+    const int64_t numel = NumElementsOf(p.group->shape);
+    const bool release_pieces = w.mapping != nullptr && numel * 4 > kReleasePiecesAboveBytes;
+    const int parts =
+        threads > 1 && numel * threads > 2 * total_weight_elements ? threads : 1;
     ParallelFor parallel;
-    if (threads > 1 && NumElementsOf(p.group->shape) * threads > 2 * total_weight_elements) {
-      parallel = [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-        int parts = static_cast<int>(std::min<int64_t>(threads, n));
+    if (parts > 1 || release_pieces) {
+      parallel = [parts, numel, release_pieces, &w](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+        if (n <= 0) return;
+        const int64_t per_chunk = std::max<int64_t>(1, numel / n);
+        const int64_t piece = std::max<int64_t>(1, (int64_t{8} << 20) / per_chunk);
+        auto run = [&](int64_t begin, int64_t end) {
+          for (int64_t b = begin; b < end; b += piece) {
+            int64_t e = std::min(end, b + piece);
+            fn(b, e);
+            if (release_pieces) {
+              w.mapping->Release(w.mapping_offset + b * per_chunk * 4, (e - b) * per_chunk * 4);
+            }
+          }
+        };
+        int used = static_cast<int>(std::min<int64_t>(parts, n));
         std::vector<std::thread> helpers;
-        for (int t = 1; t < parts; ++t) {
-          helpers.emplace_back([&, t] { fn(n * t / parts, n * (t + 1) / parts); });
+        for (int t = 1; t < used; ++t) {
+          helpers.emplace_back([&, t] { run(n * t / used, n * (t + 1) / used); });
         }
-        fn(0, n / parts);
+        run(0, n / used);
         for (auto& h : helpers) h.join();
       };
     }

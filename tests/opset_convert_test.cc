@@ -1,4 +1,5 @@
 // Tests for core/opset_convert (and a smoke test of tests/support/ort_runner).
+#include <unistd.h>
 #include "core/opset_convert.h"
 
 #include <cmath>
@@ -19,7 +20,9 @@ using ::sq::testing::OrtTensor;
 
 std::string TmpPath(const std::string& name) {
   const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir ? dir : "/tmp") + "/sq_opset_convert_test_" + name;
+  // The pid keeps parallel test processes (ctest -j) from sharing files.
+  return std::string(dir ? dir : "/tmp") + "/sq_opset_convert_test_" +
+         std::to_string(getpid()) + "_" + name;
 }
 
 void SaveModel(const onnx::ModelProto& m, const std::string& path) {
