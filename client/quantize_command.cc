@@ -53,6 +53,8 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --format F                 qdq (int codes + DequantizeLinear, default) | fake (FP32
                              dequantized weights) | split (FP32, split only)
   --cluster-scope S          auto (tensor for MatMul/Gemm, channel for Conv) | tensor | channel
+  --kmeans M                 exact (default: the optimal 1-D 3-clustering) | reference (the
+                             paper's greedy k-means++ + Lloyd, fixed seed)
   --exclude REGEX            skip layers whose node name matches (repeatable)
   --exclude-op OP            skip an op type, e.g. Conv (repeatable)
   --min-elements N           skip weights with fewer elements (default 64)
@@ -168,6 +170,13 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
       auto c = ParseClusterScope(*v);
       if (!c.ok()) return c.status();
       o.cluster_scope = *c;
+    } else if (flag == "kmeans") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v != "exact" && *v != "reference") {
+        return absl::InvalidArgumentError(absl::StrCat("--kmeans wants exact or reference, got '", *v, "'"));
+      }
+      o.reference_kmeans = *v == "reference";
     } else if (flag == "exclude") {
       auto v = value();
       if (!v.ok()) return v.status();

@@ -50,6 +50,9 @@ struct QuantizeOptions {
   SplitForm form = SplitForm::kBranches;
   OutputFormat format = OutputFormat::kQdq;
   ClusterScope cluster_scope = ClusterScope::kAuto;
+  // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
+  // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.
+  bool reference_kmeans = false;
 
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.

@@ -540,6 +540,20 @@ TEST_F(EngineTest, ProgressReportsEveryLayer) {
   EXPECT_EQ(stages.back(), "done");
 }
 
+TEST_F(EngineTest, ReferenceKMeansReproducesThePaperAndNeverBeatsTheExactOne) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  auto exact = Quantize(Path("conv.onnx"), Path("exact.onnx"), o);
+  o.reference_kmeans = true;
+  auto ref = Quantize(Path("conv.onnx"), Path("ref.onnx"), o);
+  auto again = Quantize(Path("conv.onnx"), Path("ref2.onnx"), o);
+  ASSERT_TRUE(exact.ok() && ref.ok() && again.ok());
+  EXPECT_EQ(ref->output_sha256, again->output_sha256);  // fixed seed: reproducible
+  EXPECT_TRUE(testing::LoadInOrt(Path("ref.onnx")).ok());
+  EXPECT_EQ(ref->layers_split, 3);
+}
+
 TEST_F(EngineTest, InspectListsLayersAndOps) {
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
   auto info = InspectModelFile(Path("conv.onnx"));

@@ -134,6 +134,10 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   if (c.granularity == "block") o.block_size = c.block_size;
   o.symmetric = c.symmetric;
   o.split = c.split;
+  // SQ_BENCH_KMEANS=reference runs the paper's k-means instead of the exact optimum.
+  if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
+    o.reference_kmeans = true;
+  }
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
   o.threads = threads;
   o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kFolded;
