@@ -244,14 +244,34 @@ void PushItem(std::vector<Item>& items, const Item& it) {
   items.push_back(it);
 }
 
-KMeans1DResult HistogramKMeans(absl::Span<const float> values,
-                               const KMeansParallelFor& parallel_for) {
+// Bins whose floats have all exponent bits set (NaN, +-Inf): keys 0x0000..0x007F
+// (negative) and 0xFF80..0xFFFF (positive).
+bool IsNonFiniteBin(uint32_t bin) { return bin < 0x80u || bin >= 0xFF80u; }
+
+}  // namespace
+
+namespace kmeans_internal {
+
+struct HistogramKMeansState::Impl {
+  int64_t n = 0;
+  std::vector<BinStat> hist;
+  std::vector<uint32_t> bins;       // non-empty, ascending key order = ascending value
+  std::vector<uint32_t> to_expand;  // first refinement round
+};
+
+HistogramKMeansState::HistogramKMeansState() : impl_(new Impl) {}
+HistogramKMeansState::~HistogramKMeansState() { delete impl_; }
+
+bool HistogramKMeansState::Build(absl::Span<const float> values,
+                                 const KMeansParallelFor& parallel_for) {
+  Impl& s = *impl_;
   const int64_t n = static_cast<int64_t>(values.size());
+  s.n = n;
   const int64_t num_chunks = (n + kHistogramChunk - 1) / kHistogramChunk;
   const float* data = values.data();
 
-  // Pass 1: integer histogram; integer sums make the merge order irrelevant.
-  std::vector<BinStat> hist(kNumBins);
+  // Integer histogram; integer sums make the merge order irrelevant.
+  s.hist.assign(kNumBins, BinStat{});
   std::mutex mu;
   RunChunks(num_chunks, parallel_for, [&](int64_t cb, int64_t ce) {
     std::vector<BinStat> local(kNumBins);
@@ -267,36 +287,88 @@ KMeans1DResult HistogramKMeans(absl::Span<const float> values,
     }
     std::lock_guard<std::mutex> lock(mu);
     for (int k = 0; k < kNumBins; ++k) {
-      hist[k].n += local[k].n;
-      hist[k].s1 += local[k].s1;
-      hist[k].s2 += local[k].s2;
+      s.hist[k].n += local[k].n;
+      s.hist[k].s1 += local[k].s1;
+      s.hist[k].s2 += local[k].s2;
     }
   });
-
-  std::vector<uint32_t> bins;  // non-empty, ascending key order = ascending value
+  s.bins.clear();
+  bool finite = true;
   for (uint32_t k = 0; k < kNumBins; ++k) {
-    if (hist[k].n) bins.push_back(k);
+    if (!s.hist[k].n) continue;
+    finite = finite && !IsNonFiniteBin(k);
+    s.bins.push_back(k);
   }
-  // expanded_counts[bin]: per-value counts (indexed by the low 16 key bits) of an
-  // expanded bin; empty when the bin is aggregated.
-  std::vector<std::vector<uint32_t>> expanded(kNumBins);
-  std::vector<uint32_t> to_expand;
-  if (bins.size() <= 8) {
-    to_expand = bins;  // few bins: go exact (also settles the distinct-value count)
+  s.to_expand.clear();
+  if (s.bins.size() <= 8) {
+    s.to_expand = s.bins;  // few bins: go exact (also settles the distinct-value count)
   } else {
     std::vector<Item> items;
-    for (uint32_t k : bins) items.push_back(BinItem(k, hist[k]));
+    for (uint32_t k : s.bins) items.push_back(BinItem(k, s.hist[k]));
     const auto cuts = OptimalThreeCuts(items);
     for (size_t cut : {cuts.first, cuts.second}) {
-      for (size_t k = (cut >= 2 ? cut - 2 : 0); k < std::min(bins.size(), cut + 2); ++k) {
-        to_expand.push_back(bins[k]);
+      for (size_t k = (cut >= 2 ? cut - 2 : 0); k < std::min(s.bins.size(), cut + 2); ++k) {
+        s.to_expand.push_back(s.bins[k]);
       }
     }
   }
+  std::sort(s.to_expand.begin(), s.to_expand.end());
+  s.to_expand.erase(std::unique(s.to_expand.begin(), s.to_expand.end()), s.to_expand.end());
+  return finite;
+}
+
+double HistogramKMeansState::SumOfSquares() const {
+  // x = +-(base + low) * ulp per value of a bin, so sum x^2 = ulp^2 * (n base^2 +
+  // 2 base s1 + s2), exact in 128-bit integers; bins are added in key order.
+  double total = 0;
+  for (uint32_t bin : impl_->bins) {
+    const BinStat& st = impl_->hist[bin];
+    const uint32_t bits = FloatBits(KeyToFloat(bin << 16));
+    const int e = static_cast<int>((bits >> 23) & 0xFF);
+    const unsigned __int128 base = (e ? 0x800000u : 0u) | (bits & 0x7F0000u);
+    const unsigned __int128 q = st.n * base * base + 2 * base * st.s1 + st.s2;
+    total += std::ldexp(static_cast<double>(q), 2 * (std::max(e, 1) - 150));
+  }
+  return total;
+}
+
+std::vector<std::pair<float, float>> HistogramKMeansState::Windows() const {
+  // Runs of expanded bins that are consecutive among the non-empty bins; the float range
+  // from the first bin's low edge to the last bin's high edge holds nothing else.
+  std::vector<std::pair<float, float>> out;
+  const std::vector<uint32_t>& bins = impl_->bins;
+  const std::vector<uint32_t>& ex = impl_->to_expand;
+  size_t pos = 0;  // index in bins
+  for (size_t k = 0; k < ex.size();) {
+    while (bins[pos] != ex[k]) ++pos;
+    size_t e = k + 1;
+    while (e < ex.size() && pos + (e - k) < bins.size() && bins[pos + (e - k)] == ex[e]) ++e;
+    out.push_back({KeyToFloat(ex[k] << 16), KeyToFloat((ex[e - 1] << 16) | 0xFFFFu)});
+    pos += e - k;
+    k = e;
+  }
+  return out;
+}
+
+KMeans1DResult HistogramKMeansState::Finish(absl::Span<const float> values,
+                                            const KMeansParallelFor& parallel_for,
+                                            const std::vector<float>* window_values) {
+  const Impl& s = *impl_;
+  const int64_t n = s.n;
+  const int64_t num_chunks = (n + kHistogramChunk - 1) / kHistogramChunk;
+  const float* data = values.data();
+  const std::vector<BinStat>& hist = s.hist;
+  const std::vector<uint32_t>& bins = s.bins;
+  std::mutex mu;
+  // expanded[bin]: per-value counts (indexed by the low 16 key bits) of an expanded bin;
+  // empty when the bin is aggregated.
+  std::vector<std::vector<uint32_t>> expanded(kNumBins);
+  std::vector<uint32_t> to_expand = s.to_expand;
 
   KMeans1DResult result;
   for (int round = 0;; ++round) {
-    // Pass 2 (and rarely more): exact per-value counts inside newly expanded bins.
+    // Exact per-value counts inside newly expanded bins: from the caller's window values
+    // in round 0 when given (they hold every value of those bins), else a pass.
     std::sort(to_expand.begin(), to_expand.end());
     to_expand.erase(std::unique(to_expand.begin(), to_expand.end()), to_expand.end());
     std::vector<uint8_t> slot(kNumBins, 0);
@@ -311,23 +383,31 @@ KMeans1DResult HistogramKMeans(absl::Span<const float> values,
     if (!new_bins.empty()) {
       std::vector<std::vector<uint32_t>> merged(new_bins.size(),
                                                 std::vector<uint32_t>(1 << 16, 0));
-      RunChunks(num_chunks, parallel_for, [&](int64_t cb, int64_t ce) {
-        std::vector<uint32_t> local(new_bins.size() << 16, 0);
-        const int64_t b = cb * kHistogramChunk, e = std::min(n, ce * kHistogramChunk);
-        for (int64_t k = b; k < e; ++k) {
-          uint32_t bits;
-          std::memcpy(&bits, data + k, sizeof bits);
-          const uint32_t key = MonotoneKey(bits);
-          const uint32_t s = slot[key >> 16];
-          if (s) ++local[((s - 1) << 16) | (key & 0xFFFFu)];
+      if (round == 0 && window_values != nullptr) {
+        for (float v : *window_values) {
+          const uint32_t key = MonotoneKey(FloatBits(v));
+          const uint32_t sl = slot[key >> 16];
+          if (sl) ++merged[sl - 1][key & 0xFFFFu];
         }
-        std::lock_guard<std::mutex> lock(mu);
-        for (size_t x = 0; x < new_bins.size(); ++x) {
-          for (uint32_t low = 0; low < (1u << 16); ++low) {
-            merged[x][low] += local[(x << 16) | low];
+      } else {
+        RunChunks(num_chunks, parallel_for, [&](int64_t cb, int64_t ce) {
+          std::vector<uint32_t> local(new_bins.size() << 16, 0);
+          const int64_t b = cb * kHistogramChunk, e = std::min(n, ce * kHistogramChunk);
+          for (int64_t k = b; k < e; ++k) {
+            uint32_t bits;
+            std::memcpy(&bits, data + k, sizeof bits);
+            const uint32_t key = MonotoneKey(bits);
+            const uint32_t sl = slot[key >> 16];
+            if (sl) ++local[((sl - 1) << 16) | (key & 0xFFFFu)];
           }
-        }
-      });
+          std::lock_guard<std::mutex> lock(mu);
+          for (size_t x = 0; x < new_bins.size(); ++x) {
+            for (uint32_t low = 0; low < (1u << 16); ++low) {
+              merged[x][low] += local[(x << 16) | low];
+            }
+          }
+        });
+      }
       for (size_t x = 0; x < new_bins.size(); ++x) expanded[new_bins[x]] = std::move(merged[x]);
     }
 
@@ -367,6 +447,17 @@ KMeans1DResult HistogramKMeans(absl::Span<const float> values,
     if (to_expand.empty() || round >= 4) break;
   }
   return result;
+}
+
+}  // namespace kmeans_internal
+
+namespace {
+
+KMeans1DResult HistogramKMeans(absl::Span<const float> values,
+                               const KMeansParallelFor& parallel_for) {
+  kmeans_internal::HistogramKMeansState state;
+  state.Build(values, parallel_for);  // callers pass finite values
+  return state.Finish(values, parallel_for, nullptr);
 }
 
 // Uniform double in [0, 1) from the top 53 bits: std::uniform_real_distribution's output

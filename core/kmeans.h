@@ -40,6 +40,8 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <utility>
+#include <vector>
 
 #include "absl/types/span.h"
 
@@ -70,6 +72,39 @@ using KMeansParallelFor =
     std::function<void(int64_t, const std::function<void(int64_t, int64_t)>&)>;
 KMeans1DResult KMeans1DParallel(absl::Span<const float> values,
                                 const KMeansParallelFor& parallel_for);
+
+// ---- internal: the histogram method in steps, so TransformWeight can fuse its own work
+// into the passes over the tensor (not a stable API). ----
+namespace kmeans_internal {
+
+// Build() + Finish(values, pf, nullptr) == KMeans1DHistogram / KMeans1DParallel for
+// large inputs, bit for bit.
+class HistogramKMeansState {
+ public:
+  HistogramKMeansState();
+  ~HistogramKMeansState();
+  HistogramKMeansState(const HistogramKMeansState&) = delete;
+  HistogramKMeansState& operator=(const HistogramKMeansState&) = delete;
+
+  // Pass 1: the histogram. Returns false when a value is NaN or +-Inf (those keys have
+  // all exponent bits set, so the check is free); the state is then unusable.
+  bool Build(absl::Span<const float> values, const KMeansParallelFor& parallel_for);
+  // Sum of x^2 over the input, from the exact integer bin sums (independent of order).
+  double SumOfSquares() const;
+  // Closed float ranges [lo, hi] (ascending, disjoint, 1 or 2) that contain every value
+  // of every bin the first refinement round expands.
+  std::vector<std::pair<float, float>> Windows() const;
+  // Solves. `window_values`: every input value lying in Windows() (any order), which
+  // spares the second pass; nullptr = read `values` again.
+  KMeans1DResult Finish(absl::Span<const float> values, const KMeansParallelFor& parallel_for,
+                        const std::vector<float>* window_values);
+
+ private:
+  struct Impl;
+  Impl* impl_;
+};
+
+}  // namespace kmeans_internal
 
 // Float thresholds equivalent to the double boundaries for float inputs w:
 //   w <= b0  <=>  w <= LowerThreshold(b0),   w >= b1  <=>  w >= UpperThreshold(b1).

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 
 namespace sq {
@@ -13,7 +15,14 @@ namespace {
 float RoundUpToFloat(double v) {
   if (v >= static_cast<double>(FLT_MAX)) return FLT_MAX;
   float f = static_cast<float>(v);
-  if (static_cast<double>(f) < v) f = std::nextafter(f, std::numeric_limits<float>::infinity());
+  if (static_cast<double>(f) < v) {
+    // Next float up, by the bits (f is positive and below FLT_MAX here): a libm
+    // nextafter call costs more than the rest of this function.
+    uint32_t bits;
+    std::memcpy(&bits, &f, sizeof bits);
+    ++bits;
+    std::memcpy(&f, &bits, sizeof f);
+  }
   return f;
 }
 
@@ -63,7 +72,9 @@ QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec&
     z = qmax;
   } else {
     const double ideal = -rmin / s0;
-    const int zr = std::clamp(static_cast<int>(std::nearbyint(ideal)), 1, qmax - 1);
+    // std::rint == std::nearbyint under the default rounding mode (half to even), without
+    // nearbyint's save / restore of the FP environment (hundreds of cycles per call).
+    const int zr = std::clamp(static_cast<int>(std::rint(ideal)), 1, qmax - 1);
     const int zf = std::clamp(static_cast<int>(std::floor(ideal)), 1, qmax - 1);
     const int zc = std::clamp(static_cast<int>(std::ceil(ideal)), 1, qmax - 1);
     z = zr;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <atomic>
 #include <mutex>
 
 #if defined(__SSE2__)
@@ -117,6 +118,29 @@ int64_t FirstNonFinite(const float* data, int64_t n, const ParallelFor& parallel
   return -1;
 }
 
+// True when x[0, len) holds a NaN or Inf. Run on a segment just before another loop reads
+// it, so the data is in L1 and the check adds no pass over memory.
+bool AnyNonFinite(const float* x, int64_t len) {
+  uint32_t any = 0;
+  int64_t k = 0;
+#if defined(__SSE2__)
+  const __m128i exp_mask = _mm_set1_epi32(0x7F800000);
+  __m128i acc = _mm_setzero_si128();
+  for (; k + 4 <= len; k += 4) {
+    const __m128i v =
+        _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + k)), exp_mask);
+    acc = _mm_or_si128(acc, _mm_cmpeq_epi32(v, exp_mask));
+  }
+  any = static_cast<uint32_t>(_mm_movemask_epi8(acc));
+#endif
+  for (; k < len; ++k) {
+    uint32_t bits;
+    std::memcpy(&bits, x + k, 4);
+    any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
+  }
+  return any != 0;
+}
+
 // ---- index maps: flat element index -> slice (parameter index) or clustering unit -------
 
 // The flat index seen as [O, D, I] around one axis.
@@ -159,6 +183,14 @@ struct IndexMap {
     return {(o0 * nb + d0 / block) * ax.I, (o1 * nb + d1 / block) * ax.I + ax.I};
   }
 };
+
+// Map value of one element (slow path: divisions).
+int64_t ValueOf(const IndexMap& m, int64_t e) {
+  if (m.kind == MapKind::kConst) return 0;
+  const int64_t i = e % m.ax.I, d = (e / m.ax.I) % m.ax.D, o = e / (m.ax.D * m.ax.I);
+  if (m.kind == MapKind::kChannel) return d;
+  return (o * m.nb + d / m.block) * m.ax.I + i;
+}
 
 // A run of consecutive elements whose map value is constant (stride 0) or increases by
 // one per element (stride 1).
@@ -484,9 +516,12 @@ void ReduceDispatch(const float* x, int64_t len, const float* t0, const float* t
   return ReduceSegment<kSplit, false, false>(x, len, t0, t1, mn, mx, stride);
 }
 
-void ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
+// Per-slice, per-branch min/max under `plan`. Also checks finiteness on the way (the
+// data is in L1 then); returns false when a NaN / Inf was seen (`out` is then garbage).
+bool ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
                         const IndexMap& units, const SplitPlan& plan,
                         const ParallelFor& parallel_for, SliceRanges& out) {
+  std::atomic<bool> finite{true};
   const int nb = plan.split ? 3 : 1;
   out.Init(nb, slices.Count());
   const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
@@ -498,7 +533,9 @@ void ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
     const int64_t width = hi - lo;
     std::vector<float> mn(static_cast<size_t>(nb * width), kInfF);
     std::vector<float> mx(static_cast<size_t>(nb * width), -kInfF);
+    bool local_finite = true;
     ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
+      if (AnyNonFinite(data + e, len)) local_finite = false;
       const float* t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
       const float* t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
       float* pmn = mn.data() + (rs.value - lo);
@@ -509,12 +546,149 @@ void ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
         ReduceDispatch<false>(data + e, len, t0, t1, false, rs.stride, pmn, pmx, width);
       }
     });
+    if (!local_finite) finite = false;
     // min/max merge is order independent (up to the sign of zero, which the consumers
     // normalise), so a plain lock keeps the result deterministic.
     std::lock_guard<std::mutex> lock(mu);
     for (int b = 0; b < nb; ++b) {
       float* gmn = out.mn.data() + b * out.slices + lo;
       float* gmx = out.mx.data() + b * out.slices + lo;
+      for (int64_t s = 0; s < width; ++s) {
+        gmn[s] = std::min(gmn[s], mn[b * width + s]);
+        gmx[s] = std::max(gmx[s], mx[b * width + s]);
+      }
+    }
+  });
+  return finite;
+}
+
+// ---- fused pass 2 (per-tensor split): slice ranges without knowing the thresholds -------
+//
+// The histogram k-means only refines inside a few bins around each cut ("windows"). Every
+// value outside the windows already has a known cluster: below the first window -> lower,
+// between the windows -> middle, above the last -> upper (once the final thresholds are
+// checked to lie inside the windows). So one pass keeps per-slice min/max of those three
+// regions, and collects the (rare, ~1%) window values with their element index: they feed
+// the k-means refinement (no second k-means pass) and are folded into the slice ranges once
+// the thresholds are known.
+struct WindowValue {
+  int64_t index;
+  float value;
+};
+
+struct RegionPass {
+  float w_lo[2], w_hi[2];   // windows (a single window is given twice)
+  float d0_max, d2_min;     // x <= d0_max: below the first window; x >= d2_min: above the last
+  int64_t max_window_values = 0;  // give up collecting beyond this (fallback path)
+  // Outputs.
+  SliceRanges regions;      // "branch" b = region b
+  std::vector<WindowValue> window;
+  bool overflow = false;
+};
+
+template <bool kVecS>
+void RegionSegment(const RegionPass& rp, const float* x, int64_t e, int64_t len, float* mn,
+                   float* mx, int64_t stride, std::vector<WindowValue>& win) {
+  auto scalar = [&](int64_t k) {
+    const float v = x[k];
+    if ((v >= rp.w_lo[0] && v <= rp.w_hi[0]) || (v >= rp.w_lo[1] && v <= rp.w_hi[1])) {
+      win.push_back({e + k, v});
+      return;
+    }
+    const int r = ClusterOfF(v, rp.d0_max, rp.d2_min);
+    const int64_t s = kVecS ? k : 0;
+    mn[r * stride + s] = std::min(mn[r * stride + s], v);
+    mx[r * stride + s] = std::max(mx[r * stride + s], v);
+  };
+  int64_t k = 0;
+#if defined(__SSE2__)
+  const __m128 wl0 = _mm_set1_ps(rp.w_lo[0]), wh0 = _mm_set1_ps(rp.w_hi[0]);
+  const __m128 wl1 = _mm_set1_ps(rp.w_lo[1]), wh1 = _mm_set1_ps(rp.w_hi[1]);
+  const __m128 a = _mm_set1_ps(rp.d0_max), c = _mm_set1_ps(rp.d2_min);
+  const __m128 inf = _mm_set1_ps(kInfF), ninf = _mm_set1_ps(-kInfF);
+  const __m128 ones = _mm_castsi128_ps(_mm_set1_epi32(-1));
+  __m128 vmn[3], vmx[3];
+  for (int b = 0; b < 3; ++b) {
+    vmn[b] = inf;
+    vmx[b] = ninf;
+  }
+  for (; k + 4 <= len; k += 4) {
+    const __m128 v = _mm_loadu_ps(x + k);
+    const __m128 in_w =
+        _mm_or_ps(_mm_and_ps(_mm_cmpge_ps(v, wl0), _mm_cmple_ps(v, wh0)),
+                  _mm_and_ps(_mm_cmpge_ps(v, wl1), _mm_cmple_ps(v, wh1)));
+    if (_mm_movemask_ps(in_w)) {  // rare: element by element
+      for (int l = 0; l < 4; ++l) scalar(k + l);
+      continue;
+    }
+    const __m128 m0 = _mm_cmple_ps(v, a), m2 = _mm_cmpge_ps(v, c);
+    const __m128 m1 = _mm_andnot_ps(_mm_or_ps(m0, m2), ones);
+    const __m128 m[3] = {m0, m1, m2};
+    for (int b = 0; b < 3; ++b) {
+      const __m128 lo = _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], inf));
+      const __m128 hi = _mm_or_ps(_mm_and_ps(m[b], v), _mm_andnot_ps(m[b], ninf));
+      if (kVecS) {
+        float* pmn = mn + b * stride + k;
+        float* pmx = mx + b * stride + k;
+        _mm_storeu_ps(pmn, _mm_min_ps(_mm_loadu_ps(pmn), lo));
+        _mm_storeu_ps(pmx, _mm_max_ps(_mm_loadu_ps(pmx), hi));
+      } else {
+        vmn[b] = _mm_min_ps(vmn[b], lo);
+        vmx[b] = _mm_max_ps(vmx[b], hi);
+      }
+    }
+  }
+  if (!kVecS) {
+    for (int b = 0; b < 3; ++b) {
+      alignas(16) float lo[4], hi[4];
+      _mm_store_ps(lo, vmn[b]);
+      _mm_store_ps(hi, vmx[b]);
+      for (int l = 0; l < 4; ++l) {
+        mn[b * stride] = std::min(mn[b * stride], lo[l]);
+        mx[b * stride] = std::max(mx[b * stride], hi[l]);
+      }
+    }
+  }
+#endif
+  for (; k < len; ++k) scalar(k);
+}
+
+void ComputeRegionRanges(const float* data, int64_t n, const IndexMap& slices,
+                         const ParallelFor& parallel_for, RegionPass& rp) {
+  rp.regions.Init(3, slices.Count());
+  const IndexMap tensor;  // one clustering unit
+  const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
+  std::mutex mu;
+  RunParallel(chunks, parallel_for, [&](int64_t cb, int64_t ce) {
+    const int64_t e0 = cb * kSubChunk, e1 = std::min(n, ce * kSubChunk);
+    const auto [lo, hi] = slices.Range(e0, e1);
+    const int64_t width = hi - lo;
+    std::vector<float> mn(static_cast<size_t>(3 * width), kInfF);
+    std::vector<float> mx(static_cast<size_t>(3 * width), -kInfF);
+    std::vector<WindowValue> win;
+    bool overflow = false;
+    ForEachSegment(slices, tensor, e0, e1, [&](int64_t e, int64_t len, Run rs, Run) {
+      if (overflow) return;
+      float* pmn = mn.data() + (rs.value - lo);
+      float* pmx = mx.data() + (rs.value - lo);
+      if (rs.stride) {
+        RegionSegment<true>(rp, data + e, e, len, pmn, pmx, width, win);
+      } else {
+        RegionSegment<false>(rp, data + e, e, len, pmn, pmx, width, win);
+      }
+      if (static_cast<int64_t>(win.size()) > rp.max_window_values) overflow = true;
+    });
+    std::lock_guard<std::mutex> lock(mu);
+    if (overflow || rp.overflow ||
+        static_cast<int64_t>(rp.window.size() + win.size()) > rp.max_window_values) {
+      rp.overflow = true;
+      std::vector<WindowValue>().swap(rp.window);
+      return;
+    }
+    rp.window.insert(rp.window.end(), win.begin(), win.end());
+    for (int b = 0; b < 3; ++b) {
+      float* gmn = rp.regions.mn.data() + b * rp.regions.slices + lo;
+      float* gmx = rp.regions.mx.data() + b * rp.regions.slices + lo;
       for (int64_t s = 0; s < width; ++s) {
         gmn[s] = std::min(gmn[s], mn[b * width + s]);
         gmx[s] = std::max(gmx[s], mx[b * width + s]);
@@ -557,11 +731,11 @@ inline float RoundHalfEven(float v) {
 }
 
 // Scalar element step, shared by the tails of the SIMD loop and the non-SSE2 build.
-template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain>
+template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain, bool kSignal>
 inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
   const float x = a.x[k];
   const int64_t s = kVecS ? k : 0;
-  acc.signal += static_cast<double>(x) * x;
+  if (kSignal) acc.signal += static_cast<double>(x) * x;
   const int c = kSplit ? ClusterOfF(x, a.t0[kVecT ? k : 0], a.t1[kVecT ? k : 0]) : 0;
   if (kEnc == WeightEncoding::kFloatSplit) {
     for (int b = 0; b < (kSplit ? 3 : 1); ++b) a.floats[b][k] = (b == c) ? x : 0.0f;
@@ -614,7 +788,8 @@ inline __m128i Load4i(const int32_t* p, int64_t k) {
 }
 #endif
 
-template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain>
+// kSignal: also sum x^2 (not needed when the histogram already gave it).
+template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain, bool kSignal>
 void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
   int64_t k = 0;
 #if defined(__SSE2__)
@@ -624,7 +799,7 @@ void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
   const __m128 ones = _mm_castsi128_ps(_mm_set1_epi32(-1));
   for (; k + 4 <= a.len; k += 4) {
     const __m128 x = _mm_loadu_ps(a.x + k);
-    sig = _mm_add_pd(sig, _mm_add_pd(Square2(x), SquareHi2(x)));
+    if (kSignal) sig = _mm_add_pd(sig, _mm_add_pd(Square2(x), SquareHi2(x)));
     __m128 m[3];
     if (kSplit) {
       m[0] = _mm_cmple_ps(x, Load4<kVecT>(a.t0, k));
@@ -689,39 +864,48 @@ void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
   _mm_store_pd(t, perr);
   acc.plain_error += t[0] + t[1];
 #endif
-  for (; k < a.len; ++k) QuantizeOne<kSplit, kVecT, kVecS, kEnc, kPlain>(a, k, acc);
+  for (; k < a.len; ++k) QuantizeOne<kSplit, kVecT, kVecS, kEnc, kPlain, kSignal>(a, k, acc);
 }
 
 using SegmentFn = void (*)(const SegmentArgs&, Partial&);
 
-template <bool kSplit, WeightEncoding kEnc, bool kPlain>
-SegmentFn PickKernel3(bool vt, bool vs) {
+template <bool kSplit, WeightEncoding kEnc, bool kPlain, bool kSignal>
+SegmentFn PickKernel4(bool vt, bool vs) {
   if (vt) {
-    return vs ? &QuantizeSegment<kSplit, true, true, kEnc, kPlain>
-              : &QuantizeSegment<kSplit, true, false, kEnc, kPlain>;
+    return vs ? &QuantizeSegment<kSplit, true, true, kEnc, kPlain, kSignal>
+              : &QuantizeSegment<kSplit, true, false, kEnc, kPlain, kSignal>;
   }
-  return vs ? &QuantizeSegment<kSplit, false, true, kEnc, kPlain>
-            : &QuantizeSegment<kSplit, false, false, kEnc, kPlain>;
+  return vs ? &QuantizeSegment<kSplit, false, true, kEnc, kPlain, kSignal>
+            : &QuantizeSegment<kSplit, false, false, kEnc, kPlain, kSignal>;
+}
+template <bool kSplit, WeightEncoding kEnc, bool kPlain>
+SegmentFn PickKernel3(bool signal, bool vt, bool vs) {
+  return signal ? PickKernel4<kSplit, kEnc, kPlain, true>(vt, vs)
+                : PickKernel4<kSplit, kEnc, kPlain, false>(vt, vs);
 }
 template <bool kSplit, WeightEncoding kEnc>
-SegmentFn PickKernel2(bool plain, bool vt, bool vs) {
-  return plain ? PickKernel3<kSplit, kEnc, true>(vt, vs) : PickKernel3<kSplit, kEnc, false>(vt, vs);
+SegmentFn PickKernel2(bool plain, bool signal, bool vt, bool vs) {
+  return plain ? PickKernel3<kSplit, kEnc, true>(signal, vt, vs)
+               : PickKernel3<kSplit, kEnc, false>(signal, vt, vs);
 }
 template <bool kSplit>
-SegmentFn PickKernel1(WeightEncoding enc, bool plain, bool vt, bool vs) {
+SegmentFn PickKernel1(WeightEncoding enc, bool plain, bool signal, bool vt, bool vs) {
   switch (enc) {
-    case WeightEncoding::kCodes: return PickKernel2<kSplit, WeightEncoding::kCodes>(plain, vt, vs);
+    case WeightEncoding::kCodes:
+      return PickKernel2<kSplit, WeightEncoding::kCodes>(plain, signal, vt, vs);
     case WeightEncoding::kDequantized:
-      return PickKernel2<kSplit, WeightEncoding::kDequantized>(plain, vt, vs);
+      return PickKernel2<kSplit, WeightEncoding::kDequantized>(plain, signal, vt, vs);
     case WeightEncoding::kDequantizedSum:
-      return PickKernel2<kSplit, WeightEncoding::kDequantizedSum>(plain, vt, vs);
+      return PickKernel2<kSplit, WeightEncoding::kDequantizedSum>(plain, signal, vt, vs);
     case WeightEncoding::kFloatSplit:
-      return PickKernel2<kSplit, WeightEncoding::kFloatSplit>(plain, vt, vs);
+      return PickKernel2<kSplit, WeightEncoding::kFloatSplit>(plain, signal, vt, vs);
   }
   return nullptr;
 }
-SegmentFn PickKernel(bool split, WeightEncoding enc, bool plain, bool vt, bool vs) {
-  return split ? PickKernel1<true>(enc, plain, vt, vs) : PickKernel1<false>(enc, plain, vt, vs);
+SegmentFn PickKernel(bool split, WeightEncoding enc, bool plain, bool signal, bool vt,
+                     bool vs) {
+  return split ? PickKernel1<true>(enc, plain, signal, vt, vs)
+               : PickKernel1<false>(enc, plain, signal, vt, vs);
 }
 
 // Packs one byte per code into `storage_bits` codes per byte (count a multiple of the
@@ -781,18 +965,90 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
                                                 const ParallelFor& parallel_for) {
   SQ_RETURN_IF_ERROR(ValidateInputs(weight, config));
   const int64_t n = weight.num_elements();
-  if (const int64_t bad = FirstNonFinite(weight.data, n, parallel_for); bad >= 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("weight: non-finite value at element ", bad));
-  }
+  auto non_finite_error = [&]() {
+    return absl::InvalidArgumentError(absl::StrCat("weight: non-finite value at element ",
+                                                   FirstNonFinite(weight.data, n, parallel_for)));
+  };
   const IndexMap slices = SliceMap(weight, config);
   const IndexMap units = UnitMap(weight, config);
 
   TransformResult result;
   SplitPlan plan;
-  if (config.split) {
+  SliceRanges ranges;
+  bool ranges_done = false;
+  bool have_signal = false;  // signal energy already known (from the histogram)
+  double signal_energy = 0;
+  // Per-tensor histogram clustering: fused passes (see RegionPass). Pass 1 = histogram
+  // (+ finiteness + signal energy), pass 2 = region ranges + window values.
+  const bool fused = config.split && units.kind == MapKind::kConst &&
+                     config.cluster_method == ClusterMethod::kFast &&
+                     n > kKMeansExactMaxElements;
+  if (fused) {
+    const absl::Span<const float> values = absl::MakeConstSpan(weight.data, n);
+    kmeans_internal::HistogramKMeansState state;
+    if (!state.Build(values, parallel_for)) return non_finite_error();
+    signal_energy = state.SumOfSquares();
+    have_signal = true;
+    const std::vector<std::pair<float, float>> windows = state.Windows();
+    RegionPass rp;
+    bool use_regions = !windows.empty() && windows.size() <= 2;
+    if (use_regions) {
+      for (int w = 0; w < 2; ++w) {
+        const auto& win = windows[std::min<size_t>(w, windows.size() - 1)];
+        rp.w_lo[w] = win.first;
+        rp.w_hi[w] = win.second;
+      }
+      rp.d0_max = std::nextafter(rp.w_lo[0], -kInfF);
+      rp.d2_min = std::nextafter(rp.w_hi[1], kInfF);
+      rp.max_window_values = n / 8;  // beyond: the old two-pass route is cheaper
+      ComputeRegionRanges(weight.data, n, slices, parallel_for, rp);
+      use_regions = !rp.overflow;
+    }
+    KMeans1DResult km;
+    if (use_regions) {
+      std::vector<float> wv(rp.window.size());
+      for (size_t k = 0; k < wv.size(); ++k) wv[k] = rp.window[k].value;
+      km = state.Finish(values, parallel_for, &wv);
+    } else {
+      km = state.Finish(values, parallel_for, nullptr);
+    }
+    Clustering cl;
+    cl.unit_size = n;
+    cl.units.push_back(km);
+    plan = PlanSplit(cl, n, true);
+    if (use_regions) {
+      // The regions are the final clusters only if each threshold lies inside its window.
+      const float t0 = plan.split ? plan.t0[0] : 0, t1 = plan.split ? plan.t1[0] : 0;
+      const bool two = windows.size() == 2;
+      const bool valid = !plan.split || (rp.d0_max <= t0 && rp.d2_min > t0 && rp.d2_min >= t1 &&
+                                         (!two || (t0 <= rp.w_hi[0] && t1 >= rp.w_lo[1])));
+      if (valid) {
+        const int nbr = plan.split ? 3 : 1;
+        const int64_t S = rp.regions.slices;
+        ranges.Init(nbr, S);
+        for (int r = 0; r < 3; ++r) {
+          const int b = plan.split ? r : 0;
+          for (int64_t s = 0; s < S; ++s) {
+            ranges.mn[b * S + s] = std::min(ranges.mn[b * S + s], rp.regions.mn[r * S + s]);
+            ranges.mx[b * S + s] = std::max(ranges.mx[b * S + s], rp.regions.mx[r * S + s]);
+          }
+        }
+        for (const WindowValue& w : rp.window) {
+          const int b = plan.split ? ClusterOfF(w.value, t0, t1) : 0;
+          const int64_t s = ValueOf(slices, w.index);
+          ranges.mn[b * S + s] = std::min(ranges.mn[b * S + s], w.value);
+          ranges.mx[b * S + s] = std::max(ranges.mx[b * S + s], w.value);
+        }
+        ranges_done = true;
+      }
+    }
+  } else if (config.split) {
+    // Clustering reads the values (sorting NaN is undefined): check them first.
+    if (FirstNonFinite(weight.data, n, parallel_for) >= 0) return non_finite_error();
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for);
     plan = PlanSplit(cl, n, true);
+  }
+  if (config.split) {
     result.not_split_reason = plan.not_split_reason;
     result.inertia = plan.inertia;
     result.degenerate_units = plan.degenerate_units;
@@ -801,9 +1057,11 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   result.split = plan.split;
   result.num_branches = nb;
 
-  // Pass 2.
-  SliceRanges ranges;
-  ComputeSliceRanges(weight.data, n, slices, units, plan, parallel_for, ranges);
+  // Pass 2 (unless fused above); for an unsplit tensor also the finiteness check.
+  if (!ranges_done &&
+      !ComputeSliceRanges(weight.data, n, slices, units, plan, parallel_for, ranges)) {
+    return non_finite_error();
+  }
 
   // Cluster summary (an unsplit tensor is reported as cluster 0).
   for (int b = 0; b < nb; ++b) {
@@ -911,8 +1169,8 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
               a.floats[b] = reinterpret_cast<float*>(piece[b].data()) + (e - p0);
             }
           }
-          PickKernel(plan.split, config.encoding, plain, plan.split && ru.stride,
-                     rs.stride)(a, acc);
+          PickKernel(plan.split, config.encoding, plain, !have_signal,
+                     plan.split && ru.stride, rs.stride)(a, acc);
         });
         if (codes && config.storage_bits != 8) {
           for (int b = 0; b < out_branches; ++b) {
@@ -928,8 +1186,9 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
       sink(b, offset, piece[b].data(), static_cast<size_t>(size));
     }
   }
+  if (have_signal) result.signal_energy = signal_energy;
   for (const Partial& p : partials) {
-    result.signal_energy += p.signal;
+    if (!have_signal) result.signal_energy += p.signal;
     result.split_error_energy += p.split_error;
     result.plain_error_energy += p.plain_error;
   }

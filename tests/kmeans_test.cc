@@ -199,3 +199,43 @@ TEST(KMeansTest, ThresholdsMatchDoubleComparison) {
 
 }  // namespace
 }  // namespace sq
+
+namespace sq {
+namespace {
+
+// Feeding the window values instead of a second pass gives the same result bit for bit,
+// and the windows hold no value of an unexpanded bin that would change it.
+TEST(KMeansTest, HistogramStateWindowValuesMatchSecondPass) {
+  for (const char* kind : {"student", "uniform"}) {
+    const std::vector<float> v = MakeData(kind, 200000, 7);
+    kmeans_internal::HistogramKMeansState state;
+    ASSERT_TRUE(state.Build(v, nullptr));
+    std::vector<float> in_windows;
+    const auto windows = state.Windows();
+    ASSERT_FALSE(windows.empty());
+    for (float x : v) {
+      for (const auto& w : windows) {
+        if (x >= w.first && x <= w.second) {
+          in_windows.push_back(x);
+          break;
+        }
+      }
+    }
+    const KMeans1DResult a = state.Finish(v, nullptr, &in_windows);
+    const KMeans1DResult b = KMeans1D(v);
+    EXPECT_EQ(a.lower_boundary, b.lower_boundary) << kind;
+    EXPECT_EQ(a.upper_boundary, b.upper_boundary) << kind;
+    EXPECT_EQ(a.counts, b.counts) << kind;
+    EXPECT_EQ(a.inertia, b.inertia) << kind;
+    double sum2 = 0;
+    for (float x : v) sum2 += static_cast<double>(x) * x;
+    EXPECT_NEAR(state.SumOfSquares(), sum2, 1e-9 * sum2) << kind;
+  }
+  std::vector<float> bad = MakeData("student", 100000, 8);
+  bad[5] = std::nanf("");
+  kmeans_internal::HistogramKMeansState state;
+  EXPECT_FALSE(state.Build(bad, nullptr));
+}
+
+}  // namespace
+}  // namespace sq

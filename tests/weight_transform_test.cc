@@ -3,6 +3,7 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -405,6 +406,67 @@ TEST(WeightTransformTest, SplitBias) {
     EXPECT_EQ((parts[0][k] + parts[1][k]) + parts[2][k], bias[k]);
   }
   EXPECT_EQ(SplitBias(std::vector<float>(4, 0.0f)).size(), 1u);
+}
+
+}  // namespace
+}  // namespace sq
+
+namespace sq {
+namespace {
+
+// The fused per-tensor route (histogram pass, region pass, quantize pass) on the MatMul
+// layout of the scale benchmark: per-channel INT4 codes, split and plain, any threading.
+TEST(WeightTransformTest, FusedChannelRouteMatchesReference) {
+  const std::vector<float> data = StudentT(300 * 400, 21);
+  const WeightView view{data.data(), {300, 400}, 1, 0};
+  for (bool split : {true, false}) {
+    for (WeightEncoding enc : {WeightEncoding::kCodes, WeightEncoding::kDequantizedSum}) {
+      TransformConfig cfg;
+      cfg.granularity = Granularity::kChannel;
+      cfg.storage_bits = 4;
+      cfg.split = split;
+      cfg.encoding = enc;
+      SCOPED_TRACE(absl::StrCat("split ", split, " enc ", static_cast<int>(enc)));
+      Collected one, three, ref;
+      auto r1 = TransformWeight(view, cfg, one.Sink(), Threaded(1));
+      auto r3 = TransformWeight(view, cfg, three.Sink(), Threaded(3));
+      auto rr = TransformWeightReference(view, cfg, ref.Sink());
+      ASSERT_TRUE(r1.ok() && r3.ok() && rr.ok());
+      EXPECT_EQ(one.bytes, ref.bytes);
+      EXPECT_EQ(three.bytes, ref.bytes);
+      ExpectSameParams(*r1, *rr);
+      ExpectSameParams(*r3, *rr);
+      EXPECT_EQ(r1->signal_energy, r3->signal_energy);
+      EXPECT_EQ(r1->split_error_energy, r3->split_error_energy);
+      EXPECT_EQ(r1->plain_error_energy, r3->plain_error_energy);
+      ExpectNearRel(r1->signal_energy, rr->signal_energy);
+      ExpectNearRel(r1->split_error_energy, rr->split_error_energy);
+      ExpectNearRel(r1->plain_error_energy, rr->plain_error_energy);
+      ExpectNearRel(r1->inertia, rr->inertia);
+      for (int b = 0; b < r1->num_branches; ++b) {
+        EXPECT_EQ(r1->clusters[b].count, rr->clusters[b].count);
+        EXPECT_EQ(r1->clusters[b].min, rr->clusters[b].min);
+        EXPECT_EQ(r1->clusters[b].max, rr->clusters[b].max);
+      }
+    }
+  }
+}
+
+// Non-finite values are found by the histogram (split) or the range pass (plain) and the
+// error still names the first bad element.
+TEST(WeightTransformTest, NonFiniteInLargeTensorNamesFirstIndex) {
+  std::vector<float> data = StudentT(300 * 400, 22);
+  data[90001] = std::numeric_limits<float>::quiet_NaN();
+  data[70003] = -std::numeric_limits<float>::infinity();
+  const WeightView view{data.data(), {300, 400}, 1, 0};
+  for (bool split : {true, false}) {
+    TransformConfig cfg;
+    cfg.split = split;
+    Collected out;
+    auto r = TransformWeight(view, cfg, out.Sink(), Threaded(2));
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.status().message().find("element 70003"), std::string::npos) << r.status();
+  }
 }
 
 }  // namespace
