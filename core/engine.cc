@@ -615,6 +615,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     l.bytes_after = tensors * p.data_bytes_per_tensor;
     if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
     l.bias_split = p.bias_split;
+    l.note = p.granularity_note;
     if (!g.other_consumers.empty()) {
       report.warnings.push_back(absl::StrCat("weight '", g.weight_name, "' is also read by ",
                                              absl::StrJoin(g.other_consumers, ", "),
@@ -629,6 +630,10 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   if (!plans.empty()) {
     report.mean_sqnr_plain_db = sum_plain / plans.size();
     report.mean_sqnr_split_db = sum_split / plans.size();
+  }
+  if (options.format == OutputFormat::kSplit) {
+    // Nothing was quantized: the split weights are exact.
+    report.mean_sqnr_split_db = std::numeric_limits<double>::infinity();
   }
   report.compression_ratio = report.output_bytes > 0
                                  ? static_cast<double>(report.input_bytes) / report.output_bytes

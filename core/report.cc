@@ -70,7 +70,8 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"sqnr_plain_db", Db(l.sqnr_plain_db)},
                       {"sqnr_split_db", Db(l.sqnr_split_db)},
                       {"bytes_before", l.bytes_before},
-                      {"bytes_after", l.bytes_after}});
+                      {"bytes_after", l.bytes_after},
+                      {"note", l.note}});
   }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});
@@ -113,10 +114,17 @@ std::string ReportSummary(const ModelReport& r) {
   absl::StrAppend(&out, absl::StrFormat(
       "  layers: %d found, %d quantized, %d split; opset %d -> %d\n", r.layers_found,
       r.layers_quantized, r.layers_split, r.input_opset, r.output_opset));
-  absl::StrAppend(&out, absl::StrFormat(
-      "  size: %s -> %s (%.2fx); mean weight SQNR plain %s dB, split %s dB\n",
-      HumanBytes(r.input_bytes), HumanBytes(r.output_bytes), r.compression_ratio,
-      DbText(r.mean_sqnr_plain_db), DbText(r.mean_sqnr_split_db)));
+  if (o.format == OutputFormat::kSplit) {
+    absl::StrAppend(&out, absl::StrFormat(
+        "  size: %s -> %s (%.2fx); FP32 split (no quantization); plain %d-bit would give %s dB\n",
+        HumanBytes(r.input_bytes), HumanBytes(r.output_bytes), r.compression_ratio, o.bits,
+        DbText(r.mean_sqnr_plain_db)));
+  } else {
+    absl::StrAppend(&out, absl::StrFormat(
+        "  size: %s -> %s (%.2fx); mean weight SQNR plain %s dB, split %s dB\n",
+        HumanBytes(r.input_bytes), HumanBytes(r.output_bytes), r.compression_ratio,
+        DbText(r.mean_sqnr_plain_db), DbText(r.mean_sqnr_split_db)));
+  }
   std::vector<std::string> stages;
   for (const auto& s : r.stages) stages.push_back(absl::StrFormat("%s %.2fs", s.stage, s.seconds));
   absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,

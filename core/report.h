@@ -40,6 +40,7 @@ struct LayerReport {
   int64_t bytes_before = 0;         // FP32 weight bytes
   int64_t bytes_after = 0;          // encoded weight bytes + scales/zero points
   bool bias_split = false;
+  std::string note;                 // e.g. a granularity fallback
 };
 
 struct StageTiming {

@@ -158,7 +158,18 @@ absl::Status GraphEditor::PlanGroup(
   TransformConfig& c = plan->config;
   c.spec.bits = options.bits;
   c.spec.symmetric = options.symmetric;
-  c.granularity = options.granularity;
+  // Blocks along a reduction axis shorter than one block would give every (channel,
+  // kernel position) its own scale: on a depthwise conv (C/g = 1) that is one scale per
+  // weight, a model larger than FP32. Such convolutions get per-channel scales instead.
+  Granularity gran = options.granularity;
+  if (gran == Granularity::kBlock && g.shape.size() > 2 &&
+      g.shape[g.reduction_axis] < options.block_size) {
+    gran = Granularity::kChannel;
+    plan->granularity_note = absl::StrCat("per-channel scales: reduction axis has ",
+                                          g.shape[g.reduction_axis], " < block size ",
+                                          options.block_size);
+  }
+  c.granularity = gran;
   c.block_size = options.block_size;
   c.split = plan->split;
   c.cluster_per_channel = g.cluster_per_channel;
@@ -179,9 +190,9 @@ absl::Status GraphEditor::PlanGroup(
 
   // Parameter tensor shape, as DequantizeLinear expects it.
   plan->param_shape.clear();
-  if (options.granularity == Granularity::kChannel) {
+  if (gran == Granularity::kChannel) {
     plan->param_shape = {g.shape[g.channel_axis]};
-  } else if (options.granularity == Granularity::kBlock) {
+  } else if (gran == Granularity::kBlock) {
     plan->param_shape = g.shape;
     int64_t d = g.shape[g.reduction_axis];
     plan->param_shape[g.reduction_axis] = (d + options.block_size - 1) / options.block_size;
@@ -211,8 +222,8 @@ absl::Status GraphEditor::PlanGroup(
       dq.add_input(plan->zero_point[b]->name());
       std::string out = UniqueName(absl::StrCat(w, ".sq", suffix));
       dq.add_output(out);
-      if (options.granularity == Granularity::kChannel) SetIntAttr(&dq, "axis", g.channel_axis);
-      if (options.granularity == Granularity::kBlock) {
+      if (gran == Granularity::kChannel) SetIntAttr(&dq, "axis", g.channel_axis);
+      if (gran == Granularity::kBlock) {
         SetIntAttr(&dq, "axis", g.reduction_axis);
         SetIntAttr(&dq, "block_size", options.block_size);
       }

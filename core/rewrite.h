@@ -60,6 +60,7 @@ struct GroupPlan {
   std::vector<int64_t> param_shape;  // scale / zero point dims (same for all branches)
   int64_t data_bytes_per_tensor = 0;
   bool bias_split = false;
+  std::string granularity_note;      // set when the layer's granularity differs from asked
 };
 
 // Names and edits collected while planning; applied at the end.

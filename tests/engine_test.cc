@@ -554,6 +554,23 @@ TEST_F(EngineTest, ReferenceKMeansReproducesThePaperAndNeverBeatsTheExactOne) {
   EXPECT_EQ(ref->layers_split, 3);
 }
 
+TEST_F(EngineTest, BlockedConvWithShortReductionAxisFallsBackToPerChannel) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.granularity = Granularity::kBlock;
+  o.block_size = 16;  // conv: C/g = 4, depthwise: 1, deconv: 8 -- all below 16
+  auto r = Quantize(Path("conv.onnx"), Path("b.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const LayerReport& l : r->layers) {
+    EXPECT_THAT(l.note, HasSubstr("per-channel scales")) << l.name;
+    EXPECT_LT(l.bytes_after, l.bytes_before) << l.name;
+  }
+  o.format = OutputFormat::kFake;
+  ASSERT_TRUE(Quantize(Path("conv.onnx"), Path("f.onnx"), o).ok());
+  EXPECT_LE(Compare(Path("f.onnx"), Path("b.onnx"), 7, false), kQdqVsFakeRelTolerance);
+}
+
 TEST_F(EngineTest, InspectListsLayersAndOps) {
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
   auto info = InspectModelFile(Path("conv.onnx"));

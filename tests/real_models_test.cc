@@ -80,9 +80,7 @@ TEST_P(RealModelsTest, QdqOutputsRunAndMatchTheDequantizedReference) {
     ASSERT_TRUE(f.ok()) << f.status();
     EXPECT_EQ(q->output_opset, c.bits == 8 ? 13 : 21);
     EXPECT_EQ(f->output_opset, q->input_opset);  // fake keeps the model's opset
-    // Blocked scales on depthwise convs (C/g = 1) cost more than the weights they save,
-    // so only per-tensor and per-channel outputs are sure to be smaller.
-    if (c.g != Granularity::kBlock) EXPECT_LT(q->output_bytes, q->input_bytes);
+    EXPECT_LT(q->output_bytes, q->input_bytes);
     EXPECT_GT(q->mean_sqnr_split_db, q->mean_sqnr_plain_db);
     EXPECT_LE(testing::MaxRelativeError(Run(tag + "-qdq.onnx", false), Run(tag + "-fake.onnx", false)),
               kQdqVsFakeRelTolerance)
