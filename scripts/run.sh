@@ -25,8 +25,7 @@ if [[ -x build/server/sq-server ]]; then
   for _ in $(seq 1 50); do "$SQCTL" health >/dev/null 2>&1 && break; sleep 0.2; done
   "$SQCTL" health
   "$SQCTL" submit "$MODEL" --bits 4 --granularity channel -o "$OUT_DIR/rec-int4.onnx"
-  job=$("$SQCTL" list --json | python3 -c 'import json,sys; j=json.load(sys.stdin); print(j["jobs"][0]["job_id"] if "jobs" in j else j[0]["job_id"])' 2>/dev/null || true)
-  [[ -n "$job" ]] && "$SQCTL" report "$job"
+  "$SQCTL" list
 else
   "$SQCTL" quantize "$MODEL" -o "$OUT_DIR/rec-int4.onnx" --bits 4 --granularity channel \
     --report "$OUT_DIR/rec-int4.report.json"
