@@ -1,0 +1,512 @@
+#include "client/remote_commands.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <set>
+
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
+#include "server/client.h"
+
+namespace sq::cli {
+namespace {
+
+using client::SqClient;
+
+const std::set<std::string>& ValueFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
+      "form", "format", "cluster-scope", "exclude", "exclude-op", "min-elements",
+      "target-opset", "threads", "idempotency-key"};
+  return *flags;
+}
+const std::set<std::string>& BoolFlags() {
+  static const auto* flags = new std::set<std::string>{
+      "json", "detach", "symmetric", "external-data", "tls", "help", "h", "quiet", "q"};
+  return *flags;
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::map<std::string, std::vector<std::string>> values;
+  std::set<std::string> bools;
+
+  bool Has(const std::string& f) const { return bools.count(f) || values.count(f); }
+  std::string Get(const std::string& f, const std::string& fallback = "") const {
+    auto it = values.find(f);
+    return it == values.end() || it->second.empty() ? fallback : it->second.back();
+  }
+};
+
+// --flag value, --flag=value, -o value, booleans, positionals; "--" ends flags.
+absl::Status Parse(const std::vector<std::string>& in, Args* out) {
+  for (size_t i = 0; i < in.size(); ++i) {
+    const std::string& a = in[i];
+    if (a == "--") {
+      out->positional.insert(out->positional.end(), in.begin() + i + 1, in.end());
+      break;
+    }
+    if (a.size() < 2 || a[0] != '-') {
+      out->positional.push_back(a);
+      continue;
+    }
+    std::string name = a.substr(a[1] == '-' ? 2 : 1);
+    std::string value;
+    bool has_value = false;
+    if (size_t eq = name.find('='); eq != std::string::npos) {
+      value = name.substr(eq + 1);
+      name = name.substr(0, eq);
+      has_value = true;
+    }
+    for (char& c : name) c = c == '_' ? '-' : c;
+    if (ValueFlags().count(name)) {
+      if (!has_value) {
+        if (i + 1 >= in.size()) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+        value = in[++i];
+      }
+      out->values[name].push_back(value);
+    } else if (BoolFlags().count(name)) {
+      if (has_value && value != "true" && value != "1") {
+        if (value == "false" || value == "0") continue;
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " takes no value"));
+      }
+      out->bools.insert(name);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag '", a, "' (see sqctl --help)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int ExitCodeFor(const absl::Status& st) {
+  switch (st.code()) {
+    case absl::StatusCode::kOk: return kExitRemoteOk;
+    case absl::StatusCode::kUnauthenticated:
+    case absl::StatusCode::kPermissionDenied: return kExitAuth;
+    case absl::StatusCode::kNotFound: return kExitNotFound;
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange: return kExitRemoteUsage;
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kAborted: return kExitJobFailed;
+    default: return kExitUnavailable;  // UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, ...
+  }
+}
+
+const char* CodeName(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kUnavailable: return "server unavailable";
+    case absl::StatusCode::kUnauthenticated: return "not authenticated";
+    case absl::StatusCode::kNotFound: return "not found";
+    case absl::StatusCode::kResourceExhausted: return "server at capacity";
+    case absl::StatusCode::kDeadlineExceeded: return "timed out";
+    default: return nullptr;
+  }
+}
+
+int Fail(const absl::Status& st) {
+  std::string msg(st.message());
+  const char* what = CodeName(st.code());
+  if (what && msg.find(what) == std::string::npos) msg = absl::StrCat(what, ": ", msg);
+  std::fprintf(stderr, "sqctl: %s\n", msg.c_str());
+  return ExitCodeFor(st);
+}
+
+int Usage(const std::string& msg) {
+  std::fprintf(stderr, "sqctl: %s\n", msg.c_str());
+  return kExitRemoteUsage;
+}
+
+std::string ToJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.add_whitespace = true;
+  o.preserve_proto_field_names = true;
+  o.always_print_primitive_fields = true;  // stable keys for scripts
+  (void)google::protobuf::util::MessageToJsonString(m, &out, o);
+  return out;
+}
+
+const char* StateName(v1::JobState s) {
+  switch (s) {
+    case v1::JOB_STATE_QUEUED: return "QUEUED";
+    case v1::JOB_STATE_RUNNING: return "RUNNING";
+    case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
+    case v1::JOB_STATE_FAILED: return "FAILED";
+    case v1::JOB_STATE_CANCELLED: return "CANCELLED";
+    default: return "UNKNOWN";
+  }
+}
+
+bool Terminal(v1::JobState s) { return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED; }
+
+std::string Human(int64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+  return buf;
+}
+
+std::string Progress(const v1::Job& j) {
+  std::string s = StateName(j.state());
+  if (j.state() == v1::JOB_STATE_RUNNING) {
+    absl::StrAppend(&s, " ", j.progress().stage());
+    if (j.progress().layer_count() > 0) {
+      absl::StrAppend(&s, " ", j.progress().layer_index(), "/", j.progress().layer_count());
+    }
+  }
+  return s;
+}
+
+void PrintJob(const v1::Job& j) {
+  std::printf("job       %s\nstate     %s\nmodel     %s\ncreated   %s\n", j.job_id().c_str(),
+              Progress(j).c_str(), j.model_id().c_str(),
+              google::protobuf::util::TimeUtil::ToString(j.create_time()).c_str());
+  if (j.has_end_time()) {
+    std::printf("ended     %s\n", google::protobuf::util::TimeUtil::ToString(j.end_time()).c_str());
+  }
+  if (j.has_error() && !j.error().message().empty()) std::printf("error     %s\n", j.error().message().c_str());
+  if (j.state() == v1::JOB_STATE_SUCCEEDED) {
+    const auto& s = j.summary();
+    std::printf("size      %s -> %s (%.2fx)\nlayers    %d found, %d quantized, %d split\n"
+                "sqnr      %.2f dB plain, %.2f dB split (mean)\n",
+                Human(s.input_bytes()).c_str(), Human(s.output_bytes()).c_str(), s.compression_ratio(),
+                s.layers_found(), s.layers_quantized(), s.layers_split(), s.mean_sqnr_plain_db(),
+                s.mean_sqnr_split_db());
+    for (const auto& f : j.artifacts()) {
+      std::printf("artifact  %s (%s, sha256 %s)\n", f.name().c_str(), Human(f.size()).c_str(), f.sha256().c_str());
+    }
+  }
+}
+
+// A progress bar on stderr, only when stderr is a terminal.
+client::ProgressFn Bar(const std::string& label, bool quiet) {
+  if (quiet || !isatty(STDERR_FILENO)) return nullptr;
+  return [label](int64_t done, int64_t total) {
+    int pct = total > 0 ? static_cast<int>(100 * done / total) : 100;
+    int filled = pct * 30 / 100;
+    std::fprintf(stderr, "\r%-9s [%s%s] %3d%% %s / %s\033[K", label.c_str(), std::string(filled, '#').c_str(),
+                 std::string(30 - filled, '.').c_str(), pct, Human(done).c_str(), Human(total).c_str());
+    if (done >= total) std::fputc('\n', stderr);
+    std::fflush(stderr);
+  };
+}
+
+absl::StatusOr<std::unique_ptr<SqClient>> Connect(const Args& a) {
+  client::ClientOptions o;
+  const char* env_server = std::getenv("SQ_SERVER");
+  const char* env_token = std::getenv("SQ_TOKEN");
+  o.target = a.Get("server", env_server && *env_server ? env_server : "127.0.0.1:50051");
+  o.token = a.Get("token", env_token ? env_token : "");
+  o.tls_ca_file = a.Get("tls-ca");
+  o.tls = a.Has("tls") || !o.tls_ca_file.empty();
+  return SqClient::Create(o);
+}
+
+absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
+  auto integer = [&](const char* flag, int64_t lo, int64_t hi, int64_t* out) -> absl::Status {
+    std::string v = a.Get(flag);
+    if (!absl::SimpleAtoi(v, out) || *out < lo || *out > hi) {
+      return absl::InvalidArgumentError(absl::StrCat("--", flag, " wants an integer in [", lo, ", ", hi,
+                                                     "], got '", v, "'"));
+    }
+    return absl::OkStatus();
+  };
+  int64_t n = 0;
+  if (a.Has("bits")) {
+    if (auto st = integer("bits", 2, 8, &n); !st.ok()) return st;
+    o->set_bits(static_cast<int>(n));
+  }
+  if (a.Has("granularity")) {
+    std::string g = a.Get("granularity");
+    if (g == "tensor") o->set_granularity(v1::GRANULARITY_TENSOR);
+    else if (g == "channel") o->set_granularity(v1::GRANULARITY_CHANNEL);
+    else if (g == "block") o->set_granularity(v1::GRANULARITY_BLOCK);
+    else return absl::InvalidArgumentError("--granularity wants tensor, channel or block, got '" + g + "'");
+  }
+  if (a.Has("block-size")) {
+    if (auto st = integer("block-size", 2, 1 << 16, &n); !st.ok()) return st;
+    o->set_block_size(static_cast<int>(n));
+  }
+  if (a.Has("symmetric")) o->set_symmetric(true);
+  if (a.Has("split")) {
+    std::string s = a.Get("split");
+    if (s == "on" || s == "true") o->set_split(true);
+    else if (s == "off" || s == "false") o->set_split(false);
+    else return absl::InvalidArgumentError("--split wants on or off, got '" + s + "'");
+  }
+  if (a.Has("form")) {
+    std::string f = a.Get("form");
+    if (f == "branches") o->set_form(v1::SPLIT_FORM_BRANCHES);
+    else if (f == "folded") o->set_form(v1::SPLIT_FORM_FOLDED);
+    else return absl::InvalidArgumentError("--form wants branches or folded, got '" + f + "'");
+  }
+  if (a.Has("format")) {
+    std::string f = a.Get("format");
+    if (f == "qdq") o->set_format(v1::OUTPUT_FORMAT_QDQ);
+    else if (f == "fake") o->set_format(v1::OUTPUT_FORMAT_FAKE);
+    else if (f == "split") o->set_format(v1::OUTPUT_FORMAT_SPLIT);
+    else return absl::InvalidArgumentError("--format wants qdq, fake or split, got '" + f + "'");
+  }
+  if (a.Has("cluster-scope")) {
+    std::string c = a.Get("cluster-scope");
+    if (c == "auto") o->set_cluster_scope(v1::CLUSTER_SCOPE_AUTO);
+    else if (c == "tensor") o->set_cluster_scope(v1::CLUSTER_SCOPE_TENSOR);
+    else if (c == "channel") o->set_cluster_scope(v1::CLUSTER_SCOPE_CHANNEL);
+    else return absl::InvalidArgumentError("--cluster-scope wants auto, tensor or channel, got '" + c + "'");
+  }
+  if (auto it = a.values.find("exclude"); it != a.values.end()) {
+    for (const auto& v : it->second) o->add_exclude_name_patterns(v);
+  }
+  if (auto it = a.values.find("exclude-op"); it != a.values.end()) {
+    for (const auto& v : it->second) o->add_exclude_op_types(v);
+  }
+  if (a.Has("min-elements")) {
+    if (auto st = integer("min-elements", 0, int64_t{1} << 40, &n); !st.ok()) return st;
+    o->set_min_weight_elements(n);
+  }
+  if (a.Has("target-opset")) {
+    if (auto st = integer("target-opset", 0, 1000, &n); !st.ok()) return st;
+    o->set_target_opset(static_cast<int>(n));
+  }
+  if (a.Has("threads")) {
+    if (auto st = integer("threads", 0, 1024, &n); !st.ok()) return st;
+    o->set_threads(static_cast<int>(n));
+  }
+  if (a.Has("external-data")) o->set_external_data(true);
+  return absl::OkStatus();
+}
+
+// Follows a job to its end, showing progress on a terminal (one line per change otherwise).
+absl::StatusOr<v1::Job> Follow(SqClient& c, const std::string& id, bool quiet) {
+  const bool tty = isatty(STDERR_FILENO);
+  std::string last;
+  auto job = c.Watch(id, [&](const v1::Job& j) {
+    if (quiet) return;
+    std::string line = Progress(j);
+    if (line == last) return;
+    last = line;
+    if (tty) {
+      std::fprintf(stderr, "\r%s\033[K", line.c_str());
+      if (Terminal(j.state())) std::fputc('\n', stderr);
+    } else if (j.state() != v1::JOB_STATE_RUNNING || j.progress().layer_count() == 0 ||
+               j.progress().stage() != "transform") {
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+    std::fflush(stderr);
+  });
+  return job;
+}
+
+int JobOutcome(const v1::Job& j) {
+  if (j.state() == v1::JOB_STATE_SUCCEEDED) return kExitRemoteOk;
+  std::fprintf(stderr, "sqctl: job %s %s: %s\n", j.job_id().c_str(),
+               j.state() == v1::JOB_STATE_CANCELLED ? "was cancelled" : "failed", j.error().message().c_str());
+  return kExitJobFailed;
+}
+
+int NeedPositional(const Args& a, size_t n, const char* what) {
+  if (a.positional.size() != n) return Usage(absl::StrCat("expected ", what));
+  return -1;
+}
+
+int RunSubmit(SqClient& c, const Args& a) {
+  if (int rc = NeedPositional(a, 1, "one model file: sqctl submit MODEL.onnx [options]"); rc >= 0) return rc;
+  v1::SubmitJobRequest req;
+  if (absl::Status st = BuildOptions(a, req.mutable_options()); !st.ok()) return Usage(std::string(st.message()));
+  std::string output = a.Get("o", a.Get("output"));
+  bool quiet = a.Has("quiet") || a.Has("q") || a.Has("json");
+  auto up = c.UploadModel(a.positional[0], Bar("upload", quiet));
+  if (!up.ok()) return Fail(up.status());
+  req.set_model_id(up->model_id());
+  req.set_idempotency_key(a.Get("idempotency-key"));
+  auto job = c.Submit(req);
+  if (!job.ok()) return Fail(job.status());
+  if (a.Has("detach")) {
+    if (a.Has("json")) std::printf("%s\n", ToJson(*job).c_str());
+    else std::printf("%s\n", job->job_id().c_str());
+    return kExitRemoteOk;
+  }
+  if (!quiet) std::fprintf(stderr, "job %s\n", job->job_id().c_str());
+  auto done = Follow(c, job->job_id(), quiet);
+  if (!done.ok()) return Fail(done.status());
+  if (int rc = JobOutcome(*done); rc != kExitRemoteOk) return rc;
+  if (!output.empty()) {
+    if (absl::Status st = c.DownloadAll(*done, output, Bar("download", quiet)); !st.ok()) return Fail(st);
+  }
+  if (a.Has("json")) {
+    std::printf("%s\n", ToJson(*done).c_str());
+  } else if (!a.Has("quiet") && !a.Has("q")) {
+    PrintJob(*done);
+    if (!output.empty()) std::printf("saved     %s\n", output.c_str());
+    else std::printf("download with: sqctl download %s -o OUT.onnx\n", done->job_id().c_str());
+  }
+  return kExitRemoteOk;
+}
+
+int RunInspect(SqClient& c, const Args& a) {
+  if (int rc = NeedPositional(a, 1, "one model file: sqctl inspect MODEL.onnx"); rc >= 0) return rc;
+  auto up = c.UploadModel(a.positional[0], Bar("upload", a.Has("json")));
+  if (!up.ok()) return Fail(up.status());
+  auto info = c.Inspect(up->model_id());
+  if (!info.ok()) return Fail(info.status());
+  if (a.Has("json")) {
+    std::printf("%s\n", ToJson(*info).c_str());
+    return kExitRemoteOk;
+  }
+  std::printf("model     %s\nir        %lld\nopset     %d\nsize      %s (weights %s)%s\n", up->model_id().c_str(),
+              static_cast<long long>(info->ir_version()), info->opset(), Human(info->model_bytes()).c_str(),
+              Human(info->weight_bytes()).c_str(), info->uses_external_data() ? ", external data" : "");
+  std::vector<std::string> ops;
+  for (const auto& [op, n] : info->op_histogram()) ops.push_back(absl::StrCat(op, "=", n));
+  std::sort(ops.begin(), ops.end());
+  std::printf("ops       %s\n", absl::StrJoin(ops, " ").c_str());
+  if (info->unsupported_ops_size() > 0) {
+    std::printf("unsupported (qdq) %s\n", absl::StrJoin(info->unsupported_ops(), " ").c_str());
+  }
+  std::map<int, int64_t> est(info->estimated_output_bytes().begin(), info->estimated_output_bytes().end());
+  for (const auto& [bits, bytes] : est) std::printf("estimate  %d-bit -> %s\n", bits, Human(bytes).c_str());
+  std::printf("layers    %d quantizable\n", info->layers_size());
+  for (const auto& l : info->layers()) {
+    std::vector<std::string> dims;
+    for (int64_t d : l.shape()) dims.push_back(std::to_string(d));
+    std::printf("  %-40s %-14s [%s]\n", l.name().c_str(), l.op_type().c_str(), absl::StrJoin(dims, "x").c_str());
+  }
+  return kExitRemoteOk;
+}
+
+int RunList(SqClient& c, const Args& a) {
+  if (int rc = NeedPositional(a, 0, "no arguments: sqctl list"); rc >= 0) return rc;
+  auto jobs = c.List();
+  if (!jobs.ok()) return Fail(jobs.status());
+  if (a.Has("json")) {
+    v1::ListJobsResponse r;
+    for (const auto& j : *jobs) *r.add_jobs() = j;
+    std::printf("%s\n", ToJson(r).c_str());
+    return kExitRemoteOk;
+  }
+  std::printf("%-32s  %-24s  %-20s  %s\n", "JOB", "STATE", "CREATED", "MODEL");
+  for (const auto& j : *jobs) {
+    std::string created = google::protobuf::util::TimeUtil::ToString(j.create_time()).substr(0, 19);
+    std::printf("%-32s  %-24s  %-20s  %s\n", j.job_id().c_str(), Progress(j).c_str(), created.c_str(),
+                j.model_id().substr(0, 12).c_str());
+  }
+  return kExitRemoteOk;
+}
+
+}  // namespace
+
+bool IsRemoteCommand(const std::string& command) {
+  static const std::set<std::string> kCommands{"submit", "status", "watch", "list", "cancel", "delete",
+                                               "download", "report", "inspect", "health"};
+  return kCommands.count(command) > 0;
+}
+
+std::string RemoteUsage() {
+  return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
+                                    (engine options as for quantize: --bits --granularity
+                                    --block-size --symmetric --split --form --format --exclude
+                                    --exclude-op --min-elements --target-opset --threads
+                                    --cluster-scope --external-data; --idempotency-key K)
+  status JOB                        a job's state, progress, error, sizes
+  watch JOB                         follow a job until it ends
+  list                              all jobs, newest first
+  cancel JOB                        stop a queued or running job
+  delete JOB                        remove a finished job and its artifacts
+  download JOB -o FILE              fetch the output (resumes from FILE.partial)
+  report JOB [--json]               the per-layer report
+  inspect MODEL                     upload and describe a model (ops, layers, estimates)
+  health                            SERVING / NOT_SERVING
+  common: --server HOST:PORT --token T (or $SQ_TOKEN) --tls --tls-ca FILE --json
+  exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 server unavailable, 4 not found, 5 auth
+)";
+}
+
+int RunRemoteCommand(const std::string& command, const std::vector<std::string>& argv) {
+  Args a;
+  if (absl::Status st = Parse(argv, &a); !st.ok()) return Usage(std::string(st.message()));
+  if (a.Has("help") || a.Has("h")) {
+    std::fputs(RemoteUsage().c_str(), stdout);
+    return kExitRemoteOk;
+  }
+  auto connected = Connect(a);
+  if (!connected.ok()) return Fail(connected.status());
+  SqClient& c = **connected;
+  const bool json = a.Has("json");
+
+  if (command == "submit") return RunSubmit(c, a);
+  if (command == "inspect") return RunInspect(c, a);
+  if (command == "list") return RunList(c, a);
+  if (command == "health") {
+    auto serving = c.Health();
+    if (!serving.ok()) return Fail(serving.status());
+    std::printf("%s\n", json ? (*serving ? "{\"status\": \"SERVING\"}" : "{\"status\": \"NOT_SERVING\"}")
+                             : (*serving ? "SERVING" : "NOT_SERVING"));
+    return *serving ? kExitRemoteOk : kExitUnavailable;
+  }
+  if (int rc = NeedPositional(a, 1, absl::StrCat("one job id: sqctl ", command, " JOB").c_str()); rc >= 0) return rc;
+  const std::string& id = a.positional[0];
+  if (command == "status") {
+    auto job = c.Get(id);
+    if (!job.ok()) return Fail(job.status());
+    if (json) std::printf("%s\n", ToJson(*job).c_str());
+    else PrintJob(*job);
+    return kExitRemoteOk;
+  }
+  if (command == "watch") {
+    auto job = Follow(c, id, json);
+    if (!job.ok()) return Fail(job.status());
+    if (json) std::printf("%s\n", ToJson(*job).c_str());
+    return JobOutcome(*job);
+  }
+  if (command == "cancel") {
+    auto job = c.Cancel(id);
+    if (!job.ok()) return Fail(job.status());
+    if (json) std::printf("%s\n", ToJson(*job).c_str());
+    else std::printf("%s %s\n", id.c_str(), Progress(*job).c_str());
+    return kExitRemoteOk;
+  }
+  if (command == "delete") {
+    if (absl::Status st = c.Delete(id); !st.ok()) return Fail(st);
+    if (!json) std::printf("deleted %s\n", id.c_str());
+    return kExitRemoteOk;
+  }
+  if (command == "download") {
+    std::string output = a.Get("o", a.Get("output"));
+    if (output.empty()) return Usage("download needs -o FILE");
+    auto job = c.Get(id);
+    if (!job.ok()) return Fail(job.status());
+    if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+      return Fail(absl::FailedPreconditionError(
+          absl::StrCat("job ", id, " is ", StateName(job->state()), "; nothing to download yet")));
+    }
+    if (absl::Status st = c.DownloadAll(*job, output, Bar("download", json)); !st.ok()) return Fail(st);
+    if (!json) std::printf("saved %s\n", output.c_str());
+    return kExitRemoteOk;
+  }
+  if (command == "report") {
+    auto report = c.Report(id);
+    if (!report.ok()) return Fail(report.status());
+    std::fputs(json ? report->json().c_str() : report->summary().c_str(), stdout);
+    if (json) std::fputc('\n', stdout);
+    return kExitRemoteOk;
+  }
+  return Usage("unknown command '" + command + "'");
+}
+
+}  // namespace sq::cli

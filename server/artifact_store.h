@@ -1,0 +1,171 @@
+// ArtifactStore: everything the server keeps lives in one directory, so the server itself
+// is stateless and several servers may share one directory.
+//
+//   <root>/models/<model_id>/manifest.txt    "<sha256> <size> <name>\n" per file; the
+//                                            model id is the SHA-256 of this text
+//   <root>/models/<model_id>/files/<name>    the uploaded files (.onnx first in manifest)
+//   <root>/jobs/<job_id>/job.json            the job's state (sq.v1.Job as JSON)
+//   <root>/jobs/<job_id>/lock                flock()ed by the server that owns the job
+//   <root>/jobs/<job_id>/cancel              present when a cancel was requested
+//   <root>/jobs/<job_id>/out/...             output model (+ external data)
+//   <root>/jobs/<job_id>/report.{json,txt}   the engine's report
+//   <root>/tmp/                              uploads in progress, deletions; emptied on Open
+//
+// Every file becomes visible only complete: written to a temporary name in the same
+// directory, fsync()ed, then renamed; a model directory is renamed into place whole. A
+// crash therefore never leaves a half-written artifact under a visible name.
+//
+// Thread-safety: all methods may be called concurrently; an UploadSession is used by one
+// thread at a time.
+#ifndef SQ_SERVER_ARTIFACT_STORE_H_
+#define SQ_SERVER_ARTIFACT_STORE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace sq::server {
+
+struct StoredFile {
+  std::string name;    // relative path, as the model references it
+  int64_t size = 0;
+  std::string sha256;  // lower-case hex; may be empty in a declared (not yet verified) file
+};
+
+// Incremental SHA-256 (OpenSSL EVP).
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void Update(absl::string_view data);
+  std::string HexDigest();  // finalises; call once
+ private:
+  void* ctx_;  // EVP_MD_CTX
+};
+std::string Sha256Hex(absl::string_view data);
+absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
+
+// Writes `content` to `path` atomically (temporary file in the same directory, fsync,
+// rename). ResourceExhausted when the disk is full, Internal on other I/O errors.
+absl::Status WriteFileAtomic(const std::string& path, absl::string_view content);
+absl::StatusOr<std::string> ReadFileToString(const std::string& path);
+
+// A relative path without "..", empty or "." components, backslashes or NULs.
+absl::Status ValidateRelativeName(absl::string_view name);
+bool IsValidJobId(absl::string_view id);    // 32 lower-case hex digits
+bool IsValidModelId(absl::string_view id);  // 64 lower-case hex digits
+// 128 random bits from OpenSSL's CSPRNG as 32 hex digits.
+std::string NewJobId();
+
+// The manifest text whose SHA-256 is the model id.
+std::string ManifestText(const std::vector<StoredFile>& files);
+
+// An exclusive flock() on a job's lock file, released on destruction (or process death).
+class JobLock {
+ public:
+  explicit JobLock(int fd) : fd_(fd) {}
+  ~JobLock();
+  JobLock(const JobLock&) = delete;
+  JobLock& operator=(const JobLock&) = delete;
+ private:
+  int fd_;
+};
+
+class UploadSession;
+
+class ArtifactStore {
+ public:
+  // Creates the directory layout under `root` if needed and removes leftovers in tmp/.
+  static absl::StatusOr<std::unique_ptr<ArtifactStore>> Open(const std::string& root);
+
+  const std::string& root() const { return root_; }
+
+  // ---- models ----
+  // Starts an upload of `files` (files[0] is the .onnx). InvalidArgument for bad names,
+  // duplicates or negative sizes.
+  absl::StatusOr<std::unique_ptr<UploadSession>> BeginUpload(std::vector<StoredFile> files);
+  bool HasModel(const std::string& model_id) const;
+  // The stored files of a model (manifest order). NotFound if absent.
+  absl::StatusOr<std::vector<StoredFile>> GetModelFiles(const std::string& model_id) const;
+  // Absolute path of the model's .onnx file.
+  std::string ModelPath(const std::string& model_id, const StoredFile& main) const;
+
+  // ---- jobs ----
+  std::string JobDir(const std::string& job_id) const;
+  // Creates the job's directory and takes its lock. AlreadyExists if the id is taken.
+  absl::StatusOr<std::unique_ptr<JobLock>> CreateJob(const std::string& job_id);
+  // Takes the lock of an existing job without waiting. FailedPrecondition if another
+  // holder has it, NotFound if the job does not exist.
+  absl::StatusOr<std::unique_ptr<JobLock>> TryLockJob(const std::string& job_id) const;
+  absl::Status WriteJobRecord(const std::string& job_id, absl::string_view json);
+  absl::StatusOr<std::string> ReadJobRecord(const std::string& job_id) const;
+  // Ids of all jobs that have a record.
+  std::vector<std::string> ListJobIds() const;
+  absl::Status RequestCancel(const std::string& job_id);
+  bool CancelRequested(const std::string& job_id) const;
+  // Removes the job's folder: renamed into tmp/ first (so it vanishes at once), then deleted.
+  absl::Status DeleteJob(const std::string& job_id);
+
+  // A fresh private directory under tmp/.
+  absl::StatusOr<std::string> MakeTempDir(absl::string_view prefix) const;
+
+ private:
+  explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
+  std::string root_;
+};
+
+// Receives the bytes of an upload into a private temporary directory. Nothing becomes
+// visible until Commit(); the destructor removes the temporary directory if Commit() did
+// not succeed (so an abandoned upload leaves nothing behind).
+class UploadSession {
+ public:
+  ~UploadSession();
+  UploadSession(const UploadSession&) = delete;
+  UploadSession& operator=(const UploadSession&) = delete;
+
+  // Appends bytes to the files in declared order. InvalidArgument once more bytes arrive
+  // than declared in total.
+  absl::Status Append(absl::string_view data);
+  int64_t bytes_received() const { return received_; }
+  int64_t bytes_declared() const { return declared_; }
+
+  struct Result {
+    std::string model_id;
+    std::vector<StoredFile> files;  // with verified sha256
+    bool deduplicated = false;
+  };
+  // Checks every file is complete and matches its declared sha256 (InvalidArgument
+  // otherwise), then moves the model into place. deduplicated = it already existed.
+  absl::StatusOr<Result> Commit();
+  // Removes the temporary data now.
+  void Abort();
+
+ private:
+  friend class ArtifactStore;
+  UploadSession(const ArtifactStore* store, std::string temp_dir, std::vector<StoredFile> files);
+  absl::Status OpenCurrent();
+  absl::Status CloseCurrent();
+
+  const ArtifactStore* store_;
+  std::string temp_dir_;
+  std::vector<StoredFile> files_;
+  std::vector<std::string> computed_sha_;
+  size_t current_ = 0;
+  int fd_ = -1;
+  int64_t current_written_ = 0;
+  int64_t received_ = 0;
+  int64_t declared_ = 0;
+  std::unique_ptr<Sha256> hasher_;
+  bool done_ = false;
+};
+
+}  // namespace sq::server
+
+#endif  // SQ_SERVER_ARTIFACT_STORE_H_

@@ -1,0 +1,131 @@
+#include "server/convert.h"
+
+#include <string>
+
+namespace sq::server {
+
+absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, int default_threads) {
+  QuantizeOptions o;
+  if (w.has_bits()) o.bits = w.bits();
+  switch (w.granularity()) {
+    case v1::GRANULARITY_UNSPECIFIED: break;
+    case v1::GRANULARITY_TENSOR: o.granularity = Granularity::kTensor; break;
+    case v1::GRANULARITY_CHANNEL: o.granularity = Granularity::kChannel; break;
+    case v1::GRANULARITY_BLOCK: o.granularity = Granularity::kBlock; break;
+    default: return absl::InvalidArgumentError("options.granularity: unknown value");
+  }
+  if (w.has_block_size()) o.block_size = w.block_size();
+  if (w.has_symmetric()) o.symmetric = w.symmetric();
+  if (w.has_split()) o.split = w.split();
+  switch (w.form()) {
+    case v1::SPLIT_FORM_UNSPECIFIED: break;
+    case v1::SPLIT_FORM_BRANCHES: o.form = SplitForm::kBranches; break;
+    case v1::SPLIT_FORM_FOLDED: o.form = SplitForm::kFolded; break;
+    default: return absl::InvalidArgumentError("options.form: unknown value");
+  }
+  switch (w.format()) {
+    case v1::OUTPUT_FORMAT_UNSPECIFIED: break;
+    case v1::OUTPUT_FORMAT_QDQ: o.format = OutputFormat::kQdq; break;
+    case v1::OUTPUT_FORMAT_FAKE: o.format = OutputFormat::kFake; break;
+    case v1::OUTPUT_FORMAT_SPLIT: o.format = OutputFormat::kSplit; break;
+    default: return absl::InvalidArgumentError("options.format: unknown value");
+  }
+  switch (w.cluster_scope()) {
+    case v1::CLUSTER_SCOPE_UNSPECIFIED: break;
+    case v1::CLUSTER_SCOPE_AUTO: o.cluster_scope = ClusterScope::kAuto; break;
+    case v1::CLUSTER_SCOPE_TENSOR: o.cluster_scope = ClusterScope::kTensor; break;
+    case v1::CLUSTER_SCOPE_CHANNEL: o.cluster_scope = ClusterScope::kChannel; break;
+    default: return absl::InvalidArgumentError("options.cluster_scope: unknown value");
+  }
+  o.exclude_name_patterns.assign(w.exclude_name_patterns().begin(), w.exclude_name_patterns().end());
+  o.exclude_op_types.assign(w.exclude_op_types().begin(), w.exclude_op_types().end());
+  if (w.has_min_weight_elements()) o.min_weight_elements = w.min_weight_elements();
+  if (w.has_target_opset()) o.target_opset = w.target_opset();
+  o.threads = w.has_threads() && w.threads() > 0 ? w.threads() : default_threads;
+  if (w.threads() < 0) return absl::InvalidArgumentError("options.threads must be >= 0");
+  if (w.has_external_data()) o.external_data = w.external_data();
+  absl::Status st = ValidateOptions(o);
+  if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
+  return o;
+}
+
+v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
+  v1::QuantizeOptions w;
+  w.set_bits(o.bits);
+  switch (o.granularity) {
+    case Granularity::kTensor: w.set_granularity(v1::GRANULARITY_TENSOR); break;
+    case Granularity::kChannel: w.set_granularity(v1::GRANULARITY_CHANNEL); break;
+    case Granularity::kBlock: w.set_granularity(v1::GRANULARITY_BLOCK); break;
+  }
+  w.set_block_size(o.block_size);
+  w.set_symmetric(o.symmetric);
+  w.set_split(o.split);
+  w.set_form(o.form == SplitForm::kFolded ? v1::SPLIT_FORM_FOLDED : v1::SPLIT_FORM_BRANCHES);
+  switch (o.format) {
+    case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;
+    case OutputFormat::kFake: w.set_format(v1::OUTPUT_FORMAT_FAKE); break;
+    case OutputFormat::kSplit: w.set_format(v1::OUTPUT_FORMAT_SPLIT); break;
+  }
+  switch (o.cluster_scope) {
+    case ClusterScope::kAuto: w.set_cluster_scope(v1::CLUSTER_SCOPE_AUTO); break;
+    case ClusterScope::kTensor: w.set_cluster_scope(v1::CLUSTER_SCOPE_TENSOR); break;
+    case ClusterScope::kChannel: w.set_cluster_scope(v1::CLUSTER_SCOPE_CHANNEL); break;
+  }
+  for (const auto& p : o.exclude_name_patterns) w.add_exclude_name_patterns(p);
+  for (const auto& p : o.exclude_op_types) w.add_exclude_op_types(p);
+  w.set_min_weight_elements(o.min_weight_elements);
+  w.set_target_opset(o.target_opset);
+  w.set_threads(o.threads);
+  w.set_external_data(o.external_data);
+  return w;
+}
+
+v1::InspectModelResponse ToWire(const ModelInfo& info) {
+  v1::InspectModelResponse r;
+  r.set_ir_version(info.ir_version);
+  r.set_opset(info.opset);
+  for (const auto& [k, v] : info.opset_imports) (*r.mutable_opset_imports())[k] = v;
+  for (const auto& [k, v] : info.op_histogram) (*r.mutable_op_histogram())[k] = v;
+  for (const LayerInfo& l : info.layers) {
+    v1::LayerInfo* w = r.add_layers();
+    w->set_name(l.name);
+    w->set_op_type(l.op_type);
+    w->set_weight(l.weight);
+    w->set_graph(l.graph);
+    for (int64_t d : l.shape) w->add_shape(d);
+    w->set_shared_by(l.shared_by);
+  }
+  for (const auto& op : info.unsupported_ops) r.add_unsupported_ops(op);
+  r.set_weight_bytes(info.weight_bytes);
+  r.set_model_bytes(info.model_bytes);
+  for (const auto& [bits, bytes] : info.estimated_output_bytes) (*r.mutable_estimated_output_bytes())[bits] = bytes;
+  r.set_uses_external_data(info.uses_external_data);
+  return r;
+}
+
+grpc::Status ToGrpc(const absl::Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), std::string(status.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  if (status.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+bool IsTerminal(v1::JobState s) {
+  return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED;
+}
+
+const char* StateName(v1::JobState s) {
+  switch (s) {
+    case v1::JOB_STATE_QUEUED: return "QUEUED";
+    case v1::JOB_STATE_RUNNING: return "RUNNING";
+    case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
+    case v1::JOB_STATE_FAILED: return "FAILED";
+    case v1::JOB_STATE_CANCELLED: return "CANCELLED";
+    default: return "UNSPECIFIED";
+  }
+}
+
+}  // namespace sq::server

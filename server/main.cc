@@ -1,0 +1,112 @@
+// sq-server: the SplitQuant quantization service. Starts with no arguments (gRPC on
+// 127.0.0.1:50051, metrics on 127.0.0.1:9464, artifacts under the XDG state directory).
+// SIGTERM/SIGINT drain: health goes NOT_SERVING, new work is refused, running jobs get
+// --drain_grace_seconds to finish, then the process exits.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/time/time.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9464",
+          "Prometheus /metrics listen address (host:port); empty disables metrics");
+ABSL_FLAG(std::string, artifact_dir, "",
+          "Directory holding uploads, jobs and outputs. Default: $XDG_STATE_HOME/sq/artifacts, "
+          "else $HOME/.local/state/sq/artifacts, else /var/lib/sq/artifacts");
+ABSL_FLAG(int, workers, 2, "Jobs that run at once");
+ABSL_FLAG(int, queue_capacity, 16, "Jobs that may wait; beyond that SubmitJob gives RESOURCE_EXHAUSTED");
+ABSL_FLAG(int, job_threads, 0, "Engine threads per job when the job asks for 0 (0 = all cores)");
+ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "Largest model upload (all files), bytes");
+ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain file; with --tls_key enables TLS");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key file");
+ABSL_FLAG(std::string, auth_token_file, "",
+          "File whose first line is the bearer token clients must send; empty = no auth "
+          "(env SQ_TOKEN is used when this is empty and it is set)");
+ABSL_FLAG(int, drain_grace_seconds, 60, "On SIGTERM, how long running jobs may take to finish");
+
+namespace {
+
+std::string DefaultArtifactDir() {
+  if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x) return std::string(x) + "/sq/artifacts";
+  if (const char* h = std::getenv("HOME"); h && *h) return std::string(h) + "/.local/state/sq/artifacts";
+  return "/var/lib/sq/artifacts";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("sq-server: SplitQuant quantization service (gRPC sq.v1)");
+  absl::ParseCommandLine(argc, argv);
+
+  // Signals are taken synchronously by sigwait below; block them before any thread starts.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  sq::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.artifact_dir = absl::GetFlag(FLAGS_artifact_dir);
+  if (options.artifact_dir.empty()) options.artifact_dir = DefaultArtifactDir();
+  options.workers = absl::GetFlag(FLAGS_workers);
+  options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
+  options.default_job_threads = absl::GetFlag(FLAGS_job_threads);
+  options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  std::string token_file = absl::GetFlag(FLAGS_auth_token_file);
+  if (!token_file.empty()) {
+    auto text = sq::server::ReadFileToString(token_file);
+    if (!text.ok()) {
+      std::fprintf(stderr, "sq-server: cannot read --auth_token_file %s\n", token_file.c_str());
+      return 2;
+    }
+    options.auth_token = text->substr(0, text->find_first_of("\r\n"));
+  } else if (const char* t = std::getenv("SQ_TOKEN"); t && *t) {
+    options.auth_token = t;
+  }
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::string metrics_listen = absl::GetFlag(FLAGS_metrics_listen);
+  if (!metrics_listen.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(metrics_listen);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "sq-server: cannot serve metrics on %s: %s\n", metrics_listen.c_str(), e.what());
+      return 3;
+    }
+    exposer->RegisterCollectable(registry);
+  }
+
+  auto server = sq::server::SqServer::Start(options, registry);
+  if (!server.ok()) {
+    std::fprintf(stderr, "sq-server: %s\n", server.status().ToString().c_str());
+    return 3;
+  }
+  std::fprintf(stderr, "sq-server: serving sq.v1 on %s (port %d), metrics on %s, artifacts in %s%s%s\n",
+               options.listen_address.c_str(), (*server)->port(),
+               metrics_listen.empty() ? "(off)" : metrics_listen.c_str(), options.artifact_dir.c_str(),
+               options.auth_token.empty() ? "" : ", bearer auth on",
+               options.tls_cert_file.empty() ? "" : ", TLS on");
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "sq-server: signal %d: draining (grace %ds)\n", sig,
+               absl::GetFlag(FLAGS_drain_grace_seconds));
+  (*server)->Drain(absl::Seconds(absl::GetFlag(FLAGS_drain_grace_seconds)));
+  server->reset();
+  std::fprintf(stderr, "sq-server: stopped\n");
+  return 0;
+}

@@ -1,0 +1,129 @@
+#include "server/metrics.h"
+
+namespace sq::server {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+// Jobs take from well under a second (tiny models) to tens of minutes (LLMs).
+Histogram::BucketBoundaries DurationBuckets() {
+  return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+}
+
+}  // namespace
+
+ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& version)
+    : submitted_family_(BuildCounter()
+                            .Name("sq_jobs_submitted_total")
+                            .Help("Quantization jobs accepted into the queue.")
+                            .Register(registry)),
+      submitted_(submitted_family_.Add({})),
+      finished_(BuildCounter()
+                    .Name("sq_jobs_finished_total")
+                    .Help("Quantization jobs that reached a terminal state, by outcome.")
+                    .Register(registry)),
+      job_duration_(BuildHistogram()
+                        .Name("sq_job_duration_seconds")
+                        .Help("Run time of a job from start to terminal state, by outcome.")
+                        .Register(registry)),
+      queue_wait_(BuildHistogram()
+                      .Name("sq_queue_wait_seconds")
+                      .Help("Time a job waited in the queue before a worker took it.")
+                      .Register(registry)
+                      .Add({}, DurationBuckets())),
+      queue_depth_(BuildGauge()
+                       .Name("sq_queue_depth")
+                       .Help("Jobs waiting in the queue.")
+                       .Register(registry)
+                       .Add({})),
+      running_(BuildGauge()
+                   .Name("sq_jobs_running")
+                   .Help("Jobs running on a worker now.")
+                   .Register(registry)
+                   .Add({})),
+      worker_slots_(BuildGauge()
+                        .Name("sq_worker_slots")
+                        .Help("Worker threads available for jobs.")
+                        .Register(registry)
+                        .Add({})),
+      stage_duration_(BuildHistogram()
+                          .Name("sq_stage_duration_seconds")
+                          .Help("Time spent per engine stage (load, discover, convert, transform, write).")
+                          .Register(registry)),
+      uploaded_(BuildCounter()
+                    .Name("sq_upload_bytes_total")
+                    .Help("Model bytes received by UploadModel.")
+                    .Register(registry)
+                    .Add({})),
+      downloaded_(BuildCounter()
+                      .Name("sq_download_bytes_total")
+                      .Help("Artifact bytes sent by DownloadArtifact.")
+                      .Register(registry)
+                      .Add({})),
+      compression_(BuildHistogram()
+                       .Name("sq_compression_ratio")
+                       .Help("Input bytes divided by output bytes of succeeded jobs.")
+                       .Register(registry)
+                       .Add({}, Histogram::BucketBoundaries{1, 1.5, 2, 3, 4, 5, 6, 7, 8, 10, 16})),
+      sqnr_(BuildHistogram()
+                .Name("sq_layer_sqnr_decibels")
+                .Help("Weight SQNR per quantized layer: method=\"split\" (SplitQuant) vs method=\"plain\" (linear).")
+                .Register(registry)),
+      uploads_(BuildCounter()
+                   .Name("sq_uploads_total")
+                   .Help("Finished UploadModel calls, by outcome (stored, deduplicated, rejected).")
+                   .Register(registry)) {
+  BuildGauge()
+      .Name("sq_build_info")
+      .Help("Build information; the value is always 1.")
+      .Register(registry)
+      .Add({{"version", version}})
+      .Set(1);
+  // Pre-create the label sets a dashboard expects, so they read 0 instead of missing.
+  for (const char* outcome : {"succeeded", "failed", "cancelled"}) {
+    finished_.Add({{"outcome", outcome}});
+    job_duration_.Add({{"outcome", outcome}}, DurationBuckets());
+  }
+  for (const char* method : {"split", "plain"}) {
+    sqnr_.Add({{"method", method}}, Histogram::BucketBoundaries{0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60});
+  }
+  for (const char* outcome : {"stored", "deduplicated", "rejected"}) uploads_.Add({{"outcome", outcome}});
+  for (const char* stage : {"load", "discover", "convert", "transform", "write"}) {
+    stage_duration_.Add({{"stage", stage}}, DurationBuckets());
+  }
+}
+
+void ServerMetrics::JobSubmitted() { submitted_.Increment(); }
+
+void ServerMetrics::JobFinished(const std::string& outcome, double seconds) {
+  finished_.Add({{"outcome", outcome}}).Increment();
+  job_duration_.Add({{"outcome", outcome}}, DurationBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::QueueWait(double seconds) { queue_wait_.Observe(seconds); }
+void ServerMetrics::SetQueueDepth(int n) { queue_depth_.Set(n); }
+void ServerMetrics::SetRunningJobs(int n) { running_.Set(n); }
+void ServerMetrics::SetWorkerSlots(int n) { worker_slots_.Set(n); }
+
+void ServerMetrics::StageDuration(const std::string& stage, double seconds) {
+  stage_duration_.Add({{"stage", stage}}, DurationBuckets()).Observe(seconds);
+}
+
+void ServerMetrics::BytesUploaded(int64_t n) { uploaded_.Increment(static_cast<double>(n)); }
+void ServerMetrics::BytesDownloaded(int64_t n) { downloaded_.Increment(static_cast<double>(n)); }
+void ServerMetrics::CompressionRatio(double ratio) { compression_.Observe(ratio); }
+
+void ServerMetrics::LayerSqnr(double plain_db, double split_db) {
+  const Histogram::BucketBoundaries b{0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60};
+  sqnr_.Add({{"method", "plain"}}, b).Observe(plain_db);
+  sqnr_.Add({{"method", "split"}}, b).Observe(split_db);
+}
+
+void ServerMetrics::Upload(const std::string& outcome) {
+  uploads_.Add({{"outcome", outcome}}).Increment();
+}
+
+}  // namespace sq::server

@@ -1,0 +1,61 @@
+// ServerMetrics: the service's Prometheus metrics, registered in a registry the caller
+// owns and exposes (main() serves it with prometheus-cpp's Exposer on its own port; tests
+// inject their own registry). Names follow Prometheus conventions: `sq_` prefix, base
+// units, `_total` on counters, and never a job or model id as a label.
+//
+// Thread-safety: every method may be called from any thread.
+#ifndef SQ_SERVER_METRICS_H_
+#define SQ_SERVER_METRICS_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+
+namespace sq::server {
+
+class ServerMetrics {
+ public:
+  // Registers all families in `registry`, which must outlive this object.
+  ServerMetrics(prometheus::Registry& registry, const std::string& version);
+
+  void JobSubmitted();
+  // outcome: "succeeded", "failed", "cancelled".
+  void JobFinished(const std::string& outcome, double seconds);
+  void QueueWait(double seconds);
+  void SetQueueDepth(int n);
+  void SetRunningJobs(int n);
+  void SetWorkerSlots(int n);
+  void StageDuration(const std::string& stage, double seconds);
+  void BytesUploaded(int64_t n);
+  void BytesDownloaded(int64_t n);
+  void CompressionRatio(double ratio);
+  // One quantized layer: SQNR with plain linear quantization and with SplitQuant.
+  void LayerSqnr(double plain_db, double split_db);
+  void Upload(const std::string& outcome);  // "stored", "deduplicated", "rejected"
+
+ private:
+  prometheus::Family<prometheus::Counter>& submitted_family_;
+  prometheus::Counter& submitted_;
+  prometheus::Family<prometheus::Counter>& finished_;
+  prometheus::Family<prometheus::Histogram>& job_duration_;
+  prometheus::Histogram& queue_wait_;
+  prometheus::Gauge& queue_depth_;
+  prometheus::Gauge& running_;
+  prometheus::Gauge& worker_slots_;
+  prometheus::Family<prometheus::Histogram>& stage_duration_;
+  prometheus::Counter& uploaded_;
+  prometheus::Counter& downloaded_;
+  prometheus::Histogram& compression_;
+  prometheus::Family<prometheus::Histogram>& sqnr_;
+  prometheus::Family<prometheus::Counter>& uploads_;
+};
+
+}  // namespace sq::server
+
+#endif  // SQ_SERVER_METRICS_H_

@@ -1,0 +1,90 @@
+#include "server/server.h"
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace sq::server {
+
+absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
+    const ServerOptions& options, std::shared_ptr<prometheus::Registry> registry,
+    std::shared_ptr<EnginePort> engine) {
+  if (!engine) engine = DefaultEngine();
+  std::unique_ptr<SqServer> s(new SqServer());
+  s->registry_ = std::move(registry);
+  if (s->registry_) s->metrics_ = std::make_unique<ServerMetrics>(*s->registry_, engine->Version());
+
+  auto store = ArtifactStore::Open(options.artifact_dir);
+  if (!store.ok()) return store.status();
+  s->store_ = std::move(*store);
+
+  JobQueue::Options control;
+  control.workers = std::max(1, options.control_threads);
+  control.capacity = 64;
+  control.name = "inspect";
+  s->control_pool_ = std::make_unique<JobQueue>(control);
+
+  JobManagerOptions jm;
+  jm.workers = options.workers;
+  jm.queue_capacity = options.queue_capacity;
+  jm.default_job_threads = options.default_job_threads;
+  s->jobs_ = std::make_unique<JobManager>(s->store_.get(), engine, s->metrics_.get(), jm);
+  s->jobs_->Recover();
+
+  ServiceOptions so;
+  so.max_upload_bytes = options.max_upload_bytes;
+  so.chunk_bytes = options.chunk_bytes;
+  so.auth_token = options.auth_token;
+  s->service_ = std::make_unique<SqService>(s->store_.get(), s->jobs_.get(), engine,
+                                            s->metrics_.get(), s->control_pool_.get(), so);
+
+  std::shared_ptr<grpc::ServerCredentials> creds;
+  if (!options.tls_cert_file.empty() || !options.tls_key_file.empty()) {
+    if (options.tls_cert_file.empty() || options.tls_key_file.empty()) {
+      return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
+    }
+    auto cert = ReadFileToString(options.tls_cert_file);
+    if (!cert.ok()) return absl::InvalidArgumentError("cannot read TLS certificate " + options.tls_cert_file);
+    auto key = ReadFileToString(options.tls_key_file);
+    if (!key.ok()) return absl::InvalidArgumentError("cannot read TLS key " + options.tls_key_file);
+    grpc::SslServerCredentialsOptions ssl;
+    ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    creds = grpc::SslServerCredentials(ssl);
+  } else {
+    creds = grpc::InsecureServerCredentials();
+  }
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, creds, &s->port_);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || s->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));
+  }
+  s->server_->GetHealthCheckService()->SetServingStatus(true);
+  return s;
+}
+
+void SqServer::Drain(absl::Duration grace) {
+  if (drained_) return;
+  drained_ = true;
+  jobs_->StopAccepting();  // before health flips: a NOT_SERVING server refuses new work
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  jobs_->Drain(grace);
+  control_pool_->Join();  // pending InspectModel calls finish (or are refused)
+  // Streams still open (watchers of other servers' jobs, slow downloads) get a moment.
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+}
+
+void SqServer::Wait() { server_->Wait(); }
+
+SqServer::~SqServer() {
+  Drain(absl::ZeroDuration());
+  server_->Wait();
+}
+
+}  // namespace sq::server

@@ -1,0 +1,511 @@
+#include "server/service.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "server/convert.h"
+
+namespace sq::server {
+namespace {
+
+using grpc::Status;
+using grpc::StatusCode;
+
+// ---- UploadModel --------------------------------------------------------------------------
+
+class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelRequest> {
+ public:
+  UploadReactor(SqService* service, grpc::CallbackServerContext* context,
+                v1::UploadModelResponse* response)
+      : service_(service), context_(context), response_(response) {
+    if (Status st = service_->auth().Check(*context); !st.ok()) {
+      Reject(st);
+      return;
+    }
+    if (service_->jobs()->draining()) {
+      Reject(Status(StatusCode::UNAVAILABLE, "server is shutting down; not accepting uploads"));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the client half-closed (or went away)
+      EndOfStream();
+      return;
+    }
+    if (!session_) {
+      Header();
+      return;
+    }
+    if (request_.kind_case() != v1::UploadModelRequest::kChunk) {
+      Reject(Status(StatusCode::INVALID_ARGUMENT, "upload header sent twice"));
+      return;
+    }
+    const std::string& chunk = request_.chunk();
+    absl::Status st = session_->Append(chunk);
+    if (service_->metrics()) service_->metrics()->BytesUploaded(static_cast<int64_t>(chunk.size()));
+    if (!st.ok()) {
+      Reject(ToGrpc(st));
+      return;
+    }
+    StartRead(&request_);
+  }
+
+  void OnDone() override {
+    session_.reset();  // an unfinished upload's temporary files are removed here
+    delete this;
+  }
+
+ private:
+  void Header() {
+    if (request_.kind_case() != v1::UploadModelRequest::kHeader) {
+      Reject(Status(StatusCode::INVALID_ARGUMENT, "the first upload message must be the header"));
+      return;
+    }
+    std::vector<StoredFile> files;
+    int64_t total = 0;
+    bool all_hashed = true;
+    for (const v1::FileInfo& f : request_.header().files()) {
+      StoredFile s{f.name(), f.size(), absl::AsciiStrToLower(f.sha256())};
+      all_hashed = all_hashed && !s.sha256.empty();
+      if (s.size > 0) total += s.size;
+      files.push_back(std::move(s));
+    }
+    if (files.empty()) {
+      Reject(Status(StatusCode::INVALID_ARGUMENT, "upload header names no files"));
+      return;
+    }
+    int64_t limit = service_->options().max_upload_bytes;
+    if (total > limit) {
+      Reject(Status(StatusCode::RESOURCE_EXHAUSTED,
+                    absl::StrCat("upload of ", total, " bytes exceeds this server's limit of ",
+                                 limit, " bytes (sq-server --max_upload_bytes)")));
+      return;
+    }
+    if (all_hashed) {
+      std::string id = Sha256Hex(ManifestText(files));
+      if (service_->store()->HasModel(id)) {
+        // Already stored: answer now, without reading the data again.
+        response_->set_model_id(id);
+        for (const StoredFile& f : files) {
+          v1::FileInfo* w = response_->add_files();
+          w->set_name(f.name);
+          w->set_size(f.size);
+          w->set_sha256(f.sha256);
+        }
+        response_->set_deduplicated(true);
+        if (service_->metrics()) service_->metrics()->Upload("deduplicated");
+        Finish(Status::OK);
+        return;
+      }
+    }
+    auto session = service_->store()->BeginUpload(std::move(files));
+    if (!session.ok()) {
+      Reject(ToGrpc(session.status()));
+      return;
+    }
+    session_ = std::move(*session);
+    StartRead(&request_);
+  }
+
+  void EndOfStream() {
+    if (!session_) {
+      Reject(Status(StatusCode::INVALID_ARGUMENT, "upload ended before its header"));
+      return;
+    }
+    if (context_->IsCancelled()) {
+      session_->Abort();
+      Reject(Status(StatusCode::CANCELLED, "upload cancelled by the client"));
+      return;
+    }
+    int64_t received = session_->bytes_received();
+    auto result = session_->Commit();
+    if (!result.ok()) {
+      Reject(ToGrpc(result.status()));
+      return;
+    }
+    response_->set_model_id(result->model_id);
+    for (const StoredFile& f : result->files) {
+      v1::FileInfo* w = response_->add_files();
+      w->set_name(f.name);
+      w->set_size(f.size);
+      w->set_sha256(f.sha256);
+    }
+    response_->set_deduplicated(result->deduplicated);
+    response_->set_bytes_received(received);
+    if (service_->metrics()) {
+      service_->metrics()->Upload(result->deduplicated ? "deduplicated" : "stored");
+    }
+    Finish(Status::OK);
+  }
+
+  void Reject(const Status& status) {
+    if (session_) session_->Abort();
+    if (service_->metrics() && status.error_code() != StatusCode::UNAUTHENTICATED) {
+      service_->metrics()->Upload("rejected");
+    }
+    Finish(status);
+  }
+
+  SqService* const service_;
+  grpc::CallbackServerContext* const context_;
+  v1::UploadModelResponse* const response_;
+  v1::UploadModelRequest request_;
+  std::unique_ptr<UploadSession> session_;
+};
+
+// ---- WatchJob -----------------------------------------------------------------------------
+
+class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobWatcher {
+ public:
+  WatchReactor(SqService* service, grpc::CallbackServerContext* context, std::string job_id)
+      : service_(service), job_id_(std::move(job_id)) {
+    if (Status st = service_->auth().Check(*context); !st.ok()) {
+      FinishOnce(st);
+      return;
+    }
+    registered_ = true;
+    absl::Status st = service_->jobs()->AddWatcher(job_id_, this);  // delivers the state now
+    if (!st.ok()) {
+      registered_ = false;
+      FinishOnce(ToGrpc(st));
+    }
+  }
+
+  void OnJobUpdate(const v1::Job& job) override {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      pending_ = job;
+      has_pending_ = true;
+      if (writing_) return;  // OnWriteDone picks up the newest state
+      writing_ = true;
+      current_ = std::move(pending_);
+      has_pending_ = false;
+    }
+    StartWrite(&current_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    bool finish = false, write = false;
+    Status status;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!ok || cancelled_) {
+        finished_ = finish = true;
+        status = Status(StatusCode::CANCELLED, "watch cancelled");
+      } else if (IsTerminal(current_.state())) {
+        finished_ = finish = true;
+      } else if (has_pending_) {
+        current_ = std::move(pending_);
+        has_pending_ = false;
+        write = true;
+      } else {
+        writing_ = false;
+      }
+    }
+    if (finish) Finish(status);
+    if (write) StartWrite(&current_);
+  }
+
+  void OnCancel() override {
+    bool finish = false;
+    {
+      absl::MutexLock lock(&mu_);
+      cancelled_ = true;
+      if (!finished_ && !writing_) finished_ = finish = true;
+    }
+    if (finish) Finish(Status(StatusCode::CANCELLED, "watch cancelled"));
+  }
+
+  void OnDone() override {
+    if (registered_) service_->jobs()->RemoveWatcher(job_id_, this);
+    delete this;
+  }
+
+ private:
+  void FinishOnce(const Status& st) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (finished_) return;
+      finished_ = true;
+    }
+    Finish(st);
+  }
+
+  SqService* const service_;
+  const std::string job_id_;
+  bool registered_ = false;
+  absl::Mutex mu_;
+  v1::Job current_;  // the message being written
+  v1::Job pending_ ABSL_GUARDED_BY(mu_);
+  bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// ---- DownloadArtifact ---------------------------------------------------------------------
+
+class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifactResponse> {
+ public:
+  DownloadReactor(SqService* service, grpc::CallbackServerContext* context,
+                  const v1::DownloadArtifactRequest& request)
+      : service_(service) {
+    if (Status st = service_->auth().Check(*context); !st.ok()) {
+      Finish(st);
+      return;
+    }
+    auto job = service_->jobs()->Get(request.job_id());
+    if (!job.ok()) {
+      Finish(ToGrpc(job.status()));
+      return;
+    }
+    if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+      Finish(Status(StatusCode::FAILED_PRECONDITION,
+                    absl::StrCat("job ", job->job_id(), " is ", StateName(job->state()),
+                                 "; artifacts exist only once it has SUCCEEDED")));
+      return;
+    }
+    const v1::FileInfo* file = nullptr;
+    for (const v1::FileInfo& f : job->artifacts()) {
+      if (request.name().empty() ? &f == &job->artifacts(0) : f.name() == request.name()) file = &f;
+    }
+    if (!file) {
+      Finish(Status(StatusCode::NOT_FOUND,
+                    absl::StrCat("job ", job->job_id(), " has no artifact \"", request.name(), "\"")));
+      return;
+    }
+    info_ = *file;
+    std::string path = service_->store()->JobDir(job->job_id()) + "/out/" + info_.name();
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) {
+      Finish(Status(StatusCode::NOT_FOUND, "artifact vanished (job deleted?)"));
+      return;
+    }
+    struct stat st;
+    if (::fstat(fd_, &st) != 0 || st.st_size != info_.size()) {
+      Finish(Status(StatusCode::INTERNAL, "artifact size differs from the job record"));
+      return;
+    }
+    if (request.offset() < 0 || request.offset() > info_.size()) {
+      Finish(Status(StatusCode::OUT_OF_RANGE,
+                    absl::StrCat("offset ", request.offset(), " outside 0..", info_.size())));
+      return;
+    }
+    position_ = request.offset();
+    buffer_.resize(static_cast<size_t>(std::max<int64_t>(4096, service_->options().chunk_bytes)));
+    Next();
+  }
+
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      Finish(Status(StatusCode::CANCELLED, "download cancelled"));
+      return;
+    }
+    Next();
+  }
+
+  void OnDone() override {
+    if (fd_ >= 0) ::close(fd_);
+    delete this;
+  }
+
+ private:
+  void Next() {
+    ssize_t n;
+    do {
+      n = ::pread(fd_, buffer_.data(), buffer_.size(), position_);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) {
+      Finish(Status(StatusCode::INTERNAL, "read error on artifact"));
+      return;
+    }
+    if (n == 0 && !first_) {
+      Finish(Status::OK);
+      return;
+    }
+    response_.Clear();
+    if (first_) *response_.mutable_file() = info_;
+    first_ = false;
+    response_.set_offset(position_);
+    response_.set_data(buffer_.data(), static_cast<size_t>(n));
+    position_ += n;
+    if (service_->metrics()) service_->metrics()->BytesDownloaded(n);
+    StartWrite(&response_);
+  }
+
+  SqService* const service_;
+  v1::FileInfo info_;
+  int fd_ = -1;
+  int64_t position_ = 0;
+  bool first_ = true;
+  std::string buffer_;
+  v1::DownloadArtifactResponse response_;
+};
+
+}  // namespace
+
+SqService::SqService(ArtifactStore* store, JobManager* jobs, std::shared_ptr<EnginePort> engine,
+                     ServerMetrics* metrics, JobQueue* control_pool, ServiceOptions options)
+    : store_(store),
+      jobs_(jobs),
+      engine_(std::move(engine)),
+      metrics_(metrics),
+      control_pool_(control_pool),
+      options_(std::move(options)),
+      auth_(options_.auth_token) {}
+
+grpc::ServerReadReactor<v1::UploadModelRequest>* SqService::UploadModel(
+    grpc::CallbackServerContext* context, v1::UploadModelResponse* response) {
+  return new UploadReactor(this, context, response);
+}
+
+grpc::ServerUnaryReactor* SqService::InspectModel(grpc::CallbackServerContext* context,
+                                                  const v1::InspectModelRequest* request,
+                                                  v1::InspectModelResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto files = store_->GetModelFiles(request->model_id());
+  if (!files.ok()) {
+    reactor->Finish(ToGrpc(files.status()));
+    return reactor;
+  }
+  std::string path = store_->ModelPath(request->model_id(), (*files)[0]);
+  // Parsing a model is engine work: it runs on the control pool, never on this thread.
+  JobQueue::Task task;
+  task.run = [this, reactor, response, path] {
+    auto info = engine_->Inspect(path);
+    if (info.ok()) *response = ToWire(*info);
+    reactor->Finish(ToGrpc(info.status()));
+  };
+  task.abandon = [reactor] {
+    reactor->Finish(Status(StatusCode::UNAVAILABLE, "server is shutting down"));
+  };
+  if (absl::Status st = control_pool_->Submit(std::move(task)); !st.ok()) {
+    reactor->Finish(ToGrpc(st));
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* context,
+                                               const v1::SubmitJobRequest* request,
+                                               v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Submit(*request);
+  if (job.ok()) *response = std::move(*job);
+  reactor->Finish(ToGrpc(job.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::GetJob(grpc::CallbackServerContext* context,
+                                            const v1::GetJobRequest* request, v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Get(request->job_id());
+  if (job.ok()) *response = std::move(*job);
+  reactor->Finish(ToGrpc(job.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* context,
+                                              const v1::ListJobsRequest* request,
+                                              v1::ListJobsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  std::vector<v1::JobState> states;
+  for (int s : request->states()) states.push_back(static_cast<v1::JobState>(s));
+  for (v1::Job& job : jobs_->List(states)) *response->add_jobs() = std::move(job);
+  reactor->Finish(Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::Job>* SqService::WatchJob(grpc::CallbackServerContext* context,
+                                                       const v1::WatchJobRequest* request) {
+  return new WatchReactor(this, context, request->job_id());
+}
+
+grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* context,
+                                               const v1::CancelJobRequest* request,
+                                               v1::Job* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Cancel(request->job_id());
+  if (job.ok()) *response = std::move(*job);
+  reactor->Finish(ToGrpc(job.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* context,
+                                               const v1::DeleteJobRequest* request,
+                                               v1::DeleteJobResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::DownloadArtifactResponse>* SqService::DownloadArtifact(
+    grpc::CallbackServerContext* context, const v1::DownloadArtifactRequest* request) {
+  return new DownloadReactor(this, context, *request);
+}
+
+grpc::ServerUnaryReactor* SqService::GetReport(grpc::CallbackServerContext* context,
+                                               const v1::GetReportRequest* request,
+                                               v1::GetReportResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (Status st = auth_.Check(*context); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Get(request->job_id());
+  if (!job.ok()) {
+    reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  if (job->state() != v1::JOB_STATE_SUCCEEDED) {
+    reactor->Finish(Status(StatusCode::FAILED_PRECONDITION,
+                           absl::StrCat("job ", job->job_id(), " is ", StateName(job->state()),
+                                        "; the report exists only once it has SUCCEEDED")));
+    return reactor;
+  }
+  std::string dir = store_->JobDir(job->job_id());
+  auto json = ReadFileToString(dir + "/report.json");
+  auto text = ReadFileToString(dir + "/report.txt");
+  if (!json.ok() || !text.ok()) {
+    reactor->Finish(Status(StatusCode::NOT_FOUND, "report vanished (job deleted?)"));
+    return reactor;
+  }
+  response->set_json(std::move(*json));
+  response->set_summary(std::move(*text));
+  reactor->Finish(Status::OK);
+  return reactor;
+}
+
+}  // namespace sq::server

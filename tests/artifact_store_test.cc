@@ -1,0 +1,182 @@
+// ArtifactStore: atomic writes, content-addressed uploads (dedup, hash verification, nothing
+// left behind by abandoned or failed uploads), job locks and deletion.
+#include "server/artifact_store.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "gtest/gtest.h"
+
+namespace sq::server {
+namespace {
+namespace fs = std::filesystem;
+
+class ArtifactStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    root_ = fs::temp_directory_path() /
+            ("sq_store_test_" + std::to_string(::getpid()) + "_" +
+             ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(root_);
+    auto store = ArtifactStore::Open(root_.string());
+    ASSERT_TRUE(store.ok()) << store.status();
+    store_ = std::move(*store);
+  }
+  void TearDown() override { fs::remove_all(root_); }
+
+  size_t CountEntries(const fs::path& dir) {
+    size_t n = 0;
+    for (auto it = fs::recursive_directory_iterator(dir); it != fs::recursive_directory_iterator(); ++it) ++n;
+    return n;
+  }
+
+  fs::path root_;
+  std::unique_ptr<ArtifactStore> store_;
+};
+
+TEST_F(ArtifactStoreTest, WriteFileAtomicReplacesWholeFileAndLeavesNoTemporaries) {
+  std::string path = (root_ / "x.json").string();
+  ASSERT_TRUE(WriteFileAtomic(path, "first").ok());
+  ASSERT_TRUE(WriteFileAtomic(path, "second, longer content").ok());
+  auto text = ReadFileToString(path);
+  ASSERT_TRUE(text.ok());
+  EXPECT_EQ(*text, "second, longer content");
+  for (const auto& e : fs::directory_iterator(root_)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  }
+}
+
+TEST_F(ArtifactStoreTest, WriteFileAtomicIntoMissingDirectoryFailsWithoutDebris) {
+  absl::Status st = WriteFileAtomic((root_ / "no/such/dir/f").string(), "x");
+  EXPECT_EQ(st.code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ArtifactStoreTest, Sha256MatchesKnownVector) {
+  EXPECT_EQ(Sha256Hex("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+}
+
+TEST_F(ArtifactStoreTest, UploadCommitsContentAddressedModel) {
+  std::vector<StoredFile> files{{"m.onnx", 5, ""}, {"w/m.data", 3, Sha256Hex("xyz")}};
+  auto session = store_->BeginUpload(files);
+  ASSERT_TRUE(session.ok()) << session.status();
+  ASSERT_TRUE((*session)->Append("hel").ok());
+  ASSERT_TRUE((*session)->Append("loxy").ok());  // spans the file boundary
+  ASSERT_TRUE((*session)->Append("z").ok());
+  auto result = (*session)->Commit();
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_FALSE(result->deduplicated);
+  EXPECT_EQ(result->files[0].sha256, Sha256Hex("hello"));
+  EXPECT_EQ(result->model_id, Sha256Hex(ManifestText(result->files)));
+  EXPECT_TRUE(store_->HasModel(result->model_id));
+  auto stored = store_->GetModelFiles(result->model_id);
+  ASSERT_TRUE(stored.ok());
+  ASSERT_EQ(stored->size(), 2u);
+  EXPECT_EQ(*ReadFileToString(store_->ModelPath(result->model_id, (*stored)[0])), "hello");
+  EXPECT_EQ(*ReadFileToString(root_ / "models" / result->model_id / "files/w/m.data"), "xyz");
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+
+  // The same bytes again: recognised, nothing new written.
+  auto again = store_->BeginUpload(files);
+  ASSERT_TRUE(again.ok());
+  ASSERT_TRUE((*again)->Append("helloxyz").ok());
+  auto second = (*again)->Commit();
+  ASSERT_TRUE(second.ok());
+  EXPECT_TRUE(second->deduplicated);
+  EXPECT_EQ(second->model_id, result->model_id);
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+}
+
+TEST_F(ArtifactStoreTest, HashMismatchIsInvalidArgumentAndLeavesNothing) {
+  auto session = store_->BeginUpload({{"m.onnx", 5, Sha256Hex("world")}});
+  ASSERT_TRUE(session.ok());
+  ASSERT_TRUE((*session)->Append("hello").ok());
+  auto result = (*session)->Commit();
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(result.status().message().find("sha256 mismatch"), std::string::npos);
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+  EXPECT_EQ(CountEntries(root_ / "models"), 0u);
+}
+
+TEST_F(ArtifactStoreTest, AbandonedOrShortOrLongUploadLeavesNothing) {
+  {
+    auto session = store_->BeginUpload({{"m.onnx", 100, ""}});
+    ASSERT_TRUE(session.ok());
+    ASSERT_TRUE((*session)->Append(std::string(40, 'a')).ok());
+    EXPECT_GT(CountEntries(root_ / "tmp"), 0u);
+  }  // dropped mid-way (client disconnected)
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+
+  auto short_upload = store_->BeginUpload({{"m.onnx", 10, ""}});
+  ASSERT_TRUE(short_upload.ok());
+  ASSERT_TRUE((*short_upload)->Append("abc").ok());
+  EXPECT_EQ((*short_upload)->Commit().status().code(), absl::StatusCode::kInvalidArgument);
+
+  auto long_upload = store_->BeginUpload({{"m.onnx", 2, ""}});
+  ASSERT_TRUE(long_upload.ok());
+  EXPECT_EQ((*long_upload)->Append("abc").code(), absl::StatusCode::kInvalidArgument);
+  long_upload->reset();
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+  EXPECT_EQ(CountEntries(root_ / "models"), 0u);
+}
+
+TEST_F(ArtifactStoreTest, RejectsHostileNames) {
+  for (const char* name : {"../x.onnx", "/etc/passwd", "a/../../b", "a//b", "", "a\\b", "./a"}) {
+    EXPECT_EQ(store_->BeginUpload({{name, 1, ""}}).status().code(), absl::StatusCode::kInvalidArgument)
+        << name;
+  }
+  EXPECT_EQ(store_->BeginUpload({{"a", 1, ""}, {"a", 1, ""}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(ValidateRelativeName("sub/dir/w.bin").ok());
+}
+
+TEST_F(ArtifactStoreTest, JobIdsAreRandomHex) {
+  std::string a = NewJobId(), b = NewJobId();
+  EXPECT_TRUE(IsValidJobId(a));
+  EXPECT_NE(a, b);
+  EXPECT_FALSE(IsValidJobId("../../etc"));
+  EXPECT_FALSE(IsValidJobId(std::string(32, 'G')));
+}
+
+TEST_F(ArtifactStoreTest, JobLockIsExclusiveUntilReleased) {
+  std::string id = NewJobId();
+  auto lock = store_->CreateJob(id);
+  ASSERT_TRUE(lock.ok()) << lock.status();
+  EXPECT_EQ(store_->TryLockJob(id).status().code(), absl::StatusCode::kFailedPrecondition);
+  lock->reset();
+  auto again = store_->TryLockJob(id);
+  EXPECT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(store_->CreateJob(id).status().code(), absl::StatusCode::kAlreadyExists);
+}
+
+TEST_F(ArtifactStoreTest, JobRecordsListCancelAndDelete) {
+  std::string id = NewJobId();
+  auto lock = store_->CreateJob(id);
+  ASSERT_TRUE(lock.ok());
+  EXPECT_TRUE(store_->ListJobIds().empty());  // no record yet: invisible
+  ASSERT_TRUE(store_->WriteJobRecord(id, "{}").ok());
+  EXPECT_EQ(store_->ListJobIds(), std::vector<std::string>{id});
+  EXPECT_FALSE(store_->CancelRequested(id));
+  ASSERT_TRUE(store_->RequestCancel(id).ok());
+  EXPECT_TRUE(store_->CancelRequested(id));
+  lock->reset();
+  ASSERT_TRUE(store_->DeleteJob(id).ok());
+  EXPECT_TRUE(store_->ListJobIds().empty());
+  EXPECT_EQ(store_->ReadJobRecord(id).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(store_->DeleteJob(id).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+}
+
+TEST_F(ArtifactStoreTest, OpenRemovesStaleTemporaries) {
+  fs::path stale = root_ / "tmp" / "upload-old";
+  fs::create_directories(stale);
+  std::ofstream(stale / "part") << "x";
+  fs::last_write_time(stale, fs::file_time_type::clock::now() - std::chrono::hours(1));
+  auto reopened = ArtifactStore::Open(root_.string());
+  ASSERT_TRUE(reopened.ok());
+  EXPECT_FALSE(fs::exists(stale));
+}
+
+}  // namespace
+}  // namespace sq::server

@@ -1,0 +1,134 @@
+// Metrics: the families exist with Prometheus-conformant names, move when jobs run, are
+// served over HTTP by prometheus-cpp's Exposer, and pass `promtool check metrics`.
+#include "server/metrics.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "prometheus/exposer.h"
+#include "prometheus/text_serializer.h"
+#include "server/client.h"
+#include "server/server.h"
+#include "server/testing/fake_engine.h"
+
+namespace sq::server {
+namespace {
+namespace fs = std::filesystem;
+
+std::string Serialize(prometheus::Registry& registry) {
+  return prometheus::TextSerializer().Serialize(registry.Collect());
+}
+
+// GET http://127.0.0.1:port/metrics (HTTP/1.0, connection closes at the end).
+std::string HttpGet(int port, const std::string& path) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return "";
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+  (void)::send(fd, req.data(), req.size(), 0);
+  std::string out;
+  char buf[8192];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) out.append(buf, static_cast<size_t>(n));
+  ::close(fd);
+  size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+bool HavePromtool() { return std::system("promtool --version >/dev/null 2>&1") == 0; }
+
+TEST(MetricsTest, FamiliesFollowNamingRules) {
+  prometheus::Registry registry;
+  ServerMetrics metrics(registry, "1.2.3");
+  std::string text = Serialize(registry);
+  for (const char* name :
+       {"sq_jobs_submitted_total", "sq_jobs_finished_total", "sq_queue_depth", "sq_jobs_running",
+        "sq_worker_slots", "sq_queue_wait_seconds", "sq_job_duration_seconds",
+        "sq_stage_duration_seconds", "sq_upload_bytes_total", "sq_download_bytes_total",
+        "sq_compression_ratio", "sq_layer_sqnr_decibels", "sq_build_info", "sq_uploads_total"}) {
+    EXPECT_TRUE(absl::StrContains(text, absl::StrCat("# TYPE ", name))) << name;
+  }
+  EXPECT_TRUE(absl::StrContains(text, "sq_build_info{version=\"1.2.3\"} 1"));
+}
+
+TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
+  fs::path dir = fs::temp_directory_path() / ("sq_metrics_test_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::string model = (dir / "m.onnx").string();
+  std::ofstream(model) << std::string(5000, 'm');
+
+  auto registry = std::make_shared<prometheus::Registry>();
+  prometheus::Exposer exposer("127.0.0.1:0");
+  exposer.RegisterCollectable(registry);
+  ASSERT_FALSE(exposer.GetListeningPorts().empty());
+  int metrics_port = exposer.GetListeningPorts()[0];
+
+  ServerOptions o;
+  o.listen_address = "127.0.0.1:0";
+  o.artifact_dir = (dir / "artifacts").string();
+  auto server = SqServer::Start(o, registry, std::make_shared<testing::FakeEngine>(false, 4));
+  ASSERT_TRUE(server.ok()) << server.status();
+  client::ClientOptions co;
+  co.target = (*server)->address();
+  auto c = client::SqClient::Create(co);
+  ASSERT_TRUE(c.ok());
+  auto up = (*c)->Upload({{model, "m.onnx"}});
+  ASSERT_TRUE(up.ok()) << up.status();
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  auto job = (*c)->Submit(req);
+  ASSERT_TRUE(job.ok());
+  auto done = (*c)->Watch(job->job_id(), nullptr, absl::Seconds(20));
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  ASSERT_TRUE((*c)->Download(job->job_id(), "", (dir / "out.onnx").string()).ok());
+
+  std::string text = HttpGet(metrics_port, "/metrics");
+  ASSERT_FALSE(text.empty());
+  EXPECT_TRUE(absl::StrContains(text, "sq_jobs_submitted_total 1")) << text;
+  EXPECT_TRUE(absl::StrContains(text, "sq_jobs_finished_total{outcome=\"succeeded\"} 1"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_upload_bytes_total 5000"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_download_bytes_total 5000"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_layer_sqnr_decibels_count{method=\"split\"} 4"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_layer_sqnr_decibels_count{method=\"plain\"} 4"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_worker_slots 2"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_stage_duration_seconds_count{stage=\"transform\"} 1"));
+  EXPECT_FALSE(absl::StrContains(text, job->job_id()));  // never an id as a label
+  EXPECT_FALSE(absl::StrContains(text, up->model_id()));
+
+  if (!HavePromtool()) {
+    GTEST_SKIP() << "promtool not installed; scrape not linted";
+  }
+  std::string scrape = (dir / "scrape.txt").string();
+  std::ofstream(scrape) << text;
+  std::string cmd = "promtool check metrics < " + scrape + " > " + (dir / "lint.txt").string() + " 2>&1";
+  int rc = std::system(cmd.c_str());
+  std::ifstream lint(dir / "lint.txt");
+  std::string findings((std::istreambuf_iterator<char>(lint)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(rc, 0) << findings;
+  server->reset();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace sq::server

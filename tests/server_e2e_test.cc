@@ -1,0 +1,626 @@
+// End-to-end tests of the sq.v1 service: a real server in-process on 127.0.0.1 (port 0),
+// driven through SqClient / the raw stub. The main path uses the real engine and checks the
+// artifact in ONNX Runtime; queueing, cancellation, draining and multi-server cases use a
+// FakeEngine that can hold jobs in RUNNING deterministically.
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "gtest/gtest.h"
+#include "onnx/onnx_pb.h"
+#include "server/artifact_store.h"
+#include "server/client.h"
+#include "server/server.h"
+#include "server/testing/fake_engine.h"
+#include "tests/support/ort_runner.h"
+
+// ONNX Runtime (used here only to check the artifact) keeps a small one-time allocation
+// until exit; LeakSanitizer should not blame the service for it.
+extern "C" const char* __lsan_default_suppressions() { return "leak:libonnxruntime.so\n"; }
+
+namespace sq::server {
+namespace {
+namespace fs = std::filesystem;
+using client::SqClient;
+using testing::FakeEngine;
+
+// x[1,dim] -> MatMul(W0) -> MatMul(W1) ... -> y[1,dim]
+void WriteTinyModel(const std::string& path, int layers = 2, int dim = 64, uint32_t seed = 1) {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.set_producer_name("sq_server_e2e_test");
+  auto* opset = m.add_opset_import();
+  opset->set_domain("");
+  opset->set_version(13);
+  auto* g = m.mutable_graph();
+  g->set_name("tiny");
+  auto add_value = [&](onnx::ValueInfoProto* v, const std::string& name) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    t->mutable_shape()->add_dim()->set_dim_value(1);
+    t->mutable_shape()->add_dim()->set_dim_value(dim);
+  };
+  add_value(g->add_input(), "x");
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::string prev = "x";
+  for (int l = 0; l < layers; ++l) {
+    auto* w = g->add_initializer();
+    w->set_name("w" + std::to_string(l));
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    w->add_dims(dim);
+    w->add_dims(dim);
+    for (int i = 0; i < dim * dim; ++i) {
+      // A few outliers: the distribution SplitQuant is for.
+      w->add_float_data(i % 97 == 0 ? 1.5f : normal(rng));
+    }
+    auto* n = g->add_node();
+    n->set_op_type("MatMul");
+    n->set_name("mm" + std::to_string(l));
+    n->add_input(prev);
+    n->add_input(w->name());
+    std::string out = l + 1 == layers ? "y" : "h" + std::to_string(l);
+    n->add_output(out);
+    prev = out;
+  }
+  add_value(g->add_output(), "y");
+  std::ofstream f(path, std::ios::binary);
+  ASSERT_TRUE(m.SerializeToOstream(&f));
+}
+
+size_t CountEntries(const fs::path& dir) {
+  size_t n = 0;
+  std::error_code ec;
+  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator(); ++it) ++n;
+  return n;
+}
+
+std::string Slurp(const std::string& path) {
+  auto s = ReadFileToString(path);
+  return s.ok() ? *s : std::string();
+}
+
+class ServerE2ETest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("sq_e2e_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    model_ = (dir_ / "tiny.onnx").string();
+    WriteTinyModel(model_);
+  }
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(dir_, ec);
+  }
+
+  ServerOptions Options() {
+    ServerOptions o;
+    o.listen_address = "127.0.0.1:0";
+    o.artifact_dir = (dir_ / "artifacts").string();
+    o.workers = 2;
+    o.queue_capacity = 8;
+    o.default_job_threads = 1;
+    return o;
+  }
+
+  std::unique_ptr<SqServer> Start(const ServerOptions& o, std::shared_ptr<EnginePort> engine = nullptr) {
+    auto s = SqServer::Start(o, nullptr, std::move(engine));
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? std::move(*s) : nullptr;
+  }
+
+  std::unique_ptr<SqClient> Connect(const SqServer& s, const std::string& token = "") {
+    client::ClientOptions o;
+    o.target = s.address();
+    o.token = token;
+    o.unary_timeout = absl::Seconds(20);
+    auto c = SqClient::Create(o);
+    EXPECT_TRUE(c.ok());
+    return std::move(*c);
+  }
+
+  v1::Job SubmitOrDie(SqClient& c, const std::string& model_id, const std::string& key = "") {
+    v1::SubmitJobRequest req;
+    req.set_model_id(model_id);
+    req.set_idempotency_key(key);
+    auto job = c.Submit(req);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job.ok() ? *job : v1::Job();
+  }
+
+  fs::path dir_;
+  std::string model_;
+};
+
+TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+
+  int64_t last_done = 0;
+  auto up = c->UploadModel(model_, [&](int64_t done, int64_t total) {
+    EXPECT_LE(done, total);
+    last_done = done;
+  });
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_FALSE(up->deduplicated());
+  EXPECT_EQ(last_done, static_cast<int64_t>(fs::file_size(model_)));
+  EXPECT_EQ(up->files(0).sha256(), *Sha256OfFile(model_));
+
+  auto info = c->Inspect(up->model_id());
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->layers_size(), 2);
+
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  req.mutable_options()->set_bits(4);
+  auto job = c->Submit(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->job_id().size(), 32u);
+  EXPECT_TRUE(job->state() == v1::JOB_STATE_QUEUED || job->state() == v1::JOB_STATE_RUNNING);
+
+  std::vector<v1::Job> seen;
+  auto final_job = c->Watch(job->job_id(), [&](const v1::Job& j) { seen.push_back(j); },
+                            absl::Seconds(45));
+  ASSERT_TRUE(final_job.ok()) << final_job.status();
+  ASSERT_EQ(final_job->state(), v1::JOB_STATE_SUCCEEDED) << final_job->error().message();
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(final_job->summary().layers_quantized(), 2);
+  ASSERT_GE(final_job->artifacts_size(), 1);
+
+  std::string out = (dir_ / "out" / "tiny.q.onnx").string();
+  fs::create_directories(dir_ / "out");
+  ASSERT_TRUE(c->DownloadAll(*final_job, out).ok());
+  EXPECT_EQ(*Sha256OfFile(out), final_job->artifacts(0).sha256());
+  EXPECT_FALSE(fs::exists(out + ".partial"));
+
+  ASSERT_TRUE(sq::testing::LoadInOrt(out).ok()) << sq::testing::LoadInOrt(out);
+  auto inputs = sq::testing::MakeRandomInputs(model_, 7);
+  ASSERT_TRUE(inputs.ok()) << inputs.status();
+  auto want = sq::testing::RunOrt(model_, *inputs);
+  auto got = sq::testing::RunOrt(out, *inputs);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_LT(sq::testing::MaxRelativeError(*got, *want), 0.5);
+
+  auto report = c->Report(job->job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "mm0"));
+  EXPECT_FALSE(report->summary().empty());
+
+  // The same model again: recognised from the header's hashes, and by content without them.
+  auto again = c->UploadModel(model_);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->deduplicated());
+  EXPECT_EQ(again->model_id(), up->model_id());
+  auto files = SqClient::ModelFiles(model_);
+  ASSERT_TRUE(files.ok());
+  auto unhashed = c->Upload(*files, nullptr, /*send_hashes=*/false);
+  ASSERT_TRUE(unhashed.ok()) << unhashed.status();
+  EXPECT_TRUE(unhashed->deduplicated());
+  EXPECT_EQ(unhashed->model_id(), up->model_id());
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
+}
+
+TEST_F(ServerE2ETest, ExternalDataFilesTravelWithTheModel) {
+  // A model whose weights live in an external file: the client finds and sends it.
+  onnx::ModelProto m;
+  {
+    std::ifstream in(model_, std::ios::binary);
+    ASSERT_TRUE(m.ParseFromIstream(&in));
+  }
+  std::ofstream data(dir_ / "tiny.weights", std::ios::binary);
+  int64_t offset = 0;
+  for (auto& t : *m.mutable_graph()->mutable_initializer()) {
+    std::string bytes(reinterpret_cast<const char*>(t.float_data().data()), t.float_data_size() * 4);
+    data.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    t.clear_float_data();
+    t.set_data_location(onnx::TensorProto::EXTERNAL);
+    auto add = [&](const char* k, const std::string& v) {
+      auto* e = t.add_external_data();
+      e->set_key(k);
+      e->set_value(v);
+    };
+    add("location", "tiny.weights");
+    add("offset", std::to_string(offset));
+    add("length", std::to_string(bytes.size()));
+    offset += static_cast<int64_t>(bytes.size());
+  }
+  data.close();
+  std::string ext_model = (dir_ / "tiny_ext.onnx").string();
+  {
+    std::ofstream out(ext_model, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+  }
+  auto files = SqClient::ModelFiles(ext_model);
+  ASSERT_TRUE(files.ok()) << files.status();
+  ASSERT_EQ(files->size(), 2u);
+  EXPECT_EQ((*files)[1].name, "tiny.weights");
+
+  auto server = Start(Options());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(ext_model);
+  ASSERT_TRUE(up.ok()) << up.status();
+  ASSERT_EQ(up->files_size(), 2);
+  auto job = SubmitOrDie(*c, up->model_id());
+  auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+}
+
+TEST_F(ServerE2ETest, BadModelFailsTheJobWithTheEnginesMessage) {
+  std::string bad = (dir_ / "bad.onnx").string();
+  std::ofstream(bad) << "this is not an onnx model";
+  auto server = Start(Options());
+  auto c = Connect(*server);
+  auto up = c->Upload({{bad, "bad.onnx"}});
+  ASSERT_TRUE(up.ok()) << up.status();
+  auto job = SubmitOrDie(*c, up->model_id());
+  auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(30));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_FAILED);
+  EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+  EXPECT_FALSE(done->error().message().empty());
+  // Still serving.
+  auto health = c->Health();
+  ASSERT_TRUE(health.ok());
+  EXPECT_TRUE(*health);
+  EXPECT_EQ(c->Report(job.job_id()).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  req.mutable_options()->set_bits(13);
+  EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.set_model_id(std::string(64, 'a'));
+  req.mutable_options()->clear_bits();
+  EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->Get(std::string(32, 'a')).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(c->Get("../../etc/passwd").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->Inspect("nope").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServerE2ETest, HashMismatchIsInvalidArgument) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  grpc::ClientContext ctx;
+  c->Prepare(&ctx, absl::Seconds(10));
+  v1::UploadModelResponse resp;
+  auto writer = c->stub().UploadModel(&ctx, &resp);
+  v1::UploadModelRequest header;
+  auto* f = header.mutable_header()->add_files();
+  f->set_name("m.onnx");
+  f->set_size(4);
+  f->set_sha256(Sha256Hex("abcd"));
+  writer->Write(header);
+  v1::UploadModelRequest chunk;
+  chunk.set_chunk("abce");
+  writer->Write(chunk);
+  writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_TRUE(absl::StrContains(st.error_message(), "sha256 mismatch")) << st.error_message();
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "models"), 0u);
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
+}
+
+TEST_F(ServerE2ETest, OversizedUploadIsResourceExhaustedWithAClearMessage) {
+  ServerOptions o = Options();
+  o.max_upload_bytes = 1000;
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  EXPECT_EQ(up.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(absl::StrContains(up.status().message(), "exceeds this server's limit of 1000 bytes"))
+      << up.status();
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "models"), 0u);
+}
+
+TEST_F(ServerE2ETest, ClientDisconnectingMidUploadLeavesNothingBehind) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  grpc::ClientContext ctx;
+  c->Prepare(&ctx, absl::ZeroDuration());
+  v1::UploadModelResponse resp;
+  auto writer = c->stub().UploadModel(&ctx, &resp);
+  v1::UploadModelRequest header;
+  auto* f = header.mutable_header()->add_files();
+  f->set_name("big.onnx");
+  f->set_size(64 << 20);
+  ASSERT_TRUE(writer->Write(header));
+  v1::UploadModelRequest chunk;
+  chunk.set_chunk(std::string(256 << 10, 'x'));
+  ASSERT_TRUE(writer->Write(chunk));
+  // Wait until the server has the partial upload on disk, then vanish.
+  fs::path tmp = dir_ / "artifacts" / "tmp";
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (CountEntries(tmp) == 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  ASSERT_GT(CountEntries(tmp), 0u);
+  ctx.TryCancel();
+  writer->Finish();
+  deadline = absl::Now() + absl::Seconds(10);
+  while (CountEntries(tmp) != 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+  EXPECT_EQ(CountEntries(tmp), 0u);
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "models"), 0u);
+}
+
+TEST_F(ServerE2ETest, BearerTokenIsRequiredExceptForHealth) {
+  ServerOptions o = Options();
+  o.auth_token = "s3cret-token";
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  auto none = Connect(*server);
+  auto wrong = Connect(*server, "s3cret-tokex");
+  auto right = Connect(*server, "s3cret-token");
+  EXPECT_EQ(none->List().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(wrong->List().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(wrong->UploadModel(model_).status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(wrong->Watch(std::string(32, 'a')).status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(wrong->Download(std::string(32, 'a'), "", (dir_ / "x").string()).code(),
+            absl::StatusCode::kUnauthenticated);
+  EXPECT_TRUE(right->List().ok());
+  EXPECT_TRUE(right->UploadModel(model_).ok());
+  auto health = none->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_TRUE(*health);
+}
+
+TEST_F(ServerE2ETest, CancelStopsRunningAndQueuedJobs) {
+  auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
+  ServerOptions o = Options();
+  o.workers = 1;
+  auto server = Start(o, engine);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job running = SubmitOrDie(*c, up->model_id());
+  ASSERT_TRUE(engine->WaitStarted(1));
+  v1::Job queued = SubmitOrDie(*c, up->model_id());
+
+  auto q = c->Cancel(queued.job_id());
+  ASSERT_TRUE(q.ok());
+  EXPECT_EQ(q->state(), v1::JOB_STATE_CANCELLED);  // at once
+
+  auto r = c->Cancel(running.job_id());
+  ASSERT_TRUE(r.ok());
+  auto done = c->Watch(running.job_id(), nullptr, absl::Seconds(20));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_EQ(c->Download(running.job_id(), "", (dir_ / "x.onnx").string()).code(),
+            absl::StatusCode::kFailedPrecondition);
+  // Cancelling again is harmless; a finished job can be deleted.
+  EXPECT_EQ(c->Cancel(running.job_id())->state(), v1::JOB_STATE_CANCELLED);
+  EXPECT_TRUE(c->Delete(running.job_id()).ok());
+  EXPECT_EQ(c->Get(running.job_id()).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(engine->started(), 1);  // the queued job never ran
+}
+
+TEST_F(ServerE2ETest, FullQueueIsResourceExhausted) {
+  auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
+  ServerOptions o = Options();
+  o.workers = 1;
+  o.queue_capacity = 1;
+  auto server = Start(o, engine);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job a = SubmitOrDie(*c, up->model_id());
+  ASSERT_TRUE(engine->WaitStarted(1));
+  v1::Job b = SubmitOrDie(*c, up->model_id());
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  auto full = c->Submit(req);
+  EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
+  EXPECT_EQ(c->Delete(a.job_id()).code(), absl::StatusCode::kFailedPrecondition);  // running
+  engine->Release();
+  EXPECT_EQ(c->Watch(a.job_id(), nullptr, absl::Seconds(20))->state(), v1::JOB_STATE_SUCCEEDED);
+  EXPECT_EQ(c->Watch(b.job_id(), nullptr, absl::Seconds(20))->state(), v1::JOB_STATE_SUCCEEDED);
+  auto list = c->List();
+  ASSERT_TRUE(list.ok());
+  EXPECT_EQ(list->size(), 2u);  // the refused job left no trace
+}
+
+TEST_F(ServerE2ETest, IdempotencyKeyReturnsTheSameJob) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job a = SubmitOrDie(*c, up->model_id(), "key-1");
+  v1::Job b = SubmitOrDie(*c, up->model_id(), "key-1");
+  EXPECT_EQ(a.job_id(), b.job_id());
+  std::string other = (dir_ / "other.onnx").string();
+  WriteTinyModel(other, 2, 64, /*seed=*/2);
+  auto up2 = c->UploadModel(other);
+  ASSERT_TRUE(up2.ok());
+  v1::SubmitJobRequest req;
+  req.set_model_id(up2->model_id());
+  req.set_idempotency_key("key-1");
+  EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(ServerE2ETest, DownloadResumesFromPartialFileAndVerifiesHash) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job job = SubmitOrDie(*c, up->model_id());
+  auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(20));
+  ASSERT_TRUE(done.ok());
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED);
+  std::string full = Slurp(model_);  // the fake engine copies its input
+
+  std::string dest = (dir_ / "resumed.onnx").string();
+  std::ofstream(dest + ".partial", std::ios::binary) << full.substr(0, 1000);
+  ASSERT_TRUE(c->Download(job.job_id(), "", dest).ok());
+  EXPECT_EQ(Slurp(dest), full);
+  EXPECT_FALSE(fs::exists(dest + ".partial"));
+
+  std::string corrupt = (dir_ / "corrupt.onnx").string();
+  std::ofstream(corrupt + ".partial", std::ios::binary) << std::string(1000, 'z');
+  EXPECT_EQ(c->Download(job.job_id(), "", corrupt).code(), absl::StatusCode::kDataLoss);
+  EXPECT_FALSE(fs::exists(corrupt + ".partial"));  // removed; a rerun starts clean
+  ASSERT_TRUE(c->Download(job.job_id(), "", corrupt).ok());
+  EXPECT_EQ(Slurp(corrupt), full);
+
+  EXPECT_EQ(c->Download(job.job_id(), "nope.bin", dest).code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServerE2ETest, RestartKeepsFinishedJobsAndFailsInterruptedOnes) {
+  std::string finished_id;
+  {
+    auto first = Start(Options(), std::make_shared<FakeEngine>());
+    auto c = Connect(*first);
+    auto up = c->UploadModel(model_);
+    ASSERT_TRUE(up.ok());
+    finished_id = SubmitOrDie(*c, up->model_id()).job_id();
+    ASSERT_EQ(c->Watch(finished_id, nullptr, absl::Seconds(20))->state(), v1::JOB_STATE_SUCCEEDED);
+  }
+  // A job folder left RUNNING by a server that crashed (nobody holds its lock).
+  std::string stale_id = NewJobId();
+  fs::path stale = dir_ / "artifacts" / "jobs" / stale_id;
+  fs::create_directories(stale);
+  std::ofstream(stale / "job.json") << "{\"job_id\":\"" << stale_id
+                                    << "\",\"state\":\"JOB_STATE_RUNNING\",\"create_time\":\"2024-01-01T00:00:00Z\"}";
+
+  auto second = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*second);
+  auto stale_job = c->Get(stale_id);
+  ASSERT_TRUE(stale_job.ok()) << stale_job.status();
+  EXPECT_EQ(stale_job->state(), v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(stale_job->error().message(), "interrupted"));
+  auto finished = c->Get(finished_id);
+  ASSERT_TRUE(finished.ok());
+  EXPECT_EQ(finished->state(), v1::JOB_STATE_SUCCEEDED);
+  std::string dest = (dir_ / "after_restart.onnx").string();
+  ASSERT_TRUE(c->Download(finished_id, "", dest).ok());
+  EXPECT_EQ(Slurp(dest), Slurp(model_));
+  EXPECT_EQ(c->List()->size(), 2u);
+}
+
+TEST_F(ServerE2ETest, TwoServersOnOneDirectoryServeEachOthersJobs) {
+  auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
+  auto a = Start(Options(), engine);
+  auto b = Start(Options(), std::make_shared<FakeEngine>());
+  auto ca = Connect(*a);
+  auto cb = Connect(*b);
+  auto up = ca->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  EXPECT_TRUE(cb->UploadModel(model_)->deduplicated());  // B sees A's upload
+  v1::Job job = SubmitOrDie(*ca, up->model_id());
+  ASSERT_TRUE(engine->WaitStarted(1));
+
+  // B sees the job RUNNING (A holds its lock), not "interrupted".
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<v1::Job> seen_by_b;
+  do {
+    seen_by_b = cb->Get(job.job_id());
+  } while (seen_by_b.ok() && seen_by_b->state() != v1::JOB_STATE_RUNNING && absl::Now() < deadline);
+  ASSERT_TRUE(seen_by_b.ok());
+  EXPECT_EQ(seen_by_b->state(), v1::JOB_STATE_RUNNING);
+
+  // B follows it by polling the directory while A finishes it.
+  absl::StatusOr<v1::Job> watched;
+  std::thread watcher([&] { watched = cb->Watch(job.job_id(), nullptr, absl::Seconds(20)); });
+  absl::SleepFor(absl::Milliseconds(100));
+  engine->Release();
+  watcher.join();
+  ASSERT_TRUE(watched.ok()) << watched.status();
+  EXPECT_EQ(watched->state(), v1::JOB_STATE_SUCCEEDED);
+
+  std::string dest = (dir_ / "from_b.onnx").string();
+  ASSERT_TRUE(cb->Download(job.job_id(), "", dest).ok());
+  EXPECT_EQ(Slurp(dest), Slurp(model_));
+  EXPECT_EQ(cb->List()->size(), 1u);
+}
+
+TEST_F(ServerE2ETest, DrainingReportsNotServingAndLetsRunningJobsFinish) {
+  auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
+  ServerOptions o = Options();
+  o.workers = 1;
+  auto server = Start(o, engine);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job running = SubmitOrDie(*c, up->model_id());
+  ASSERT_TRUE(engine->WaitStarted(1));
+  v1::Job queued = SubmitOrDie(*c, up->model_id());
+  EXPECT_TRUE(*c->Health());
+
+  std::thread drain([&] { server->Drain(absl::Seconds(20)); });
+  absl::Time deadline = absl::Now() + absl::Seconds(10);
+  absl::StatusOr<bool> health;
+  do {
+    health = c->Health();
+  } while (health.ok() && *health && absl::Now() < deadline);
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_FALSE(*health);  // NOT_SERVING while draining
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(c->Get(queued.job_id())->state(), v1::JOB_STATE_FAILED);  // never started
+  engine->Release();
+  drain.join();
+  auto after = server->jobs().Get(running.job_id());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+TEST_F(ServerE2ETest, DrainGracePeriodCancelsJobsThatDoNotFinish) {
+  auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
+  auto server = Start(Options(), engine);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  v1::Job running = SubmitOrDie(*c, up->model_id());
+  ASSERT_TRUE(engine->WaitStarted(1));
+  server->Drain(absl::Milliseconds(200));
+  auto after = server->jobs().Get(running.job_id());
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->state(), v1::JOB_STATE_FAILED);
+  EXPECT_TRUE(absl::StrContains(after->error().message(), "interrupted"));
+}
+
+TEST_F(ServerE2ETest, TlsWithACustomCa) {
+  if (std::system("openssl version >/dev/null 2>&1") != 0) GTEST_SKIP() << "openssl CLI absent";
+  std::string cert = (dir_ / "cert.pem").string(), key = (dir_ / "key.pem").string();
+  std::string cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost "
+                    "-addext subjectAltName=IP:127.0.0.1,DNS:localhost -keyout " + key + " -out " +
+                    cert + " >/dev/null 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0);
+  ServerOptions o = Options();
+  o.tls_cert_file = cert;
+  o.tls_key_file = key;
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  ASSERT_TRUE(server);
+  client::ClientOptions co;
+  co.target = server->address();
+  co.tls_ca_file = cert;
+  auto secure = SqClient::Create(co);
+  ASSERT_TRUE(secure.ok());
+  auto up = (*secure)->UploadModel(model_);
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_TRUE((*secure)->List().ok());
+  // A plaintext client cannot talk to it.
+  client::ClientOptions quick;
+  quick.target = server->address();
+  quick.unary_timeout = absl::Seconds(2);
+  auto plain_quick = SqClient::Create(quick);
+  absl::StatusCode code = (*plain_quick)->List().status().code();
+  EXPECT_TRUE(code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded)
+      << absl::StatusCodeToString(code);
+}
+
+}  // namespace
+}  // namespace sq::server
