@@ -3,6 +3,8 @@
 // cancellation and bad input.
 #include "core/engine.h"
 
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -499,6 +501,47 @@ TEST_F(EngineTest, BadInputGivesInvalidArgumentNamingTheProblem) {
     EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
   }
   EXPECT_FALSE(Exists(Path("o.onnx")));
+}
+
+TEST_F(EngineTest, FullDiskIsResourceExhaustedAndLeavesNothing) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 256});
+  g.Initializer("w", {256, 256}, testing::TestWeights(256 * 256, 5));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("big.onnx")).ok());
+  // A file-size limit makes writes past 16 KiB fail (EFBIG), as a full disk would.
+  struct rlimit old_limit;
+  ASSERT_EQ(getrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  struct rlimit small = old_limit;
+  small.rlim_cur = 16 << 10;
+  auto old_handler = signal(SIGXFSZ, SIG_IGN);
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &small), 0);
+  for (bool external : {false, true}) {
+    QuantizeOptions o;
+    o.format = OutputFormat::kFake;
+    o.external_data = external;
+    auto r = Quantize(Path("big.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+    EXPECT_FALSE(Exists(Path("o.onnx")));
+    EXPECT_FALSE(Exists(Path("o.onnx.data")));
+  }
+  ASSERT_EQ(setrlimit(RLIMIT_FSIZE, &old_limit), 0);
+  signal(SIGXFSZ, old_handler);
+  int leftovers = std::system(absl::StrCat("test -z \"$(ls -A ", dir_, " | grep tmp)\"").c_str());
+  EXPECT_EQ(leftovers, 0);
+}
+
+TEST_F(EngineTest, TruncatedExternalDataIsInvalidArgument) {
+  ASSERT_TRUE(testing::SaveModelWithExternalData(MlpModel(), Path("ext.onnx"), "ext.bin").ok());
+  ASSERT_EQ(truncate(Path("ext.bin").c_str(), 100), 0);
+  auto r = Quantize(Path("ext.onnx"), Path("o.onnx"), QuantizeOptions());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("truncated"));
+  ASSERT_EQ(unlink(Path("ext.bin").c_str()), 0);
+  r = Quantize(Path("ext.onnx"), Path("o.onnx"), QuantizeOptions());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(EngineTest, CancellationLeavesNothingBehind) {
