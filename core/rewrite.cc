@@ -145,6 +145,25 @@ onnx::TensorProto* GraphEditor::NewInitializer(onnx::GraphProto* g, const std::s
   return t;
 }
 
+void GraphEditor::AppendSumOfThree(const std::vector<std::string>& terms, const std::string& out,
+                                   const std::string& name_base,
+                                   std::vector<onnx::NodeProto>* nodes) {
+  std::string partial = UniqueName(name_base + "01");
+  onnx::NodeProto add1, add2;
+  add1.set_op_type("Add");
+  add1.set_name(UniqueName(name_base + "01.add"));
+  add1.add_input(terms[0]);
+  add1.add_input(terms[1]);
+  add1.add_output(partial);
+  add2.set_op_type("Add");
+  add2.set_name(UniqueName(name_base + "012.add"));
+  add2.add_input(partial);
+  add2.add_input(terms[2]);
+  add2.add_output(out);
+  nodes->push_back(std::move(add1));
+  nodes->push_back(std::move(add2));
+}
+
 absl::Status GraphEditor::PlanGroup(
     GroupPlan* plan, const QuantizeOptions& options, const StoragePlan& storage,
     const std::function<absl::StatusOr<std::vector<float>>(const onnx::TensorProto&)>&
@@ -243,21 +262,8 @@ absl::Status GraphEditor::PlanGroup(
   const bool branches = branch_values.size() == 3 && !folded;
   std::string consumer_value = branch_values[0];
   if (branch_values.size() == 3 && folded) {
-    onnx::NodeProto add1, add2;
-    std::string partial = UniqueName(absl::StrCat(w, ".sq.b01"));
     consumer_value = UniqueName(absl::StrCat(w, ".sq.folded"));
-    add1.set_op_type("Add");
-    add1.set_name(UniqueName(absl::StrCat(w, ".sq.fold01")));
-    add1.add_input(branch_values[0]);
-    add1.add_input(branch_values[1]);
-    add1.add_output(partial);
-    add2.set_op_type("Add");
-    add2.set_name(UniqueName(absl::StrCat(w, ".sq.fold012")));
-    add2.add_input(partial);
-    add2.add_input(branch_values[2]);
-    add2.add_output(consumer_value);
-    front_nodes_[owner].push_back(std::move(add1));
-    front_nodes_[owner].push_back(std::move(add2));
+    AppendSumOfThree(branch_values, consumer_value, absl::StrCat(w, ".sq.fold"), &front_nodes_[owner]);
   }
 
   const int opset = qdq ? storage.opset : DefaultDomainOpset(*model_);
@@ -328,20 +334,7 @@ absl::Status GraphEditor::PlanGroup(
       outs.push_back(y);
       repl.push_back(std::move(clone));
     }
-    onnx::NodeProto add1, add2;
-    std::string partial = UniqueName(absl::StrCat(out, ".sq.b01"));
-    add1.set_op_type("Add");
-    add1.set_name(UniqueName(absl::StrCat(out, ".sq.sum01")));
-    add1.add_input(outs[0]);
-    add1.add_input(outs[1]);
-    add1.add_output(partial);
-    add2.set_op_type("Add");
-    add2.set_name(UniqueName(absl::StrCat(out, ".sq.sum012")));
-    add2.add_input(partial);
-    add2.add_input(outs[2]);
-    add2.add_output(out);
-    repl.push_back(std::move(add1));
-    repl.push_back(std::move(add2));
+    AppendSumOfThree(outs, out, absl::StrCat(out, ".sq.sum"), &repl);
     replacements_[node] = std::move(repl);
   }
   return absl::OkStatus();

@@ -85,6 +85,9 @@ class GraphEditor {
   onnx::TensorProto* NewInitializer(onnx::GraphProto* g, const std::string& name,
                                     int32_t data_type, const std::vector<int64_t>& dims);
   void CollectNames(const onnx::GraphProto& g);
+  // Appends Add(Add(terms[0], terms[1]), terms[2]) -> out to `nodes`.
+  void AppendSumOfThree(const std::vector<std::string>& terms, const std::string& out,
+                        const std::string& name_base, std::vector<onnx::NodeProto>* nodes);
 
   onnx::ModelProto* model_;
   std::set<std::string> names_;
