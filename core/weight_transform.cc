@@ -773,6 +773,13 @@ inline __m128 RoundHalfEven4(__m128 v) {
   const __m128 magic = _mm_set1_ps(kRoundMagic);
   return _mm_sub_ps(_mm_add_ps(v, magic), magic);
 }
+// RoundHalfEven4 without the clamp, exact for |v| < 2^22. For the row kernel the clamp
+// is a no-op: x always lies in the range its scale s was chosen from (its branch's, or
+// for plain the slice's, widened to include 0), so |x / s| <= qmax - qmin <= 255.
+inline __m128 RoundHalfEven4Bounded(__m128 v) {
+  const __m128 magic = _mm_set1_ps(kRoundMagic);
+  return _mm_sub_ps(_mm_add_ps(v, magic), magic);
+}
 inline __m128d Square2(__m128 e) { return _mm_mul_pd(_mm_cvtps_pd(e), _mm_cvtps_pd(e)); }
 inline __m128d SquareHi2(__m128 e) {
   const __m128d h = _mm_cvtps_pd(_mm_movehl_ps(e, e));
@@ -949,6 +956,226 @@ void PackStaging(const uint8_t* in, int64_t count, int storage_bits, uint8_t* ou
       out[k / 4] = v;
     }
   }
+}
+
+// ---- pass 3, channel-last codes: row by row, codes packed directly ---------------------
+//
+// The LLM layout: per-channel parameters along the last axis (slice = column), clustering
+// per tensor or per column, integer codes. Each row of the chunk is walked with the
+// per-column arrays; the codes of all three branches are built 16 at a time in bytes and
+// packed straight into the output (no staging buffer). The math per element is
+// QuantizeOne's (same float operations, x / s kept as a true division: x * (1 / s) rounds
+// differently), so codes and error terms are bit-identical; the error sums are accumulated
+// in double in a fixed order per chunk, independent of how parallel_for splits the chunks.
+// Branch parameters are picked with masks: the middle branch's value XOR-patched with
+// precomputed (lower ^ middle) and (upper ^ middle) bit differences.
+struct RowArgs {
+  const float* x;       // row segment start
+  int64_t len;
+  int64_t pos;          // element offset of x[0] within the chunk (chunk starts on a byte)
+  const float* t0;      // thresholds at this column (kVecT) or the tensor's (broadcast)
+  const float* t1;
+  const float* scale[3];
+  const float* zf[3];
+  const float* scale_x[2];  // split: bits of scale[0] ^ scale[1], scale[2] ^ scale[1]
+  const float* zf_x[2];     // split: the same for zf
+  const uint8_t* zb[3];  // zero point as a code byte (zi & 0xFF), per column
+  const float* pscale;  // plain
+  const float* pzf;
+  float qmin, qmax;
+  bool is_signed;
+  uint8_t* out[3];      // packed codes of the chunk, per branch
+};
+
+#if defined(__GNUC__)
+#define SQ_ALWAYS_INLINE __attribute__((always_inline))
+#else
+#define SQ_ALWAYS_INLINE
+#endif
+
+template <int kBits>
+inline void PutCode(uint8_t* out, int64_t pos, int32_t code) {
+  if (kBits == 8) {
+    out[pos] = static_cast<uint8_t>(code & 0xFF);
+    return;
+  }
+  constexpr int kPerByte = 8 / kBits;
+  constexpr uint32_t kMask = (1u << kBits) - 1;
+  const int shift = static_cast<int>(pos % kPerByte) * kBits;
+  const uint8_t v = static_cast<uint8_t>((static_cast<uint32_t>(code) & kMask) << shift);
+  if (shift == 0) {
+    out[pos / kPerByte] = v;
+  } else {
+    out[pos / kPerByte] |= v;
+  }
+}
+
+template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
+inline void RowOne(const RowArgs& a, int64_t k, Partial& acc) {
+  const float x = a.x[k];
+  if (kSignal) acc.signal += static_cast<double>(x) * x;
+  const int c = kSplit ? ClusterOfF(x, a.t0[kVecT ? k : 0], a.t1[kVecT ? k : 0]) : 0;
+  const float sc = a.scale[c][k], zf = a.zf[c][k];
+  const float q = std::min(std::max(RoundHalfEven(x / sc) + zf, a.qmin), a.qmax);
+  const float e = x - (q - zf) * sc;
+  acc.split_error += static_cast<double>(e) * e;
+  for (int b = 0; b < (kSplit ? 3 : 1); ++b) {
+    const int32_t code = (b == c) ? static_cast<int32_t>(q) : static_cast<int32_t>(a.zb[b][k]);
+    PutCode<kBits>(a.out[b], a.pos + k, code);
+  }
+  if (kPlain) {
+    const float psc = a.pscale[k], pzf = a.pzf[k];
+    const float pq = std::min(std::max(RoundHalfEven(x / psc) + pzf, a.qmin), a.qmax);
+    const float pe = x - (pq - pzf) * psc;
+    acc.plain_error += static_cast<double>(pe) * pe;
+  }
+}
+
+template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
+void QuantizeRow(const RowArgs& a, Partial& acc) {
+  constexpr int kPerByte = 8 / kBits;
+  int64_t k = 0;
+  // Scalar until the packed output is on a byte boundary.
+  for (; k < a.len && (a.pos + k) % kPerByte != 0; ++k) {
+    RowOne<kSplit, kVecT, kPlain, kSignal, kBits>(a, k, acc);
+  }
+#if defined(__SSE2__)
+  constexpr int kB = kSplit ? 3 : 1;
+  // Everything the loop reads, in locals: the code stores may alias `a`, which would make
+  // the compiler reload every pointer after each store.
+  const float* const xp = a.x;
+  const float* const t0 = a.t0;
+  const float* const t1 = a.t1;
+  const float* const s1 = a.scale[1];
+  const float* const z1 = a.zf[1];
+  const float* const s0 = kSplit ? a.scale_x[0] : a.scale[0];  // split: XOR differences
+  const float* const s2 = a.scale_x[1];
+  const float* const z0 = kSplit ? a.zf_x[0] : a.zf[0];
+  const float* const z2 = a.zf_x[1];
+  const __m128 t0b = _mm_set1_ps(t0[0]), t1b = _mm_set1_ps(t1[0]);  // !kVecT
+  const float* const ps = a.pscale;
+  const float* const pz = a.pzf;
+  const uint8_t* zb[3] = {a.zb[0], a.zb[1], a.zb[2]};
+  uint8_t* out[3] = {a.out[0], a.out[1], a.out[2]};
+  const bool is_signed = a.is_signed;
+  const int64_t len = a.len, pos = a.pos;
+  __m128d sig0 = _mm_setzero_pd(), sig1 = sig0, err0 = sig0, err1 = sig0, perr0 = sig0,
+          perr1 = sig0;
+  const __m128 qmin = _mm_set1_ps(a.qmin), qmax = _mm_set1_ps(a.qmax);
+  const __m128i all = _mm_set1_epi32(-1);
+  // One group of 4: accumulates, returns the codes (int32) and the branch masks.
+  auto group = [&](int64_t kk, __m128d& sig, __m128d& err, __m128d& perr, __m128i& qi,
+                   __m128i& m0i, __m128i& m2i) SQ_ALWAYS_INLINE {
+    const __m128 x = _mm_loadu_ps(xp + kk);
+    if (kSignal) sig = _mm_add_pd(sig, _mm_add_pd(Square2(x), SquareHi2(x)));
+    __m128 sc, zf;
+    if (kSplit) {
+      // Branch masks as ClusterOfF: lower if x <= t0, else upper if x >= t1 (disjoint).
+      const __m128 m0 = _mm_cmple_ps(x, kVecT ? _mm_loadu_ps(t0 + kk) : t0b);
+      const __m128 m2 = _mm_andnot_ps(m0, _mm_cmpge_ps(x, kVecT ? _mm_loadu_ps(t1 + kk) : t1b));
+      // Middle branch's value, XOR-patched where another branch holds the element.
+      sc = _mm_xor_ps(_mm_xor_ps(_mm_loadu_ps(s1 + kk), _mm_and_ps(m0, _mm_loadu_ps(s0 + kk))),
+                      _mm_and_ps(m2, _mm_loadu_ps(s2 + kk)));
+      zf = _mm_xor_ps(_mm_xor_ps(_mm_loadu_ps(z1 + kk), _mm_and_ps(m0, _mm_loadu_ps(z0 + kk))),
+                      _mm_and_ps(m2, _mm_loadu_ps(z2 + kk)));
+      m0i = _mm_castps_si128(m0);
+      m2i = _mm_castps_si128(m2);
+    } else {
+      sc = _mm_loadu_ps(s0 + kk);
+      zf = _mm_loadu_ps(z0 + kk);
+    }
+    const __m128 q = _mm_min_ps(
+        _mm_max_ps(_mm_add_ps(RoundHalfEven4Bounded(_mm_div_ps(x, sc)), zf), qmin), qmax);
+    const __m128 e = _mm_sub_ps(x, _mm_mul_ps(_mm_sub_ps(q, zf), sc));
+    err = _mm_add_pd(err, _mm_add_pd(Square2(e), SquareHi2(e)));
+    qi = _mm_cvttps_epi32(q);
+    if (kPlain) {
+      const __m128 psc = _mm_loadu_ps(ps + kk), pzf = _mm_loadu_ps(pz + kk);
+      const __m128 pq = _mm_min_ps(
+          _mm_max_ps(_mm_add_ps(RoundHalfEven4Bounded(_mm_div_ps(x, psc)), pzf), qmin), qmax);
+      const __m128 pe = _mm_sub_ps(x, _mm_mul_ps(_mm_sub_ps(pq, pzf), psc));
+      perr = _mm_add_pd(perr, _mm_add_pd(Square2(pe), SquareHi2(pe)));
+    }
+  };
+  for (; k + 16 <= len; k += 16) {
+    // 16 codes: narrowed to 16 bits per half of 8 (few live registers), then to bytes.
+    // Two accumulators per sum break the add dependency chain.
+    __m128i qa, qb, m0a, m0b, m2a, m2b;
+    group(k, sig0, err0, perr0, qa, m0a, m2a);
+    group(k + 4, sig1, err1, perr1, qb, m0b, m2b);
+    const __m128i w0 = _mm_packs_epi32(qa, qb);
+    const __m128i m0w0 = kSplit ? _mm_packs_epi32(m0a, m0b) : all;
+    const __m128i m2w0 = kSplit ? _mm_packs_epi32(m2a, m2b) : all;
+    group(k + 8, sig0, err0, perr0, qa, m0a, m2a);
+    group(k + 12, sig1, err1, perr1, qb, m0b, m2b);
+    const __m128i w1 = _mm_packs_epi32(qa, qb);
+    // The low 8 bits of each code (storage keeps the low kBits).
+    const __m128i q8 = is_signed ? _mm_packs_epi16(w0, w1) : _mm_packus_epi16(w0, w1);
+    __m128i mb[3];
+    if (kSplit) {
+      mb[0] = _mm_packs_epi16(m0w0, _mm_packs_epi32(m0a, m0b));
+      mb[2] = _mm_packs_epi16(m2w0, _mm_packs_epi32(m2a, m2b));
+      mb[1] = _mm_andnot_si128(_mm_or_si128(mb[0], mb[2]), all);
+    }
+    const int64_t byte = (pos + k) / kPerByte;
+    for (int b = 0; b < kB; ++b) {
+      __m128i v = q8;
+      if (kSplit) {
+        const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(zb[b] + k));
+        v = _mm_or_si128(_mm_and_si128(mb[b], q8), _mm_andnot_si128(mb[b], z));
+      }
+      if (kBits == 8) {
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b] + byte), v);
+      } else if (kBits == 4) {
+        const __m128i t = _mm_or_si128(_mm_and_si128(v, _mm_set1_epi16(0x000F)),
+                                       _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi16(0x00F0)));
+        _mm_storel_epi64(reinterpret_cast<__m128i*>(out[b] + byte), _mm_packus_epi16(t, t));
+      } else {
+        __m128i t = _mm_and_si128(v, _mm_set1_epi32(0x3));
+        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi32(0xC)));
+        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 12), _mm_set1_epi32(0x30)));
+        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 18), _mm_set1_epi32(0xC0)));
+        const __m128i w16 = _mm_packs_epi32(t, t);
+        const int32_t word = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
+        std::memcpy(out[b] + byte, &word, 4);
+      }
+    }
+  }
+  alignas(16) double t[2];
+  _mm_store_pd(t, _mm_add_pd(sig0, sig1));
+  acc.signal += t[0] + t[1];
+  _mm_store_pd(t, _mm_add_pd(err0, err1));
+  acc.split_error += t[0] + t[1];
+  _mm_store_pd(t, _mm_add_pd(perr0, perr1));
+  acc.plain_error += t[0] + t[1];
+#endif
+  for (; k < a.len; ++k) RowOne<kSplit, kVecT, kPlain, kSignal, kBits>(a, k, acc);
+}
+
+using RowFn = void (*)(const RowArgs&, Partial&);
+
+template <bool kSplit, bool kVecT, bool kPlain, bool kSignal>
+RowFn PickRow4(int bits) {
+  switch (bits) {
+    case 8: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 8>;
+    case 4: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 4>;
+    default: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 2>;
+  }
+}
+template <bool kSplit, bool kVecT, bool kPlain>
+RowFn PickRow3(bool signal, int bits) {
+  return signal ? PickRow4<kSplit, kVecT, kPlain, true>(bits)
+                : PickRow4<kSplit, kVecT, kPlain, false>(bits);
+}
+template <bool kSplit, bool kVecT>
+RowFn PickRow2(bool plain, bool signal, int bits) {
+  return plain ? PickRow3<kSplit, kVecT, true>(signal, bits)
+               : PickRow3<kSplit, kVecT, false>(signal, bits);
+}
+RowFn PickRow(bool split, bool vec_t, bool plain, bool signal, int bits) {
+  if (!split) return PickRow2<false, false>(plain, signal, bits);
+  return vec_t ? PickRow2<true, true>(plain, signal, bits)
+               : PickRow2<true, false>(plain, signal, bits);
 }
 
 }  // namespace
@@ -1130,56 +1357,137 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
     piece[b].resize(static_cast<size_t>(EncodedBytes(piece_cap, config)));
   }
   const float neg_inf = -kInfF, pos_inf = kInfF;
+  // Channel-last codes (the MatMul [K, N] layout): the row kernel, codes packed directly.
+  const bool rows = codes && slices.kind == MapKind::kChannel && slices.ax.I == 1 &&
+                    (!plan.split || units.kind == MapKind::kConst ||
+                     (units.kind == MapKind::kChannel && units.ax.I == 1));
+  std::array<std::vector<uint8_t>, 3> zb;
+  std::array<std::vector<float>, 2> scale_x, zf_x;
+  RowFn row_fn = nullptr;
+  if (rows) {
+    for (int b = 0; b < nb; ++b) {
+      zb[b].resize(static_cast<size_t>(S));
+      for (int64_t s = 0; s < S; ++s) zb[b][s] = static_cast<uint8_t>(kp[b].zi[s] & 0xFF);
+    }
+    auto xor_bits = [](float a, float b) {
+      uint32_t ua, ub;
+      std::memcpy(&ua, &a, 4);
+      std::memcpy(&ub, &b, 4);
+      ua ^= ub;
+      float r;
+      std::memcpy(&r, &ua, 4);
+      return r;
+    };
+    if (plan.split) {
+      for (int j = 0; j < 2; ++j) {
+        const int b = j == 0 ? 0 : 2;
+        scale_x[j].resize(static_cast<size_t>(S));
+        zf_x[j].resize(static_cast<size_t>(S));
+        for (int64_t s = 0; s < S; ++s) {
+          scale_x[j][s] = xor_bits(kp[b].scale[s], kp[1].scale[s]);
+          zf_x[j][s] = xor_bits(kp[b].zf[s], kp[1].zf[s]);
+        }
+      }
+    }
+    row_fn = PickRow(plan.split, plan.split && units.kind == MapKind::kChannel, plain,
+                     !have_signal, config.storage_bits);
+  }
+  const int64_t row_len = slices.ax.D;
+  auto run_rows = [&](int64_t e0, int64_t e1, int64_t p0, Partial& acc) {
+    RowArgs a;
+    a.qmin = static_cast<float>(config.spec.qmin());
+    a.qmax = static_cast<float>(config.spec.qmax());
+    a.is_signed = config.spec.symmetric;
+    for (int b = 0; b < 3; ++b) {
+      a.out[b] = b < out_branches
+                     ? piece[b].data() + PackedBytes(e0 - p0, config.storage_bits)
+                     : nullptr;
+    }
+    const bool vec_t = plan.split && units.kind == MapKind::kChannel;
+    int64_t col = e0 % row_len;
+    for (int64_t e = e0; e < e1;) {
+      const int64_t len = std::min(row_len - col, e1 - e);
+      a.x = weight.data + e;
+      a.len = len;
+      a.pos = e - e0;
+      a.t0 = plan.split ? plan.t0.data() + (vec_t ? col : 0) : &neg_inf;
+      a.t1 = plan.split ? plan.t1.data() + (vec_t ? col : 0) : &pos_inf;
+      for (int b = 0; b < 3; ++b) {
+        const int bb = b < nb ? b : 0;
+        a.scale[b] = kp[bb].scale.data() + col;
+        a.zf[b] = kp[bb].zf.data() + col;
+        a.zb[b] = zb[bb].data() + col;
+      }
+      for (int j = 0; j < 2; ++j) {
+        a.scale_x[j] = plan.split ? scale_x[j].data() + col : nullptr;
+        a.zf_x[j] = plan.split ? zf_x[j].data() + col : nullptr;
+      }
+      a.pscale = plain ? pp.scale.data() + col : nullptr;
+      a.pzf = plain ? pp.zf.data() + col : nullptr;
+      row_fn(a, acc);
+      e += len;
+      col = 0;
+    }
+  };
   for (int64_t p0 = 0; p0 < n; p0 += kPieceElements) {
     const int64_t p1 = std::min(n, p0 + kPieceElements);
     const int64_t sub0 = p0 / kSubChunk;
     const int64_t subs = (p1 - p0 + kSubChunk - 1) / kSubChunk;
-    RunParallel(subs, parallel_for, [&](int64_t cb, int64_t ce) {
-      std::array<std::vector<uint8_t>, 3> staging;
-      if (codes && config.storage_bits != 8) {
-        for (int b = 0; b < out_branches; ++b) staging[b].resize(kSubChunk);
-      }
-      for (int64_t sc = cb; sc < ce; ++sc) {
-        const int64_t e0 = p0 + sc * kSubChunk, e1 = std::min(p1, e0 + kSubChunk);
-        Partial& acc = partials[sub0 + sc];
-        ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
-          SegmentArgs a;
-          a.x = weight.data + e;
-          a.len = len;
-          a.t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
-          a.t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
-          for (int b = 0; b < 3; ++b) {
-            const int bb = b < nb ? b : 0;
-            a.scale[b] = kp[bb].scale.data() + rs.value;
-            a.zf[b] = kp[bb].zf.data() + rs.value;
-            a.zi[b] = kp[bb].zi.data() + rs.value;
-            a.codes[b] = nullptr;
-            a.floats[b] = nullptr;
-          }
-          a.pscale = plain ? pp.scale.data() + rs.value : nullptr;
-          a.pzf = plain ? pp.zf.data() + rs.value : nullptr;
-          a.qmin = static_cast<float>(config.spec.qmin());
-          a.qmax = static_cast<float>(config.spec.qmax());
-          a.is_signed = config.spec.symmetric;
-          for (int b = 0; b < out_branches; ++b) {
-            if (codes) {
-              a.codes[b] = config.storage_bits == 8 ? piece[b].data() + (e - p0)
-                                                    : staging[b].data() + (e - e0);
-            } else {
-              a.floats[b] = reinterpret_cast<float*>(piece[b].data()) + (e - p0);
+    if (rows) {
+      RunParallel(subs, parallel_for, [&](int64_t cb, int64_t ce) {
+        for (int64_t sc = cb; sc < ce; ++sc) {
+          const int64_t e0 = p0 + sc * kSubChunk, e1 = std::min(p1, e0 + kSubChunk);
+          run_rows(e0, e1, p0, partials[sub0 + sc]);
+        }
+      });
+    } else {
+      RunParallel(subs, parallel_for, [&](int64_t cb, int64_t ce) {
+        std::array<std::vector<uint8_t>, 3> staging;
+        if (codes && config.storage_bits != 8) {
+          for (int b = 0; b < out_branches; ++b) staging[b].resize(kSubChunk);
+        }
+        for (int64_t sc = cb; sc < ce; ++sc) {
+          const int64_t e0 = p0 + sc * kSubChunk, e1 = std::min(p1, e0 + kSubChunk);
+          Partial& acc = partials[sub0 + sc];
+          ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
+            SegmentArgs a;
+            a.x = weight.data + e;
+            a.len = len;
+            a.t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
+            a.t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
+            for (int b = 0; b < 3; ++b) {
+              const int bb = b < nb ? b : 0;
+              a.scale[b] = kp[bb].scale.data() + rs.value;
+              a.zf[b] = kp[bb].zf.data() + rs.value;
+              a.zi[b] = kp[bb].zi.data() + rs.value;
+              a.codes[b] = nullptr;
+              a.floats[b] = nullptr;
+            }
+            a.pscale = plain ? pp.scale.data() + rs.value : nullptr;
+            a.pzf = plain ? pp.zf.data() + rs.value : nullptr;
+            a.qmin = static_cast<float>(config.spec.qmin());
+            a.qmax = static_cast<float>(config.spec.qmax());
+            a.is_signed = config.spec.symmetric;
+            for (int b = 0; b < out_branches; ++b) {
+              if (codes) {
+                a.codes[b] = config.storage_bits == 8 ? piece[b].data() + (e - p0)
+                                                      : staging[b].data() + (e - e0);
+              } else {
+                a.floats[b] = reinterpret_cast<float*>(piece[b].data()) + (e - p0);
+              }
+            }
+            PickKernel(plan.split, config.encoding, plain, !have_signal,
+                       plan.split && ru.stride, rs.stride)(a, acc);
+          });
+          if (codes && config.storage_bits != 8) {
+            for (int b = 0; b < out_branches; ++b) {
+              PackStaging(staging[b].data(), e1 - e0, config.storage_bits,
+                          piece[b].data() + PackedBytes(e0 - p0, config.storage_bits));
             }
           }
-          PickKernel(plan.split, config.encoding, plain, !have_signal,
-                     plan.split && ru.stride, rs.stride)(a, acc);
-        });
-        if (codes && config.storage_bits != 8) {
-          for (int b = 0; b < out_branches; ++b) {
-            PackStaging(staging[b].data(), e1 - e0, config.storage_bits,
-                        piece[b].data() + PackedBytes(e0 - p0, config.storage_bits));
-          }
         }
-      }
-    });
+      });
+    }
     const int64_t offset = EncodedBytes(p0, config);
     const int64_t size = EncodedBytes(p1, config) - offset;
     for (int b = 0; b < out_branches; ++b) {
