@@ -25,7 +25,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "cluster-scope", "exclude", "exclude-op", "min-elements",
+      "form", "format", "cluster-scope", "kmeans", "exclude", "exclude-op", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -289,6 +289,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     o->set_threads(static_cast<int>(n));
   }
   if (a.Has("external-data")) o->set_external_data(true);
+  if (a.Has("kmeans")) {
+    std::string k = a.Get("kmeans");
+    if (k != "exact" && k != "reference") {
+      return absl::InvalidArgumentError("--kmeans wants exact or reference, got '" + k + "'");
+    }
+    o->set_reference_kmeans(k == "reference");
+  }
   return absl::OkStatus();
 }
 
@@ -422,7 +429,7 @@ std::string RemoteUsage() {
                                     (engine options as for quantize: --bits --granularity
                                     --block-size --symmetric --split --form --format --exclude
                                     --exclude-op --min-elements --target-opset --threads
-                                    --cluster-scope --external-data; --idempotency-key K)
+                                    --cluster-scope --kmeans --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes
   watch JOB                         follow a job until it ends
   list                              all jobs, newest first

@@ -44,6 +44,7 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
   o.threads = w.has_threads() && w.threads() > 0 ? w.threads() : default_threads;
   if (w.threads() < 0) return absl::InvalidArgumentError("options.threads must be >= 0");
   if (w.has_external_data()) o.external_data = w.external_data();
+  if (w.has_reference_kmeans()) o.reference_kmeans = w.reference_kmeans();
   absl::Status st = ValidateOptions(o);
   if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
   return o;
@@ -77,6 +78,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   w.set_target_opset(o.target_opset);
   w.set_threads(o.threads);
   w.set_external_data(o.external_data);
+  w.set_reference_kmeans(o.reference_kmeans);
   return w;
 }
 

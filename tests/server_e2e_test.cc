@@ -162,6 +162,7 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   v1::SubmitJobRequest req;
   req.set_model_id(up->model_id());
   req.mutable_options()->set_bits(4);
+  req.mutable_options()->set_reference_kmeans(true);
   auto job = c->Submit(req);
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->job_id().size(), 32u);
@@ -194,6 +195,9 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   auto report = c->Report(job->job_id());
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_TRUE(absl::StrContains(report->json(), "mm0"));
+  // Every engine option travels: the job ran with the paper's k-means.
+  EXPECT_TRUE(final_job->options().reference_kmeans());
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"kmeans\": \"reference\""));
   EXPECT_FALSE(report->summary().empty());
 
   // The same model again: recognised from the header's hashes, and by content without them.
