@@ -1,0 +1,142 @@
+// sqctl's server commands, end to end through the real binaries: sq-server started as a
+// child on 127.0.0.1 with port 0, driven by sqctl as a pipeline would.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/model_builder.h"
+#include "tests/support/ort_runner.h"
+
+namespace {
+
+using ::testing::HasSubstr;
+
+// sqctl's documented exit codes.
+constexpr int kExitOk = 0;
+constexpr int kExitNotFound = 4;
+constexpr int kExitUnavailable = 3;
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+class SqctlRemoteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = sq::testing::MakeTempDir("sq-sqctl-remote");
+    log_ = dir_ + "/server.log";
+    pid_ = fork();
+    if (pid_ == 0) {
+      int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, 1);
+      dup2(fd, 2);
+      std::string server = absl::StrCat(SQ_BINARY_DIR, "/server/sq-server");
+      std::string artifacts = absl::StrCat("--artifact_dir=", dir_, "/artifacts");
+      execl(server.c_str(), server.c_str(), "--listen=127.0.0.1:0", "--metrics_listen=",
+            artifacts.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    ASSERT_GT(pid_, 0);
+    // The server prints its bound port once it serves.
+    std::regex port_re("\\(port ([0-9]+)\\)");
+    for (int i = 0; i < 200 && port_ == 0; ++i) {
+      std::smatch m;
+      std::string log = ReadAll(log_);
+      if (std::regex_search(log, m, port_re)) port_ = std::stoi(m[1]);
+      if (port_ == 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_NE(port_, 0) << "server did not start: " << ReadAll(log_);
+  }
+
+  void TearDown() override {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int status = 0;
+      waitpid(pid_, &status, 0);
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "drain did not exit cleanly";
+    }
+  }
+
+  // Runs sqctl with `args` against this server; returns the exit code, output in *out.
+  int Sqctl(const std::string& args, std::string* out) {
+    std::string cmd = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl ", args, " --server 127.0.0.1:",
+                                   port_, " 2>&1 </dev/null");
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[4096];
+    size_t n;
+    out->clear();
+    while ((n = fread(buf, 1, sizeof buf, p)) > 0) out->append(buf, n);
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  }
+
+  std::string dir_, log_;
+  pid_t pid_ = -1;
+  int port_ = 0;
+};
+
+TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
+  onnx::ModelProto m = sq::testing::NewModel(17);
+  sq::testing::GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 64});
+  g.Initializer("w", {64, 32}, sq::testing::TestWeights(64 * 32, 9));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  const std::string model = dir_ + "/m.onnx";
+  ASSERT_TRUE(sq::testing::SaveModel(m, model).ok());
+
+  std::string out;
+  ASSERT_EQ(Sqctl("health", &out), kExitOk) << out;
+  EXPECT_THAT(out, HasSubstr("SERVING"));
+
+  const std::string result = dir_ + "/m.q.onnx";
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 --kmeans reference -o ", result), &out),
+            kExitOk)
+      << out;
+  EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  EXPECT_TRUE(sq::testing::LoadInOrt(result).ok());
+
+  ASSERT_EQ(Sqctl("list --json", &out), kExitOk) << out;
+  nlohmann::json list = nlohmann::json::parse(out);
+  ASSERT_EQ(list["jobs"].size(), 1u);
+  EXPECT_EQ(list["jobs"][0]["state"], "JOB_STATE_SUCCEEDED");
+  const std::string job = list["jobs"][0]["job_id"];
+
+  ASSERT_EQ(Sqctl("status " + job, &out), kExitOk) << out;
+  EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  ASSERT_EQ(Sqctl("report " + job + " --json", &out), kExitOk) << out;
+  EXPECT_THAT(out, HasSubstr("\"kmeans\": \"reference\""));
+
+  // A detached submit prints just the job id.
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach"), &out), kExitOk) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("[0-9a-f]{32}"))) << out;
+
+  EXPECT_EQ(Sqctl("status 0123456789abcdef0123456789abcdef", &out), kExitNotFound) << out;
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << "errors are one line: " << out;
+  EXPECT_NE(Sqctl(absl::StrCat("submit ", dir_, "/missing.onnx --bits 4"), &out), kExitOk);
+
+  std::string unreachable;
+  std::string cmd = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl health --server 127.0.0.1:1 2>&1");
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) unreachable += buf;
+  int status = pclose(p);
+  EXPECT_EQ(WEXITSTATUS(status), kExitUnavailable) << unreachable;
+}
+
+}  // namespace
