@@ -55,6 +55,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --cluster-scope S          auto (tensor for MatMul/Gemm, channel for Conv) | tensor | channel
   --kmeans M                 exact (default: the optimal 1-D 3-clustering) | reference (the
                              paper's greedy k-means++ + Lloyd, fixed seed)
+  --boundaries B             kmeans (default: the k-means midpoints, as the paper) | quant
+                             (move the cuts to minimise each branch's quantization error;
+                             Conv layers under channel granularity, all under tensor)
   --exclude REGEX            skip layers whose node name matches (repeatable)
   --exclude-op OP            skip an op type, e.g. Conv (repeatable)
   --min-elements N           skip weights with fewer elements (default 64)
@@ -177,6 +180,13 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
         return absl::InvalidArgumentError(absl::StrCat("--kmeans wants exact or reference, got '", *v, "'"));
       }
       o.reference_kmeans = *v == "reference";
+    } else if (flag == "boundaries") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v != "kmeans" && *v != "quant") {
+        return absl::InvalidArgumentError(absl::StrCat("--boundaries wants kmeans or quant, got '", *v, "'"));
+      }
+      o.quant_aware_boundaries = *v == "quant";
     } else if (flag == "exclude") {
       auto v = value();
       if (!v.ok()) return v.status();

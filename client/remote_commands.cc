@@ -25,7 +25,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "cluster-scope", "kmeans", "exclude", "exclude-op", "min-elements",
+      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -296,6 +296,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     }
     o->set_reference_kmeans(k == "reference");
   }
+  if (a.Has("boundaries")) {
+    std::string b = a.Get("boundaries");
+    if (b != "kmeans" && b != "quant") {
+      return absl::InvalidArgumentError("--boundaries wants kmeans or quant, got '" + b + "'");
+    }
+    o->set_quant_aware_boundaries(b == "quant");
+  }
   return absl::OkStatus();
 }
 
@@ -429,7 +436,7 @@ std::string RemoteUsage() {
                                     (engine options as for quantize: --bits --granularity
                                     --block-size --symmetric --split --form --format --exclude
                                     --exclude-op --min-elements --target-opset --threads
-                                    --cluster-scope --kmeans --external-data; --idempotency-key K)
+                                    --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes
   watch JOB                         follow a job until it ends
   list                              all jobs, newest first

@@ -612,4 +612,101 @@ KMeans1DResult KMeans1DReference(absl::Span<const float> values, uint64_t seed) 
   return r;
 }
 
+
+namespace {
+
+// Squared error of quantizing sorted[lo, hi) as one branch: its range widened to 0.
+double BranchQuantError(const std::vector<float>& sorted, size_t lo, size_t hi,
+                        const QuantSpec& spec) {
+  if (hi <= lo) return 0;
+  const float mn = std::min(sorted[lo], 0.0f), mx = std::max(sorted[hi - 1], 0.0f);
+  const QuantParams p = ChooseQuantParams(mn, mx, spec);
+  double e = 0;
+  for (size_t k = lo; k < hi; ++k) {
+    const double d = static_cast<double>(sorted[k]) -
+                     DequantizeValue(QuantizeValue(sorted[k], p, spec), p);
+    e += d * d;
+  }
+  return e;
+}
+
+}  // namespace
+
+KMeans1DResult RefineCutsForQuantization(absl::Span<const float> values, const QuantSpec& spec,
+                                         const KMeans1DResult& start) {
+  if (start.distinct_clusters < 3 || values.size() < 3) return start;
+  std::vector<float> s(values.begin(), values.end());
+  std::sort(s.begin(), s.end());
+  const size_t n = s.size();
+  // A cut at k puts s[0, k) on the left; it must fall between two distinct values.
+  auto valid = [&](size_t k) { return k > 0 && k < n && s[k - 1] < s[k]; };
+  auto error = [&](size_t i, size_t j) {
+    return BranchQuantError(s, 0, i, spec) + BranchQuantError(s, i, j, spec) +
+           BranchQuantError(s, j, n, spec);
+  };
+  size_t i = 0, j = 0;
+  while (i < n && s[i] <= start.lower_boundary) ++i;
+  j = i;
+  while (j < n && s[j] < start.upper_boundary) ++j;
+  if (!valid(i) || !valid(j) || i >= j) return start;
+  double best = error(i, j);
+  const double initial = best;
+  // Coarse grid over quantile positions, then local search with shrinking steps.
+  constexpr size_t kGrid = 32;
+  for (size_t a = 1; a < kGrid; ++a) {
+    for (size_t b = a + 1; b < kGrid; ++b) {
+      size_t ci = n * a / kGrid, cj = n * b / kGrid;
+      while (ci < n && !valid(ci)) ++ci;
+      while (cj < n && !valid(cj)) ++cj;
+      if (!valid(ci) || !valid(cj) || ci >= cj) continue;
+      double e = error(ci, cj);
+      if (e < best) {
+        best = e;
+        i = ci;
+        j = cj;
+      }
+    }
+  }
+  for (size_t step = std::max<size_t>(1, n / kGrid); ; step = std::max<size_t>(1, step / 4)) {
+    bool improved = true;
+    while (improved) {
+      improved = false;
+      for (int which = 0; which < 2; ++which) {
+        for (int dir : {-1, 1}) {
+          size_t ci = i, cj = j;
+          size_t& c = which == 0 ? ci : cj;
+          if (dir < 0 && c < step) continue;
+          c = dir < 0 ? c - step : c + step;
+          if (!valid(ci) || !valid(cj) || ci >= cj) continue;
+          double e = error(ci, cj);
+          if (e < best) {
+            best = e;
+            i = ci;
+            j = cj;
+            improved = true;
+          }
+        }
+      }
+    }
+    if (step == 1) break;
+  }
+  if (!(best < initial)) return start;
+  KMeans1DResult r;
+  r.lower_boundary = (static_cast<double>(s[i - 1]) + s[i]) / 2;
+  r.upper_boundary = (static_cast<double>(s[j - 1]) + s[j]) / 2;
+  r.counts = {static_cast<int64_t>(i), static_cast<int64_t>(j - i), static_cast<int64_t>(n - j)};
+  r.distinct_clusters = 3;
+  const size_t cut[4] = {0, i, j, n};
+  for (int c = 0; c < 3; ++c) {
+    double sum = 0;
+    for (size_t k = cut[c]; k < cut[c + 1]; ++k) sum += s[k];
+    r.centers[c] = sum / static_cast<double>(cut[c + 1] - cut[c]);
+    for (size_t k = cut[c]; k < cut[c + 1]; ++k) {
+      const double d = s[k] - r.centers[c];
+      r.inertia += d * d;
+    }
+  }
+  return r;
+}
+
 }  // namespace sq

@@ -53,6 +53,10 @@ struct QuantizeOptions {
   // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
   // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.
   bool reference_kmeans = false;
+  // Opt-in: move the k-means cuts to minimise each branch's quantization error where the
+  // clustering unit is also the quantization slice (Conv under channel granularity, any
+  // layer under tensor granularity). Off = the paper's k-means boundaries.
+  bool quant_aware_boundaries = false;
 
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.

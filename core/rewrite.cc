@@ -193,6 +193,7 @@ absl::Status GraphEditor::PlanGroup(
   c.split = plan->split;
   c.cluster_per_channel = g.cluster_per_channel;
   c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
+  c.quant_aware_boundaries = options.quant_aware_boundaries;
   c.storage_bits = storage.storage_bits >= options.bits ? storage.storage_bits : 8;
   switch (options.format) {
     case OutputFormat::kQdq:

@@ -332,12 +332,23 @@ void GatherUnit(const float* data, const AxisSplit& a, int64_t c, std::vector<fl
   }
 }
 
+// Whether the quantization-aware cut refinement applies to this tensor (see the header).
+bool RefinesCuts(const TransformConfig& c) {
+  return c.quant_aware_boundaries && c.split &&
+         ((c.cluster_per_channel && c.granularity == Granularity::kChannel) ||
+          (!c.cluster_per_channel && c.granularity == Granularity::kTensor));
+}
+
+// `refine_spec` non-null: refine each unit's cuts for quantization under that spec.
 Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
-                       ClusterMethod method, const ParallelFor& parallel_for) {
+                       ClusterMethod method, const ParallelFor& parallel_for,
+                       const QuantSpec* refine_spec) {
   Clustering out;
   if (units.kind == MapKind::kConst) {
     out.unit_size = n;
-    out.units.push_back(ClusterValues(absl::MakeConstSpan(w.data, n), method, parallel_for));
+    const absl::Span<const float> all = absl::MakeConstSpan(w.data, n);
+    out.units.push_back(ClusterValues(all, method, parallel_for));
+    if (refine_spec) out.units[0] = RefineCutsForQuantization(all, *refine_spec, out.units[0]);
     return out;
   }
   const int64_t count = units.Count();
@@ -346,13 +357,15 @@ Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
   RunParallel(count, parallel_for, [&](int64_t ub, int64_t ue) {
     std::vector<float> buf;
     for (int64_t u = ub; u < ue; ++u) {
+      absl::Span<const float> values;
       if (units.ax.O == 1) {  // contiguous: no copy
-        out.units[u] = ClusterValues(
-            absl::MakeConstSpan(w.data + u * units.ax.I, units.ax.I), method, nullptr);
+        values = absl::MakeConstSpan(w.data + u * units.ax.I, units.ax.I);
       } else {
         GatherUnit(w.data, units.ax, u, buf);
-        out.units[u] = ClusterValues(buf, method, nullptr);
+        values = buf;
       }
+      out.units[u] = ClusterValues(values, method, nullptr);
+      if (refine_spec) out.units[u] = RefineCutsForQuantization(values, *refine_spec, out.units[u]);
     }
   });
   return out;
@@ -1209,7 +1222,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   // (+ finiteness + signal energy), pass 2 = region ranges + window values.
   const bool fused = config.split && units.kind == MapKind::kConst &&
                      config.cluster_method == ClusterMethod::kFast &&
-                     n > kKMeansExactMaxElements;
+                     n > kKMeansExactMaxElements && !RefinesCuts(config);
   if (fused) {
     const absl::Span<const float> values = absl::MakeConstSpan(weight.data, n);
     kmeans_internal::HistogramKMeansState state;
@@ -1272,7 +1285,8 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   } else if (config.split) {
     // Clustering reads the values (sorting NaN is undefined): check them first.
     if (FirstNonFinite(weight.data, n, parallel_for) >= 0) return non_finite_error();
-    const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for);
+    const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
+                                      RefinesCuts(config) ? &config.spec : nullptr);
     plan = PlanSplit(cl, n, true);
   }
   if (config.split) {
@@ -1562,6 +1576,9 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
       cl.units.push_back(config.cluster_method == ClusterMethod::kReference
                              ? KMeans1DReference(v)
                              : KMeans1D(v));
+      if (RefinesCuts(config)) {
+        cl.units.back() = RefineCutsForQuantization(v, config.spec, cl.units.back());
+      }
     }
     const SplitPlan plan = PlanSplit(cl, n, true);
     result.not_split_reason = plan.not_split_reason;

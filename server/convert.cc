@@ -45,6 +45,7 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
   if (w.threads() < 0) return absl::InvalidArgumentError("options.threads must be >= 0");
   if (w.has_external_data()) o.external_data = w.external_data();
   if (w.has_reference_kmeans()) o.reference_kmeans = w.reference_kmeans();
+  if (w.has_quant_aware_boundaries()) o.quant_aware_boundaries = w.quant_aware_boundaries();
   absl::Status st = ValidateOptions(o);
   if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
   return o;
@@ -79,6 +80,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   w.set_threads(o.threads);
   w.set_external_data(o.external_data);
   w.set_reference_kmeans(o.reference_kmeans);
+  w.set_quant_aware_boundaries(o.quant_aware_boundaries);
   return w;
 }
 

@@ -614,6 +614,23 @@ TEST_F(EngineTest, BlockedConvWithShortReductionAxisFallsBackToPerChannel) {
   EXPECT_LE(Compare(Path("f.onnx"), Path("b.onnx"), 7, false), kQdqVsFakeRelTolerance);
 }
 
+TEST_F(EngineTest, QuantAwareBoundariesRaiseConvSqnrAndStillRunInOrt) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  auto kmeans = Quantize(Path("conv.onnx"), Path("k.onnx"), o);
+  o.quant_aware_boundaries = true;
+  auto quant = Quantize(Path("conv.onnx"), Path("q.onnx"), o);
+  o.format = OutputFormat::kFake;
+  auto fake = Quantize(Path("conv.onnx"), Path("f.onnx"), o);
+  ASSERT_TRUE(kmeans.ok() && quant.ok() && fake.ok());
+  for (size_t i = 0; i < quant->layers.size(); ++i) {
+    EXPECT_GE(quant->layers[i].sqnr_split_db, kmeans->layers[i].sqnr_split_db - 1e-9)
+        << quant->layers[i].name;
+  }
+  EXPECT_LE(Compare(Path("f.onnx"), Path("q.onnx"), 7, false), kQdqVsFakeRelTolerance);
+}
+
 TEST_F(EngineTest, InspectListsLayersAndOps) {
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
   auto info = InspectModelFile(Path("conv.onnx"));

@@ -105,7 +105,7 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_THAT(out, HasSubstr("SERVING"));
 
   const std::string result = dir_ + "/m.q.onnx";
-  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 --kmeans reference -o ", result), &out),
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 --kmeans reference --boundaries quant -o ", result), &out),
             kExitOk)
       << out;
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
@@ -121,6 +121,7 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
   ASSERT_EQ(Sqctl("report " + job + " --json", &out), kExitOk) << out;
   EXPECT_THAT(out, HasSubstr("\"kmeans\": \"reference\""));
+  EXPECT_THAT(out, HasSubstr("\"boundaries\": \"quant\""));
 
   // A detached submit prints just the job id.
   ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach"), &out), kExitOk) << out;

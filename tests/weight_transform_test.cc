@@ -153,6 +153,48 @@ TEST(WeightTransformTest, FastMatchesReferenceBitForBit) {
   }
 }
 
+TEST(WeightTransformTest, QuantAwareBoundariesMatchReferenceAndNeverRaiseTheError) {
+  const std::vector<Case> cases = {
+      {{16, 8, 3, 3}, 0, 1},   // Conv: per-channel clustering + channel scales
+      {{64, 48}, 1, 0},        // MatMul: per-tensor clustering + tensor scale
+      {{300, 250}, 1, 0},      // > 65536 values: the unfused route is taken when refining
+  };
+  int idx = 0;
+  for (const Case& c : cases) {
+    int64_t n = 1;
+    for (int64_t d : c.shape) n *= d;
+    std::vector<float> data = StudentT(static_cast<size_t>(n), 90 + idx++);
+    const WeightView view{data.data(), c.shape, c.channel_axis, c.reduction_axis};
+    for (int bits : {2, 4, 8}) {
+      TransformConfig cfg;
+      cfg.spec.bits = bits;
+      cfg.storage_bits = 8;
+      cfg.cluster_per_channel = c.shape.size() == 4;
+      cfg.granularity = cfg.cluster_per_channel ? Granularity::kChannel : Granularity::kTensor;
+      Collected off_bytes, fast, ref;
+      auto off = TransformWeight(view, cfg, off_bytes.Sink());
+      cfg.quant_aware_boundaries = true;
+      auto rf = TransformWeight(view, cfg, fast.Sink(), Threaded(3));
+      auto rr = TransformWeightReference(view, cfg, ref.Sink());
+      ASSERT_TRUE(off.ok() && rf.ok() && rr.ok());
+      SCOPED_TRACE(Describe(c, cfg));
+      ExpectSameParams(*rf, *rr);
+      EXPECT_EQ(fast.bytes, ref.bytes);
+      ExpectNearRel(rf->split_error_energy, rr->split_error_energy);
+      EXPECT_LE(rf->split_error_energy, off->split_error_energy * (1 + 1e-12));
+      // Where the unit is not the quantization slice the option changes nothing.
+      cfg.granularity = Granularity::kBlock;
+      cfg.block_size = 4;
+      Collected a, b;
+      auto on_block = TransformWeight(view, cfg, a.Sink());
+      cfg.quant_aware_boundaries = false;
+      auto off_block = TransformWeight(view, cfg, b.Sink());
+      ASSERT_TRUE(on_block.ok() && off_block.ok());
+      EXPECT_EQ(a.bytes, b.bytes);
+    }
+  }
+}
+
 TEST(WeightTransformTest, ReferenceClusterMethodAgreesToo) {
   const std::vector<float> data = StudentT(64 * 50, 9);
   const WeightView view{data.data(), {64, 50}, 0, 1};

@@ -138,6 +138,10 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
     o.reference_kmeans = true;
   }
+  // SQ_BENCH_BOUNDARIES=quant turns on the quantization-aware cut refinement.
+  if (const char* b = std::getenv("SQ_BENCH_BOUNDARIES"); b && std::string(b) == "quant") {
+    o.quant_aware_boundaries = true;
+  }
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
   o.threads = threads;
   o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kFolded;
