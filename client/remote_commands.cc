@@ -20,6 +20,9 @@
 namespace sq::cli {
 namespace {
 
+using ::sq::client::IsTerminal;
+using ::sq::client::StateName;
+
 using client::SqClient;
 
 const std::set<std::string>& ValueFlags() {
@@ -136,18 +139,7 @@ std::string ToJson(const google::protobuf::Message& m) {
   return out;
 }
 
-const char* StateName(v1::JobState s) {
-  switch (s) {
-    case v1::JOB_STATE_QUEUED: return "QUEUED";
-    case v1::JOB_STATE_RUNNING: return "RUNNING";
-    case v1::JOB_STATE_SUCCEEDED: return "SUCCEEDED";
-    case v1::JOB_STATE_FAILED: return "FAILED";
-    case v1::JOB_STATE_CANCELLED: return "CANCELLED";
-    default: return "UNKNOWN";
-  }
-}
 
-bool Terminal(v1::JobState s) { return s == v1::JOB_STATE_SUCCEEDED || s == v1::JOB_STATE_FAILED || s == v1::JOB_STATE_CANCELLED; }
 
 std::string Human(int64_t bytes) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
@@ -317,7 +309,7 @@ absl::StatusOr<v1::Job> Follow(SqClient& c, const std::string& id, bool quiet) {
     last = line;
     if (tty) {
       std::fprintf(stderr, "\r%s\033[K", line.c_str());
-      if (Terminal(j.state())) std::fputc('\n', stderr);
+      if (IsTerminal(j.state())) std::fputc('\n', stderr);
     } else if (j.state() != v1::JOB_STATE_RUNNING || j.progress().layer_count() == 0 ||
                j.progress().stage() != "transform") {
       std::fprintf(stderr, "%s\n", line.c_str());

@@ -99,8 +99,7 @@ struct TensorSlot {
 };
 
 struct CopyJob {  // an existing tensor's bytes that move to the output's data file
-  const onnx::TensorProto* source = nullptr;
-  ExternalLocation from;  // when the source is external
+  ExternalLocation from;  // when the tensor was external
   std::string inline_bytes;
   int64_t offset = 0, size = 0;
 };
@@ -325,7 +324,6 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
         it->second.offset = offset;
       } else {
         CopyJob job;
-        job.source = t;
         job.offset = offset;
         job.size = size;
         if (IsExternal(*t)) {

@@ -216,11 +216,6 @@ class Walker {
                                      options_.min_weight_elements);
         continue;
       }
-      int64_t channels = g.shape[g.channel_axis];
-      if (channels < 3 && (g.op_type == "MatMul" || g.op_type == "Gemm")) {
-        // As the paper: layers with fewer than 3 output features are not split (still
-        // quantized); recorded here, acted on by the rewrite.
-      }
     }
     return groups;
   }

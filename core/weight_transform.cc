@@ -72,52 +72,6 @@ absl::Status ValidateInputs(const WeightView& w, const TransformConfig& c) {
   return absl::OkStatus();
 }
 
-// First non-finite element, or -1. Chunked so the scan can run in parallel; the answer is
-// the minimum index, independent of scheduling.
-int64_t FirstNonFinite(const float* data, int64_t n, const ParallelFor& parallel_for) {
-  const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
-  std::vector<int64_t> first(static_cast<size_t>(chunks), -1);
-  auto fn = [&](int64_t cb, int64_t ce) {
-    for (int64_t ch = cb; ch < ce; ++ch) {
-      const int64_t b = ch * kSubChunk, e = std::min(n, b + kSubChunk);
-      uint32_t any = 0;
-      int64_t k = b;
-#if defined(__SSE2__)
-      const __m128i exp_mask = _mm_set1_epi32(0x7F800000);
-      __m128i acc = _mm_setzero_si128();
-      for (; k + 4 <= e; k += 4) {
-        const __m128i v = _mm_and_si128(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(data + k)), exp_mask);
-        acc = _mm_or_si128(acc, _mm_cmpeq_epi32(v, exp_mask));
-      }
-      any = static_cast<uint32_t>(_mm_movemask_epi8(acc));
-#endif
-      for (; k < e; ++k) {
-        uint32_t bits;
-        std::memcpy(&bits, data + k, 4);
-        any |= static_cast<uint32_t>((bits & 0x7F800000u) == 0x7F800000u);
-      }
-      if (!any) continue;
-      for (int64_t k = b; k < e; ++k) {
-        if (!std::isfinite(data[k])) {
-          first[ch] = k;
-          break;
-        }
-      }
-    }
-  };
-  if (chunks == 0) return -1;
-  if (parallel_for) {
-    parallel_for(chunks, fn);
-  } else {
-    fn(0, chunks);
-  }
-  for (int64_t f : first) {
-    if (f >= 0) return f;
-  }
-  return -1;
-}
-
 // True when x[0, len) holds a NaN or Inf. Run on a segment just before another loop reads
 // it, so the data is in L1 and the check adds no pass over memory.
 bool AnyNonFinite(const float* x, int64_t len) {
@@ -140,6 +94,36 @@ bool AnyNonFinite(const float* x, int64_t len) {
   }
   return any != 0;
 }
+
+// First non-finite element, or -1. Chunked so the scan can run in parallel; the answer is
+// the minimum index, independent of scheduling.
+int64_t FirstNonFinite(const float* data, int64_t n, const ParallelFor& parallel_for) {
+  const int64_t chunks = (n + kSubChunk - 1) / kSubChunk;
+  std::vector<int64_t> first(static_cast<size_t>(chunks), -1);
+  auto fn = [&](int64_t cb, int64_t ce) {
+    for (int64_t ch = cb; ch < ce; ++ch) {
+      const int64_t b = ch * kSubChunk, e = std::min(n, b + kSubChunk);
+      if (!AnyNonFinite(data + b, e - b)) continue;
+      for (int64_t k = b; k < e; ++k) {
+        if (!std::isfinite(data[k])) {
+          first[ch] = k;
+          break;
+        }
+      }
+    }
+  };
+  if (chunks == 0) return -1;
+  if (parallel_for) {
+    parallel_for(chunks, fn);
+  } else {
+    fn(0, chunks);
+  }
+  for (int64_t f : first) {
+    if (f >= 0) return f;
+  }
+  return -1;
+}
+
 
 // ---- index maps: flat element index -> slice (parameter index) or clustering unit -------
 

@@ -26,6 +26,10 @@
 
 namespace sq::client {
 
+// Wire-level job-state helpers shared by the server and sqctl.
+bool IsTerminal(v1::JobState state);          // SUCCEEDED, FAILED or CANCELLED
+const char* StateName(v1::JobState state);    // "QUEUED", ..., "UNSPECIFIED"
+
 struct ClientOptions {
   std::string target = "127.0.0.1:50051";
   std::string token;        // sent as "authorization: Bearer <token>" when set

@@ -8,6 +8,7 @@
 #include "core/engine.h"
 #include "core/options.h"
 #include "grpcpp/support/status.h"
+#include "server/client.h"
 #include "sq/v1/sq.pb.h"
 
 namespace sq::server {
@@ -22,8 +23,8 @@ v1::InspectModelResponse ToWire(const ModelInfo& info);
 grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);
 
-bool IsTerminal(v1::JobState state);
-const char* StateName(v1::JobState state);
+using ::sq::client::IsTerminal;
+using ::sq::client::StateName;
 
 }  // namespace sq::server
 

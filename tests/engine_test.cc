@@ -211,6 +211,31 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   EXPECT_DOUBLE_EQ(p->mean_sqnr_plain_db, r->mean_sqnr_plain_db);
 }
 
+TEST_F(EngineTest, PackedInt2OnlyOnRequestOfOpset25) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  QuantizeOptions o;
+  o.bits = 2;
+  o.min_weight_elements = 1;
+  auto container = Quantize(Path("mlp.onnx"), Path("c.onnx"), o);
+  o.target_opset = 25;
+  auto packed = Quantize(Path("mlp.onnx"), Path("p.onnx"), o);
+  o.format = OutputFormat::kFake;
+  o.target_opset = 0;
+  auto fake = Quantize(Path("mlp.onnx"), Path("f.onnx"), o);
+  ASSERT_TRUE(container.ok() && packed.ok() && fake.ok()) << packed.status();
+  EXPECT_EQ(container->output_opset, 17);  // the model's own; containers need only 13
+  EXPECT_EQ(packed->output_opset, 25);
+  EXPECT_LT(packed->output_bytes, container->output_bytes);
+  auto loaded = LoadedModel::FromFile(Path("p.onnx"));
+  ASSERT_TRUE(loaded.ok());
+  int uint2 = 0;
+  for (const auto& t : (*loaded)->proto().graph().initializer()) uint2 += t.data_type() == 25;
+  EXPECT_EQ(uint2, 12);  // codes + zero points, 3 branches x 2 layers
+  // Same values as our dequantized reference (ORT's fused path is avoided: see README).
+  EXPECT_LE(Compare(Path("f.onnx"), Path("p.onnx"), 7, false), kQdqVsFakeRelTolerance);
+  EXPECT_LE(Compare(Path("f.onnx"), Path("c.onnx"), 7, false), kQdqVsFakeRelTolerance);
+}
+
 TEST_F(EngineTest, ZeroIsExactInEveryBranch) {
   ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
   QuantizeOptions o;
