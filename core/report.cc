@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace sq {
@@ -40,6 +41,17 @@ std::string HumanBytes(int64_t b) {
   if (b >= (1 << 20)) return absl::StrFormat("%.2f MiB", b / double(1 << 20));
   if (b >= (1 << 10)) return absl::StrFormat("%.1f KiB", b / 1024.0);
   return absl::StrCat(b, " B");
+}
+
+// Layer, tensor and graph names come from the model and may hold any bytes; JSON (and
+// the proto strings the report travels in) must be UTF-8.
+void MakeStringsValidUtf8(nlohmann::json& j) {
+  if (j.is_string()) {
+    const std::string& s = j.get_ref<const std::string&>();
+    if (!IsValidUtf8(s)) j = ToValidUtf8(s);
+  } else if (j.is_structured()) {
+    for (auto& child : j) MakeStringsValidUtf8(child);
+  }
 }
 
 std::string DbText(double v) { return std::isfinite(v) ? absl::StrFormat("%.1f", v) : "inf"; }
@@ -99,6 +111,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"mean_sqnr_split_db", Db(r.mean_sqnr_split_db)},
                       {"warnings", r.warnings},
                       {"layers", layers}};
+  MakeStringsValidUtf8(j);
   return j.dump(indent) + "\n";
 }
 
@@ -151,7 +164,7 @@ std::string ReportSummary(const ModelReport& r) {
                                           absl::StrJoin(l.shape, "x"), l.split ? "yes" : "no",
                                           DbText(l.sqnr_plain_db), DbText(l.sqnr_split_db)));
   }
-  return out;
+  return ToValidUtf8(out);
 }
 
 }  // namespace sq

@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "core/utf8.h"
+
 namespace sq::server {
 
 absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, int default_threads) {
@@ -88,18 +90,19 @@ v1::InspectModelResponse ToWire(const ModelInfo& info) {
   v1::InspectModelResponse r;
   r.set_ir_version(info.ir_version);
   r.set_opset(info.opset);
-  for (const auto& [k, v] : info.opset_imports) (*r.mutable_opset_imports())[k] = v;
-  for (const auto& [k, v] : info.op_histogram) (*r.mutable_op_histogram())[k] = v;
+  // Names come from the model: anything may be in them, and proto strings must be UTF-8.
+  for (const auto& [k, v] : info.opset_imports) (*r.mutable_opset_imports())[ToValidUtf8(k)] = v;
+  for (const auto& [k, v] : info.op_histogram) (*r.mutable_op_histogram())[ToValidUtf8(k)] = v;
   for (const LayerInfo& l : info.layers) {
     v1::LayerInfo* w = r.add_layers();
-    w->set_name(l.name);
-    w->set_op_type(l.op_type);
-    w->set_weight(l.weight);
-    w->set_graph(l.graph);
+    w->set_name(ToValidUtf8(l.name));
+    w->set_op_type(ToValidUtf8(l.op_type));
+    w->set_weight(ToValidUtf8(l.weight));
+    w->set_graph(ToValidUtf8(l.graph));
     for (int64_t d : l.shape) w->add_shape(d);
     w->set_shared_by(l.shared_by);
   }
-  for (const auto& op : info.unsupported_ops) r.add_unsupported_ops(op);
+  for (const auto& op : info.unsupported_ops) r.add_unsupported_ops(ToValidUtf8(op));
   r.set_weight_bytes(info.weight_bytes);
   r.set_model_bytes(info.model_bytes);
   for (const auto& [bits, bytes] : info.estimated_output_bytes) (*r.mutable_estimated_output_bytes())[bits] = bytes;

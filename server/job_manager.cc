@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/report.h"
+#include "core/utf8.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/convert.h"
@@ -223,7 +224,19 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request) 
     return Get(other);
   }
   JobQueue::Task task;
-  task.run = [this, entry] { Run(entry); };
+  task.run = [this, entry] {
+    // No exception may leave a worker: it would reach std::terminate and take every
+    // running job with it. The engine reports errors as Status; this is the last guard.
+    try {
+      Run(entry);
+    } catch (const std::exception& ex) {
+      Finish(entry, v1::JOB_STATE_FAILED, static_cast<int>(absl::StatusCode::kInternal),
+             absl::StrCat("internal error: ", ex.what()));
+    } catch (...) {
+      Finish(entry, v1::JOB_STATE_FAILED, static_cast<int>(absl::StatusCode::kInternal),
+             "internal error: unknown exception");
+    }
+  };
   task.abandon = [this, entry] {
     Finish(entry, v1::JOB_STATE_FAILED, static_cast<int>(absl::StatusCode::kUnavailable),
            "server shut down before the job started; submit it again");
@@ -402,7 +415,7 @@ void JobManager::Finish(const std::shared_ptr<Entry>& entry, v1::JobState state,
     entry->job.set_state(state);
     if (state != v1::JOB_STATE_SUCCEEDED) {
       entry->job.mutable_error()->set_code(code);
-      entry->job.mutable_error()->set_message(message);
+      entry->job.mutable_error()->set_message(ToValidUtf8(message));
     }
     *entry->job.mutable_end_time() = Now();
     // The record is terminal on disk before the lock is released (see ReadFromDisk).
@@ -458,7 +471,7 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
     wp->set_stage(p.stage);
     wp->set_layer_index(p.layer_index);
     wp->set_layer_count(p.layer_count);
-    wp->set_layer_name(p.layer_name);
+    wp->set_layer_name(ToValidUtf8(p.layer_name));
     if (stage_changed) Persist(*e);
     Publish(*e);
   };

@@ -72,7 +72,11 @@ void JobQueue::WorkerLoop() {
       tasks_.pop_front();
       ++running_;
     }
-    task.run();
+    try {
+      task.run();
+    } catch (...) {
+      // Tasks handle their own failures; an escaped exception must not end the worker.
+    }
     absl::MutexLock lock(&mu_);
     --running_;
   }
