@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <cstring>
+#include <limits>
 #include <functional>
 
 #include "absl/strings/match.h"
@@ -78,6 +79,17 @@ int64_t NumElements(const onnx::TensorProto& t) {
   return n;
 }
 
+int64_t CheckedBytes(int64_t elements, int64_t element_bytes) {
+  if (elements < 0 || element_bytes <= 0) return -1;
+  if (elements > std::numeric_limits<int64_t>::max() / element_bytes) return -1;
+  return elements * element_bytes;
+}
+
+bool RangeInside(int64_t offset, int64_t length, int64_t size) {
+  // Written so that no sum can overflow: offset + length <= size.
+  return offset >= 0 && length >= 0 && size >= 0 && length <= size && offset <= size - length;
+}
+
 int ElementBytes(int32_t data_type) {
   switch (data_type) {
     case onnx::TensorProto::FLOAT:
@@ -111,9 +123,8 @@ int64_t TensorDataBytes(const onnx::TensorProto& t) {
     std::string len = ExternalField(t, "length");
     int64_t v = 0;
     if (!len.empty() && absl::SimpleAtoi(len, &v)) return v;
-    int64_t n = NumElements(t);
-    int eb = ElementBytes(t.data_type());
-    return n >= 0 && eb > 0 ? n * eb : 0;
+    int64_t bytes = CheckedBytes(NumElements(t), ElementBytes(t.data_type()));
+    return bytes >= 0 ? bytes : 0;
   }
   if (t.has_raw_data()) return static_cast<int64_t>(t.raw_data().size());
   return static_cast<int64_t>(t.float_data_size()) * 4 + t.int32_data_size() * 4 +
@@ -172,10 +183,11 @@ absl::Status LoadedModel::ValidateExternalData() {
     } else {
       size = it->second;
     }
-    if (loc->offset + loc->length > size) {
+    if (!RangeInside(loc->offset, loc->length, size)) {
       status = absl::InvalidArgumentError(absl::StrCat(
-          "external data of tensor '", t->name(), "' ends at byte ", loc->offset + loc->length,
-          " but '", loc->path, "' has only ", size, " bytes (truncated?)"));
+          "external data of tensor '", t->name(), "' (offset ", loc->offset, ", length ",
+          loc->length, ") does not lie inside its file, which has ", size,
+          " bytes (truncated?)"));
     }
   });
   return status;
@@ -190,46 +202,35 @@ absl::StatusOr<ExternalLocation> LoadedModel::ExternalLocationOf(const onnx::Ten
     return absl::InvalidArgumentError(absl::StrCat("external data location '", location,
                                                    "' of tensor '", t.name(), "' ", why));
   };
-  if (location.empty()) return bad("is empty");
   if (base_dir_.empty()) return bad("cannot be resolved: the model was given as bytes");
-  if (location[0] == '/' || location.find('\\') != std::string::npos) {
-    return bad("is absolute; only paths inside the model's directory are allowed");
-  }
-  for (absl::string_view part : absl::StrSplit(location, '/')) {
-    if (part == "..") return bad("escapes the model's directory ('..')");
-  }
   ExternalLocation out;
-  std::string joined = absl::StrCat(base_dir_, "/", location);
-  char resolved[PATH_MAX];
-  if (realpath(joined.c_str(), resolved) == nullptr) {
-    if (errno == ENOENT) {
-      return absl::NotFoundError(absl::StrCat("external data file '", location, "' of tensor '",
-                                              t.name(), "' does not exist"));
-    }
-    return ErrnoStatus(errno, "cannot resolve external data", joined);
+  auto resolved = ResolveInsideDirectory(base_dir_, location);
+  if (!resolved.ok()) {
+    return absl::Status(resolved.status().code(),
+                        absl::StrCat("external data of tensor '", t.name(), "': ",
+                                     resolved.status().message()));
   }
-  out.path = resolved;
-  std::string base_prefix = base_dir_ == "/" ? "/" : base_dir_ + "/";
-  if (!absl::StartsWith(out.path, base_prefix)) {
-    return bad("leads outside the model's directory (symlink?)");
-  }
+  out.path = *std::move(resolved);
   std::string offset = ExternalField(t, "offset"), length = ExternalField(t, "length");
   if (!offset.empty() && (!absl::SimpleAtoi(offset, &out.offset) || out.offset < 0)) {
     return bad(absl::StrCat("has a bad offset '", offset, "'"));
   }
-  int64_t need = NumElements(t);
-  int eb = ElementBytes(t.data_type());
+  // -1 when the dims are invalid, overflow, or the element size is unknown.
+  const int64_t need = CheckedBytes(NumElements(t), ElementBytes(t.data_type()));
   if (!length.empty()) {
     if (!absl::SimpleAtoi(length, &out.length) || out.length < 0) {
       return bad(absl::StrCat("has a bad length '", length, "'"));
     }
-  } else if (need >= 0 && eb > 0) {
-    out.length = need * eb;
+  } else if (need >= 0) {
+    out.length = need;
   } else {
-    return bad("has no length and an unknown element size");
+    return bad("has no length and invalid dims or an unknown element size");
   }
-  if (need >= 0 && eb > 0 && out.length != need * eb) {
-    return bad(absl::StrCat("has length ", out.length, " but dims need ", need * eb, " bytes"));
+  if (need < 0 && ElementBytes(t.data_type()) > 0) {
+    return bad("has dims that are negative or whose byte count overflows");
+  }
+  if (need >= 0 && out.length != need) {
+    return bad(absl::StrCat("has length ", out.length, " but dims need ", need, " bytes"));
   }
   return out;
 }
@@ -255,15 +256,23 @@ absl::StatusOr<FloatTensor> ReadFloatTensor(const LoadedModel& model, const onnx
   if (out.size < 0) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' has invalid dims"));
   }
+  const int64_t need_bytes = CheckedBytes(out.size, 4);
+  if (need_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' has dims too large"));
+  }
   auto size_mismatch = [&](int64_t have) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name(), "' stores ", have,
-                                                   " bytes but its dims need ", out.size * 4));
+                                                   " bytes but its dims need ", need_bytes));
   };
   if (IsExternal(t)) {
     SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model.ExternalLocationOf(t));
-    if (loc.length != out.size * 4) return size_mismatch(loc.length);
+    if (loc.length != need_bytes) return size_mismatch(loc.length);
     SQ_ASSIGN_OR_RETURN(const MappedFile* map, model.Map(loc.path));
-    if (loc.offset + loc.length > map->size()) return size_mismatch(map->size() - loc.offset);
+    if (!RangeInside(loc.offset, loc.length, map->size())) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "external data of tensor '", t.name(), "' (offset ", loc.offset, ", length ",
+          loc.length, ") does not lie inside its file, which has ", map->size(), " bytes"));
+    }
     const uint8_t* p = map->data() + loc.offset;
     if (reinterpret_cast<uintptr_t>(p) % alignof(float) == 0) {
       out.data = reinterpret_cast<const float*>(p);
@@ -278,7 +287,7 @@ absl::StatusOr<FloatTensor> ReadFloatTensor(const LoadedModel& model, const onnx
     return out;
   }
   if (t.has_raw_data()) {
-    if (static_cast<int64_t>(t.raw_data().size()) != out.size * 4) {
+    if (static_cast<int64_t>(t.raw_data().size()) != need_bytes) {
       return size_mismatch(static_cast<int64_t>(t.raw_data().size()));
     }
     const char* p = t.raw_data().data();

@@ -82,6 +82,11 @@ absl::StatusOr<FloatTensor> ReadFloatTensor(const LoadedModel& model, const onnx
 
 // Element count from dims (1 for a scalar); -1 on negative dims or overflow.
 int64_t NumElements(const onnx::TensorProto& t);
+// elements * element_bytes, or -1 when either is invalid (< 0, <= 0) or the product
+// overflows int64.
+int64_t CheckedBytes(int64_t elements, int64_t element_bytes);
+// True when [offset, offset + length) lies inside [0, size); overflow-safe.
+bool RangeInside(int64_t offset, int64_t length, int64_t size);
 // Bytes of one element of an ONNX data type; 0 for strings/unknown; for sub-byte types
 // the caller must use PackedBytes.
 int ElementBytes(int32_t data_type);
