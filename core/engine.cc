@@ -19,6 +19,7 @@
 #include "core/quantizer.h"
 #include "core/rewrite.h"
 #include "core/status_macros.h"
+#include "core/validate.h"
 #include "core/weight_transform.h"
 
 namespace sq {
@@ -203,6 +204,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   progress("load");
   SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
   onnx::ModelProto& proto = model->proto();
+  SQ_RETURN_IF_ERROR(ValidateModelStructure(proto));
   report.input_bytes = model->model_file_bytes() + model->external_bytes();
   report.input_opset = DefaultDomainOpset(proto);
   clock.Mark("load");
@@ -644,6 +646,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
 
 absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
   SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
+  SQ_RETURN_IF_ERROR(ValidateModelStructure(model->proto()));
   onnx::ModelProto& proto = model->proto();
   ModelInfo info;
   info.ir_version = proto.ir_version();

@@ -14,12 +14,14 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <map>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "onnx/onnx_pb.h"
@@ -237,7 +239,13 @@ void CollectGraph(const GraphProto& g, ModelInfo* info) {
 void StripPayloads(GraphProto* g);
 void StripTensor(TensorProto* t) {
   int64_t n = 1;
-  for (int64_t d : t->dims()) n *= d;
+  for (int64_t d : t->dims()) {
+    if (d < 0 || (d != 0 && n > (int64_t{1} << 40) / d)) {  // hostile dims: saturate
+      n = int64_t{1} << 40;
+      break;
+    }
+    n *= d;
+  }
   const int dt = t->data_type();
   const bool is_int = dt == TensorProto::INT64 || dt == TensorProto::INT32;
   if (is_int || n <= 64) return;
@@ -260,6 +268,56 @@ void StripNodes(google::protobuf::RepeatedPtrField<NodeProto>* nodes) {
 void StripPayloads(GraphProto* g) {
   for (auto& t : *g->mutable_initializer()) StripTensor(&t);
   StripNodes(g->mutable_node());
+}
+
+// libonnx's convolution shape inference takes the kernel shape from W when the node has
+// no kernel_shape attribute, then indexes it by X's rank: if the two disagree it reads
+// out of bounds (SIGSEGV). On the copy handed to inference, every convolution either gets
+// an explicit kernel_shape from a constant W of sane rank (then libonnx checks it against
+// X and fails cleanly), or is renamed into a private domain that inference skips.
+void GuardConvInference(GraphProto* g, std::map<std::string, std::vector<int64_t>> consts) {
+  for (const auto& t : g->initializer()) consts[t.name()].assign(t.dims().begin(), t.dims().end());
+  for (const auto& in : g->input()) {
+    bool is_init = false;
+    for (const auto& t : g->initializer()) is_init |= t.name() == in.name();
+    if (!is_init) consts.erase(in.name());  // shadows an outer constant
+  }
+  for (const auto& n : g->node()) {
+    if (n.op_type() != "Constant" || n.output_size() != 1) continue;
+    for (const auto& a : n.attribute()) {
+      if (a.name() == "value" && a.has_t()) {
+        consts[n.output(0)].assign(a.t().dims().begin(), a.t().dims().end());
+      }
+    }
+  }
+  for (NodeProto& n : *g->mutable_node()) {
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.has_g()) GuardConvInference(a.mutable_g(), consts);
+      for (auto& sg : *a.mutable_graphs()) GuardConvInference(&sg, consts);
+    }
+    if (!(n.domain().empty() || n.domain() == "ai.onnx")) continue;
+    int w_index = -1;
+    if (n.op_type() == "Conv" || n.op_type() == "ConvTranspose" || n.op_type() == "ConvInteger") {
+      w_index = 1;
+    } else if (n.op_type() == "QLinearConv") {
+      w_index = 3;
+    }
+    if (w_index < 0) continue;
+    auto it = n.input_size() > w_index ? consts.find(n.input(w_index)) : consts.end();
+    const bool sane = it != consts.end() && it->second.size() >= 3 && it->second.size() <= 8;
+    if (!sane) {
+      n.set_domain("sq.uninferred");
+      continue;
+    }
+    bool has_kernel_shape = false;
+    for (const auto& a : n.attribute()) has_kernel_shape |= a.name() == "kernel_shape";
+    if (!has_kernel_shape) {
+      AttributeProto* a = n.add_attribute();
+      a->set_name("kernel_shape");
+      a->set_type(AttributeProto::INTS);
+      for (size_t i = 2; i < it->second.size(); ++i) a->add_ints(it->second[i]);
+    }
+  }
 }
 
 // Length of 1-D tensors whose length is known (for Reshape's output rank).
@@ -412,6 +470,12 @@ ModelInfo AnalyzeModel(const ModelProto& model) {
     *copy.mutable_functions() = model.functions();
     *copy.mutable_graph() = model.graph();
     StripPayloads(copy.mutable_graph());
+    GuardConvInference(copy.mutable_graph(), {});
+    for (auto& f : *copy.mutable_functions()) {  // weights there are parameters: never trusted
+      for (NodeProto& n : *f.mutable_node()) {
+        if (absl::StrContains(n.op_type(), "Conv")) n.set_domain("sq.uninferred");
+      }
+    }
     onnx::ShapeInferenceOptions opts;
     opts.check_type = false;
     opts.error_mode = 0;

@@ -263,6 +263,39 @@ onnx::ModelProto ExpectSameAfterConvert(const onnx::ModelProto& m, const std::ve
 
 // --- per-op tests ---------------------------------------------------------------------------
 
+// The shape inference AnalyzeModel runs must never see a convolution whose kernel rank
+// (from W) disagrees with X's: libonnx 1.12 reads out of bounds there. Callers validate
+// first (core/validate.h); this is the second line of defence, exercised without it.
+TEST(OpsetConvert, MismatchedConvRanksDoNotReachShapeInference) {
+  for (const char* op : {"Conv", "ConvTranspose"}) {
+    for (int x_rank : {3, 30, 200}) {
+      onnx::ModelProto m;
+      m.set_ir_version(7);
+      m.add_opset_import()->set_version(9);
+      auto* g = m.mutable_graph();
+      auto* x = g->add_input();
+      x->set_name("x");
+      x->mutable_type()->mutable_tensor_type()->set_elem_type(1);
+      for (int i = 0; i < x_rank; ++i) {
+        x->mutable_type()->mutable_tensor_type()->mutable_shape()->add_dim()->set_dim_value(2);
+      }
+      auto* w = g->add_initializer();
+      w->set_name("w");
+      w->set_data_type(1);
+      for (int i = 0; i < 4; ++i) w->add_dims(2);
+      for (int i = 0; i < 16; ++i) w->add_float_data(0.5f);
+      auto* n = g->add_node();
+      n->set_op_type(op);
+      n->add_input("x");
+      n->add_input("w");
+      n->add_output("y");
+      g->add_output()->set_name("y");
+      (void)UnconvertibleOps(m, 13);
+      (void)ConvertOpset(&m, 13);  // may fail; must not crash
+    }
+  }
+}
+
 TEST(OpsetConvert, Slice10) {
   auto n = Node("Slice", {"x"}, {"y"});
   AttrInts(&n, "starts", {1, 0});
