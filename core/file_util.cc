@@ -9,10 +9,15 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <limits.h>
+#include <stdlib.h>
+
 #include <random>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_split.h"
 
 namespace sq {
 
@@ -114,6 +119,40 @@ std::string DirName(const std::string& path) {
 std::string BaseName(const std::string& path) {
   size_t pos = path.find_last_of('/');
   return pos == std::string::npos ? path : path.substr(pos + 1);
+}
+
+absl::StatusOr<std::string> ResolveInsideDirectory(const std::string& base_dir,
+                                                   const std::string& location) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat("'", location, "' ", why));
+  };
+  if (location.empty()) return bad("is empty");
+  if (location[0] == '/' || location.find('\\') != std::string::npos) {
+    return bad("is absolute; only paths inside the model's directory are allowed");
+  }
+  for (absl::string_view part : absl::StrSplit(location, '/')) {
+    if (part == "..") return bad("escapes the model's directory ('..')");
+  }
+  std::string joined = absl::StrCat(base_dir, "/", location);
+  char resolved[PATH_MAX];
+  if (realpath(joined.c_str(), resolved) == nullptr) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      return absl::NotFoundError(absl::StrCat("'", location, "' does not exist"));
+    }
+    return ErrnoStatus(errno, "cannot resolve", location);
+  }
+  std::string path = resolved;
+  std::string base_prefix = base_dir == "/" ? "/" : base_dir + "/";
+  if (!absl::StartsWith(path, base_prefix)) {
+    return bad("leads outside the model's directory (symlink?)");
+  }
+  struct stat st;
+  if (stat(path.c_str(), &st) != 0) return ErrnoStatus(errno, "cannot stat", location);
+  if (!S_ISREG(st.st_mode)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("'", location, "' is not a regular file (a directory, FIFO or device)"));
+  }
+  return path;
 }
 
 absl::StatusOr<std::unique_ptr<AtomicFile>> AtomicFile::Create(const std::string& final_path) {

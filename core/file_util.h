@@ -89,6 +89,16 @@ int64_t PeakRssBytes();
 std::string DirName(const std::string& path);
 std::string BaseName(const std::string& path);
 
+// The containment rule for files a model refers to (external data): `location` must be
+// a relative path without "..", and once every symlink is resolved it must still lie
+// inside `base_dir` (itself already resolved by realpath). Returns the resolved absolute
+// path. Errors: InvalidArgument (empty, absolute, "..", backslash, or leading outside
+// `base_dir`, or not a regular file: a FIFO, a device or a directory), NotFound (no such
+// file), or the errno-derived status of realpath.
+// The engine and the client (which uploads those files) both use this one rule.
+absl::StatusOr<std::string> ResolveInsideDirectory(const std::string& base_dir,
+                                                   const std::string& location);
+
 }  // namespace sq
 
 #endif  // SQ_CORE_FILE_UTIL_H_

@@ -1,5 +1,7 @@
 #include "server/client.h"
 
+#include <limits.h>
+#include <stdlib.h>
 #include <sys/stat.h>
 
 #include <cstdio>
@@ -8,6 +10,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "core/file_util.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/io/zero_copy_stream_impl.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -113,21 +116,29 @@ absl::StatusOr<std::vector<LocalFile>> SqClient::ModelFiles(const std::string& o
       for (const auto& a : n.attribute()) CollectAttribute(a, &locations);
     }
   }
-  fs::path dir = fs::path(onnx_path).parent_path();
   std::vector<LocalFile> files;
   files.push_back({onnx_path, fs::path(onnx_path).filename().string()});
+  if (locations.empty()) return files;
+  // The same containment rule as the engine's (core/file_util.h): a location that is
+  // absolute, climbs with "..", or whose symlinks lead out of the model's folder is refused
+  // before anything is read, so a model cannot make sqctl upload files from elsewhere.
+  char resolved_dir[PATH_MAX];
+  std::string dir = DirName(onnx_path);
+  if (realpath(dir.c_str(), resolved_dir) == nullptr) {
+    return absl::NotFoundError(absl::StrCat("cannot resolve the folder of ", onnx_path));
+  }
   for (const std::string& loc : locations) {
+    auto resolved = ResolveInsideDirectory(resolved_dir, loc);
+    if (!resolved.ok()) {
+      return absl::Status(resolved.status().code(),
+                          absl::StrCat(onnx_path, " references external data ",
+                                       resolved.status().message()));
+    }
     if (absl::Status st = server::ValidateRelativeName(loc); !st.ok()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(onnx_path, " references external data outside its folder: ", loc));
+          absl::StrCat(onnx_path, " references external data with a name the server refuses: ", loc));
     }
-    fs::path p = dir / loc;
-    std::error_code ec;
-    if (!fs::is_regular_file(p, ec)) {
-      return absl::NotFoundError(absl::StrCat("external data file ", p.string(), " (referenced by ",
-                                              onnx_path, ") not found"));
-    }
-    files.push_back({p.string(), loc});
+    files.push_back({*resolved, loc});
   }
   return files;
 }
