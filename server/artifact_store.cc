@@ -22,6 +22,10 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// How old an unlocked entry of tmp/ must be before the sweep removes it: the instant
+// between a temporary directory's mkdir and its flock, with a wide margin.
+const absl::Duration kTempGrace = absl::Seconds(2);
+
 absl::Status ErrnoStatus(int err, absl::string_view what, absl::string_view path) {
   std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(err));
   if (err == ENOSPC || err == EDQUOT) return absl::ResourceExhaustedError(msg);
@@ -199,21 +203,53 @@ absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::st
           absl::StrCat("cannot create ", abs, "/", sub, ": ", ec.message()));
     }
   }
-  // Leftovers of uploads and deletions interrupted by a crash. Only entries older than a
-  // minute are removed: another live server may share this directory.
-  auto now = fs::file_time_type::clock::now();
-  for (const auto& entry : fs::directory_iterator(fs::path(abs) / "tmp", ec)) {
-    std::error_code ec2;
-    auto t = fs::last_write_time(entry.path(), ec2);
-    if (!ec2 && now - t > std::chrono::minutes(1)) RemoveTree(entry.path().string());
-  }
-  return std::unique_ptr<ArtifactStore>(new ArtifactStore(abs));
+  // Leftovers of uploads and deletions interrupted by a crash. Another live server may
+  // share this directory: its entries are flock()ed and stay.
+  std::unique_ptr<ArtifactStore> store(new ArtifactStore(abs));
+  store->SweepTemp(kTempGrace);
+  return store;
 }
 
-absl::StatusOr<std::string> ArtifactStore::MakeTempDir(absl::string_view prefix) const {
-  std::string dir = absl::StrCat(root_, "/tmp/", prefix, "-", NewJobId());
-  if (::mkdir(dir.c_str(), 0755) != 0) return ErrnoStatus(errno, "mkdir", dir);
-  return dir;
+int ArtifactStore::SweepTemp(absl::Duration grace) const {
+  int removed = 0;
+  std::error_code ec;
+  const auto now = fs::file_time_type::clock::now();
+  const auto grace_chrono = absl::ToChronoSeconds(grace);
+  for (const auto& entry : fs::directory_iterator(fs::path(root_) / "tmp", ec)) {
+    const std::string path = entry.path().string();
+    std::error_code ec2;
+    auto t = fs::last_write_time(entry.path(), ec2);
+    if (ec2 || now - t < grace_chrono) continue;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      if (errno == ELOOP) {  // a symlink: never followed, just removed
+        ::unlink(path.c_str());
+        ++removed;
+      }
+      continue;
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) == 0) {  // nobody alive holds it
+      RemoveTree(path);
+      ++removed;
+    }
+    ::close(fd);
+  }
+  return removed;
+}
+
+absl::StatusOr<ArtifactStore::TempDir> ArtifactStore::MakeTempDir(absl::string_view prefix) const {
+  TempDir out;
+  out.path = absl::StrCat(root_, "/tmp/", prefix, "-", NewJobId());
+  if (::mkdir(out.path.c_str(), 0755) != 0) return ErrnoStatus(errno, "mkdir", out.path);
+  int fd = ::open(out.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0 || ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    absl::Status st = ErrnoStatus(errno, "lock", out.path);
+    if (fd >= 0) ::close(fd);
+    RemoveTree(out.path);
+    return st;
+  }
+  out.lock = std::make_unique<JobLock>(fd);
+  return out;
 }
 
 absl::StatusOr<std::unique_ptr<UploadSession>> ArtifactStore::BeginUpload(
@@ -231,9 +267,10 @@ absl::StatusOr<std::unique_ptr<UploadSession>> ArtifactStore::BeginUpload(
           absl::StrCat("sha256 of ", f.name, " is not 64 lower-case hex digits"));
     }
   }
+  SweepTemp(kTempGrace);
   auto dir = MakeTempDir("upload");
   if (!dir.ok()) return dir.status();
-  std::unique_ptr<UploadSession> session(new UploadSession(this, *dir, std::move(files)));
+  std::unique_ptr<UploadSession> session(new UploadSession(this, *std::move(dir), std::move(files)));
   if (absl::Status st = session->OpenCurrent(); !st.ok()) return st;
   return session;
 }
@@ -345,9 +382,12 @@ absl::Status ArtifactStore::DeleteJob(const std::string& job_id) {
 
 // ---- uploads ----------------------------------------------------------------------------
 
-UploadSession::UploadSession(const ArtifactStore* store, std::string temp_dir,
+UploadSession::UploadSession(const ArtifactStore* store, ArtifactStore::TempDir temp_dir,
                              std::vector<StoredFile> files)
-    : store_(store), temp_dir_(std::move(temp_dir)), files_(std::move(files)) {
+    : store_(store),
+      temp_dir_(std::move(temp_dir.path)),
+      files_(std::move(files)),
+      temp_lock_(std::move(temp_dir.lock)) {
   for (const StoredFile& f : files_) declared_ += f.size;
   computed_sha_.resize(files_.size());
 }
@@ -361,6 +401,7 @@ void UploadSession::Abort() {
   fd_ = -1;
   if (!temp_dir_.empty()) RemoveTree(temp_dir_);
   temp_dir_.clear();
+  temp_lock_.reset();
   done_ = true;
 }
 
@@ -456,6 +497,7 @@ absl::StatusOr<UploadSession::Result> UploadSession::Commit() {
   }
   SyncDir(store_->root() + "/models");
   temp_dir_.clear();
+  temp_lock_.reset();
   done_ = true;
   return result;
 }

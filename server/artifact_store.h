@@ -27,6 +27,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/strings/string_view.h"
 
 namespace sq::server {
@@ -67,7 +68,9 @@ std::string NewJobId();
 // The manifest text whose SHA-256 is the model id.
 std::string ManifestText(const std::vector<StoredFile>& files);
 
-// An exclusive flock() on a job's lock file, released on destruction (or process death).
+// An exclusive flock() on a job's lock file or a temporary directory, released on
+// destruction (or process death, which is how the sweep of tmp/ tells abandoned entries
+// from live ones).
 class JobLock {
  public:
   explicit JobLock(int fd) : fd_(fd) {}
@@ -113,8 +116,19 @@ class ArtifactStore {
   // Removes the job's folder: renamed into tmp/ first (so it vanishes at once), then deleted.
   absl::Status DeleteJob(const std::string& job_id);
 
-  // A fresh private directory under tmp/.
-  absl::StatusOr<std::string> MakeTempDir(absl::string_view prefix) const;
+  // A fresh private directory under tmp/, flock()ed for as long as `lock` lives.
+  struct TempDir {
+    std::string path;
+    std::unique_ptr<JobLock> lock;
+  };
+  absl::StatusOr<TempDir> MakeTempDir(absl::string_view prefix) const;
+
+  // Removes every entry of tmp/ that no live process holds (its flock can be taken) and
+  // that is older than `grace` (which covers the instant between a directory's mkdir and
+  // its flock). Called by Open and before every upload, so what a crashed server left
+  // behind goes as soon as any server sharing the directory works again. Returns the
+  // number of entries removed.
+  int SweepTemp(absl::Duration grace) const;
 
  private:
   explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
@@ -149,7 +163,8 @@ class UploadSession {
 
  private:
   friend class ArtifactStore;
-  UploadSession(const ArtifactStore* store, std::string temp_dir, std::vector<StoredFile> files);
+  UploadSession(const ArtifactStore* store, ArtifactStore::TempDir temp_dir,
+                std::vector<StoredFile> files);
   absl::Status OpenCurrent();
   absl::Status CloseCurrent();
 
@@ -163,6 +178,7 @@ class UploadSession {
   int64_t received_ = 0;
   int64_t declared_ = 0;
   std::unique_ptr<Sha256> hasher_;
+  std::unique_ptr<JobLock> temp_lock_;  // marks temp_dir_ as live for SweepTemp
   bool done_ = false;
 };
 

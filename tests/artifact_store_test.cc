@@ -2,6 +2,7 @@
 // left behind by abandoned or failed uploads), job locks and deletion.
 #include "server/artifact_store.h"
 
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -176,6 +177,45 @@ TEST_F(ArtifactStoreTest, OpenRemovesStaleTemporaries) {
   auto reopened = ArtifactStore::Open(root_.string());
   ASSERT_TRUE(reopened.ok());
   EXPECT_FALSE(fs::exists(stale));
+}
+
+
+// A crashed upload leaves its temporary directory unlocked; a live one is flock()ed. The
+// sweep (at Open and before every upload) removes exactly the abandoned ones.
+TEST_F(ArtifactStoreTest, SweepRemovesUploadsAbandonedByACrashAndKeepsLiveOnes) {
+  auto live = store_->BeginUpload({{"m.onnx", 4, ""}});
+  ASSERT_TRUE(live.ok()) << live.status();
+  ASSERT_TRUE((*live)->Append("ab").ok());
+
+  // A child process starts an upload, writes some bytes and dies without cleaning up.
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    auto s = ArtifactStore::Open(root_.string());
+    if (!s.ok()) ::_exit(2);
+    auto u = (*s)->BeginUpload({{"big.onnx", 1 << 20, ""}});
+    if (!u.ok() || !(*u)->Append(std::string(4096, 'x')).ok()) ::_exit(3);
+    ::_exit(0);  // no destructors: exactly what a SIGKILL leaves
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(CountEntries(root_ / "tmp") > 0, true);
+  size_t before = 0;
+  for (const auto& e : fs::directory_iterator(root_ / "tmp")) before += e.is_directory();
+  EXPECT_EQ(before, 2u);  // ours and the dead child's
+
+  // Within the grace period nothing goes; after it only the dead upload does.
+  EXPECT_EQ(store_->SweepTemp(absl::Hours(1)), 0);
+  EXPECT_EQ(store_->SweepTemp(absl::ZeroDuration()), 1);
+  size_t after = 0;
+  for (const auto& e : fs::directory_iterator(root_ / "tmp")) after += e.is_directory();
+  EXPECT_EQ(after, 1u);
+  ASSERT_TRUE((*live)->Append("cd").ok());
+  auto done = (*live)->Commit();
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
 }
 
 }  // namespace

@@ -280,6 +280,163 @@ TEST_F(ServerE2ETest, BadModelFailsTheJobWithTheEnginesMessage) {
   EXPECT_EQ(c->Report(job.job_id()).status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// Names are bytes an exporter chose: invalid UTF-8 in them once reached a proto string
+// and a JSON dump, and the uncaught exception killed the server with every job on it.
+TEST_F(ServerE2ETest, NonUtf8NamesAreEscapedAndTheServerKeepsServing) {
+  onnx::ModelProto m;
+  {
+    std::ifstream in(model_, std::ios::binary);
+    ASSERT_TRUE(m.ParseFromIstream(&in));
+  }
+  const std::string bad_name = "mm\xff\xfe\xc3(";
+  m.mutable_graph()->mutable_node(0)->set_name(bad_name);
+  m.mutable_graph()->mutable_initializer(0)->set_name("w\x80");
+  m.mutable_graph()->mutable_node(0)->set_input(1, "w\x80");
+  std::string path = (dir_ / "names.onnx").string();
+  {
+    std::ofstream out(path, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+  }
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(path);
+  ASSERT_TRUE(up.ok()) << up.status();
+  auto info = c->Inspect(up->model_id());
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->layers_size(), 2);
+  EXPECT_EQ(info->layers(0).name(), "mm\\xFF\\xFE\\xC3(");
+  auto job = SubmitOrDie(*c, up->model_id());
+  auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+  auto report = c->Report(job.job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "mm\\\\xFF\\\\xFE\\\\xC3("));
+  EXPECT_TRUE(absl::StrContains(report->json(), "w\\\\x80"));
+  // The server lives on and runs the next job.
+  auto up2 = c->UploadModel(model_);
+  ASSERT_TRUE(up2.ok());
+  auto job2 = SubmitOrDie(*c, up2->model_id());
+  auto done2 = c->Watch(job2.job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done2.ok());
+  EXPECT_EQ(done2->state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+// Crashers found by hand: a Conv weight of rank 200 (libonnx's Conv shape inference
+// read out of bounds) and an external-data offset whose sum with the length overflowed.
+// Each job fails with INVALID_ARGUMENT naming the problem; the server serves on.
+TEST_F(ServerE2ETest, HostileModelsFailTheirJobAndTheServerServesOn) {
+  std::vector<std::pair<std::string, std::vector<std::string>>> cases;  // (what, files)
+  {
+    onnx::ModelProto m;
+    m.set_ir_version(8);
+    m.add_opset_import()->set_version(13);
+    auto* g = m.mutable_graph();
+    auto* x = g->add_input();
+    x->set_name("x");
+    x->mutable_type()->mutable_tensor_type()->set_elem_type(1);
+    auto* w = g->add_initializer();
+    w->set_name("w");
+    w->set_data_type(1);
+    for (int i = 0; i < 200; ++i) w->add_dims(1);
+    w->add_float_data(1.0f);
+    auto* n = g->add_node();
+    n->set_op_type("Conv");
+    n->set_name("conv_rank200");
+    n->add_input("x");
+    n->add_input("w");
+    n->add_output("y");
+    g->add_output()->set_name("y");
+    std::string p = (dir_ / "rank200.onnx").string();
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+    cases.push_back({"rank 200", {p}});
+  }
+  {
+    onnx::ModelProto m;
+    {
+      std::ifstream in(model_, std::ios::binary);
+      ASSERT_TRUE(m.ParseFromIstream(&in));
+    }
+    std::ofstream(dir_ / "w.bin", std::ios::binary) << std::string(64 * 64 * 4, '\0');
+    auto* t = m.mutable_graph()->mutable_initializer(0);
+    t->clear_float_data();
+    t->set_data_location(onnx::TensorProto::EXTERNAL);
+    for (auto [k, v] : {std::pair<const char*, const char*>{"location", "w.bin"},
+                        {"offset", "9223372036854775798"}, {"length", "16384"}}) {
+      auto* e = t->add_external_data();
+      e->set_key(k);
+      e->set_value(v);
+    }
+    std::string p = (dir_ / "overflow.onnx").string();
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+    cases.push_back({"offset overflow", {p, (dir_ / "w.bin").string()}});
+  }
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  for (const auto& [what, paths] : cases) {
+    std::vector<client::LocalFile> files;
+    for (const auto& p : paths) files.push_back({p, fs::path(p).filename().string()});
+    auto up = c->Upload(files);
+    ASSERT_TRUE(up.ok()) << what << ": " << up.status();
+    auto job = SubmitOrDie(*c, up->model_id());
+    auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(30));
+    ASSERT_TRUE(done.ok()) << what << ": " << done.status();
+    EXPECT_EQ(done->state(), v1::JOB_STATE_FAILED) << what;
+    EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument))
+        << what << ": " << done->error().message();
+    auto health = c->Health();
+    ASSERT_TRUE(health.ok()) << what;
+    EXPECT_TRUE(*health);
+  }
+  EXPECT_TRUE(absl::StrContains(c->Inspect(c->Upload({{cases[0].second[0], "rank200.onnx"}})->model_id())
+                                    .status()
+                                    .message(),
+                                "rank 200"));
+}
+
+// sqctl submit uploads the files a model names; it must refuse the same models local
+// `quantize` refuses, before reading anything: a symlink out of the model's folder.
+TEST_F(ServerE2ETest, ClientRefusesExternalDataOutsideTheModelsFolder) {
+  onnx::ModelProto m;
+  {
+    std::ifstream in(model_, std::ios::binary);
+    ASSERT_TRUE(m.ParseFromIstream(&in));
+  }
+  auto* t = m.mutable_graph()->mutable_initializer(0);
+  t->clear_float_data();
+  t->set_data_location(onnx::TensorProto::EXTERNAL);
+  auto* e = t->add_external_data();
+  e->set_key("location");
+  e->set_value("passwd");
+  ASSERT_EQ(::symlink("/etc/passwd", (dir_ / "passwd").c_str()), 0);
+  std::string p = (dir_ / "symlink.onnx").string();
+  {
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+  }
+  auto files = SqClient::ModelFiles(p);
+  ASSERT_FALSE(files.ok());
+  EXPECT_EQ(files.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(files.status().message(), "outside the model's directory"))
+      << files.status();
+  e->set_value("../../etc/passwd");
+  {
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+  }
+  EXPECT_EQ(SqClient::ModelFiles(p).status().code(), absl::StatusCode::kInvalidArgument);
+  e->set_value("/etc/passwd");
+  {
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+  }
+  EXPECT_EQ(SqClient::ModelFiles(p).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   auto server = Start(Options(), std::make_shared<FakeEngine>());
   auto c = Connect(*server);
