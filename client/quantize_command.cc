@@ -52,12 +52,14 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --form F                   branches (3 ops + Adds, default) | folded (weights added, 1 op)
   --format F                 qdq (int codes + DequantizeLinear, default) | fake (FP32
                              dequantized weights) | split (FP32, split only)
-  --cluster-scope S          auto (tensor for MatMul/Gemm, channel for Conv) | tensor | channel
-  --kmeans M                 exact (default: the optimal 1-D 3-clustering) | reference (the
-                             paper's greedy k-means++ + Lloyd, fixed seed)
-  --boundaries B             kmeans (default: the k-means midpoints, as the paper) | quant
-                             (move the cuts to minimise each branch's quantization error;
-                             Conv layers under channel granularity, all under tensor)
+  --boundaries B             quant (default: cuts and per-branch ranges chosen for the
+                             branches' quantization error; tensor/channel granularity) |
+                             kmeans (the paper: k-means midpoints, min/max ranges)
+  --cluster-scope S          auto (default: the quantization slice with --boundaries quant;
+                             else tensor for MatMul/Gemm, channel for Conv) | tensor | channel
+  --kmeans M                 k-means for --boundaries kmeans and blocks: exact (default, the
+                             optimal 1-D 3-clustering) | reference (the paper's greedy
+                             k-means++ + Lloyd, fixed seed)
   --exclude REGEX            skip layers whose node name matches (repeatable)
   --exclude-op OP            skip an op type, e.g. Conv (repeatable)
   --min-elements N           skip weights with fewer elements (default 64)

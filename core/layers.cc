@@ -168,8 +168,17 @@ class Walker {
         g.channel_axis = c.channel_axis;
         g.reduction_axis = c.reduction_axis;
         bool conv = c.op_type == "Conv" || c.op_type == "ConvTranspose";
+        // auto: with quantization-aware boundaries (tensor and channel granularity) the
+        // clustering unit is the quantization slice (a channel, or the whole tensor), so
+        // each slice's cuts and ranges are chosen for that slice; otherwise (k-means
+        // boundaries, or blocks) the paper's choice: whole tensor for MatMul/Gemm, channel
+        // for convolutions.
+        const bool auto_per_channel =
+            options_.quant_aware_boundaries && options_.granularity != Granularity::kBlock
+                ? options_.granularity == Granularity::kChannel
+                : conv;
         g.cluster_per_channel = options_.cluster_scope == ClusterScope::kChannel ||
-                                (options_.cluster_scope == ClusterScope::kAuto && conv);
+                                (options_.cluster_scope == ClusterScope::kAuto && auto_per_channel);
         if (!c.problem.empty()) {
           g.selected = false;
           g.skip_reason = c.problem;

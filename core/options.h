@@ -36,7 +36,8 @@ enum class SplitForm {
 
 // Which values one 1-D k-means sees.
 enum class ClusterScope {
-  kAuto,     // as the paper: whole tensor for MatMul/Gemm, per output channel for Conv
+  kAuto,     // the quantization slice's unit (channel; tensor under tensor granularity);
+             // with --boundaries kmeans the paper's: tensor for MatMul/Gemm, channel for Conv
   kTensor,   // whole tensor for every layer kind
   kChannel,  // per output channel for every layer kind
 };
@@ -53,10 +54,12 @@ struct QuantizeOptions {
   // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
   // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.
   bool reference_kmeans = false;
-  // Opt-in: move the k-means cuts to minimise each branch's quantization error where the
-  // clustering unit is also the quantization slice (Conv under channel granularity, any
-  // layer under tensor granularity). Off = the paper's k-means boundaries.
-  bool quant_aware_boundaries = false;
+  // Quantization-aware split (default; core/transform/cuts.h), under tensor and channel
+  // granularity: cuts placed to minimise the branches' estimated quantization error and
+  // each branch's range shrunk where that lowers its actual error. Off = the paper's
+  // k-means boundaries and min/max ranges (`--boundaries kmeans`). Blocked granularity
+  // always uses k-means cuts.
+  bool quant_aware_boundaries = true;
 
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.

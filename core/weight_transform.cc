@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/kmeans.h"
+#include "core/transform/cuts.h"
 #include "core/status_macros.h"
 
 namespace sq {
@@ -299,6 +300,9 @@ int64_t EncodedBytes(int64_t n, const TransformConfig& c) {
 struct Clustering {
   std::vector<KMeans1DResult> units;
   int64_t unit_size = 0;
+  // Quantization-aware split only: per unit, the branches' range shrink factors
+  // {lo0, hi0, lo1, hi1, lo2, hi2} (applied where slices are the units).
+  std::vector<std::array<float, 6>> shrink;
 };
 
 KMeans1DResult ClusterValues(absl::Span<const float> v, ClusterMethod method,
@@ -316,43 +320,205 @@ void GatherUnit(const float* data, const AxisSplit& a, int64_t c, std::vector<fl
   }
 }
 
-// Whether the quantization-aware cut refinement applies to this tensor (see the header).
-bool RefinesCuts(const TransformConfig& c) {
-  return c.quant_aware_boundaries && c.split &&
+// Whether the quantization-aware split (core/transform/cuts.h) places the cuts: under
+// tensor and channel granularity. Its error model knows one range per branch and unit;
+// under blocked granularity every block has its own, and the model's cuts measured worse
+// than k-means's there (INT2), so blocks keep k-means cuts.
+bool QuantAwareCuts(const TransformConfig& c) {
+  return c.quant_aware_boundaries && c.split && c.granularity != Granularity::kBlock;
+}
+// Whether its range shrink factors apply: only where each clustering unit is exactly one
+// quantization slice (per-channel units under channel granularity, or the whole tensor
+// under tensor granularity). Blocked slices keep their min/max.
+bool ShrinksRanges(const TransformConfig& c) {
+  return QuantAwareCuts(c) &&
          ((c.cluster_per_channel && c.granularity == Granularity::kChannel) ||
           (!c.cluster_per_channel && c.granularity == Granularity::kTensor));
 }
 
-// `refine_spec` non-null: refine each unit's cuts for quantization under that spec.
+// Clusters one unit: the quantization-aware split when `spec` is non-null, else k-means.
+void ClusterUnit(absl::Span<const float> values, ClusterMethod method,
+                 const ParallelFor& parallel_for, const QuantSpec* spec, int64_t sample_size,
+                 KMeans1DResult* result, std::array<float, 6>* shrink) {
+  if (spec == nullptr) {
+    *result = ClusterValues(values, method, parallel_for);
+    return;
+  }
+  const QuantAwareSplit q = ChooseQuantAwareSplit(values, *spec, sample_size);
+  *result = q.clusters;
+  for (int b = 0; b < 3; ++b) {
+    (*shrink)[2 * b] = q.shrink_lo[b];
+    (*shrink)[2 * b + 1] = q.shrink_hi[b];
+  }
+}
+
+// The quantization-aware split of every column of a row-major [rows, cols] matrix, reading
+// it by rows: min/max and the final counts in row-range pieces (merged in any order: both
+// are order-independent), the sample rows (every SampleStride-th, as ChooseQuantAwareSplit
+// samples a unit) gathered per tile of columns. Same result as ChooseQuantAwareSplit on
+// each gathered column.
+void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const QuantSpec& spec,
+                       int64_t sample_size, const ParallelFor& parallel_for, Clustering& out) {
+  const int64_t stride = SampleStride(rows, sample_size);
+  const bool sampled = stride > 1;
+  constexpr int64_t kRowPiece = 64;
+  const int64_t pieces = (rows + kRowPiece - 1) / kRowPiece;
+  std::mutex mu;
+  std::vector<float> mn, mx;
+  if (sampled) {
+    mn.assign(cols, kInfF);
+    mx.assign(cols, -kInfF);
+    RunParallel(pieces, parallel_for, [&](int64_t pb, int64_t pe) {
+      std::vector<float> lmn(cols, kInfF), lmx(cols, -kInfF);
+      for (int64_t o = pb * kRowPiece; o < std::min(rows, pe * kRowPiece); ++o) {
+        const float* row = data + o * cols;
+        for (int64_t c = 0; c < cols; ++c) {
+          lmn[c] = row[c] < lmn[c] ? row[c] : lmn[c];
+          lmx[c] = row[c] > lmx[c] ? row[c] : lmx[c];
+        }
+      }
+      std::lock_guard<std::mutex> lock(mu);
+      for (int64_t c = 0; c < cols; ++c) {
+        mn[c] = std::min(mn[c], lmn[c]);
+        mx[c] = std::max(mx[c], lmx[c]);
+      }
+    });
+  }
+  constexpr int64_t kTile = 64;
+  const int64_t tiles = (cols + kTile - 1) / kTile;
+  std::vector<bool> need_kmeans(cols, false);
+  RunParallel(tiles, parallel_for, [&](int64_t tb, int64_t te) {
+    std::vector<float> sample;
+    for (int64_t t = tb; t < te; ++t) {
+      const int64_t c0 = t * kTile, c1 = std::min(cols, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        sample.clear();
+        for (int64_t o = 0; o < rows; o += stride) sample.push_back(data[o * cols + c]);
+        if (sampled) {
+          sample.push_back(mn[c]);
+          sample.push_back(mx[c]);
+        }
+        for (float& v : sample) v += 0.0f;
+        std::sort(sample.begin(), sample.end());
+        const QuantAwareSplit q = ChooseQuantAwareSplitFromSample(sample, rows, spec);
+        out.units[c] = q.clusters;
+        for (int b = 0; b < 3; ++b) {
+          out.shrink[c][2 * b] = q.shrink_lo[b];
+          out.shrink[c][2 * b + 1] = q.shrink_hi[b];
+        }
+        if (q.clusters.distinct_clusters < 3 && sampled) need_kmeans[c] = true;
+      }
+    }
+  });
+  if (!sampled) return;
+  // Columns whose sample had no cut: exact k-means on the gathered column (rare).
+  std::vector<float> column(rows);
+  for (int64_t c = 0; c < cols; ++c) {
+    if (!need_kmeans[c]) continue;
+    for (int64_t o = 0; o < rows; ++o) column[o] = data[o * cols + c];
+    out.units[c] = KMeans1D(column);
+  }
+  // Exact counts under the chosen cuts.
+  std::vector<float> t0(cols), t1(cols);
+  for (int64_t c = 0; c < cols; ++c) {
+    t0[c] = LowerThreshold(out.units[c].lower_boundary);
+    t1[c] = UpperThreshold(out.units[c].upper_boundary);
+  }
+  std::vector<int64_t> below(cols, 0), above(cols, 0);
+  RunParallel(pieces, parallel_for, [&](int64_t pb, int64_t pe) {
+    std::vector<int32_t> lb(cols, 0), la(cols, 0);
+    for (int64_t o = pb * kRowPiece; o < std::min(rows, pe * kRowPiece); ++o) {
+      const float* row = data + o * cols;
+      for (int64_t c = 0; c < cols; ++c) {
+        lb[c] += row[c] <= t0[c];
+        la[c] += row[c] >= t1[c];
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (int64_t c = 0; c < cols; ++c) {
+      below[c] += lb[c];
+      above[c] += la[c];
+    }
+  });
+  for (int64_t c = 0; c < cols; ++c) {
+    if (need_kmeans[c]) continue;  // k-means counted its own
+    KMeans1DResult& r = out.units[c];
+    if (r.distinct_clusters < 3) continue;
+    r.counts = {below[c], rows - below[c] - above[c], above[c]};
+  }
+}
+
+// `quant_spec` non-null: the quantization-aware split under that spec instead of k-means.
 Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
                        ClusterMethod method, const ParallelFor& parallel_for,
-                       const QuantSpec* refine_spec) {
+                       const QuantSpec* quant_spec) {
   Clustering out;
   if (units.kind == MapKind::kConst) {
     out.unit_size = n;
-    const absl::Span<const float> all = absl::MakeConstSpan(w.data, n);
-    out.units.push_back(ClusterValues(all, method, parallel_for));
-    if (refine_spec) out.units[0] = RefineCutsForQuantization(all, *refine_spec, out.units[0]);
+    out.units.resize(1);
+    out.shrink.resize(1);
+    ClusterUnit(absl::MakeConstSpan(w.data, n), method, parallel_for, quant_spec,
+                UnitSampleSize(1), &out.units[0], &out.shrink[0]);
+    if (!quant_spec) out.shrink.clear();
     return out;
   }
   const int64_t count = units.Count();
+  const int64_t sample_size = UnitSampleSize(count);
   out.unit_size = units.ax.O * units.ax.I;
   out.units.resize(static_cast<size_t>(count));
-  RunParallel(count, parallel_for, [&](int64_t ub, int64_t ue) {
+  if (quant_spec) out.shrink.resize(static_cast<size_t>(count));
+  // A channel on the innermost axis (a MatMul's output column) is a strided unit.
+  if (quant_spec && units.ax.I == 1 && units.ax.O > 1) {
+    QuantAwareColumns(w.data, units.ax.O, count, *quant_spec, sample_size, parallel_for, out);
+    return out;
+  }
+  // k-means on columns: gather kTile of them at once, reading whole row pieces, instead of
+  // one float per row.
+  constexpr int64_t kTile = 128;
+  const bool tiled = units.ax.I == 1 && units.ax.O > 1;
+  const int64_t tasks = tiled ? (count + kTile - 1) / kTile : count;
+  RunParallel(tasks, parallel_for, [&](int64_t tb, int64_t te) {
     std::vector<float> buf;
-    for (int64_t u = ub; u < ue; ++u) {
-      absl::Span<const float> values;
-      if (units.ax.O == 1) {  // contiguous: no copy
-        values = absl::MakeConstSpan(w.data + u * units.ax.I, units.ax.I);
+    std::array<float, 6> unused;
+    auto run = [&](int64_t u, absl::Span<const float> values) {
+      ClusterUnit(values, method, nullptr, quant_spec, sample_size, &out.units[u],
+                  quant_spec ? &out.shrink[u] : &unused);
+    };
+    for (int64_t t = tb; t < te; ++t) {
+      if (tiled) {
+        const int64_t u0 = t * kTile, width = std::min(kTile, count - u0), rows = units.ax.O;
+        buf.resize(static_cast<size_t>(width * rows));
+        for (int64_t o = 0; o < rows; ++o) {
+          const float* src = w.data + o * units.ax.D + u0;
+          for (int64_t c = 0; c < width; ++c) buf[c * rows + o] = src[c];
+        }
+        for (int64_t c = 0; c < width; ++c) {
+          run(u0 + c, absl::MakeConstSpan(buf.data() + c * rows, rows));
+        }
+      } else if (units.ax.O == 1) {  // contiguous: no copy
+        run(t, absl::MakeConstSpan(w.data + t * units.ax.I, units.ax.I));
       } else {
-        GatherUnit(w.data, units.ax, u, buf);
-        values = buf;
+        GatherUnit(w.data, units.ax, t, buf);
+        run(t, buf);
       }
-      out.units[u] = ClusterValues(values, method, nullptr);
-      if (refine_spec) out.units[u] = RefineCutsForQuantization(values, *refine_spec, out.units[u]);
     }
   });
   return out;
+}
+
+// Applies per-unit shrink factors to per-slice branch ranges (slice s = unit s).
+void ApplyShrink(const std::vector<std::array<float, 6>>& shrink, const std::vector<bool>& degenerate,
+                 int64_t slices, std::vector<float>& mn, std::vector<float>& mx) {
+  for (int64_t s = 0; s < slices && s < static_cast<int64_t>(shrink.size()); ++s) {
+    if (!degenerate.empty() && degenerate[s]) continue;
+    for (int b = 0; b < 3; ++b) {
+      float& lo = mn[b * slices + s];
+      float& hi = mx[b * slices + s];
+      if (lo > hi) continue;  // empty branch in this slice
+      lo = std::min(lo, 0.0f) * shrink[s][2 * b];
+      hi = std::max(hi, 0.0f) * shrink[s][2 * b + 1];
+    }
+  }
 }
 
 // Outcome of the clustering step shared by both implementations.
@@ -1198,6 +1364,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
 
   TransformResult result;
   SplitPlan plan;
+  std::vector<std::array<float, 6>> shrink;  // quantization-aware ranges (see ShrinksRanges)
   SliceRanges ranges;
   bool ranges_done = false;
   bool have_signal = false;  // signal energy already known (from the histogram)
@@ -1206,7 +1373,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   // (+ finiteness + signal energy), pass 2 = region ranges + window values.
   const bool fused = config.split && units.kind == MapKind::kConst &&
                      config.cluster_method == ClusterMethod::kFast &&
-                     n > kKMeansExactMaxElements && !RefinesCuts(config);
+                     n > kKMeansExactMaxElements && !QuantAwareCuts(config);
   if (fused) {
     const absl::Span<const float> values = absl::MakeConstSpan(weight.data, n);
     kmeans_internal::HistogramKMeansState state;
@@ -1270,8 +1437,9 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
     // Clustering reads the values (sorting NaN is undefined): check them first.
     if (FirstNonFinite(weight.data, n, parallel_for) >= 0) return non_finite_error();
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
-                                      RefinesCuts(config) ? &config.spec : nullptr);
+                                      QuantAwareCuts(config) ? &config.spec : nullptr);
     plan = PlanSplit(cl, n, true);
+    if (plan.split && ShrinksRanges(config)) shrink = cl.shrink;
   }
   if (config.split) {
     result.not_split_reason = plan.not_split_reason;
@@ -1302,6 +1470,9 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
       cs.max = hi + 0.0f;
     }
   }
+  // The branches quantize the shrunk ranges; the plain comparison keeps min/max.
+  std::vector<float> branch_mn = ranges.mn, branch_mx = ranges.mx;
+  if (!shrink.empty()) ApplyShrink(shrink, plan.degenerate, ranges.slices, branch_mn, branch_mx);
 
   const bool quantize = config.encoding != WeightEncoding::kFloatSplit;
   const bool plain = config.compute_plain_error && (plan.split || !quantize);
@@ -1326,7 +1497,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   for (int b = 0; b < nb; ++b) {
     BranchParams bp;
     fill(kp[b], bp, [&](int64_t s) {
-      return std::make_pair(ranges.mn[b * S + s], ranges.mx[b * S + s]);
+      return std::make_pair(branch_mn[b * S + s], branch_mx[b * S + s]);
     });
     if (quantize) result.params[b] = std::move(bp);
   }
@@ -1551,20 +1722,28 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
   TransformResult result;
   std::vector<int> cluster(n, 0);
   int nb = 1;
+  std::vector<std::array<float, 6>> unit_shrink;
+  std::vector<bool> unit_degenerate;
   if (config.split) {
     std::vector<std::vector<float>> unit_values(num_units);
     for (int64_t e = 0; e < n; ++e) unit_values[unit[e]].push_back(weight.data[e]);
     Clustering cl;
     cl.unit_size = num_units ? n / std::max<int64_t>(num_units, 1) : 0;
     for (const auto& v : unit_values) {
-      cl.units.push_back(config.cluster_method == ClusterMethod::kReference
-                             ? KMeans1DReference(v)
-                             : KMeans1D(v));
-      if (RefinesCuts(config)) {
-        cl.units.back() = RefineCutsForQuantization(v, config.spec, cl.units.back());
+      if (QuantAwareCuts(config)) {
+        const QuantAwareSplit q =
+            ChooseQuantAwareSplit(v, config.spec, UnitSampleSize(num_units));
+        cl.units.push_back(q.clusters);
+        cl.shrink.push_back({q.shrink_lo[0], q.shrink_hi[0], q.shrink_lo[1], q.shrink_hi[1],
+                             q.shrink_lo[2], q.shrink_hi[2]});
+      } else {
+        cl.units.push_back(config.cluster_method == ClusterMethod::kReference
+                               ? KMeans1DReference(v)
+                               : KMeans1D(v));
       }
     }
     const SplitPlan plan = PlanSplit(cl, n, true);
+    if (plan.split && ShrinksRanges(config)) unit_shrink = cl.shrink, unit_degenerate = plan.degenerate;
     result.not_split_reason = plan.not_split_reason;
     result.inertia = plan.inertia;
     result.degenerate_units = plan.degenerate_units;
@@ -1599,8 +1778,9 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
     cs.max += 0.0f;
   }
 
-  // Range of a slice: min / max of the branch's values there, zeros included.
-  auto choose = [&](const std::vector<float>& values) {
+  // Range of a slice: min / max of the branch's values there, zeros included; then, for
+  // the quantization-aware split where slices are units, the unit's shrink factors.
+  auto choose = [&](const std::vector<float>& values, int b) {
     std::vector<float> lo(num_slices, 0.0f), hi(num_slices, 0.0f);
     std::vector<bool> seen(num_slices, false);
     for (int64_t e = 0; e < n; ++e) {
@@ -1608,6 +1788,13 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
       lo[s] = seen[s] ? std::min(lo[s], values[e]) : values[e];
       hi[s] = seen[s] ? std::max(hi[s], values[e]) : values[e];
       seen[s] = true;
+    }
+    if (b >= 0 && !unit_shrink.empty()) {
+      for (int64_t s = 0; s < num_slices; ++s) {
+        if (unit_degenerate[s]) continue;
+        lo[s] = std::min(lo[s], 0.0f) * unit_shrink[s][2 * b];
+        hi[s] = std::max(hi[s], 0.0f) * unit_shrink[s][2 * b + 1];
+      }
     }
     BranchParams bp = layout;
     for (int64_t s = 0; s < num_slices; ++s) {
@@ -1634,7 +1821,7 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
       for (int64_t e = 0; e < n; ++e) total[e] += branch[b][e];
       continue;
     }
-    const BranchParams bp = choose(branch[b]);
+    const BranchParams bp = choose(branch[b], nb == 3 ? b : -1);
     std::vector<int32_t> q(n);
     std::vector<float> deq(n);
     for (int64_t e = 0; e < n; ++e) {
@@ -1663,7 +1850,7 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
   }
   if (config.compute_plain_error) {
     std::vector<float> whole(weight.data, weight.data + n);
-    const BranchParams bp = choose(whole);
+    const BranchParams bp = choose(whole, -1);
     for (int64_t e = 0; e < n; ++e) {
       const QuantParams q = param_of(bp, slice[e]);
       const double d = weight.data[e] -

@@ -66,9 +66,10 @@ struct TransformConfig {
   WeightEncoding encoding = WeightEncoding::kCodes;
   int storage_bits = 8;                // kCodes only: 8, 4 or 2 (>= spec.bits)
   ClusterMethod cluster_method = ClusterMethod::kFast;
-  // Move the k-means cuts to minimise the branches' quantization error
-  // (RefineCutsForQuantization). Applied only where a clustering unit is also the
-  // quantization slice: per-channel clustering with kChannel, per-tensor with kTensor.
+  // Quantization-aware split (core/transform/cuts.h) instead of k-means under kTensor and
+  // kChannel (blocked granularity keeps k-means cuts); the range shrink factors apply only
+  // where a clustering unit is also the quantization slice (per-channel clustering with
+  // kChannel, per-tensor with kTensor).
   bool quant_aware_boundaries = false;
   bool compute_plain_error = true;     // also measure plain (unsplit) quantization error
 };

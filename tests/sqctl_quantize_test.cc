@@ -22,7 +22,7 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
                               "--block-size", "16", "--symmetric", "--split", "off", "--form",
                               "folded", "--format", "fake", "--exclude", "a,b", "--exclude", "^c",
                               "--exclude-op", "Conv", "--threads", "3", "--report", "r.json",
-                              "--cluster-scope", "channel", "--external-data", "--target-opset", "21", "--kmeans", "reference", "--boundaries", "quant"});
+                              "--cluster-scope", "channel", "--external-data", "--target-opset", "21", "--kmeans", "reference", "--boundaries", "kmeans"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->input, "m.onnx");
   EXPECT_EQ(a->output, "o.onnx");
@@ -41,7 +41,7 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
   EXPECT_EQ(a->options.target_opset, 21);
   EXPECT_EQ(a->report_path, "r.json");
   EXPECT_TRUE(a->options.reference_kmeans);
-  EXPECT_TRUE(a->options.quant_aware_boundaries);
+  EXPECT_FALSE(a->options.quant_aware_boundaries);
 }
 
 TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {

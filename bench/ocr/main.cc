@@ -138,9 +138,9 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
     o.reference_kmeans = true;
   }
-  // SQ_BENCH_BOUNDARIES=quant turns on the quantization-aware cut refinement.
-  if (const char* b = std::getenv("SQ_BENCH_BOUNDARIES"); b && std::string(b) == "quant") {
-    o.quant_aware_boundaries = true;
+  // SQ_BENCH_BOUNDARIES=kmeans|quant picks the cut criterion (default: the engine's).
+  if (const char* b = std::getenv("SQ_BENCH_BOUNDARIES"); b && *b) {
+    o.quant_aware_boundaries = std::string(b) == "quant";
   }
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
   o.threads = threads;

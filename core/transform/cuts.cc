@@ -1,0 +1,306 @@
+#include "core/transform/cuts.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+namespace sq {
+namespace {
+
+constexpr int kShrinkSteps = 10;     // factors 1 - kShrinkStep * k, k = 0..kShrinkSteps
+constexpr float kShrinkStep = 0.05f;
+constexpr int kQuantileGrid = 16;
+
+float ShrinkFactor(int k) { return 1.0f - kShrinkStep * static_cast<float>(k); }
+
+// The values the search looks at, sorted: all of them for small units, else every k-th
+// value in index order plus the unit's min and max.
+std::vector<float> SortedSample(absl::Span<const float> values, int64_t sample_size) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  std::vector<float> s;
+  if (n <= sample_size) {
+    s.assign(values.begin(), values.end());
+  } else {
+    const int64_t stride = (n + sample_size - 1) / sample_size;
+    s.reserve(static_cast<size_t>(n / stride + 3));
+    float mn = values[0], mx = values[0];
+    for (int64_t k = 0; k < n; ++k) {  // branch-free: vectorises
+      mn = values[k] < mn ? values[k] : mn;
+      mx = values[k] > mx ? values[k] : mx;
+    }
+    for (int64_t k = 0; k < n; k += stride) s.push_back(values[k]);
+    s.push_back(mn);
+    s.push_back(mx);
+  }
+  for (float& v : s) v += 0.0f;  // -0 -> +0: the order never depends on the sign of zero
+  std::sort(s.begin(), s.end());
+  return s;
+}
+
+// Cut search on sorted values s: a cut at k puts s[0, k) below it.
+class CutSearch {
+ public:
+  CutSearch(const std::vector<float>& s, const QuantSpec& spec)
+      : s_(s), n_(static_cast<int64_t>(s.size())), spec_(spec),
+        levels_(static_cast<double>(spec.qmax() - spec.qmin())) {}
+
+  bool Valid(int64_t k) const { return k > 0 && k < n_ && s_[k - 1] < s_[k]; }
+  // The first valid cut at or after k (n_ if none).
+  int64_t SnapUp(int64_t k) const {
+    k = std::max<int64_t>(k, 1);
+    while (k < n_ && !Valid(k)) ++k;
+    return k;
+  }
+
+  // Estimated squared error of the three branches for cuts (i, j), 0 < i < j < n.
+  double Error(int64_t i, int64_t j) const {
+    return Branch(0, i, true) + Branch(i, j, false) + Branch(j, n_, true);
+  }
+
+  // Best (i, j): grid + tails, then local search. False when no valid pair exists.
+  bool Search(int64_t* bi, int64_t* bj) const {
+    std::vector<int64_t> lower, upper;
+    // Tail positions: up to kTailPositions, at most an eighth of the values.
+    const int64_t tails = std::min<int64_t>(kTailPositions, std::max<int64_t>(n_ / 8, 1));
+    for (int64_t k = 1; k <= std::min<int64_t>(tails, n_ - 1); ++k) {
+      lower.push_back(k);
+      upper.push_back(n_ - k);
+    }
+    for (int a = 1; a < kQuantileGrid; ++a) {
+      const int64_t k = n_ * a / kQuantileGrid;
+      lower.push_back(k);
+      upper.push_back(k);
+    }
+    for (auto* v : {&lower, &upper}) {
+      for (int64_t& k : *v) k = SnapUp(k);
+      std::sort(v->begin(), v->end());
+      v->erase(std::unique(v->begin(), v->end()), v->end());
+      while (!v->empty() && v->back() >= n_) v->pop_back();
+    }
+    // The outer branches' errors depend on one cut each: computed once per candidate.
+    std::vector<double> lower_err(lower.size()), upper_err(upper.size());
+    for (size_t a = 0; a < lower.size(); ++a) lower_err[a] = Branch(0, lower[a], true);
+    for (size_t b = 0; b < upper.size(); ++b) upper_err[b] = Branch(upper[b], n_, true);
+    double best = std::numeric_limits<double>::infinity();
+    int64_t i = -1, j = -1;
+    for (size_t a = 0; a < lower.size(); ++a) {
+      const int64_t ci = lower[a];
+      for (size_t b = 0; b < upper.size(); ++b) {
+        const int64_t cj = upper[b];
+        if (cj <= ci) continue;
+        const double e = lower_err[a] + Branch(ci, cj, false) + upper_err[b];
+        if (e < best) {
+          best = e;
+          i = ci;
+          j = cj;
+        }
+      }
+    }
+    if (i < 0) return false;
+    // Local search: move one cut at a time by `step` (to the next valid position).
+    for (int64_t step = std::max<int64_t>(1, n_ / (4 * kQuantileGrid));; step = step / 2) {
+      step = std::max<int64_t>(step, 1);
+      for (bool improved = true; improved;) {
+        improved = false;
+        for (int which = 0; which < 2; ++which) {
+          for (int dir : {-1, 1}) {
+            int64_t ci = i, cj = j;
+            int64_t& c = which == 0 ? ci : cj;
+            c += dir * step;
+            if (dir > 0) {
+              c = SnapUp(c);
+            } else {
+              while (c > 0 && !Valid(c)) --c;
+            }
+            if (!Valid(ci) || !Valid(cj) || ci >= cj) continue;
+            const double e = Error(ci, cj);
+            if (e < best) {
+              best = e;
+              i = ci;
+              j = cj;
+              improved = true;
+            }
+          }
+        }
+      }
+      if (step == 1) break;
+    }
+    *bi = i;
+    *bj = j;
+    return true;
+  }
+
+ private:
+  // Error of quantizing s[a, b) as one branch (range widened to 0). An outer branch of at
+  // most kExactBranchValues members is measured exactly; everything else is estimated.
+  double Branch(int64_t a, int64_t b, bool outer) const {
+    const int64_t count = b - a;
+    if (count <= 0) return 0;
+    const float lo = std::min(s_[a], 0.0f), hi = std::max(s_[b - 1], 0.0f);
+    if (outer && count <= kExactBranchValues) {
+      return BranchSquaredError(absl::MakeConstSpan(s_.data() + a, count), lo, hi, spec_);
+    }
+    const double step = (static_cast<double>(hi) - lo) / levels_;
+    return static_cast<double>(count) * step * step / 12.0;
+  }
+
+  const std::vector<float>& s_;
+  const int64_t n_;
+  const QuantSpec spec_;
+  const double levels_;
+};
+
+}  // namespace
+
+double BranchSquaredError(absl::Span<const float> members, float lo, float hi,
+                          const QuantSpec& spec) {
+  const QuantParams p = ChooseQuantParams(std::min(lo, 0.0f), std::max(hi, 0.0f), spec);
+  const float inv = 1.0f / p.scale;
+  const float zp = static_cast<float>(p.zero_point);
+  const float qmin = static_cast<float>(spec.qmin()), qmax = static_cast<float>(spec.qmax());
+  // Round half to even by the 1.5 * 2^23 trick (exact below 2^22; larger magnitudes
+  // saturate either way), so the loop vectorises without SSE4.1's roundps.
+  constexpr float kMagic = 12582912.0f;
+  const float scale = p.scale;
+  double total = 0;
+  // Float partial sums over chunks of 1024 bound the accumulation error; the inner loop
+  // is branch-free so it vectorises.
+  for (size_t begin = 0; begin < members.size(); begin += 1024) {
+    const size_t end = std::min(members.size(), begin + 1024);
+    float acc = 0;
+    size_t k = begin;
+#if defined(__SSE2__)
+    {
+      const __m128 vinv = _mm_set1_ps(inv), vmagic = _mm_set1_ps(kMagic), vzp = _mm_set1_ps(zp);
+      const __m128 vqmin = _mm_set1_ps(qmin), vqmax = _mm_set1_ps(qmax);
+      const __m128 vscale = _mm_set1_ps(scale);
+      __m128 vacc = _mm_setzero_ps();
+      for (; k + 4 <= end; k += 4) {
+        const __m128 x = _mm_loadu_ps(members.data() + k);
+        __m128 q = _mm_add_ps(_mm_sub_ps(_mm_add_ps(_mm_mul_ps(x, vinv), vmagic), vmagic), vzp);
+        q = _mm_min_ps(_mm_max_ps(q, vqmin), vqmax);
+        const __m128 d = _mm_sub_ps(x, _mm_mul_ps(_mm_sub_ps(q, vzp), vscale));
+        vacc = _mm_add_ps(vacc, _mm_mul_ps(d, d));
+      }
+      alignas(16) float lanes[4];
+      _mm_store_ps(lanes, vacc);
+      acc = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    }
+#endif
+    for (; k < end; ++k) {
+      const float x = members[k];
+      float q = (x * inv + kMagic) - kMagic + zp;
+      q = std::min(std::max(q, qmin), qmax);
+      const float d = x - (q - zp) * scale;
+      acc += d * d;
+    }
+    total += acc;
+  }
+  return total;
+}
+
+std::array<float, 2> SearchBranchShrink(absl::Span<const float> members, const QuantSpec& spec) {
+  if (members.empty()) return {1.0f, 1.0f};
+  float mn = 0.0f, mx = 0.0f;
+  for (float v : members) {
+    mn = std::min(mn, v);
+    mx = std::max(mx, v);
+  }
+  auto error = [&](int a, int b) {
+    return BranchSquaredError(members, mn * ShrinkFactor(a), mx * ShrinkFactor(b), spec);
+  };
+  int a = 0, b = 0;
+  double best = error(0, 0);
+  // Coordinate search; a side whose end is 0 has nothing to shrink.
+  for (int round = 0; round < 2; ++round) {
+    bool moved = false;
+    for (int side = 0; side < 2; ++side) {
+      if ((side == 0 && mn == 0.0f) || (side == 1 && mx == 0.0f)) continue;
+      for (int k = 0; k <= kShrinkSteps; ++k) {
+        const int ca = side == 0 ? k : a, cb = side == 1 ? k : b;
+        if (ca == a && cb == b) continue;
+        const double e = error(ca, cb);
+        if (e < best) {
+          best = e;
+          a = ca;
+          b = cb;
+          moved = true;
+        }
+      }
+    }
+    if (!moved) break;
+  }
+  return {ShrinkFactor(a), ShrinkFactor(b)};
+}
+
+int64_t UnitSampleSize(int64_t units) {
+  return std::clamp<int64_t>(kTensorSampleBudget / std::max<int64_t>(units, 1), kMinUnitSample,
+                             kMaxUnitSample);
+}
+
+int64_t SampleStride(int64_t n, int64_t sample_size) {
+  return n <= sample_size ? 1 : (n + sample_size - 1) / sample_size;
+}
+
+QuantAwareSplit ChooseQuantAwareSplitFromSample(const std::vector<float>& s, int64_t unit_size,
+                                                const QuantSpec& spec) {
+  QuantAwareSplit out;
+  CutSearch search(s, spec);
+  int64_t i = 0, j = 0;
+  if (!search.Search(&i, &j)) return out;  // distinct_clusters 0: caller decides
+  KMeans1DResult& r = out.clusters;
+  r.lower_boundary = (static_cast<double>(s[i - 1]) + s[i]) / 2;
+  r.upper_boundary = (static_cast<double>(s[j - 1]) + s[j]) / 2;
+  const int64_t cuts[4] = {0, i, j, static_cast<int64_t>(s.size())};
+  const double scale_up = static_cast<double>(unit_size) / static_cast<double>(s.size());
+  r.distinct_clusters = 3;
+  for (int c = 0; c < 3; ++c) {
+    double sum = 0, sum_sq = 0;
+    for (int64_t k = cuts[c]; k < cuts[c + 1]; ++k) {
+      sum += s[k];
+      sum_sq += static_cast<double>(s[k]) * s[k];
+    }
+    const double count = static_cast<double>(cuts[c + 1] - cuts[c]);
+    r.centers[c] = sum / count;
+    r.inertia += std::max(0.0, sum_sq - sum * r.centers[c]) * scale_up;
+    if (static_cast<int64_t>(s.size()) == unit_size) r.counts[c] = cuts[c + 1] - cuts[c];
+  }
+  for (int c = 0; c < 3; ++c) {
+    const auto shrink = SearchBranchShrink(
+        absl::MakeConstSpan(s.data() + cuts[c], cuts[c + 1] - cuts[c]), spec);
+    out.shrink_lo[c] = shrink[0];
+    out.shrink_hi[c] = shrink[1];
+  }
+  return out;
+}
+
+QuantAwareSplit ChooseQuantAwareSplit(absl::Span<const float> values, const QuantSpec& spec,
+                                      int64_t sample_size) {
+  const int64_t n = static_cast<int64_t>(values.size());
+  QuantAwareSplit out =
+      ChooseQuantAwareSplitFromSample(SortedSample(values, sample_size), n, spec);
+  if (out.clusters.distinct_clusters < 3) {
+    // No cut in the sample. A small unit is then degenerate; a sampled one may still
+    // have 3 distinct values: the exact 1-D k-means decides on all of them.
+    if (n > sample_size) out.clusters = KMeans1D(values);
+    return out;
+  }
+  if (n > sample_size) {
+    KMeans1DResult& r = out.clusters;
+    const float t0 = LowerThreshold(r.lower_boundary), t1 = UpperThreshold(r.upper_boundary);
+    int64_t below = 0, above = 0;
+    for (float v : values) {
+      below += v <= t0;
+      above += v >= t1;
+    }
+    r.counts = {below, n - below - above, above};
+  }
+  return out;
+}
+
+}  // namespace sq

@@ -1,0 +1,123 @@
+// The quantization-aware split of one unit (core/transform/cuts.h).
+#include "core/transform/cuts.h"
+
+#include <cmath>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace sq {
+namespace {
+
+std::vector<float> HeavyTailed(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::student_t_distribution<double> t(3.0);
+  std::vector<float> v(n);
+  for (size_t k = 0; k < n; ++k) v[k] = static_cast<float>(0.02 * t(rng));
+  return v;
+}
+
+// Actual squared error of the three branches under cuts (b0, b1) and per-branch shrink.
+double SplitError(const std::vector<float>& v, double b0, double b1, const QuantSpec& spec,
+                  const std::array<float, 3>& shrink_lo, const std::array<float, 3>& shrink_hi) {
+  std::vector<float> members[3];
+  for (float x : v) members[ClusterOf(x, b0, b1)].push_back(x);
+  double total = 0;
+  for (int c = 0; c < 3; ++c) {
+    float lo = 0, hi = 0;
+    for (float x : members[c]) {
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+    }
+    total += BranchSquaredError(members[c], lo * shrink_lo[c], hi * shrink_hi[c], spec);
+  }
+  return total;
+}
+
+TEST(CutsTest, BeatsKMeansCutsOnTheBranchesQuantizationError) {
+  for (int bits : {2, 3, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (size_t n : {size_t{200}, size_t{3000}, size_t{20000}}) {
+        QuantSpec spec{bits, symmetric};
+        const std::vector<float> v = HeavyTailed(n, bits * 100 + n);
+        const QuantAwareSplit q = ChooseQuantAwareSplit(v, spec);
+        ASSERT_EQ(q.clusters.distinct_clusters, 3);
+        const KMeans1DResult km = KMeans1D(v);
+        const double ours = SplitError(v, q.clusters.lower_boundary, q.clusters.upper_boundary,
+                                       spec, q.shrink_lo, q.shrink_hi);
+        const double paper = SplitError(v, km.lower_boundary, km.upper_boundary, spec, {1, 1, 1},
+                                        {1, 1, 1});
+        EXPECT_LT(ours, paper) << "bits " << bits << " sym " << symmetric << " n " << n;
+        // Counts are over all values and add up.
+        int64_t below = 0, above = 0;
+        for (float x : v) {
+          below += x <= q.clusters.lower_boundary;
+          above += x >= q.clusters.upper_boundary;
+        }
+        EXPECT_EQ(q.clusters.counts[0], below);
+        EXPECT_EQ(q.clusters.counts[2], above);
+        EXPECT_EQ(q.clusters.counts[0] + q.clusters.counts[1] + q.clusters.counts[2],
+                  static_cast<int64_t>(n));
+      }
+    }
+  }
+}
+
+TEST(CutsTest, DeterministicAndIndependentOfTheSignOfZero) {
+  std::vector<float> v = HeavyTailed(5000, 3);
+  v[10] = 0.0f;
+  std::vector<float> w = v;
+  w[10] = -0.0f;
+  const QuantSpec spec{4, false};
+  const QuantAwareSplit a = ChooseQuantAwareSplit(v, spec), b = ChooseQuantAwareSplit(w, spec);
+  EXPECT_EQ(a.clusters.lower_boundary, b.clusters.lower_boundary);
+  EXPECT_EQ(a.clusters.upper_boundary, b.clusters.upper_boundary);
+  EXPECT_EQ(a.shrink_lo, b.shrink_lo);
+  EXPECT_EQ(a.shrink_hi, b.shrink_hi);
+}
+
+TEST(CutsTest, DegenerateUnitsAreNotSplit) {
+  const QuantSpec spec{4, false};
+  EXPECT_LT(ChooseQuantAwareSplit(std::vector<float>(100, 0.5f), spec).clusters.distinct_clusters, 3);
+  std::vector<float> two(100, 0.5f);
+  two[3] = -1.0f;
+  EXPECT_LT(ChooseQuantAwareSplit(two, spec).clusters.distinct_clusters, 3);
+  // A large unit whose sample misses the third value still gets split (decided on all).
+  std::vector<float> big(100000, 0.5f);
+  big[1] = -1.0f;   // not on the sample stride...
+  big[2] = 2.0f;
+  big[3] = -1.0f;
+  const QuantAwareSplit q = ChooseQuantAwareSplit(big, spec, 1024);
+  EXPECT_EQ(q.clusters.distinct_clusters, 3);
+}
+
+TEST(CutsTest, ShrinkClipsALoneFarOutlierOnlyWhenThatLowersTheError) {
+  const QuantSpec spec{4, false};
+  std::vector<float> members = HeavyTailed(2000, 5);
+  for (float& x : members) x = std::abs(x);  // an upper branch: [0, max]
+  const auto none = SearchBranchShrink(members, spec);
+  float top = 0;
+  for (float x : members) top = std::max(top, x);
+  members.push_back(4 * top);  // one outlier stretches the step for all the others
+  const auto some = SearchBranchShrink(members, spec);
+  EXPECT_EQ(some[0], 1.0f);  // nothing below 0 to shrink
+  EXPECT_LT(some[1], 1.0f);
+  float mx = 0;
+  for (float x : members) mx = std::max(mx, x);
+  EXPECT_LE(BranchSquaredError(members, 0, mx * some[1], spec),
+            BranchSquaredError(members, 0, mx, spec));
+  (void)none;
+  EXPECT_EQ(SearchBranchShrink({}, spec), (std::array<float, 2>{1, 1}));
+}
+
+TEST(CutsTest, UnitSampleSizeSpreadsABudgetPerTensor) {
+  EXPECT_EQ(UnitSampleSize(1), kMaxUnitSample);
+  EXPECT_EQ(UnitSampleSize(100000), kMinUnitSample);
+  EXPECT_EQ(SampleStride(1000, 4096), 1);
+  EXPECT_EQ(SampleStride(8192, 4096), 2);
+  EXPECT_EQ(SampleStride(8193, 4096), 3);
+}
+
+}  // namespace
+}  // namespace sq
