@@ -176,10 +176,11 @@ void PrintJob(const v1::Job& j) {
   if (j.state() == v1::JOB_STATE_SUCCEEDED) {
     const auto& s = j.summary();
     std::printf("size      %s -> %s (%.2fx)\nlayers    %d found, %d quantized, %d split\n"
-                "sqnr      %.2f dB plain, %.2f dB split (mean)\n",
+                "sqnr      %.2f dB plain, %.2f dB split (mean)\n"
+                "bpw       %.2f stored bits per weight in the quantized layers, %.2f over the artifact\n",
                 Human(s.input_bytes()).c_str(), Human(s.output_bytes()).c_str(), s.compression_ratio(),
                 s.layers_found(), s.layers_quantized(), s.layers_split(), s.mean_sqnr_plain_db(),
-                s.mean_sqnr_split_db());
+                s.mean_sqnr_split_db(), s.quantized_bits_per_weight(), s.artifact_bits_per_weight());
     for (const auto& f : j.artifacts()) {
       std::printf("artifact  %s (%s, sha256 %s)\n", f.name().c_str(), Human(f.size()).c_str(), f.sha256().c_str());
     }

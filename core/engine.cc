@@ -206,6 +206,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   onnx::ModelProto& proto = model->proto();
   SQ_RETURN_IF_ERROR(ValidateModelStructure(proto));
   report.input_bytes = model->model_file_bytes() + model->external_bytes();
+  report.model_weight_elements = model->float_weight_elements();
   report.input_opset = DefaultDomainOpset(proto);
   clock.Mark("load");
   if (cancelled()) return kCancelled;
@@ -572,6 +573,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   std::map<const WeightGroup*, int> plan_of;
   for (size_t i = 0; i < plans.size(); ++i) plan_of[plans[i].group] = static_cast<int>(i);
   double sum_plain = 0, sum_split = 0;
+  int64_t quantized_bytes = 0, quantized_elements = 0;
   for (const WeightGroup& g : groups) {
     LayerReport l;
     l.name = g.uses[0].display_name;
@@ -614,6 +616,11 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     int64_t params = NumElementsOf(p.param_shape);
     l.bytes_after = tensors * p.data_bytes_per_tensor;
     if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
+    l.stored_bits_per_weight = n > 0 ? static_cast<double>(l.bytes_after) * 8 / n : 0;
+    if (l.quantized) {
+      quantized_bytes += l.bytes_after;
+      quantized_elements += NumElementsOf(g.shape);
+    }
     l.bias_split = p.bias_split;
     l.note = p.granularity_note;
     if (!g.other_consumers.empty()) {
@@ -635,6 +642,12 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     // Nothing was quantized: the split weights are exact.
     report.mean_sqnr_split_db = std::numeric_limits<double>::infinity();
   }
+  report.quantized_bits_per_weight =
+      quantized_elements > 0 ? static_cast<double>(quantized_bytes) * 8 / quantized_elements : 0;
+  report.artifact_bits_per_weight =
+      report.model_weight_elements > 0
+          ? static_cast<double>(report.output_bytes) * 8 / report.model_weight_elements
+          : 0;
   report.compression_ratio = report.output_bytes > 0
                                  ? static_cast<double>(report.input_bytes) / report.output_bytes
                                  : 0;

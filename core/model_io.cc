@@ -155,6 +155,14 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadedModel::FromBytes(const std::s
   m->base_dir_ = base_dir;
   m->model_file_bytes_ = static_cast<int64_t>(bytes.size());
   SQ_RETURN_IF_ERROR(m->ValidateExternalData());
+  ForEachTensor(m->model_.mutable_graph(), [&](onnx::TensorProto* t) {
+    const int dt = t->data_type();
+    if (dt == onnx::TensorProto::FLOAT || dt == onnx::TensorProto::FLOAT16 ||
+        dt == onnx::TensorProto::BFLOAT16 || dt == onnx::TensorProto::DOUBLE) {
+      const int64_t n = NumElements(*t);
+      if (n > 0) m->float_weight_elements_ += n;
+    }
+  });
   return m;
 }
 

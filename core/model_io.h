@@ -44,6 +44,9 @@ class LoadedModel {
   int64_t model_file_bytes() const { return model_file_bytes_; }
   int64_t external_bytes() const { return external_bytes_; }
   bool uses_external_data() const { return !external_files_.empty(); }
+  // Elements of every floating-point tensor that holds data (initializers, Constant and
+  // attribute tensors, in all graphs): the model's weights, for bits-per-weight figures.
+  int64_t float_weight_elements() const { return float_weight_elements_; }
 
   // The validated location of an external tensor (InvalidArgument if not external).
   absl::StatusOr<ExternalLocation> ExternalLocationOf(const onnx::TensorProto& t) const;
@@ -58,6 +61,7 @@ class LoadedModel {
   std::string base_dir_;
   int64_t model_file_bytes_ = 0;
   int64_t external_bytes_ = 0;
+  int64_t float_weight_elements_ = 0;
   std::map<std::string, int64_t> external_files_;  // resolved path -> size
   mutable absl::Mutex mu_;
   mutable std::map<std::string, std::unique_ptr<MappedFile>> maps_ ABSL_GUARDED_BY(mu_);

@@ -84,6 +84,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"sqnr_split_db", Db(l.sqnr_split_db)},
                       {"bytes_before", l.bytes_before},
                       {"bytes_after", l.bytes_after},
+                      {"stored_bits_per_weight", std::round(l.stored_bits_per_weight * 1000) / 1000},
                       {"note", l.note}});
   }
   nlohmann::json stages = nlohmann::json::array();
@@ -109,6 +110,9 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"layers_split", r.layers_split},
                       {"mean_sqnr_plain_db", Db(r.mean_sqnr_plain_db)},
                       {"mean_sqnr_split_db", Db(r.mean_sqnr_split_db)},
+                      {"quantized_bits_per_weight", std::round(r.quantized_bits_per_weight * 1000) / 1000},
+                      {"artifact_bits_per_weight", std::round(r.artifact_bits_per_weight * 1000) / 1000},
+                      {"model_weight_elements", r.model_weight_elements},
                       {"warnings", r.warnings},
                       {"layers", layers}};
   MakeStringsValidUtf8(j);
@@ -139,6 +143,9 @@ std::string ReportSummary(const ModelReport& r) {
         HumanBytes(r.input_bytes), HumanBytes(r.output_bytes), r.compression_ratio,
         DbText(r.mean_sqnr_plain_db), DbText(r.mean_sqnr_split_db)));
   }
+  absl::StrAppend(&out, absl::StrFormat(
+      "  stored bits per weight: %.2f in the quantized layers, %.2f over the whole artifact\n",
+      r.quantized_bits_per_weight, r.artifact_bits_per_weight));
   std::vector<std::string> stages;
   for (const auto& s : r.stages) stages.push_back(absl::StrFormat("%s %.2fs", s.stage, s.seconds));
   absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,

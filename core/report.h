@@ -39,6 +39,9 @@ struct LayerReport {
   double mse_plain = 0, mse_split = 0;
   int64_t bytes_before = 0;         // FP32 weight bytes
   int64_t bytes_after = 0;          // encoded weight bytes + scales/zero points
+  // bytes_after * 8 / elements: what each weight of this layer costs in the artifact, every
+  // branch's codes (in their real containers), scales and zero points counted.
+  double stored_bits_per_weight = 32;
   bool bias_split = false;
   std::string note;                 // e.g. a granularity fallback
 };
@@ -65,6 +68,12 @@ struct ModelReport {
   std::string external_data_path;   // relative to the output's directory, if any
   int layers_found = 0, layers_quantized = 0, layers_split = 0;
   double mean_sqnr_plain_db = 0, mean_sqnr_split_db = 0;  // over quantized layers
+  // Stored bits per weight: of the quantized layers (their bytes_after over their
+  // elements), and of the whole artifact (output bytes over every floating-point weight
+  // element of the input model, so FP32 leftovers, biases and graph overhead count too).
+  double quantized_bits_per_weight = 0;
+  double artifact_bits_per_weight = 0;
+  int64_t model_weight_elements = 0;
   std::vector<std::string> warnings;
   std::vector<LayerReport> layers;
 };

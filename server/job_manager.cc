@@ -563,6 +563,8 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
     s->set_mean_sqnr_plain_db(report.mean_sqnr_plain_db);
     s->set_mean_sqnr_split_db(report.mean_sqnr_split_db);
     s->set_total_seconds(report.total_seconds);
+    s->set_quantized_bits_per_weight(report.quantized_bits_per_weight);
+    s->set_artifact_bits_per_weight(report.artifact_bits_per_weight);
     e->job.mutable_progress()->set_stage("done");
   }
   if (metrics_) {

@@ -206,6 +206,18 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   auto p = Quantize(Path("big.onnx"), Path("p.onnx"), plain);
   ASSERT_TRUE(p.ok());
   EXPECT_GT(p->compression_ratio, 7.0);
+  // Stored bits per weight: three packed 4-bit branches plus per-channel scales and zero
+  // points, against one; the artifact figure counts every byte over every weight.
+  EXPECT_GT(r->quantized_bits_per_weight, 12.0);
+  EXPECT_LT(r->quantized_bits_per_weight, 13.0);
+  EXPECT_GT(p->quantized_bits_per_weight, 4.0);
+  EXPECT_LT(p->quantized_bits_per_weight, 4.4);
+  ASSERT_GT(p->model_weight_elements, 0);
+  EXPECT_DOUBLE_EQ(p->artifact_bits_per_weight,
+                   static_cast<double>(p->output_bytes) * 8 / p->model_weight_elements);
+  for (const LayerReport& l : p->layers) {
+    if (l.quantized) EXPECT_NEAR(l.stored_bits_per_weight, p->quantized_bits_per_weight, 0.5);
+  }
   // SplitQuant beats plain linear on heavy-tailed weights.
   EXPECT_GT(r->mean_sqnr_split_db, p->mean_sqnr_plain_db + 3.0);
   EXPECT_DOUBLE_EQ(p->mean_sqnr_plain_db, r->mean_sqnr_plain_db);
