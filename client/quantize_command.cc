@@ -48,7 +48,12 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --granularity G            tensor | channel | block (default channel)
   --block-size N             block length along the reduction axis (default 32)
   --symmetric                symmetric signed codes (default: asymmetric, integer zero point)
-  --split on|off             SplitQuant on (default) or plain linear quantization
+  --split on|off|auto        SplitQuant on (default), plain linear quantization, or per
+                             layer only where it gains >= 6.02 dB weight SQNR (one bit's
+                             worth); the report says what was chosen and why
+  --layer 'REGEX=K:V,...'    settings for layers whose node name matches (repeatable, first
+                             match wins); keys bits, granularity, block_size, symmetric
+                             (on|off), split (on|off|auto). E.g. --layer 'head=bits:8'
   --form F                   branches (3 ops + Adds, default) | folded (weights added, 1 op)
   --format F                 qdq (int codes + DequantizeLinear, default) | fake (FP32
                              dequantized weights) | split (FP32, split only)
@@ -150,13 +155,17 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
     } else if (flag == "split") {
       auto v = value();
       if (!v.ok()) return v.status();
-      if (*v == "on" || *v == "true") {
-        o.split = true;
-      } else if (*v == "off" || *v == "false") {
-        o.split = false;
-      } else {
-        return absl::InvalidArgumentError(absl::StrCat("--split wants on or off, got '", *v, "'"));
+      auto m = ParseSplitMode(*v);
+      if (!m.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--split wants on, off or auto, got '", *v, "'"));
       }
+      o.split = *m;
+    } else if (flag == "layer") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto lo = ParseLayerOverride(*v);
+      if (!lo.ok()) return absl::InvalidArgumentError(absl::StrCat("--layer: ", lo.status().message()));
+      o.layer_overrides.push_back(*std::move(lo));
     } else if (flag == "form") {
       auto v = value();
       if (!v.ok()) return v.status();

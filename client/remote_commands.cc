@@ -13,6 +13,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/options.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/client.h"
@@ -28,7 +29,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "min-elements",
+      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -239,9 +240,10 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   if (a.Has("symmetric")) o->set_symmetric(true);
   if (a.Has("split")) {
     std::string s = a.Get("split");
-    if (s == "on" || s == "true") o->set_split(true);
-    else if (s == "off" || s == "false") o->set_split(false);
-    else return absl::InvalidArgumentError("--split wants on or off, got '" + s + "'");
+    if (s == "on" || s == "true") o->set_split_mode(v1::SPLIT_MODE_ON);
+    else if (s == "off" || s == "false") o->set_split_mode(v1::SPLIT_MODE_OFF);
+    else if (s == "auto") o->set_split_mode(v1::SPLIT_MODE_AUTO);
+    else return absl::InvalidArgumentError("--split wants on, off or auto, got '" + s + "'");
   }
   if (a.Has("form")) {
     std::string f = a.Get("form");
@@ -265,6 +267,15 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   }
   if (auto it = a.values.find("exclude"); it != a.values.end()) {
     for (const auto& v : it->second) o->add_exclude_name_patterns(v);
+  }
+  if (auto it = a.values.find("layer"); it != a.values.end()) {
+    for (const auto& v : it->second) {
+      // Checked here for a clear CLI error; the server validates again at submit.
+      if (auto lo = ParseLayerOverride(v); !lo.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--layer: ", lo.status().message()));
+      }
+      o->add_layer_overrides(v);
+    }
   }
   if (auto it = a.values.find("exclude-op"); it != a.values.end()) {
     for (const auto& v : it->second) o->add_exclude_op_types(v);
@@ -427,7 +438,7 @@ bool IsRemoteCommand(const std::string& command) {
 std::string RemoteUsage() {
   return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
                                     (engine options as for quantize: --bits --granularity
-                                    --block-size --symmetric --split --form --format --exclude
+                                    --block-size --symmetric --split --layer --form --format --exclude
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes

@@ -7,10 +7,12 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/file_util.h"
 #include "core/layers.h"
@@ -174,6 +176,56 @@ void CollectInitializers(onnx::GraphProto* g, std::vector<onnx::TensorProto*>* o
 
 std::string Plural(size_t n, const char* word) { return absl::StrCat(n, " ", word, n == 1 ? "" : "s"); }
 
+// Runs fn over [0, n) on `threads` threads (contiguous ranges; results must not depend on
+// the cut, which TransformWeight guarantees).
+ParallelFor ThreadsFor(int threads) {
+  if (threads <= 1) return nullptr;
+  return [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
+    const int used = static_cast<int>(std::min<int64_t>(threads, n));
+    std::vector<std::thread> helpers;
+    for (int t = 1; t < used; ++t) helpers.emplace_back([&, t] { fn(n * t / used, n * (t + 1) / used); });
+    if (used > 0) fn(0, n / used);
+    for (auto& h : helpers) h.join();
+  };
+}
+
+struct SplitGain {
+  double plain_db = 0, split_db = 0;
+};
+
+// --split auto: the layer's weight SQNR plain and split under its options, by a dry run of
+// the transform that writes nothing.
+absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGroup& g,
+                                           const QuantizeOptions& options, int threads) {
+  TransformConfig c;
+  c.spec.bits = options.bits;
+  c.spec.symmetric = options.symmetric;
+  c.granularity = options.granularity;
+  if (c.granularity == Granularity::kBlock && g.shape.size() > 2 &&
+      g.shape[g.reduction_axis] < options.block_size) {
+    c.granularity = Granularity::kChannel;  // as PlanGroup does for short reduction axes
+  }
+  c.block_size = options.block_size;
+  c.split = true;
+  c.cluster_per_channel = g.cluster_per_channel;
+  c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
+  c.quant_aware_boundaries = options.quant_aware_boundaries;
+  c.encoding = WeightEncoding::kDequantizedSum;
+  c.compute_plain_error = true;
+  WeightView view;
+  view.data = w.data;
+  view.shape = g.shape;
+  view.channel_axis = g.channel_axis;
+  view.reduction_axis = g.reduction_axis;
+  auto r = TransformWeight(view, c, [](int, int64_t, const uint8_t*, size_t) {}, ThreadsFor(threads));
+  if (!r.ok()) {
+    return absl::Status(r.status().code(), absl::StrCat("layer weight '", g.weight_name, "': ",
+                                                        r.status().message()));
+  }
+  return SplitGain{SqnrDb(r->signal_energy, r->plain_error_energy),
+                   SqnrDb(r->signal_energy, r->split_error_energy)};
+}
+
 }  // namespace
 
 const char* Version() { return SQ_VERSION; }
@@ -214,8 +266,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   // --- opset conversion (qdq only) ------------------------------------------------------
   StoragePlan storage;
   if (options.format == OutputFormat::kQdq) {
-    SQ_ASSIGN_OR_RETURN(storage, ChooseStorage(options, report.input_opset));
-    if (!storage.note.empty()) report.warnings.push_back(storage.note);
+    SQ_ASSIGN_OR_RETURN(storage, ChooseModelStorage(options, report.input_opset));
     if (storage.opset > report.input_opset) {
       progress("convert");
       absl::Status s = ConvertOpset(&proto, storage.opset);
@@ -258,20 +309,45 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     f.ReleasePages();
     return v;
   };
+  const int threads = std::max(1, options.threads > 0 ? options.threads
+                                                      : static_cast<int>(std::thread::hardware_concurrency()));
+  std::set<std::string> storage_notes;
   for (GroupPlan& p : plans) {
     WeightGroup& g = *p.group;
-    if (!options.split) {
+    // The layer's own settings (global options, or the first matching --layer override).
+    p.settings = SettingsForLayer(options, g.uses[0].display_name);
+    const QuantizeOptions layer_options = OptionsForLayer(options, p.settings);
+    g.cluster_per_channel = ClusterPerChannel(options, p.settings.granularity, g.op_type);
+    StoragePlan layer_storage = storage;
+    if (options.format == OutputFormat::kQdq) {
+      QuantizeOptions at_opset = layer_options;
+      at_opset.target_opset = storage.opset;
+      SQ_ASSIGN_OR_RETURN(layer_storage, ChooseStorage(at_opset, report.input_opset));
+      if (!layer_storage.note.empty()) storage_notes.insert(layer_storage.note);
+    }
+    if (p.settings.split == SplitMode::kOff) {
       p.split = false;
+      p.not_split_reason = "split off";
     } else if (g.shape[g.channel_axis] < 3) {
       p.not_split_reason = "fewer than 3 output channels";
     } else {
       SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(*model, *g.weight.tensor));
       p.split = AnyUnitHasThreeDistinct(w.data, g.shape, g.channel_axis, g.cluster_per_channel);
       if (!p.split) p.not_split_reason = "fewer than 3 distinct values";
+      if (p.split && p.settings.split == SplitMode::kAuto) {
+        SQ_ASSIGN_OR_RETURN(SplitGain gain, MeasureSplitGain(w, g, layer_options, threads));
+        p.auto_gain_db = gain.split_db - gain.plain_db;
+        p.split = p.auto_gain_db >= kAutoSplitMinGainDb;
+        p.split_decision = absl::StrFormat(
+            "auto: split SQNR %.1f dB vs plain %.1f dB, gain %.1f dB %s %.2f dB", gain.split_db,
+            gain.plain_db, p.auto_gain_db, p.split ? ">=" : "<", kAutoSplitMinGainDb);
+        if (!p.split) p.not_split_reason = p.split_decision;
+      }
       w.ReleasePages();
     }
-    SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, options, storage, bias_reader));
+    SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, layer_options, layer_storage, bias_reader));
   }
+  for (const std::string& note : storage_notes) report.warnings.push_back(note);
   SQ_RETURN_IF_ERROR(editor.ApplyGraphEdits());
   clock.Mark("discover");
   if (cancelled()) return kCancelled;
@@ -374,8 +450,6 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   for (size_t i = 0; i < copies.size(); ++i) tasks.push_back({-1, static_cast<int>(i), copies[i].size / 8});
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 
-  int threads = options.threads > 0 ? options.threads : static_cast<int>(std::thread::hardware_concurrency());
-  threads = std::max(1, threads);
   int64_t total_weight_elements = 0;
   for (const GroupPlan& p : plans) total_weight_elements += NumElementsOf(p.group->shape);
   std::vector<TransformResult> results(plans.size());
@@ -595,7 +669,15 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     l.quantized = options.format != OutputFormat::kSplit;
     l.split = r.split;
     l.not_split_reason = r.split ? "" : (p.not_split_reason.empty() ? r.not_split_reason : p.not_split_reason);
-    if (!options.split) l.not_split_reason = "split off";
+    l.bits = p.settings.bits;
+    l.granularity = ToString(p.config.granularity);
+    l.block_size = p.config.granularity == Granularity::kBlock ? p.settings.block_size : 0;
+    l.symmetric = p.settings.symmetric;
+    l.split_mode = ToString(p.settings.split);
+    if (p.settings.override_index >= 0) {
+      l.override_rule = ToString(options.layer_overrides[p.settings.override_index]);
+    }
+    l.split_decision = p.split_decision;
     for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
     l.degenerate_channels = r.degenerate_units;
     float smin = std::numeric_limits<float>::infinity(), smax = 0;

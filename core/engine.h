@@ -23,6 +23,11 @@
 
 namespace sq {
 
+// --split auto splits a layer when the split lowers its weight error by at least this much:
+// 6.02 dB is what one more bit per weight buys plain linear quantization, so a split that
+// gains less is worth less than a bit, while it costs two extra branches.
+inline constexpr double kAutoSplitMinGainDb = 6.02;
+
 struct Progress {
   std::string stage;        // "load", "discover", "convert", "transform", "write", "done"
   int layer_index = 0;      // layers finished so far in stage "transform"

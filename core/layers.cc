@@ -10,6 +10,21 @@
 #include "re2/re2.h"
 
 namespace sq {
+
+bool ClusterPerChannel(const QuantizeOptions& options, Granularity granularity,
+                       const std::string& op_type) {
+  if (options.cluster_scope != ClusterScope::kAuto) {
+    return options.cluster_scope == ClusterScope::kChannel;
+  }
+  // auto: with quantization-aware boundaries (tensor and channel granularity) the
+  // clustering unit is the quantization slice (a channel, or the whole tensor), so each
+  // slice's cuts and ranges are chosen for that slice; otherwise (k-means boundaries, or
+  // blocks) the paper's choice: whole tensor for MatMul/Gemm, channel for convolutions.
+  if (options.quant_aware_boundaries && granularity != Granularity::kBlock) {
+    return granularity == Granularity::kChannel;
+  }
+  return op_type == "Conv" || op_type == "ConvTranspose";
+}
 namespace {
 
 // One lexical scope: what names a graph defines, and its parent.
@@ -167,18 +182,7 @@ class Walker {
         g.shape.assign(c.weight->tensor->dims().begin(), c.weight->tensor->dims().end());
         g.channel_axis = c.channel_axis;
         g.reduction_axis = c.reduction_axis;
-        bool conv = c.op_type == "Conv" || c.op_type == "ConvTranspose";
-        // auto: with quantization-aware boundaries (tensor and channel granularity) the
-        // clustering unit is the quantization slice (a channel, or the whole tensor), so
-        // each slice's cuts and ranges are chosen for that slice; otherwise (k-means
-        // boundaries, or blocks) the paper's choice: whole tensor for MatMul/Gemm, channel
-        // for convolutions.
-        const bool auto_per_channel =
-            options_.quant_aware_boundaries && options_.granularity != Granularity::kBlock
-                ? options_.granularity == Granularity::kChannel
-                : conv;
-        g.cluster_per_channel = options_.cluster_scope == ClusterScope::kChannel ||
-                                (options_.cluster_scope == ClusterScope::kAuto && auto_per_channel);
+        g.cluster_per_channel = ClusterPerChannel(options_, options_.granularity, c.op_type);
         if (!c.problem.empty()) {
           g.selected = false;
           g.skip_reason = c.problem;

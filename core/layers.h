@@ -66,6 +66,11 @@ absl::StatusOr<std::vector<WeightGroup>> DiscoverLayers(onnx::ModelProto* model,
 // Op histogram over all graphs (op type -> count; other domains as "domain:Op").
 std::vector<std::pair<std::string, int64_t>> OpHistogram(const onnx::ModelProto& model);
 
+// Whether a layer of `op_type` quantized with `granularity` is clustered per output
+// channel (else per tensor), under options.cluster_scope (see ClusterScope::kAuto).
+bool ClusterPerChannel(const QuantizeOptions& options, Granularity granularity,
+                       const std::string& op_type);
+
 }  // namespace sq
 
 #endif  // SQ_CORE_LAYERS_H_

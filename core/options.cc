@@ -1,6 +1,10 @@
 #include "core/options.h"
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "re2/re2.h"
 
 namespace sq {
 namespace {
@@ -40,10 +44,115 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
     return Invalid("target_opset",
                    absl::StrCat("must be 0 (auto) or in 13..25, got ", options.target_opset));
   }
-  if (options.format == OutputFormat::kSplit && !options.split) {
+  if (ToString(options.split)[0] == '?') return Invalid("split", "unknown value");
+  if (options.format == OutputFormat::kSplit && options.split != SplitMode::kOn) {
     return Invalid("format", "format split needs split on");
   }
+  for (size_t i = 0; i < options.layer_overrides.size(); ++i) {
+    const LayerOverride& o = options.layer_overrides[i];
+    const std::string name = absl::StrCat("layer_overrides[", i, "] '", ToString(o), "'");
+    RE2 re(o.pattern, RE2::Quiet);
+    if (!re.ok()) return Invalid(name, absl::StrCat("bad regex: ", re.error()));
+    if (o.bits && (*o.bits < 2 || *o.bits > 8)) {
+      return Invalid(name, absl::StrCat("bits must be in 2..8, got ", *o.bits));
+    }
+    if (o.block_size && (*o.block_size < 2 || *o.block_size > 65536)) {
+      return Invalid(name, absl::StrCat("block_size must be in 2..65536, got ", *o.block_size));
+    }
+    if (o.granularity && ToString(*o.granularity)[0] == '?') return Invalid(name, "unknown granularity");
+    if (o.split && ToString(*o.split)[0] == '?') return Invalid(name, "unknown split mode");
+    if (o.split && options.format == OutputFormat::kSplit && *o.split != SplitMode::kOn) {
+      return Invalid(name, "format split needs split on");
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s) {
+  if (s == "on" || s == "true") return SplitMode::kOn;
+  if (s == "off" || s == "false") return SplitMode::kOff;
+  if (s == "auto") return SplitMode::kAuto;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown split mode '", s, "'; accepted: on, off, auto"));
+}
+
+absl::StatusOr<LayerOverride> ParseLayerOverride(absl::string_view spec) {
+  auto bad = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat("layer override '", spec, "': ", why));
+  };
+  const size_t eq = spec.rfind('=');
+  if (eq == absl::string_view::npos) return bad("expected REGEX=key:value[,key:value...]");
+  LayerOverride o;
+  o.pattern = std::string(spec.substr(0, eq));
+  if (o.pattern.empty()) return bad("empty regex");
+  RE2 re(o.pattern, RE2::Quiet);
+  if (!re.ok()) return bad(absl::StrCat("bad regex '", o.pattern, "': ", re.error()));
+  const absl::string_view settings = spec.substr(eq + 1);
+  if (settings.empty()) return bad("no settings after '='");
+  for (absl::string_view item : absl::StrSplit(settings, ',')) {
+    const size_t colon = item.find(':');
+    if (colon == absl::string_view::npos) return bad(absl::StrCat("'", item, "' is not key:value"));
+    const absl::string_view key = item.substr(0, colon), value = item.substr(colon + 1);
+    int v = 0;
+    if (key == "bits") {
+      if (!absl::SimpleAtoi(value, &v) || v < 2 || v > 8) return bad("bits wants 2..8");
+      o.bits = v;
+    } else if (key == "block_size") {
+      if (!absl::SimpleAtoi(value, &v) || v < 2 || v > 65536) return bad("block_size wants 2..65536");
+      o.block_size = v;
+    } else if (key == "granularity") {
+      auto g = ParseGranularity(value);
+      if (!g.ok()) return bad(std::string(g.status().message()));
+      o.granularity = *g;
+    } else if (key == "symmetric") {
+      if (value == "on" || value == "true") {
+        o.symmetric = true;
+      } else if (value == "off" || value == "false") {
+        o.symmetric = false;
+      } else {
+        return bad("symmetric wants on or off");
+      }
+    } else if (key == "split") {
+      auto m = ParseSplitMode(value);
+      if (!m.ok()) return bad(std::string(m.status().message()));
+      o.split = *m;
+    } else {
+      return bad(absl::StrCat("unknown key '", key,
+                              "'; accepted: bits, granularity, block_size, symmetric, split"));
+    }
+  }
+  return o;
+}
+
+std::string ToString(const LayerOverride& o) {
+  std::vector<std::string> items;
+  if (o.bits) items.push_back(absl::StrCat("bits:", *o.bits));
+  if (o.granularity) items.push_back(absl::StrCat("granularity:", ToString(*o.granularity)));
+  if (o.block_size) items.push_back(absl::StrCat("block_size:", *o.block_size));
+  if (o.symmetric) items.push_back(absl::StrCat("symmetric:", *o.symmetric ? "on" : "off"));
+  if (o.split) items.push_back(absl::StrCat("split:", ToString(*o.split)));
+  return absl::StrCat(o.pattern, "=", absl::StrJoin(items, ","));
+}
+
+LayerSettings SettingsForLayer(const QuantizeOptions& options, absl::string_view layer_name) {
+  LayerSettings s;
+  s.bits = options.bits;
+  s.granularity = options.granularity;
+  s.block_size = options.block_size;
+  s.symmetric = options.symmetric;
+  s.split = options.split;
+  for (size_t i = 0; i < options.layer_overrides.size(); ++i) {
+    const LayerOverride& o = options.layer_overrides[i];
+    if (!RE2::PartialMatch(std::string(layer_name), o.pattern)) continue;
+    if (o.bits) s.bits = *o.bits;
+    if (o.granularity) s.granularity = *o.granularity;
+    if (o.block_size) s.block_size = *o.block_size;
+    if (o.symmetric) s.symmetric = *o.symmetric;
+    if (o.split) s.split = *o.split;
+    s.override_index = static_cast<int>(i);
+    break;
+  }
+  return s;
 }
 
 absl::StatusOr<Granularity> ParseGranularity(absl::string_view s) {
@@ -99,6 +208,15 @@ const char* ToString(SplitForm f) {
   switch (f) {
     case SplitForm::kBranches: return "branches";
     case SplitForm::kFolded: return "folded";
+  }
+  return "?";
+}
+
+const char* ToString(SplitMode m) {
+  switch (m) {
+    case SplitMode::kOff: return "off";
+    case SplitMode::kOn: return "on";
+    case SplitMode::kAuto: return "auto";
   }
   return "?";
 }

@@ -5,6 +5,7 @@
 #define SQ_CORE_OPTIONS_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +35,14 @@ enum class SplitForm {
   kFolded,    // the three weights are added first, then one op runs (1x compute)
 };
 
+// Whether a layer is split.
+enum class SplitMode {
+  kOff,   // plain linear quantization
+  kOn,    // SplitQuant wherever the weight has 3 distinct values (per unit)
+  kAuto,  // per layer: split only where it lowers the weight error by at least
+          // kAutoSplitMinGainDb (see engine.h); the report says what was chosen and why
+};
+
 // Which values one 1-D k-means sees.
 enum class ClusterScope {
   kAuto,     // the quantization slice's unit (channel; tensor under tensor granularity);
@@ -42,12 +51,35 @@ enum class ClusterScope {
   kChannel,  // per output channel for every layer kind
 };
 
+// Settings for the layers whose node name matches `pattern` (RE2, partial match), given
+// on the command line as 'REGEX=key:value,...' (keys: bits, granularity, block_size,
+// symmetric, split). Unset fields keep the global option. The first matching override
+// wins.
+struct LayerOverride {
+  std::string pattern;
+  std::optional<int> bits;
+  std::optional<Granularity> granularity;
+  std::optional<int> block_size;
+  std::optional<bool> symmetric;
+  std::optional<SplitMode> split;
+};
+
+// The settings one layer is quantized with: the global options, overridden.
+struct LayerSettings {
+  int bits = 4;
+  Granularity granularity = Granularity::kChannel;
+  int block_size = 32;
+  bool symmetric = false;
+  SplitMode split = SplitMode::kOn;
+  int override_index = -1;  // index into QuantizeOptions::layer_overrides, or -1
+};
+
 struct QuantizeOptions {
   int bits = 4;                                   // 2..8
   Granularity granularity = Granularity::kChannel;
   int block_size = 32;                            // kBlock only; >= 2
   bool symmetric = false;                         // asymmetric with integer zero point by default
-  bool split = true;                              // SplitQuant on/off (off = plain linear)
+  SplitMode split = SplitMode::kOn;               // SplitQuant on / off (plain linear) / auto
   SplitForm form = SplitForm::kBranches;
   OutputFormat format = OutputFormat::kQdq;
   ClusterScope cluster_scope = ClusterScope::kAuto;
@@ -70,6 +102,9 @@ struct QuantizeOptions {
   // Output opset for kQdq; 0 picks the lowest opset that the chosen bits need (13 for
   // 8-bit/containers, 21 for packed int4). Ignored for kFake/kSplit, which keep the model's.
   int target_opset = 0;
+  // Per-layer settings, first match wins (see LayerOverride).
+  std::vector<LayerOverride> layer_overrides;
+
   // Worker threads for tensor processing; 0 = hardware concurrency. Output is identical
   // whatever the value.
   int threads = 0;
@@ -88,10 +123,19 @@ absl::StatusOr<Granularity> ParseGranularity(absl::string_view s);
 absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view s);
 absl::StatusOr<SplitForm> ParseSplitForm(absl::string_view s);
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
+absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
+// 'REGEX=key:value,...'. InvalidArgument naming the bad part: no '=', an unknown key, a
+// bad value, a regex RE2 rejects.
+absl::StatusOr<LayerOverride> ParseLayerOverride(absl::string_view spec);
+// The canonical text of an override (what ParseLayerOverride reads back).
+std::string ToString(const LayerOverride& o);
+// The settings of the layer whose node name is `layer_name`.
+LayerSettings SettingsForLayer(const QuantizeOptions& options, absl::string_view layer_name);
 const char* ToString(Granularity g);
 const char* ToString(OutputFormat f);
 const char* ToString(SplitForm f);
 const char* ToString(ClusterScope c);
+const char* ToString(SplitMode m);
 
 }  // namespace sq
 

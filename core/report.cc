@@ -22,7 +22,12 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"granularity", ToString(o.granularity)},
           {"block_size", o.block_size},
           {"symmetric", o.symmetric},
-          {"split", o.split},
+          {"split", ToString(o.split)},
+          {"layer_overrides", [&] {
+             std::vector<std::string> v;
+             for (const auto& lo : o.layer_overrides) v.push_back(ToString(lo));
+             return v;
+           }()},
           {"form", ToString(o.form)},
           {"format", ToString(o.format)},
           {"cluster_scope", ToString(o.cluster_scope)},
@@ -85,7 +90,14 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"bytes_before", l.bytes_before},
                       {"bytes_after", l.bytes_after},
                       {"stored_bits_per_weight", std::round(l.stored_bits_per_weight * 1000) / 1000},
-                      {"note", l.note}});
+                      {"note", l.note},
+                      {"bits", l.bits},
+                      {"granularity", l.granularity},
+                      {"block_size", l.block_size},
+                      {"symmetric", l.symmetric},
+                      {"split_mode", l.split_mode},
+                      {"override", l.override_rule},
+                      {"split_decision", l.split_decision}});
   }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});
@@ -128,7 +140,7 @@ std::string ReportSummary(const ModelReport& r) {
       "  options: %d-bit %s %s, split %s (%s), format %s\n", o.bits,
       o.symmetric ? "symmetric" : "asymmetric",
       o.granularity == Granularity::kBlock ? absl::StrCat("block ", o.block_size) : ToString(o.granularity),
-      o.split ? "on" : "off", ToString(o.form), ToString(o.format)));
+      ToString(o.split), ToString(o.form), ToString(o.format)));
   absl::StrAppend(&out, absl::StrFormat(
       "  layers: %d found, %d quantized, %d split; opset %d -> %d\n", r.layers_found,
       r.layers_quantized, r.layers_split, r.input_opset, r.output_opset));

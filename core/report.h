@@ -44,6 +44,14 @@ struct LayerReport {
   double stored_bits_per_weight = 32;
   bool bias_split = false;
   std::string note;                 // e.g. a granularity fallback
+  // The settings this layer was quantized with (global options, or a --layer override).
+  int bits = 0;
+  std::string granularity;          // as applied (after any fallback)
+  int block_size = 0;               // blocked granularity only
+  bool symmetric = false;
+  std::string split_mode;           // on, off, auto
+  std::string override_rule;        // the --layer override that matched, if any
+  std::string split_decision;       // --split auto: SQNR plain / split / gain and the choice
 };
 
 struct StageTiming {

@@ -108,6 +108,34 @@ absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int mo
   return plan;
 }
 
+QuantizeOptions OptionsForLayer(const QuantizeOptions& options, const LayerSettings& settings) {
+  QuantizeOptions o = options;
+  o.bits = settings.bits;
+  o.granularity = settings.granularity;
+  o.block_size = settings.block_size;
+  o.symmetric = settings.symmetric;
+  o.split = settings.split;
+  return o;
+}
+
+absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, int model_opset) {
+  SQ_ASSIGN_OR_RETURN(StoragePlan plan, ChooseStorage(options, model_opset));
+  for (const LayerOverride& o : options.layer_overrides) {
+    QuantizeOptions lo = options;
+    if (o.bits) lo.bits = *o.bits;
+    if (o.granularity) lo.granularity = *o.granularity;
+    if (o.block_size) lo.block_size = *o.block_size;
+    if (o.symmetric) lo.symmetric = *o.symmetric;
+    auto p = ChooseStorage(lo, model_opset);
+    if (!p.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer override '", ToString(o), "': ",
+                                                     p.status().message()));
+    }
+    if (p->opset > plan.opset) plan = *p;
+  }
+  return plan;
+}
+
 GraphEditor::GraphEditor(onnx::ModelProto* model) : model_(model) {
   CollectNames(model->graph());
 }

@@ -44,6 +44,14 @@ struct StoragePlan {
 // InvalidArgument when options.target_opset cannot hold what was asked.
 absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset);
 
+// The options one layer is quantized with: `options` with `settings` applied.
+QuantizeOptions OptionsForLayer(const QuantizeOptions& options, const LayerSettings& settings);
+
+// ChooseStorage over the global options and every layer override: the output opset is
+// the highest any of them needs (qdq only). Per layer, call ChooseStorage with the layer's
+// options and target_opset set to the result's opset for its code container.
+absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, int model_opset);
+
 // ONNX data type of a code tensor.
 int32_t CodeDataType(int storage_bits, bool is_signed);
 
@@ -61,6 +69,9 @@ struct GroupPlan {
   int64_t data_bytes_per_tensor = 0;
   bool bias_split = false;
   std::string granularity_note;      // set when the layer's granularity differs from asked
+  LayerSettings settings;            // the layer's own settings (overrides applied)
+  double auto_gain_db = 0;           // --split auto: split SQNR minus plain SQNR
+  std::string split_decision;        // --split auto: what was measured and chosen
 };
 
 // Names and edits collected while planning; applied at the end.

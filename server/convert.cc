@@ -2,6 +2,8 @@
 
 #include <string>
 
+#include "absl/strings/str_cat.h"
+
 #include "core/utf8.h"
 
 namespace sq::server {
@@ -18,7 +20,21 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
   }
   if (w.has_block_size()) o.block_size = w.block_size();
   if (w.has_symmetric()) o.symmetric = w.symmetric();
-  if (w.has_split()) o.split = w.split();
+  switch (w.split_mode()) {
+    case v1::SPLIT_MODE_UNSPECIFIED: break;
+    case v1::SPLIT_MODE_ON: o.split = SplitMode::kOn; break;
+    case v1::SPLIT_MODE_OFF: o.split = SplitMode::kOff; break;
+    case v1::SPLIT_MODE_AUTO: o.split = SplitMode::kAuto; break;
+    default: return absl::InvalidArgumentError("options.split_mode: unknown value");
+  }
+  for (int i = 0; i < w.layer_overrides_size(); ++i) {
+    auto lo = ParseLayerOverride(w.layer_overrides(i));
+    if (!lo.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.layer_overrides[", i, "]: ", lo.status().message()));
+    }
+    o.layer_overrides.push_back(*std::move(lo));
+  }
   switch (w.form()) {
     case v1::SPLIT_FORM_UNSPECIFIED: break;
     case v1::SPLIT_FORM_BRANCHES: o.form = SplitForm::kBranches; break;
@@ -63,7 +79,10 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   }
   w.set_block_size(o.block_size);
   w.set_symmetric(o.symmetric);
-  w.set_split(o.split);
+  w.set_split_mode(o.split == SplitMode::kOff    ? v1::SPLIT_MODE_OFF
+                   : o.split == SplitMode::kAuto ? v1::SPLIT_MODE_AUTO
+                                                 : v1::SPLIT_MODE_ON);
+  for (const LayerOverride& lo : o.layer_overrides) w.add_layer_overrides(ToString(lo));
   w.set_form(o.form == SplitForm::kFolded ? v1::SPLIT_FORM_FOLDED : v1::SPLIT_FORM_BRANCHES);
   switch (o.format) {
     case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
@@ -202,7 +203,7 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   EXPECT_GT(r->compression_ratio, 2.4);
   EXPECT_TRUE(testing::LoadInOrt(Path("q.onnx")).ok());
   QuantizeOptions plain = o;
-  plain.split = false;
+  plain.split = SplitMode::kOff;
   auto p = Quantize(Path("big.onnx"), Path("p.onnx"), plain);
   ASSERT_TRUE(p.ok());
   EXPECT_GT(p->compression_ratio, 7.0);
@@ -221,6 +222,63 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   // SplitQuant beats plain linear on heavy-tailed weights.
   EXPECT_GT(r->mean_sqnr_split_db, p->mean_sqnr_plain_db + 3.0);
   EXPECT_DOUBLE_EQ(p->mean_sqnr_plain_db, r->mean_sqnr_plain_db);
+}
+
+// --layer overrides and --split auto: the artifact loads and runs in ONNX Runtime, each
+// layer's report carries the settings it got, and auto's choice follows its measurement.
+TEST_F(EngineTest, LayerOverridesAndSplitAutoAreAppliedAndReported) {
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  for (OutputFormat format : {OutputFormat::kQdq, OutputFormat::kFake}) {
+    QuantizeOptions o;
+    o.min_weight_elements = 1;
+    o.format = format;
+    o.split = SplitMode::kAuto;
+    o.layer_overrides = {*ParseLayerOverride("^conv$=bits:8,split:off"),
+                         *ParseLayerOverride("depth=granularity:tensor,split:on")};
+    auto r = Quantize(Path("conv.onnx"), Path("out.onnx"), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->layers.size(), 3u);
+    std::map<std::string, const LayerReport*> by_name;
+    for (const LayerReport& l : r->layers) by_name[l.name] = &l;
+    const LayerReport& first = *by_name.at("conv");
+    EXPECT_EQ(first.bits, 8);
+    EXPECT_FALSE(first.split);
+    EXPECT_EQ(first.split_mode, "off");
+    EXPECT_EQ(first.override_rule, "^conv$=bits:8,split:off");
+    const LayerReport& dw = *by_name.at("depthwise");
+    EXPECT_EQ(dw.bits, 4);
+    EXPECT_EQ(dw.granularity, "tensor");
+    EXPECT_EQ(dw.split_mode, "on");
+    EXPECT_EQ(dw.override_rule, "depth=granularity:tensor,split:on");
+    const LayerReport& up = *by_name.at("deconv");
+    EXPECT_EQ(up.split_mode, "auto");
+    EXPECT_TRUE(up.override_rule.empty());
+    ASSERT_FALSE(up.split_decision.empty());
+    // The choice follows the measurement: split iff the gain reaches the threshold.
+    EXPECT_EQ(up.split, up.sqnr_split_db - up.sqnr_plain_db >= kAutoSplitMinGainDb)
+        << up.split_decision;
+    // The 8-bit layer costs more bits per weight than the 4-bit ones.
+    EXPECT_GT(first.stored_bits_per_weight, 8.0);
+    ASSERT_TRUE(testing::LoadInOrt(Path("out.onnx")).ok()) << testing::LoadInOrt(Path("out.onnx"));
+    auto inputs = testing::MakeRandomInputs(Path("conv.onnx"), 3);
+    ASSERT_TRUE(inputs.ok());
+    auto want = testing::RunOrt(Path("conv.onnx"), *inputs);
+    auto got = testing::RunOrt(Path("out.onnx"), *inputs);
+    ASSERT_TRUE(want.ok() && got.ok());
+    EXPECT_LT(testing::MaxRelativeError(*got, *want), 0.5);
+    // The JSON report says the same.
+    const std::string json = ReportToJson(*r);
+    EXPECT_NE(json.find("\"override\": \"^conv$=bits:8,split:off\""), std::string::npos);
+    EXPECT_NE(json.find("\"split_mode\": \"auto\""), std::string::npos);
+  }
+  // A bad override is refused before anything is written.
+  QuantizeOptions bad;
+  LayerOverride lo;
+  lo.pattern = "(";
+  bad.layer_overrides = {lo};
+  auto r = Quantize(Path("conv.onnx"), Path("bad.onnx"), bad);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(std::filesystem::exists(Path("bad.onnx")));
 }
 
 TEST_F(EngineTest, PackedInt2OnlyOnRequestOfOpset25) {

@@ -69,8 +69,64 @@ TEST(OptionsTest, SplitFormatNeedsSplit) {
   QuantizeOptions o;
   o.format = OutputFormat::kSplit;
   EXPECT_TRUE(ValidateOptions(o).ok());
-  o.split = false;
+  o.split = SplitMode::kOff;
   ExpectInvalid(o, "format split needs split on");
+}
+
+TEST(OptionsTest, LayerOverridesParseValidateAndMatchFirst) {
+  auto a = ParseLayerOverride("attn.*proj=bits:8,split:off");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->pattern, "attn.*proj");
+  EXPECT_EQ(a->bits, 8);
+  EXPECT_EQ(a->split, SplitMode::kOff);
+  EXPECT_FALSE(a->granularity.has_value());
+  EXPECT_EQ(ToString(*a), "attn.*proj=bits:8,split:off");
+  auto b = ParseLayerOverride("conv=granularity:block,block_size:16,symmetric:on,split:auto");
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->granularity, Granularity::kBlock);
+  EXPECT_EQ(b->block_size, 16);
+  EXPECT_EQ(b->symmetric, true);
+  EXPECT_EQ(ParseLayerOverride(ToString(*b))->block_size, 16);  // round trip
+
+  // Each bad part is named.
+  struct Bad {
+    const char* spec;
+    const char* message;
+  };
+  for (const Bad& bad : {Bad{"no-equals", "REGEX=key:value"}, Bad{"(=bits:4", "bad regex"},
+                         Bad{"x=bits:9", "bits wants 2..8"}, Bad{"x=colour:red", "unknown key 'colour'"},
+                         Bad{"x=bits", "is not key:value"}, Bad{"=bits:4", "empty regex"},
+                         Bad{"x=split:maybe", "split mode"}, Bad{"x=", "no settings"}}) {
+    auto r = ParseLayerOverride(bad.spec);
+    ASSERT_FALSE(r.ok()) << bad.spec;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(r.status().message().find(bad.message), std::string::npos) << r.status();
+  }
+
+  QuantizeOptions o;
+  o.layer_overrides = {*a, *b};
+  LayerSettings s = SettingsForLayer(o, "block0/attn.q_proj");
+  EXPECT_EQ(s.bits, 8);
+  EXPECT_EQ(s.split, SplitMode::kOff);
+  EXPECT_EQ(s.override_index, 0);
+  s = SettingsForLayer(o, "conv_attn.proj");  // both match: the first wins
+  EXPECT_EQ(s.override_index, 0);
+  s = SettingsForLayer(o, "conv3");
+  EXPECT_EQ(s.override_index, 1);
+  EXPECT_EQ(s.bits, 4);
+  EXPECT_EQ(s.granularity, Granularity::kBlock);
+  s = SettingsForLayer(o, "mlp.up");
+  EXPECT_EQ(s.override_index, -1);
+  EXPECT_EQ(s.split, SplitMode::kOn);
+
+  // An override the wire could carry without the parser is still validated.
+  LayerOverride hand;
+  hand.pattern = "(";
+  o.layer_overrides = {hand};
+  ExpectInvalid(o, "bad regex");
+  o.layer_overrides[0].pattern = "x";
+  o.layer_overrides[0].bits = 1;
+  ExpectInvalid(o, "bits must be in 2..8");
 }
 
 TEST(OptionsTest, UnknownEnumValueRejected) {

@@ -446,6 +446,17 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   req.set_model_id(up->model_id());
   req.mutable_options()->set_bits(13);
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.mutable_options()->clear_bits();
+  req.mutable_options()->add_layer_overrides("(=bits:4");
+  auto bad_override = c->Submit(req);
+  EXPECT_EQ(bad_override.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad_override.status().message(), "layer_overrides[0]"))
+      << bad_override.status();
+  req.mutable_options()->clear_layer_overrides();
+  req.mutable_options()->set_split_mode(static_cast<v1::SplitMode>(42));
+  EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
+  req.mutable_options()->clear_split_mode();
+  req.mutable_options()->set_bits(13);
   req.set_model_id(std::string(64, 'a'));
   req.mutable_options()->clear_bits();
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kNotFound);

@@ -30,7 +30,7 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
   EXPECT_EQ(a->options.granularity, Granularity::kBlock);
   EXPECT_EQ(a->options.block_size, 16);
   EXPECT_TRUE(a->options.symmetric);
-  EXPECT_FALSE(a->options.split);
+  EXPECT_EQ(a->options.split, SplitMode::kOff);
   EXPECT_EQ(a->options.form, SplitForm::kFolded);
   EXPECT_EQ(a->options.format, OutputFormat::kFake);
   EXPECT_EQ(a->options.exclude_name_patterns, (std::vector<std::string>{"a,b", "^c"}));

@@ -133,7 +133,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
                                                : sq::Granularity::kBlock;
   if (c.granularity == "block") o.block_size = c.block_size;
   o.symmetric = c.symmetric;
-  o.split = c.split;
+  o.split = c.split ? sq::SplitMode::kOn : sq::SplitMode::kOff;
   // SQ_BENCH_KMEANS=reference runs the paper's k-means instead of the exact optimum.
   if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
     o.reference_kmeans = true;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 #include <vector>
+#include <cstdlib>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -14,7 +15,8 @@ namespace {
 
 constexpr int kShrinkSteps = 10;     // factors 1 - kShrinkStep * k, k = 0..kShrinkSteps
 constexpr float kShrinkStep = 0.05f;
-constexpr int kQuantileGrid = 16;
+constexpr int kQuantileGrid = 32;
+constexpr int64_t kMeasuredSearchStep = 8;
 
 float ShrinkFactor(int k) { return 1.0f - kShrinkStep * static_cast<float>(k); }
 
@@ -57,6 +59,51 @@ class CutSearch {
     return k;
   }
 
+  // Measured squared error of the three branches for cuts (i, j), min/max ranges.
+  double Measured(int64_t i, int64_t j) const {
+    const int64_t b[4] = {0, i, j, n_};
+    double e = 0;
+    for (int c = 0; c < 3; ++c) {
+      e += BranchSquaredError(absl::MakeConstSpan(s_.data() + b[c], b[c + 1] - b[c]),
+                              std::min(s_[b[c]], 0.0f), std::max(s_[b[c + 1] - 1], 0.0f), spec_);
+    }
+    return e;
+  }
+
+  // Greedy moves of one cut at a time by `step` (to the next valid position), halving
+  // the step down to 1.
+  template <typename ErrorFn>
+  void LocalSearch(int64_t* i, int64_t* j, int64_t first_step, ErrorFn&& error) const {
+    double best = error(*i, *j);
+    for (int64_t step = std::max<int64_t>(first_step, 1);; step = step / 2) {
+      step = std::max<int64_t>(step, 1);
+      for (bool improved = true; improved;) {
+        improved = false;
+        for (int which = 0; which < 2; ++which) {
+          for (int dir : {-1, 1}) {
+            int64_t ci = *i, cj = *j;
+            int64_t& c = which == 0 ? ci : cj;
+            c += dir * step;
+            if (dir > 0) {
+              c = SnapUp(c);
+            } else {
+              while (c > 0 && !Valid(c)) --c;
+            }
+            if (!Valid(ci) || !Valid(cj) || ci >= cj) continue;
+            const double e = error(ci, cj);
+            if (e < best) {
+              best = e;
+              *i = ci;
+              *j = cj;
+              improved = true;
+            }
+          }
+        }
+      }
+      if (step == 1) break;
+    }
+  }
+
   // Estimated squared error of the three branches for cuts (i, j), 0 < i < j < n.
   double Error(int64_t i, int64_t j) const {
     return Branch(0, i, true) + Branch(i, j, false) + Branch(j, n_, true);
@@ -64,17 +111,19 @@ class CutSearch {
 
   // Best (i, j): grid + tails, then local search. False when no valid pair exists.
   bool Search(int64_t* bi, int64_t* bj) const {
+    // Outer clusters range from a single outlier to a third of the values: candidate
+    // sizes are every size up to kTailPositions, then geometric (x1.25) up to the whole
+    // unit, counted from each end.
     std::vector<int64_t> lower, upper;
-    // Tail positions: up to kTailPositions, at most an eighth of the values.
     const int64_t tails = std::min<int64_t>(kTailPositions, std::max<int64_t>(n_ / 8, 1));
-    for (int64_t k = 1; k <= std::min<int64_t>(tails, n_ - 1); ++k) {
-      lower.push_back(k);
-      upper.push_back(n_ - k);
+    for (double k = 1; k < n_; k = k < tails ? k + 1 : k * 1.25) {
+      const int64_t size = static_cast<int64_t>(k);
+      lower.push_back(size);
+      upper.push_back(n_ - size);
     }
     for (int a = 1; a < kQuantileGrid; ++a) {
-      const int64_t k = n_ * a / kQuantileGrid;
-      lower.push_back(k);
-      upper.push_back(k);
+      lower.push_back(n_ * a / kQuantileGrid);
+      upper.push_back(n_ * a / kQuantileGrid);
     }
     for (auto* v : {&lower, &upper}) {
       for (int64_t& k : *v) k = SnapUp(k);
@@ -102,34 +151,10 @@ class CutSearch {
       }
     }
     if (i < 0) return false;
-    // Local search: move one cut at a time by `step` (to the next valid position).
-    for (int64_t step = std::max<int64_t>(1, n_ / (4 * kQuantileGrid));; step = step / 2) {
-      step = std::max<int64_t>(step, 1);
-      for (bool improved = true; improved;) {
-        improved = false;
-        for (int which = 0; which < 2; ++which) {
-          for (int dir : {-1, 1}) {
-            int64_t ci = i, cj = j;
-            int64_t& c = which == 0 ? ci : cj;
-            c += dir * step;
-            if (dir > 0) {
-              c = SnapUp(c);
-            } else {
-              while (c > 0 && !Valid(c)) --c;
-            }
-            if (!Valid(ci) || !Valid(cj) || ci >= cj) continue;
-            const double e = Error(ci, cj);
-            if (e < best) {
-              best = e;
-              i = ci;
-              j = cj;
-              improved = true;
-            }
-          }
-        }
-      }
-      if (step == 1) break;
-    }
+    // Local search on the model, then a shorter one on the measured error (the model is
+    // an estimate; the last moves are decided by what quantization really does).
+    LocalSearch(&i, &j, std::max<int64_t>(1, n_ / 64), [&](int64_t a, int64_t b) { return Error(a, b); });
+    if (!getenv("SQ_EXP_NOMEASURE")) LocalSearch(&i, &j, kMeasuredSearchStep, [&](int64_t a, int64_t b) { return Measured(a, b); });
     *bi = i;
     *bj = j;
     return true;
@@ -145,7 +170,10 @@ class CutSearch {
     if (outer && count <= kExactBranchValues) {
       return BranchSquaredError(absl::MakeConstSpan(s_.data() + a, count), lo, hi, spec_);
     }
-    const double step = (static_cast<double>(hi) - lo) / levels_;
+    // The step ChooseQuantParams gives: symmetric codes span [-m, m] around 0.
+    const double step = spec_.symmetric
+                            ? std::max(-static_cast<double>(lo), static_cast<double>(hi)) / spec_.qmax()
+                            : (static_cast<double>(hi) - lo) / levels_;
     return static_cast<double>(count) * step * step / 12.0;
   }
 
@@ -270,7 +298,7 @@ QuantAwareSplit ChooseQuantAwareSplitFromSample(const std::vector<float>& s, int
     r.inertia += std::max(0.0, sum_sq - sum * r.centers[c]) * scale_up;
     if (static_cast<int64_t>(s.size()) == unit_size) r.counts[c] = cuts[c + 1] - cuts[c];
   }
-  for (int c = 0; c < 3; ++c) {
+  if (!getenv("SQ_EXP_NOSHRINK")) for (int c = 0; c < 3; ++c) {
     const auto shrink = SearchBranchShrink(
         absl::MakeConstSpan(s.data() + cuts[c], cuts[c + 1] - cuts[c]), spec);
     out.shrink_lo[c] = shrink[0];

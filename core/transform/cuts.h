@@ -14,8 +14,10 @@
 //      the branch widened to 0) / (levels - 1) -- O(1) per candidate from the sorted
 //      values. Outer branches of at most kExactBranchValues members are measured exactly
 //      instead (the model is poor for a handful of values sitting on grid points). The
-//      candidates are a quantile grid plus every position among the kTailPositions most
-//      extreme values on each side (outlier clusters are often tiny), then a local search.
+//      candidate sizes of each outer cluster are 1..kTailPositions (at most an eighth of
+//      the values), then geometric (x1.25) up to the whole unit, plus a 1/32 quantile
+//      grid (outlier clusters are often tiny, sometimes a third of the values); every
+//      pair of them is scored, then a local search refines the best.
 //   2. Ranges. With the cuts fixed, each branch's range is shrunk towards 0 on each side
 //      (factors 1, 0.95, ..., 0.5) where that lowers the branch's actual squared error
 //      (members clipped at the new end included): a 1-D search for the outer branches
@@ -42,11 +44,11 @@
 
 namespace sq {
 
-inline constexpr int64_t kMaxUnitSample = 4096;
 inline constexpr int64_t kMinUnitSample = 256;
+inline constexpr int64_t kMaxUnitSample = 4096;
 inline constexpr int64_t kTensorSampleBudget = int64_t{1} << 18;
 inline constexpr int64_t kExactBranchValues = 64;
-inline constexpr int kTailPositions = 16;
+inline constexpr int kTailPositions = 48;
 
 // Values searched per unit for a tensor cut into `units` units:
 // clamp(kTensorSampleBudget / units, kMinUnitSample, kMaxUnitSample).
