@@ -8,8 +8,10 @@
 //                [--form folded|branches] [--cluster-scope auto|tensor|channel]
 //                [--show-errors N]
 //
-// Config names: fp32, or int<B>-<tensor|channel|block<N>>-<asym|sym>-<plain|split>[-qdq]
-// (format `fake` unless suffixed -qdq).
+// Config names: fp32, or int<B>-<tensor|channel|block<N>>-<asym|sym>-<MODE>[-qdq]
+// (format `fake` unless suffixed -qdq; -qdq is the artifact users get). MODE: plain, split
+// (the engine's default split), paper (the paper's method: reference k-means, k-means
+// boundaries, min/max ranges), auto (--split auto).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -44,6 +46,7 @@ struct Config {
   int block_size = 0;
   bool symmetric = false;
   bool split = false;
+  std::string mode = "plain";  // plain, split, paper, auto
   bool qdq = false;
 };
 
@@ -51,7 +54,7 @@ std::string ConfigName(const Config& c) {
   if (c.fp32) return "fp32";
   std::string g = c.granularity == "block" ? "block" + std::to_string(c.block_size) : c.granularity;
   return "int" + std::to_string(c.bits) + "-" + g + "-" + (c.symmetric ? "sym" : "asym") + "-" +
-         (c.split ? "split" : "plain") + (c.qdq ? "-qdq" : "");
+         c.mode + (c.qdq ? "-qdq" : "");
 }
 
 bool ParseConfig(const std::string& name, Config* c) {
@@ -76,8 +79,9 @@ bool ParseConfig(const std::string& name, Config* c) {
   }
   if (p[2] != "asym" && p[2] != "sym") return false;
   c->symmetric = p[2] == "sym";
-  if (p[3] != "plain" && p[3] != "split") return false;
-  c->split = p[3] == "split";
+  if (p[3] != "plain" && p[3] != "split" && p[3] != "paper" && p[3] != "auto") return false;
+  c->mode = p[3];
+  c->split = p[3] != "plain";
   if (p.size() == 5) {
     if (p[4] != "qdq") return false;
     c->qdq = true;
@@ -86,18 +90,15 @@ bool ParseConfig(const std::string& name, Config* c) {
 }
 
 std::vector<std::string> DefaultSweep() {
+  // The artifacts users get (qdq), run in ONNX Runtime: plain, the paper's split, the
+  // default split and --split auto, at the configurations docs/accuracy.md reports.
   std::vector<std::string> v = {"fp32"};
-  for (int bits : {8, 4, 2})
-    for (const char* g : {"tensor", "channel"})
-      for (const char* s : {"plain", "split"})
-        v.push_back("int" + std::to_string(bits) + "-" + g + "-asym-" + s);
-  for (const char* g : {"block16", "block32"})
-    for (const char* s : {"plain", "split"}) v.push_back(std::string("int2-") + g + "-asym-" + s);
-  v.push_back("int4-channel-sym-plain");
-  v.push_back("int4-channel-sym-split");
-  // QDQ check: the real integer format must reach the same accuracy as `fake`.
-  v.push_back("int8-channel-asym-split-qdq");
-  v.push_back("int4-channel-asym-split-qdq");
+  for (const char* base : {"int4-channel-asym", "int8-tensor-asym"})
+    for (const char* mode : {"plain", "paper", "split", "auto"})
+      v.push_back(std::string(base) + "-" + mode + "-qdq");
+  for (const char* base : {"int8-channel-asym", "int4-tensor-asym", "int2-channel-asym", "int2-block32-asym"})
+    for (const char* mode : {"plain", "paper", "split"})
+      v.push_back(std::string(base) + "-" + mode + "-qdq");
   return v;
 }
 
@@ -109,6 +110,7 @@ struct ModelQuant {
   int layers_found = 0, layers_quantized = 0, layers_split = 0;
   int output_opset = 0;
   int64_t input_bytes = 0, output_bytes = 0;
+  double quantized_bpw = 0;
   json layers = json::array();
   std::vector<std::string> warnings;
 };
@@ -133,7 +135,13 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
                                                : sq::Granularity::kBlock;
   if (c.granularity == "block") o.block_size = c.block_size;
   o.symmetric = c.symmetric;
-  o.split = c.split ? sq::SplitMode::kOn : sq::SplitMode::kOff;
+  o.split = c.mode == "plain" ? sq::SplitMode::kOff
+            : c.mode == "auto" ? sq::SplitMode::kAuto
+                               : sq::SplitMode::kOn;
+  if (c.mode == "paper") {
+    o.reference_kmeans = true;
+    o.quant_aware_boundaries = false;
+  }
   // SQ_BENCH_KMEANS=reference runs the paper's k-means instead of the exact optimum.
   if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
     o.reference_kmeans = true;
@@ -164,6 +172,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   q.output_opset = r->output_opset;
   q.input_bytes = r->input_bytes;
   q.output_bytes = r->output_bytes;
+  q.quantized_bpw = r->quantized_bits_per_weight;
   q.warnings = r->warnings;
   for (const auto& l : r->layers) {
     json j = {{"name", l.name},         {"op_type", l.op_type},
@@ -204,7 +213,7 @@ double EffSqnr(const Row& r, const ModelQuant& q) {
 void PrintTable(const std::vector<Row>& rows) {
   std::printf(
       "\n| config | set | rec exact %% | rec char %% | cls %% | mean SQNR rec dB | mean SQNR cls dB "
-      "| quantize s (rec+cls) |\n|---|---|---:|---:|---:|---:|---:|---:|\n");
+      "| rec stored bpw | rec MiB | quantize s (rec+cls) |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   for (const Row& r : rows) {
     if (!r.ok) {
       std::printf("| %s | %s | failed: %s |||||\n", r.config.name.c_str(), r.set.c_str(),
@@ -212,10 +221,14 @@ void PrintTable(const std::vector<Row>& rows) {
       continue;
     }
     std::string qs = r.config.fp32 ? "-" : Fmt("%.2f", r.rec_q.seconds + r.cls_q.seconds);
-    std::printf("| %s | %s | %.1f | %.1f | %.1f | %s | %s | %s |\n", r.config.name.c_str(),
+    // Stored size means something only for the real (qdq) artifact.
+    const bool sized = r.config.qdq && r.rec_q.ok;
+    std::printf("| %s | %s | %.1f | %.1f | %.1f | %s | %s | %s | %s | %s |\n", r.config.name.c_str(),
                 r.set.c_str(), r.eval.rec_exact_pct(), r.eval.rec_char_pct(), r.eval.cls_pct(),
                 r.config.fp32 ? "-" : Fmt("%.2f", EffSqnr(r, r.rec_q)).c_str(),
-                r.config.fp32 ? "-" : Fmt("%.2f", EffSqnr(r, r.cls_q)).c_str(), qs.c_str());
+                r.config.fp32 ? "-" : Fmt("%.2f", EffSqnr(r, r.cls_q)).c_str(),
+                sized ? Fmt("%.2f", r.rec_q.quantized_bpw).c_str() : "-",
+                sized ? Fmt("%.2f", r.rec_q.output_bytes / 1048576.0).c_str() : "-", qs.c_str());
   }
 }
 
@@ -233,6 +246,7 @@ json PrintPairs(const std::vector<Row>& rows, const std::string& set) {
     if (r.set != set || !r.ok || r.config.fp32 || r.config.split || r.config.qdq) continue;
     Config sc = r.config;
     sc.split = true;
+    sc.mode = "split";
     auto it = by_name.find(ConfigName(sc));
     if (it == by_name.end()) continue;
     const Row& s = *it->second;
@@ -306,6 +320,7 @@ json RowJson(const Row& r) {
               {"output_opset", q.output_opset},
               {"input_bytes", q.input_bytes},
               {"output_bytes", q.output_bytes},
+              {"quantized_bits_per_weight", q.quantized_bpw},
               {"warnings", q.warnings},
               {"layers", q.layers}});
     return j;

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <limits>
 #include <vector>
-#include <cstdlib>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -154,7 +153,7 @@ class CutSearch {
     // Local search on the model, then a shorter one on the measured error (the model is
     // an estimate; the last moves are decided by what quantization really does).
     LocalSearch(&i, &j, std::max<int64_t>(1, n_ / 64), [&](int64_t a, int64_t b) { return Error(a, b); });
-    if (!getenv("SQ_EXP_NOMEASURE")) LocalSearch(&i, &j, kMeasuredSearchStep, [&](int64_t a, int64_t b) { return Measured(a, b); });
+    LocalSearch(&i, &j, kMeasuredSearchStep, [&](int64_t a, int64_t b) { return Measured(a, b); });
     *bi = i;
     *bj = j;
     return true;
@@ -298,7 +297,7 @@ QuantAwareSplit ChooseQuantAwareSplitFromSample(const std::vector<float>& s, int
     r.inertia += std::max(0.0, sum_sq - sum * r.centers[c]) * scale_up;
     if (static_cast<int64_t>(s.size()) == unit_size) r.counts[c] = cuts[c + 1] - cuts[c];
   }
-  if (!getenv("SQ_EXP_NOSHRINK")) for (int c = 0; c < 3; ++c) {
+  for (int c = 0; c < 3; ++c) {
     const auto shrink = SearchBranchShrink(
         absl::MakeConstSpan(s.data() + cuts[c], cuts[c + 1] - cuts[c]), spec);
     out.shrink_lo[c] = shrink[0];
