@@ -189,6 +189,11 @@ ParallelFor ThreadsFor(int threads) {
   };
 }
 
+int EffectiveThreads(const QuantizeOptions& options) {
+  return std::max(1, options.threads > 0 ? options.threads
+                                         : static_cast<int>(std::thread::hardware_concurrency()));
+}
+
 struct SplitGain {
   double plain_db = 0, split_db = 0;
 };
@@ -224,6 +229,176 @@ absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGro
   }
   return SplitGain{SqnrDb(r->signal_energy, r->plain_error_energy),
                    SqnrDb(r->signal_energy, r->split_error_energy)};
+}
+
+// Stage "plan": one GroupPlan per selected layer, with the layer's own settings (global
+// options or its --layer override), its code container, the split decision (for --split
+// auto, measured by a dry run) and its output tensors and node edits, applied to the graph.
+// InvalidArgument when nothing is quantizable. `editor` (on the model's proto) must outlive
+// the transform: it keeps the weights it takes out of the graph alive for it.
+absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
+                                                  std::vector<WeightGroup>& groups,
+                                                  const QuantizeOptions& options,
+                                                  const StoragePlan& storage,
+                                                  GraphEditor& editor, ModelReport* report) {
+  std::vector<GroupPlan> plans;
+  for (auto& g : groups) {
+    if (!g.selected) continue;
+    GroupPlan p;
+    p.group = &g;
+    plans.push_back(p);
+  }
+  if (plans.empty()) {
+    std::string why = groups.empty()
+                          ? "the model has no MatMul/Gemm/Conv/ConvTranspose with a constant weight"
+                          : absl::StrCat(Plural(groups.size(), "candidate layer"),
+                                         " found, all skipped (first: ", groups[0].skip_reason, ")");
+    return absl::InvalidArgumentError(absl::StrCat("no quantizable layer: ", why));
+  }
+
+  // Split feasibility needs a peek at the values (3 distinct values in some unit).
+  auto bias_reader = [&](const onnx::TensorProto& t) -> absl::StatusOr<std::vector<float>> {
+    SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(model, t));
+    std::vector<float> v(f.data, f.data + f.size);
+    f.ReleasePages();
+    return v;
+  };
+  const int threads = EffectiveThreads(options);
+  std::set<std::string> storage_notes;
+  for (GroupPlan& p : plans) {
+    WeightGroup& g = *p.group;
+    // The layer's own settings (global options, or the first matching --layer override).
+    p.settings = SettingsForLayer(options, g.uses[0].display_name);
+    const QuantizeOptions layer_options = OptionsForLayer(options, p.settings);
+    g.cluster_per_channel = ClusterPerChannel(options, p.settings.granularity, g.op_type);
+    StoragePlan layer_storage = storage;
+    if (options.format == OutputFormat::kQdq) {
+      QuantizeOptions at_opset = layer_options;
+      at_opset.target_opset = storage.opset;
+      SQ_ASSIGN_OR_RETURN(layer_storage, ChooseStorage(at_opset, report->input_opset));
+      if (!layer_storage.note.empty()) storage_notes.insert(layer_storage.note);
+    }
+    if (p.settings.split == SplitMode::kOff) {
+      p.split = false;
+      p.not_split_reason = "split off";
+    } else if (g.shape[g.channel_axis] < 3) {
+      p.not_split_reason = "fewer than 3 output channels";
+    } else {
+      SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(model, *g.weight.tensor));
+      p.split = AnyUnitHasThreeDistinct(w.data, g.shape, g.channel_axis, g.cluster_per_channel);
+      if (!p.split) p.not_split_reason = "fewer than 3 distinct values";
+      if (p.split && p.settings.split == SplitMode::kAuto) {
+        SQ_ASSIGN_OR_RETURN(SplitGain gain, MeasureSplitGain(w, g, layer_options, threads));
+        p.auto_gain_db = gain.split_db - gain.plain_db;
+        p.split = p.auto_gain_db >= kAutoSplitMinGainDb;
+        p.split_decision = absl::StrFormat(
+            "auto: split SQNR %.1f dB vs plain %.1f dB, gain %.1f dB %s %.2f dB", gain.split_db,
+            gain.plain_db, p.auto_gain_db, p.split ? ">=" : "<", kAutoSplitMinGainDb);
+        if (!p.split) p.not_split_reason = p.split_decision;
+      }
+      w.ReleasePages();
+    }
+    SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, layer_options, layer_storage, bias_reader));
+  }
+  for (const std::string& note : storage_notes) report->warnings.push_back(note);
+  SQ_RETURN_IF_ERROR(editor.ApplyGraphEdits());
+  return plans;
+}
+
+// Stage "report": per-layer entries (settings, split decision, clusters, errors, sizes) and
+// the model's totals, from the plans and the transform results.
+void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupPlan>& plans,
+                const std::vector<TransformResult>& results, const QuantizeOptions& options,
+                ModelReport* report) {
+  std::map<const WeightGroup*, int> plan_of;
+  for (size_t i = 0; i < plans.size(); ++i) plan_of[plans[i].group] = static_cast<int>(i);
+  double sum_plain = 0, sum_split = 0;
+  int64_t quantized_bytes = 0, quantized_elements = 0;
+  for (const WeightGroup& g : groups) {
+    LayerReport l;
+    l.name = g.uses[0].display_name;
+    l.op_type = g.op_type;
+    l.weight = g.weight_name;
+    l.shape = g.shape;
+    l.shared_by = static_cast<int>(g.uses.size());
+    l.graph = g.uses[0].graph_path;
+    l.bytes_before = NumElementsOf(g.shape) * 4;
+    l.bytes_after = l.bytes_before;
+    auto it = plan_of.find(&g);
+    if (it == plan_of.end()) {
+      l.skip_reason = g.skip_reason;
+      report->layers.push_back(std::move(l));
+      continue;
+    }
+    const GroupPlan& p = plans[it->second];
+    const TransformResult& r = results[it->second];
+    l.quantized = options.format != OutputFormat::kSplit;
+    l.split = r.split;
+    l.not_split_reason = r.split ? "" : (p.not_split_reason.empty() ? r.not_split_reason : p.not_split_reason);
+    l.bits = p.settings.bits;
+    l.granularity = ToString(p.config.granularity);
+    l.block_size = p.config.granularity == Granularity::kBlock ? p.settings.block_size : 0;
+    l.symmetric = p.settings.symmetric;
+    l.split_mode = ToString(p.settings.split);
+    if (p.settings.override_index >= 0) {
+      l.override_rule = ToString(options.layer_overrides[p.settings.override_index]);
+    }
+    l.split_decision = p.split_decision;
+    for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
+    l.degenerate_channels = r.degenerate_units;
+    float smin = std::numeric_limits<float>::infinity(), smax = 0;
+    for (int b = 0; b < r.num_branches; ++b) {
+      for (float s : r.params[b].scales) {
+        smin = std::min(smin, s);
+        smax = std::max(smax, s);
+      }
+    }
+    l.scale_min = smax > 0 ? smin : 0;
+    l.scale_max = smax;
+    const double n = static_cast<double>(NumElementsOf(g.shape));
+    l.mse_plain = r.plain_error_energy / n;
+    l.mse_split = r.split_error_energy / n;
+    l.sqnr_plain_db = SqnrDb(r.signal_energy, r.plain_error_energy);
+    l.sqnr_split_db = SqnrDb(r.signal_energy, r.split_error_energy);
+    int tensors = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
+    int64_t params = NumElementsOf(p.param_shape);
+    l.bytes_after = tensors * p.data_bytes_per_tensor;
+    if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
+    l.stored_bits_per_weight = n > 0 ? static_cast<double>(l.bytes_after) * 8 / n : 0;
+    if (l.quantized) {
+      quantized_bytes += l.bytes_after;
+      quantized_elements += NumElementsOf(g.shape);
+    }
+    l.bias_split = p.bias_split;
+    l.note = p.granularity_note;
+    if (!g.other_consumers.empty()) {
+      report->warnings.push_back(absl::StrCat("weight '", g.weight_name, "' is also read by ",
+                                             absl::StrJoin(g.other_consumers, ", "),
+                                             "; its FP32 copy is kept for them"));
+    }
+    report->layers_quantized += l.quantized ? 1 : 0;
+    report->layers_split += l.split ? 1 : 0;
+    sum_plain += std::min(l.sqnr_plain_db, 300.0);
+    sum_split += std::min(l.sqnr_split_db, 300.0);
+    report->layers.push_back(std::move(l));
+  }
+  if (!plans.empty()) {
+    report->mean_sqnr_plain_db = sum_plain / plans.size();
+    report->mean_sqnr_split_db = sum_split / plans.size();
+  }
+  if (options.format == OutputFormat::kSplit) {
+    // Nothing was quantized: the split weights are exact.
+    report->mean_sqnr_split_db = std::numeric_limits<double>::infinity();
+  }
+  report->quantized_bits_per_weight =
+      quantized_elements > 0 ? static_cast<double>(quantized_bytes) * 8 / quantized_elements : 0;
+  report->artifact_bits_per_weight =
+      report->model_weight_elements > 0
+          ? static_cast<double>(report->output_bytes) * 8 / report->model_weight_elements
+          : 0;
+  report->compression_ratio = report->output_bytes > 0
+                                 ? static_cast<double>(report->input_bytes) / report->output_bytes
+                                 : 0;
 }
 
 }  // namespace
@@ -286,69 +461,9 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   progress("discover");
   SQ_ASSIGN_OR_RETURN(std::vector<WeightGroup> groups, DiscoverLayers(&proto, options));
   report.layers_found = static_cast<int>(groups.size());
-  std::vector<GroupPlan> plans;
-  for (auto& g : groups) {
-    if (!g.selected) continue;
-    GroupPlan p;
-    p.group = &g;
-    plans.push_back(p);
-  }
-  if (plans.empty()) {
-    std::string why = groups.empty()
-                          ? "the model has no MatMul/Gemm/Conv/ConvTranspose with a constant weight"
-                          : absl::StrCat(Plural(groups.size(), "candidate layer"),
-                                         " found, all skipped (first: ", groups[0].skip_reason, ")");
-    return absl::InvalidArgumentError(absl::StrCat("no quantizable layer: ", why));
-  }
-
-  // Split feasibility needs a peek at the values (3 distinct values in some unit).
   GraphEditor editor(&proto);
-  auto bias_reader = [&](const onnx::TensorProto& t) -> absl::StatusOr<std::vector<float>> {
-    SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(*model, t));
-    std::vector<float> v(f.data, f.data + f.size);
-    f.ReleasePages();
-    return v;
-  };
-  const int threads = std::max(1, options.threads > 0 ? options.threads
-                                                      : static_cast<int>(std::thread::hardware_concurrency()));
-  std::set<std::string> storage_notes;
-  for (GroupPlan& p : plans) {
-    WeightGroup& g = *p.group;
-    // The layer's own settings (global options, or the first matching --layer override).
-    p.settings = SettingsForLayer(options, g.uses[0].display_name);
-    const QuantizeOptions layer_options = OptionsForLayer(options, p.settings);
-    g.cluster_per_channel = ClusterPerChannel(options, p.settings.granularity, g.op_type);
-    StoragePlan layer_storage = storage;
-    if (options.format == OutputFormat::kQdq) {
-      QuantizeOptions at_opset = layer_options;
-      at_opset.target_opset = storage.opset;
-      SQ_ASSIGN_OR_RETURN(layer_storage, ChooseStorage(at_opset, report.input_opset));
-      if (!layer_storage.note.empty()) storage_notes.insert(layer_storage.note);
-    }
-    if (p.settings.split == SplitMode::kOff) {
-      p.split = false;
-      p.not_split_reason = "split off";
-    } else if (g.shape[g.channel_axis] < 3) {
-      p.not_split_reason = "fewer than 3 output channels";
-    } else {
-      SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(*model, *g.weight.tensor));
-      p.split = AnyUnitHasThreeDistinct(w.data, g.shape, g.channel_axis, g.cluster_per_channel);
-      if (!p.split) p.not_split_reason = "fewer than 3 distinct values";
-      if (p.split && p.settings.split == SplitMode::kAuto) {
-        SQ_ASSIGN_OR_RETURN(SplitGain gain, MeasureSplitGain(w, g, layer_options, threads));
-        p.auto_gain_db = gain.split_db - gain.plain_db;
-        p.split = p.auto_gain_db >= kAutoSplitMinGainDb;
-        p.split_decision = absl::StrFormat(
-            "auto: split SQNR %.1f dB vs plain %.1f dB, gain %.1f dB %s %.2f dB", gain.split_db,
-            gain.plain_db, p.auto_gain_db, p.split ? ">=" : "<", kAutoSplitMinGainDb);
-        if (!p.split) p.not_split_reason = p.split_decision;
-      }
-      w.ReleasePages();
-    }
-    SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, layer_options, layer_storage, bias_reader));
-  }
-  for (const std::string& note : storage_notes) report.warnings.push_back(note);
-  SQ_RETURN_IF_ERROR(editor.ApplyGraphEdits());
+  SQ_ASSIGN_OR_RETURN(std::vector<GroupPlan> plans,
+                      PlanLayers(*model, groups, options, storage, editor, &report));
   clock.Mark("discover");
   if (cancelled()) return kCancelled;
 
@@ -450,6 +565,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   for (size_t i = 0; i < copies.size(); ++i) tasks.push_back({-1, static_cast<int>(i), copies[i].size / 8});
   std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 
+  const int threads = EffectiveThreads(options);
   int64_t total_weight_elements = 0;
   for (const GroupPlan& p : plans) total_weight_elements += NumElementsOf(p.group->shape);
   std::vector<TransformResult> results(plans.size());
@@ -644,95 +760,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   clock.Mark("write");
 
   // --- report -------------------------------------------------------------------------
-  std::map<const WeightGroup*, int> plan_of;
-  for (size_t i = 0; i < plans.size(); ++i) plan_of[plans[i].group] = static_cast<int>(i);
-  double sum_plain = 0, sum_split = 0;
-  int64_t quantized_bytes = 0, quantized_elements = 0;
-  for (const WeightGroup& g : groups) {
-    LayerReport l;
-    l.name = g.uses[0].display_name;
-    l.op_type = g.op_type;
-    l.weight = g.weight_name;
-    l.shape = g.shape;
-    l.shared_by = static_cast<int>(g.uses.size());
-    l.graph = g.uses[0].graph_path;
-    l.bytes_before = NumElementsOf(g.shape) * 4;
-    l.bytes_after = l.bytes_before;
-    auto it = plan_of.find(&g);
-    if (it == plan_of.end()) {
-      l.skip_reason = g.skip_reason;
-      report.layers.push_back(std::move(l));
-      continue;
-    }
-    const GroupPlan& p = plans[it->second];
-    const TransformResult& r = results[it->second];
-    l.quantized = options.format != OutputFormat::kSplit;
-    l.split = r.split;
-    l.not_split_reason = r.split ? "" : (p.not_split_reason.empty() ? r.not_split_reason : p.not_split_reason);
-    l.bits = p.settings.bits;
-    l.granularity = ToString(p.config.granularity);
-    l.block_size = p.config.granularity == Granularity::kBlock ? p.settings.block_size : 0;
-    l.symmetric = p.settings.symmetric;
-    l.split_mode = ToString(p.settings.split);
-    if (p.settings.override_index >= 0) {
-      l.override_rule = ToString(options.layer_overrides[p.settings.override_index]);
-    }
-    l.split_decision = p.split_decision;
-    for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
-    l.degenerate_channels = r.degenerate_units;
-    float smin = std::numeric_limits<float>::infinity(), smax = 0;
-    for (int b = 0; b < r.num_branches; ++b) {
-      for (float s : r.params[b].scales) {
-        smin = std::min(smin, s);
-        smax = std::max(smax, s);
-      }
-    }
-    l.scale_min = smax > 0 ? smin : 0;
-    l.scale_max = smax;
-    const double n = static_cast<double>(NumElementsOf(g.shape));
-    l.mse_plain = r.plain_error_energy / n;
-    l.mse_split = r.split_error_energy / n;
-    l.sqnr_plain_db = SqnrDb(r.signal_energy, r.plain_error_energy);
-    l.sqnr_split_db = SqnrDb(r.signal_energy, r.split_error_energy);
-    int tensors = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
-    int64_t params = NumElementsOf(p.param_shape);
-    l.bytes_after = tensors * p.data_bytes_per_tensor;
-    if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
-    l.stored_bits_per_weight = n > 0 ? static_cast<double>(l.bytes_after) * 8 / n : 0;
-    if (l.quantized) {
-      quantized_bytes += l.bytes_after;
-      quantized_elements += NumElementsOf(g.shape);
-    }
-    l.bias_split = p.bias_split;
-    l.note = p.granularity_note;
-    if (!g.other_consumers.empty()) {
-      report.warnings.push_back(absl::StrCat("weight '", g.weight_name, "' is also read by ",
-                                             absl::StrJoin(g.other_consumers, ", "),
-                                             "; its FP32 copy is kept for them"));
-    }
-    report.layers_quantized += l.quantized ? 1 : 0;
-    report.layers_split += l.split ? 1 : 0;
-    sum_plain += std::min(l.sqnr_plain_db, 300.0);
-    sum_split += std::min(l.sqnr_split_db, 300.0);
-    report.layers.push_back(std::move(l));
-  }
-  if (!plans.empty()) {
-    report.mean_sqnr_plain_db = sum_plain / plans.size();
-    report.mean_sqnr_split_db = sum_split / plans.size();
-  }
-  if (options.format == OutputFormat::kSplit) {
-    // Nothing was quantized: the split weights are exact.
-    report.mean_sqnr_split_db = std::numeric_limits<double>::infinity();
-  }
-  report.quantized_bits_per_weight =
-      quantized_elements > 0 ? static_cast<double>(quantized_bytes) * 8 / quantized_elements : 0;
-  report.artifact_bits_per_weight =
-      report.model_weight_elements > 0
-          ? static_cast<double>(report.output_bytes) * 8 / report.model_weight_elements
-          : 0;
-  report.compression_ratio = report.output_bytes > 0
-                                 ? static_cast<double>(report.input_bytes) / report.output_bytes
-                                 : 0;
+  FillReport(groups, plans, results, options, &report);
   report.peak_rss_bytes = PeakRssBytes();
   report.total_seconds = Seconds(run_start);
   progress("done", static_cast<int>(plans.size()), static_cast<int>(plans.size()));
