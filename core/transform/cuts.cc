@@ -15,7 +15,6 @@ namespace {
 constexpr int kShrinkSteps = 10;     // factors 1 - kShrinkStep * k, k = 0..kShrinkSteps
 constexpr float kShrinkStep = 0.05f;
 constexpr int kQuantileGrid = 32;
-constexpr int64_t kMeasuredSearchStep = 8;
 
 float ShrinkFactor(int k) { return 1.0f - kShrinkStep * static_cast<float>(k); }
 
@@ -56,17 +55,6 @@ class CutSearch {
     k = std::max<int64_t>(k, 1);
     while (k < n_ && !Valid(k)) ++k;
     return k;
-  }
-
-  // Measured squared error of the three branches for cuts (i, j), min/max ranges.
-  double Measured(int64_t i, int64_t j) const {
-    const int64_t b[4] = {0, i, j, n_};
-    double e = 0;
-    for (int c = 0; c < 3; ++c) {
-      e += BranchSquaredError(absl::MakeConstSpan(s_.data() + b[c], b[c + 1] - b[c]),
-                              std::min(s_[b[c]], 0.0f), std::max(s_[b[c + 1] - 1], 0.0f), spec_);
-    }
-    return e;
   }
 
   // Greedy moves of one cut at a time by `step` (to the next valid position), halving
@@ -110,15 +98,13 @@ class CutSearch {
 
   // Best (i, j): grid + tails, then local search. False when no valid pair exists.
   bool Search(int64_t* bi, int64_t* bj) const {
-    // Outer clusters range from a single outlier to a third of the values: candidate
-    // sizes are every size up to kTailPositions, then geometric (x1.25) up to the whole
-    // unit, counted from each end.
+    // Outer clusters range from a single outlier to a third of the values: every size up
+    // to kTailPositions (at most an eighth of the values), then a 1/32 quantile grid.
     std::vector<int64_t> lower, upper;
     const int64_t tails = std::min<int64_t>(kTailPositions, std::max<int64_t>(n_ / 8, 1));
-    for (double k = 1; k < n_; k = k < tails ? k + 1 : k * 1.25) {
-      const int64_t size = static_cast<int64_t>(k);
-      lower.push_back(size);
-      upper.push_back(n_ - size);
+    for (int64_t k = 1; k <= std::min<int64_t>(tails, n_ - 1); ++k) {
+      lower.push_back(k);
+      upper.push_back(n_ - k);
     }
     for (int a = 1; a < kQuantileGrid; ++a) {
       lower.push_back(n_ * a / kQuantileGrid);
@@ -150,10 +136,7 @@ class CutSearch {
       }
     }
     if (i < 0) return false;
-    // Local search on the model, then a shorter one on the measured error (the model is
-    // an estimate; the last moves are decided by what quantization really does).
     LocalSearch(&i, &j, std::max<int64_t>(1, n_ / 64), [&](int64_t a, int64_t b) { return Error(a, b); });
-    LocalSearch(&i, &j, kMeasuredSearchStep, [&](int64_t a, int64_t b) { return Measured(a, b); });
     *bi = i;
     *bj = j;
     return true;
