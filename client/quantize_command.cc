@@ -51,6 +51,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --split on|off|auto        SplitQuant on (default), plain linear quantization, or per
                              layer only where it gains >= 6.02 dB weight SQNR (one bit's
                              worth); the report says what was chosen and why
+  --initializer-inputs M     weights (default: initializers also listed as graph inputs,
+                             as IR < 4 models do, are weights and leave the inputs) |
+                             inputs (keep them as run-time inputs; their layers are skipped)
   --layer 'REGEX=K:V,...'    settings for layers whose node name matches (repeatable, first
                              match wins); keys bits, granularity, block_size, symmetric
                              (on|off), split (on|off|auto). E.g. --layer 'head=bits:8'
@@ -160,6 +163,14 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
         return absl::InvalidArgumentError(absl::StrCat("--split wants on, off or auto, got '", *v, "'"));
       }
       o.split = *m;
+    } else if (flag == "initializer-inputs") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v != "weights" && *v != "inputs") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--initializer-inputs wants weights or inputs, got '", *v, "'"));
+      }
+      o.initializer_inputs_are_weights = *v == "weights";
     } else if (flag == "layer") {
       auto v = value();
       if (!v.ok()) return v.status();

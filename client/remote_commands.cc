@@ -29,7 +29,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "min-elements",
+      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -267,6 +267,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   }
   if (auto it = a.values.find("exclude"); it != a.values.end()) {
     for (const auto& v : it->second) o->add_exclude_name_patterns(v);
+  }
+  if (a.Has("initializer-inputs")) {
+    std::string v = a.Get("initializer-inputs");
+    if (v != "weights" && v != "inputs") {
+      return absl::InvalidArgumentError("--initializer-inputs wants weights or inputs, got '" + v + "'");
+    }
+    o->set_initializer_inputs_are_weights(v == "weights");
   }
   if (auto it = a.values.find("layer"); it != a.values.end()) {
     for (const auto& v : it->second) {

@@ -432,6 +432,9 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
   onnx::ModelProto& proto = model->proto();
   SQ_RETURN_IF_ERROR(ValidateModelStructure(proto));
+  if (options.initializer_inputs_are_weights) {
+    report.initializer_inputs_promoted = PromoteInitializerInputs(&proto);
+  }
   report.input_bytes = model->model_file_bytes() + model->external_bytes();
   report.model_weight_elements = model->float_weight_elements();
   report.input_opset = DefaultDomainOpset(proto);
@@ -770,6 +773,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
 absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
   SQ_ASSIGN_OR_RETURN(std::unique_ptr<LoadedModel> model, LoadedModel::FromFile(input_path));
   SQ_RETURN_IF_ERROR(ValidateModelStructure(model->proto()));
+  PromoteInitializerInputs(&model->proto());  // as the default quantize does
   onnx::ModelProto& proto = model->proto();
   ModelInfo info;
   info.ir_version = proto.ir_version();

@@ -3,6 +3,7 @@
 #include <map>
 #include <memory>
 #include <unordered_map>
+#include <unordered_set>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -266,6 +267,25 @@ std::vector<std::pair<std::string, int64_t>> OpHistogram(const onnx::ModelProto&
   std::map<std::string, int64_t> counts;
   CountOps(model.graph(), &counts);
   return {counts.begin(), counts.end()};
+}
+
+std::vector<std::string> PromoteInitializerInputs(onnx::ModelProto* model) {
+  onnx::GraphProto* g = model->mutable_graph();
+  std::unordered_set<std::string> initializers;
+  for (const auto& t : g->initializer()) initializers.insert(t.name());
+  std::vector<std::string> removed;
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
+  for (auto& in : *g->mutable_input()) {
+    if (initializers.count(in.name())) {
+      removed.push_back(in.name());
+    } else {
+      *kept.Add() = std::move(in);
+    }
+  }
+  if (removed.empty()) return removed;
+  g->mutable_input()->Swap(&kept);
+  if (model->ir_version() < 4) model->set_ir_version(4);
+  return removed;
 }
 
 }  // namespace sq

@@ -71,6 +71,11 @@ std::vector<std::pair<std::string, int64_t>> OpHistogram(const onnx::ModelProto&
 bool ClusterPerChannel(const QuantizeOptions& options, Granularity granularity,
                        const std::string& op_type);
 
+// Removes from the main graph's inputs every name that is also one of its initializers
+// (the IR < 4 convention) and raises the IR version to 4 when it removed any, since IR < 4
+// requires initializers to be inputs. Returns the names removed, in input order.
+std::vector<std::string> PromoteInitializerInputs(onnx::ModelProto* model);
+
 }  // namespace sq
 
 #endif  // SQ_CORE_LAYERS_H_

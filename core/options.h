@@ -93,6 +93,13 @@ struct QuantizeOptions {
   // always uses k-means cuts.
   bool quant_aware_boundaries = true;
 
+  // IR < 4 models list every initializer among the graph inputs (what older exporters and
+  // many published models still carry); ONNX Runtime treats such a weight as overridable,
+  // so it is not a constant. true (default): initializers that are also main-graph inputs
+  // are weights: they leave the graph inputs (the output's IR version becomes >= 4) and the
+  // report names them. false: they stay inputs and their layers are not quantized.
+  bool initializer_inputs_are_weights = true;
+
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.
   std::vector<std::string> exclude_name_patterns;

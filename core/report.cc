@@ -38,7 +38,8 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"min_weight_elements", o.min_weight_elements},
           {"target_opset", o.target_opset},
           {"threads", o.threads},
-          {"external_data", o.external_data}};
+          {"external_data", o.external_data},
+          {"initializer_inputs", o.initializer_inputs_are_weights ? "weights" : "inputs"}};
 }
 
 std::string HumanBytes(int64_t b) {
@@ -126,6 +127,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"artifact_bits_per_weight", std::round(r.artifact_bits_per_weight * 1000) / 1000},
                       {"model_weight_elements", r.model_weight_elements},
                       {"warnings", r.warnings},
+                      {"initializer_inputs_promoted", r.initializer_inputs_promoted},
                       {"layers", layers}};
   MakeStringsValidUtf8(j);
   return j.dump(indent) + "\n";
@@ -163,6 +165,11 @@ std::string ReportSummary(const ModelReport& r) {
   absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,
                                         absl::StrJoin(stages, ", "), HumanBytes(r.peak_rss_bytes)));
   absl::StrAppend(&out, "  sha256: ", r.output_sha256, "\n");
+  if (!r.initializer_inputs_promoted.empty()) {
+    absl::StrAppend(&out, "  ", r.initializer_inputs_promoted.size(),
+                    " initializer(s) listed as graph inputs (IR < 4) became weights and left the "
+                    "inputs\n");
+  }
   for (const auto& w : r.warnings) absl::StrAppend(&out, "  warning: ", w, "\n");
   absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s\n", "layer", "op", "shape",
                                         "split", "SQNR pl", "SQNR sp"));

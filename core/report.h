@@ -83,6 +83,8 @@ struct ModelReport {
   double artifact_bits_per_weight = 0;
   int64_t model_weight_elements = 0;
   std::vector<std::string> warnings;
+  // Initializers that were also graph inputs (IR < 4 models) and became weights.
+  std::vector<std::string> initializer_inputs_promoted;
   std::vector<LayerReport> layers;
 };
 

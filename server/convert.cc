@@ -27,6 +27,9 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     case v1::SPLIT_MODE_AUTO: o.split = SplitMode::kAuto; break;
     default: return absl::InvalidArgumentError("options.split_mode: unknown value");
   }
+  if (w.has_initializer_inputs_are_weights()) {
+    o.initializer_inputs_are_weights = w.initializer_inputs_are_weights();
+  }
   for (int i = 0; i < w.layer_overrides_size(); ++i) {
     auto lo = ParseLayerOverride(w.layer_overrides(i));
     if (!lo.ok()) {
@@ -83,6 +86,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
                    : o.split == SplitMode::kAuto ? v1::SPLIT_MODE_AUTO
                                                  : v1::SPLIT_MODE_ON);
   for (const LayerOverride& lo : o.layer_overrides) w.add_layer_overrides(ToString(lo));
+  w.set_initializer_inputs_are_weights(o.initializer_inputs_are_weights);
   w.set_form(o.form == SplitForm::kFolded ? v1::SPLIT_FORM_FOLDED : v1::SPLIT_FORM_BRANCHES);
   switch (o.format) {
     case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;

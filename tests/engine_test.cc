@@ -281,6 +281,47 @@ TEST_F(EngineTest, LayerOverridesAndSplitAutoAreAppliedAndReported) {
   EXPECT_FALSE(std::filesystem::exists(Path("bad.onnx")));
 }
 
+// IR 3 models list every initializer among the graph inputs. They are weights by default:
+// quantized, dropped from the inputs (IR raised to 4), named in the report; the flag keeps
+// the old refusal for users who feed weights at run time.
+TEST_F(EngineTest, InitializersListedAsGraphInputsAreWeights) {
+  onnx::ModelProto m = MlpModel(9);
+  m.set_ir_version(3);
+  auto* g = m.mutable_graph();
+  for (const char* name : {"w1", "w2", "c2"}) {
+    auto* in = g->add_input();
+    in->set_name(name);
+    in->mutable_type()->mutable_tensor_type()->set_elem_type(onnx::TensorProto::FLOAT);
+  }
+  ASSERT_TRUE(testing::SaveModel(m, Path("ir3.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  for (OutputFormat format : {OutputFormat::kQdq, OutputFormat::kSplit}) {
+    o.format = format;
+    auto r = Quantize(Path("ir3.onnx"), Path("ir3.q.onnx"), o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->layers_quantized + (format == OutputFormat::kSplit ? 2 : 0), 2);
+    EXPECT_EQ(r->initializer_inputs_promoted, (std::vector<std::string>{"w1", "w2", "c2"}));
+    auto out = LoadedModel::FromFile(Path("ir3.q.onnx"));
+    ASSERT_TRUE(out.ok());
+    EXPECT_GE((*out)->proto().ir_version(), 4);
+    ASSERT_EQ((*out)->proto().graph().input_size(), 1);
+    EXPECT_EQ((*out)->proto().graph().input(0).name(), "x");
+    ASSERT_TRUE(testing::LoadInOrt(Path("ir3.q.onnx")).ok());
+    auto inputs = testing::MakeRandomInputs(Path("ir3.q.onnx"), 5);
+    ASSERT_TRUE(inputs.ok());
+    ASSERT_TRUE(testing::SaveModel(MlpModel(9), Path("ref.onnx")).ok());
+    auto want = testing::RunOrt(Path("ref.onnx"), *inputs);
+    auto got = testing::RunOrt(Path("ir3.q.onnx"), *inputs);
+    ASSERT_TRUE(want.ok() && got.ok());
+    EXPECT_LT(testing::MaxRelativeError(*got, *want), format == OutputFormat::kSplit ? 1e-5 : 0.5);
+  }
+  o.initializer_inputs_are_weights = false;
+  auto refused = Quantize(Path("ir3.onnx"), Path("ir3.k.onnx"), o);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("no quantizable layer"), std::string::npos);
+}
+
 TEST_F(EngineTest, PackedInt2OnlyOnRequestOfOpset25) {
   ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
   QuantizeOptions o;
