@@ -274,15 +274,14 @@ std::vector<std::string> PromoteInitializerInputs(onnx::ModelProto* model) {
   std::unordered_set<std::string> initializers;
   for (const auto& t : g->initializer()) initializers.insert(t.name());
   std::vector<std::string> removed;
-  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
-  for (auto& in : *g->mutable_input()) {
-    if (initializers.count(in.name())) {
-      removed.push_back(in.name());
-    } else {
-      *kept.Add() = std::move(in);
-    }
+  for (const auto& in : g->input()) {
+    if (initializers.count(in.name())) removed.push_back(in.name());
   }
   if (removed.empty()) return removed;
+  google::protobuf::RepeatedPtrField<onnx::ValueInfoProto> kept;
+  for (auto& in : *g->mutable_input()) {
+    if (!initializers.count(in.name())) *kept.Add() = std::move(in);
+  }
   g->mutable_input()->Swap(&kept);
   if (model->ir_version() < 4) model->set_ir_version(4);
   return removed;
