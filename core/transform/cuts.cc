@@ -47,7 +47,8 @@ class CutSearch {
  public:
   CutSearch(const std::vector<float>& s, const QuantSpec& spec)
       : s_(s), n_(static_cast<int64_t>(s.size())), spec_(spec),
-        levels_(static_cast<double>(spec.qmax() - spec.qmin())) {}
+        inv_levels_(1.0 / static_cast<double>(spec.qmax() - spec.qmin())),
+        inv_qmax_(1.0 / static_cast<double>(spec.qmax())) {}
 
   bool Valid(int64_t k) const { return k > 0 && k < n_ && s_[k - 1] < s_[k]; }
   // The first valid cut at or after k (n_ if none).
@@ -154,15 +155,15 @@ class CutSearch {
     }
     // The step ChooseQuantParams gives: symmetric codes span [-m, m] around 0.
     const double step = spec_.symmetric
-                            ? std::max(-static_cast<double>(lo), static_cast<double>(hi)) / spec_.qmax()
-                            : (static_cast<double>(hi) - lo) / levels_;
+                            ? std::max(-static_cast<double>(lo), static_cast<double>(hi)) * inv_qmax_
+                            : (static_cast<double>(hi) - lo) * inv_levels_;
     return static_cast<double>(count) * step * step / 12.0;
   }
 
   const std::vector<float>& s_;
   const int64_t n_;
   const QuantSpec spec_;
-  const double levels_;
+  const double inv_levels_, inv_qmax_;
 };
 
 }  // namespace

@@ -46,7 +46,7 @@
 
 namespace sq {
 
-inline constexpr int64_t kMinUnitSample = 256;
+inline constexpr int64_t kMinUnitSample = 128;
 inline constexpr int64_t kMaxUnitSample = 4096;
 inline constexpr int64_t kTensorSampleBudget = int64_t{1} << 18;
 inline constexpr int64_t kExactBranchValues = 64;
