@@ -44,6 +44,18 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
   EXPECT_FALSE(a->options.quant_aware_boundaries);
 }
 
+TEST(ParseQuantizeArgsTest, ParsesLayerOverridesSplitAutoAndInitializerInputs) {
+  auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--split", "auto", "--layer",
+                              "head=bits:8,split:off", "--layer", "conv=granularity:tensor",
+                              "--initializer-inputs", "inputs"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->options.split, SplitMode::kAuto);
+  ASSERT_EQ(a->options.layer_overrides.size(), 2u);
+  EXPECT_EQ(ToString(a->options.layer_overrides[0]), "head=bits:8,split:off");
+  EXPECT_EQ(a->options.layer_overrides[1].granularity, Granularity::kTensor);
+  EXPECT_FALSE(a->options.initializer_inputs_are_weights);
+}
+
 TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
   struct Case {
     std::vector<std::string> args;
@@ -61,6 +73,9 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
                         Case{{"m.onnx", "-o"}, "needs a value"},
                         Case{{"m.onnx", "-o", "o", "--kmeans", "fast"}, "--kmeans"},
                         Case{{"m.onnx", "-o", "o", "--boundaries", "best"}, "--boundaries"},
+                        Case{{"m.onnx", "-o", "o", "--layer", "(=bits:4"}, "bad regex"},
+                        Case{{"m.onnx", "-o", "o", "--layer", "fc=colour:red"}, "unknown key 'colour'"},
+                        Case{{"m.onnx", "-o", "o", "--initializer-inputs", "maybe"}, "--initializer-inputs"},
                         Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
     auto a = ParseQuantizeArgs(c.args);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
