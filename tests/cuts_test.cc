@@ -111,6 +111,36 @@ TEST(CutsTest, ShrinkClipsALoneFarOutlierOnlyWhenThatLowersTheError) {
   EXPECT_EQ(SearchBranchShrink({}, spec), (std::array<float, 2>{1, 1}));
 }
 
+// The SSE2 loop of BranchSquaredError against the plain quantize/dequantize of
+// quantizer.h, summed in double: same codes (the 1.5 * 2^23 rounding trick equals
+// round-half-even in range), so only the float accumulation may differ.
+TEST(CutsTest, BranchSquaredErrorMatchesThePlainQuantizer) {
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      for (size_t n : {size_t{1}, size_t{3}, size_t{7}, size_t{1023}, size_t{1025}, size_t{5000}}) {
+        const QuantSpec spec{bits, symmetric};
+        const std::vector<float> v = HeavyTailed(n, n * 31 + bits);
+        float lo = 0, hi = 0;
+        for (float x : v) {
+          lo = std::min(lo, x);
+          hi = std::max(hi, x);
+        }
+        for (float shrink : {1.0f, 0.7f}) {
+          const QuantParams p = ChooseQuantParams(lo * shrink, hi * shrink, spec);
+          double want = 0;
+          for (float x : v) {
+            const double d = x - static_cast<double>(DequantizeValue(QuantizeValue(x, p, spec), p));
+            want += d * d;
+          }
+          const double got = BranchSquaredError(v, lo * shrink, hi * shrink, spec);
+          EXPECT_NEAR(got, want, 1e-5 * want + 1e-30)
+              << "bits " << bits << " sym " << symmetric << " n " << n << " shrink " << shrink;
+        }
+      }
+    }
+  }
+}
+
 TEST(CutsTest, UnitSampleSizeSpreadsABudgetPerTensor) {
   EXPECT_EQ(UnitSampleSize(1), kMaxUnitSample);
   EXPECT_EQ(UnitSampleSize(100000), kMinUnitSample);
