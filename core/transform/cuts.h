@@ -47,7 +47,7 @@
 namespace sq {
 
 inline constexpr int64_t kMinUnitSample = 128;
-inline constexpr int64_t kMaxUnitSample = 4096;
+inline constexpr int64_t kMaxUnitSample = int64_t{1} << 18;
 inline constexpr int64_t kTensorSampleBudget = int64_t{1} << 18;
 inline constexpr int64_t kExactBranchValues = 64;
 inline constexpr int kTailPositions = 48;
