@@ -243,14 +243,15 @@ json PrintPairs(const std::vector<Row>& rows, const std::string& set) {
       "plain -> split | SQNR cls plain -> split | split worse? |\n"
       "|---|---|---|---|---|---|---|\n");
   for (const Row& r : rows) {
-    if (r.set != set || !r.ok || r.config.fp32 || r.config.split || r.config.qdq) continue;
-    Config sc = r.config;
+    if (r.set != set || !r.ok || r.config.fp32 || r.config.split) continue;
+    Config sc = r.config;  // the default split of the same base (and the same format)
     sc.split = true;
     sc.mode = "split";
     auto it = by_name.find(ConfigName(sc));
     if (it == by_name.end()) continue;
     const Row& s = *it->second;
-    std::string base = r.config.name.substr(0, r.config.name.size() - 6);
+    std::string base = r.config.name;
+    base.erase(base.find("-plain"), 6);
     double de = s.eval.rec_exact_pct() - r.eval.rec_exact_pct();
     double dc = s.eval.rec_char_pct() - r.eval.rec_char_pct();
     double dk = s.eval.cls_pct() - r.eval.cls_pct();
