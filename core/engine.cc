@@ -202,19 +202,7 @@ struct SplitGain {
 // the transform that writes nothing.
 absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGroup& g,
                                            const QuantizeOptions& options, int threads) {
-  TransformConfig c;
-  c.spec.bits = options.bits;
-  c.spec.symmetric = options.symmetric;
-  c.granularity = options.granularity;
-  if (c.granularity == Granularity::kBlock && g.shape.size() > 2 &&
-      g.shape[g.reduction_axis] < options.block_size) {
-    c.granularity = Granularity::kChannel;  // as PlanGroup does for short reduction axes
-  }
-  c.block_size = options.block_size;
-  c.split = true;
-  c.cluster_per_channel = g.cluster_per_channel;
-  c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
-  c.quant_aware_boundaries = options.quant_aware_boundaries;
+  TransformConfig c = LayerTransformConfig(g, options, /*split=*/true, nullptr);
   c.encoding = WeightEncoding::kDequantizedSum;
   c.compute_plain_error = true;
   WeightView view;

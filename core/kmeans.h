@@ -44,7 +44,6 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "core/quantizer.h"
 
 namespace sq {
 
@@ -112,19 +111,6 @@ class HistogramKMeansState {
 // (+-inf when no finite float qualifies.) Lets hot loops compare in float.
 float LowerThreshold(double lower_boundary);
 float UpperThreshold(double upper_boundary);
-
-// Quantization-aware cuts (opt-in, `--boundaries quant`). k-means minimises inertia, but
-// what SplitQuant pays for is each branch's quantization error, and a branch's range
-// always reaches 0 (its other positions are zeros): an outer cluster holding a quarter of
-// the values gets a coarse step. Starting from `start` (a 3-cluster result on `values`),
-// this moves the two cuts, between distinct values only, to minimise the summed squared
-// error of quantizing the three branches with one (scale, zero point) each under `spec`:
-// a coarse grid search, then a local search down to single positions. The result obeys the
-// same contract as KMeans1D (midpoint boundaries, counts, centres = cluster means,
-// inertia of the returned assignment); deterministic. Returns `start` unchanged when it has
-// fewer than 3 clusters or nothing better is found.
-KMeans1DResult RefineCutsForQuantization(absl::Span<const float> values, const QuantSpec& spec,
-                                         const KMeans1DResult& start);
 
 // Inertia of the midpoint assignment for the given boundaries (shared test helper).
 double AssignmentInertia(absl::Span<const float> values, double lower_boundary,

@@ -108,6 +108,32 @@ absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int mo
   return plan;
 }
 
+TransformConfig LayerTransformConfig(const WeightGroup& g, const QuantizeOptions& options,
+                                     bool split, std::string* granularity_note) {
+  TransformConfig c;
+  c.spec.bits = options.bits;
+  c.spec.symmetric = options.symmetric;
+  // Blocks along a reduction axis shorter than one block would give every (channel,
+  // kernel position) its own scale: on a depthwise conv (C/g = 1) that is one scale per
+  // weight, a model larger than FP32. Such convolutions get per-channel scales instead.
+  c.granularity = options.granularity;
+  if (c.granularity == Granularity::kBlock && g.shape.size() > 2 &&
+      g.shape[g.reduction_axis] < options.block_size) {
+    c.granularity = Granularity::kChannel;
+    if (granularity_note) {
+      *granularity_note = absl::StrCat("per-channel scales: reduction axis has ",
+                                       g.shape[g.reduction_axis], " < block size ",
+                                       options.block_size);
+    }
+  }
+  c.block_size = options.block_size;
+  c.split = split;
+  c.cluster_per_channel = g.cluster_per_channel;
+  c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
+  c.quant_aware_boundaries = options.quant_aware_boundaries;
+  return c;
+}
+
 QuantizeOptions OptionsForLayer(const QuantizeOptions& options, const LayerSettings& settings) {
   QuantizeOptions o = options;
   o.bits = settings.bits;
@@ -203,25 +229,8 @@ absl::Status GraphEditor::PlanGroup(
   plan->num_branches = plan->split ? 3 : 1;
 
   TransformConfig& c = plan->config;
-  c.spec.bits = options.bits;
-  c.spec.symmetric = options.symmetric;
-  // Blocks along a reduction axis shorter than one block would give every (channel,
-  // kernel position) its own scale: on a depthwise conv (C/g = 1) that is one scale per
-  // weight, a model larger than FP32. Such convolutions get per-channel scales instead.
-  Granularity gran = options.granularity;
-  if (gran == Granularity::kBlock && g.shape.size() > 2 &&
-      g.shape[g.reduction_axis] < options.block_size) {
-    gran = Granularity::kChannel;
-    plan->granularity_note = absl::StrCat("per-channel scales: reduction axis has ",
-                                          g.shape[g.reduction_axis], " < block size ",
-                                          options.block_size);
-  }
-  c.granularity = gran;
-  c.block_size = options.block_size;
-  c.split = plan->split;
-  c.cluster_per_channel = g.cluster_per_channel;
-  c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
-  c.quant_aware_boundaries = options.quant_aware_boundaries;
+  c = LayerTransformConfig(g, options, plan->split, &plan->granularity_note);
+  const Granularity gran = c.granularity;
   c.storage_bits = storage.storage_bits >= options.bits ? storage.storage_bits : 8;
   switch (options.format) {
     case OutputFormat::kQdq:

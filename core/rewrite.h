@@ -44,6 +44,12 @@ struct StoragePlan {
 // InvalidArgument when options.target_opset cannot hold what was asked.
 absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset);
 
+// The transform settings of one layer under `options`: bits, symmetry, granularity (blocks
+// fall back to per-channel scales on a reduction axis shorter than a block; the note says
+// so), clustering, cut criterion. Encoding and storage are the caller's.
+TransformConfig LayerTransformConfig(const WeightGroup& g, const QuantizeOptions& options,
+                                     bool split, std::string* granularity_note);
+
 // The options one layer is quantized with: `options` with `settings` applied.
 QuantizeOptions OptionsForLayer(const QuantizeOptions& options, const LayerSettings& settings);
 

@@ -6,7 +6,6 @@
 #include <thread>
 #include <vector>
 
-#include "core/quantizer.h"
 #include "gtest/gtest.h"
 
 namespace sq {
@@ -58,64 +57,6 @@ void ExpectNoWorse(const std::vector<float>& v, const KMeans1DResult& fast,
   const double f = AssignmentInertia(v, fast.lower_boundary, fast.upper_boundary);
   const double r = AssignmentInertia(v, ref.lower_boundary, ref.upper_boundary);
   EXPECT_LE(f, r * (1 + kInertiaRelSlack) + kInertiaAbsSlack);
-}
-
-// Squared error of quantizing each cluster as its own branch (range widened to 0).
-double ThreeBranchError(const std::vector<float>& v, const KMeans1DResult& r, const QuantSpec& q) {
-  std::vector<float> parts[3];
-  for (float x : v) parts[ClusterOf(x, r.lower_boundary, r.upper_boundary)].push_back(x);
-  double e = 0;
-  for (const auto& p : parts) {
-    if (p.empty()) continue;
-    float lo = 0, hi = 0;
-    for (float x : p) lo = std::min(lo, x), hi = std::max(hi, x);
-    QuantParams qp = ChooseQuantParams(lo, hi, q);
-    for (float x : p) {
-      double d = x - DequantizeValue(QuantizeValue(x, qp, q), qp);
-      e += d * d;
-    }
-  }
-  return e;
-}
-
-TEST(KMeansTest, QuantizationAwareCutsLowerTheBranchErrorAndKeepTheContract) {
-  std::mt19937_64 rng(17);
-  std::student_t_distribution<double> t(3.0);
-  std::normal_distribution<double> g(0.0, 1.0);
-  for (size_t n : {9u, 144u, 1152u, 5000u}) {
-    for (int dist = 0; dist < 2; ++dist) {
-      std::vector<float> v(n);
-      for (auto& x : v) x = static_cast<float>(dist == 0 ? 0.02 * t(rng) : g(rng));
-      const KMeans1DResult km = KMeans1D(v);
-      for (QuantSpec q : {QuantSpec{4, false}, QuantSpec{2, false}, QuantSpec{8, true}}) {
-        const KMeans1DResult r = RefineCutsForQuantization(v, q, km);
-        SCOPED_TRACE(::testing::Message() << "n " << n << " dist " << dist << " bits " << q.bits);
-        EXPECT_LE(ThreeBranchError(v, r, q), ThreeBranchError(v, km, q) * (1 + 1e-12));
-        // Same contract as KMeans1D: the boundaries reproduce the counts, centres are means.
-        int64_t counts[3] = {0, 0, 0};
-        double sums[3] = {0, 0, 0};
-        for (float x : v) {
-          int c = ClusterOf(x, r.lower_boundary, r.upper_boundary);
-          ++counts[c];
-          sums[c] += x;
-        }
-        for (int c = 0; c < 3; ++c) {
-          EXPECT_EQ(counts[c], r.counts[c]);
-          if (counts[c]) EXPECT_NEAR(r.centers[c], sums[c] / counts[c], 1e-9);
-        }
-        EXPECT_EQ(r.distinct_clusters, 3);
-        EXPECT_NEAR(r.inertia, AssignmentInertia(v, r.lower_boundary, r.upper_boundary),
-                    1e-9 * (1 + r.inertia));
-        const KMeans1DResult again = RefineCutsForQuantization(v, q, km);
-        EXPECT_EQ(again.lower_boundary, r.lower_boundary);
-        EXPECT_EQ(again.upper_boundary, r.upper_boundary);
-      }
-    }
-  }
-  // Fewer than 3 clusters: returned unchanged.
-  const std::vector<float> two = {1, 1, 2, 2};
-  const KMeans1DResult km = KMeans1D(two);
-  EXPECT_EQ(RefineCutsForQuantization(two, QuantSpec{4, false}, km).counts, km.counts);
 }
 
 TEST(KMeansTest, EmptyInput) {
