@@ -4,6 +4,7 @@
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -57,9 +58,17 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --layer 'REGEX=K:V,...'    settings for layers whose node name matches (repeatable, first
                              match wins); keys bits, granularity, block_size, symmetric
                              (on|off), split (on|off|auto). E.g. --layer 'head=bits:8'
-  --form F                   branches (3 ops + Adds, default) | folded (weights added, 1 op)
-  --format F                 qdq (int codes + DequantizeLinear, default) | fake (FP32
-                             dequantized weights) | split (FP32, split only)
+  --target T                 where the model runs: qdq (default: integer codes +
+                             DequantizeLinear, standard QDQ) | ort-cpu (ONNX Runtime CPU:
+                             MatMul as com.microsoft.MatMulNBits, other weights decoded at
+                             load) | portable (standard ops only, decoded at load)
+  --form F                   how a split layer is stored: auto (default: compact for
+                             ort-cpu/portable, branches otherwise) | branches (3 ops + Adds) |
+                             folded (weights added, 1 op) | compact (one code + a 2-bit
+                             cluster id per weight; ort-cpu/portable)
+  --ort-accuracy-level N     MatMulNBits compute (ort-cpu): 4 (default, int8) | 0 (float)
+  --format F                 qdq (= --target qdq) | fake (FP32 dequantized weights) |
+                             split (FP32, split only)
   --boundaries B             quant (default: cuts and per-branch ranges chosen for the
                              branches' quantization error; tensor/channel granularity) |
                              kmeans (the paper: k-means midpoints, min/max ranges)
@@ -86,6 +95,7 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
   QuantizeArgs out;
   QuantizeOptions& o = out.options;
   std::vector<std::string> positional;
+  std::optional<std::string> target_flag, format_flag;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--") {
@@ -186,9 +196,17 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
     } else if (flag == "format") {
       auto v = value();
       if (!v.ok()) return v.status();
-      auto f = ParseOutputFormat(*v);
-      if (!f.ok()) return f.status();
-      o.format = *f;
+      format_flag = *v;
+    } else if (flag == "target") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      target_flag = *v;
+    } else if (flag == "ort-accuracy-level") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &o.ort_accuracy_level)) {
+        return absl::InvalidArgumentError(absl::StrCat("--ort-accuracy-level wants 0, 1 or 4, got '", *v, "'"));
+      }
     } else if (flag == "cluster-scope") {
       auto v = value();
       if (!v.ok()) return v.status();
@@ -244,6 +262,7 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
     if (!s.ok()) return s;
   }
   if (out.help) return out;
+  if (absl::Status s = ResolveTargetFlags(target_flag, format_flag, &o); !s.ok()) return s;
   if (positional.size() != 1) {
     return absl::InvalidArgumentError(positional.empty() ? "no input model given"
                                                          : "more than one input model given");

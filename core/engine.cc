@@ -1,6 +1,7 @@
 #include "core/engine.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -293,6 +294,37 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
   return plans;
 }
 
+// Stage "transform", compact and MatMulNBits layers: the branches' 8-bit codes re-encoded
+// (core/transform/encode.h) and written with their parameters.
+template <typename WriteBytes>
+absl::Status WriteReencoded(const GroupPlan& p, const TransformResult& r,
+                            const std::array<std::vector<uint8_t>, 3>& codes,
+                            const WriteBytes& write_bytes) {
+  const QuantSpec& spec = p.config.spec;
+  const std::string& name = p.group->weight_name;
+  if (p.form == LayerForm::kNBits) {
+    for (int b = 0; b < p.num_branches; ++b) {
+      auto e = EncodeMatMulNBits(codes[b].data(), r.params[b], p.layout, spec);
+      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.data[b], 0, e->b.data(), e->b.size()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.scale[b], 0, e->scales.data(), e->scales.size() * 4));
+      SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[b], 0, e->zero_points.data(), e->zero_points.size()));
+    }
+    return absl::OkStatus();
+  }
+  std::vector<const uint8_t*> branch_codes;
+  for (int b = 0; b < p.num_branches; ++b) branch_codes.push_back(codes[b].data());
+  auto e = EncodeCompact(branch_codes, r, p.layout, spec, ContainerBits(spec.bits));
+  if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+  SQ_RETURN_IF_ERROR(write_bytes(p.data[0], 0, e->codes.data(), e->codes.size()));
+  if (p.ids) SQ_RETURN_IF_ERROR(write_bytes(p.ids, 0, e->ids.data(), e->ids.size()));
+  for (int b = 0; b < p.num_branches; ++b) {
+    SQ_RETURN_IF_ERROR(write_bytes(p.scale[b], 0, r.params[b].scales.data(), r.params[b].scales.size() * 4));
+    SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[b], 0, e->zero_points[b].data(), e->zero_points[b].size()));
+  }
+  return absl::OkStatus();
+}
+
 // Stage "report": per-layer entries (settings, split decision, clusters, errors, sizes) and
 // the model's totals, from the plans and the transform results.
 void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupPlan>& plans,
@@ -348,10 +380,9 @@ void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupP
     l.mse_split = r.split_error_energy / n;
     l.sqnr_plain_db = SqnrDb(r.signal_energy, r.plain_error_energy);
     l.sqnr_split_db = SqnrDb(r.signal_energy, r.split_error_energy);
-    int tensors = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
-    int64_t params = NumElementsOf(p.param_shape);
-    l.bytes_after = tensors * p.data_bytes_per_tensor;
-    if (p.scale[0]) l.bytes_after += tensors * (params * 4 + PackedBytes(params, p.config.storage_bits));
+    l.form = ToString(p.form);
+    l.bytes_after = 0;
+    for (const auto& tb : p.tensor_bytes) l.bytes_after += tb.second;
     l.stored_bits_per_weight = n > 0 ? static_cast<double>(l.bytes_after) * 8 / n : 0;
     if (l.quantized) {
       quantized_bytes += l.bytes_after;
@@ -439,7 +470,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
       if (!s.ok()) {
         return absl::InvalidArgumentError(absl::StrCat(
             "cannot bring the model from opset ", report.input_opset, " to opset ", storage.opset,
-            " needed by format qdq: ", s.message(),
+            " needed by target ", ToString(options.target), ": ", s.message(),
             ". Use --format fake or --format split, which keep the model's opset"));
       }
     }
@@ -461,14 +492,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   // --- layout -------------------------------------------------------------------------
   std::map<const onnx::TensorProto*, TensorSlot> slots;
   for (GroupPlan& p : plans) {
-    for (int b = 0; b < 3; ++b) {
-      if (p.data[b]) slots[p.data[b]] = {p.data[b], -1, p.data_bytes_per_tensor};
-      int64_t params = NumElementsOf(p.param_shape);
-      if (p.scale[b]) slots[p.scale[b]] = {p.scale[b], -1, params * 4};
-      if (p.zero_point[b]) {
-        slots[p.zero_point[b]] = {p.zero_point[b], -1, PackedBytes(params, p.config.storage_bits)};
-      }
-    }
+    for (const auto& [t, bytes] : p.tensor_bytes) slots[t] = {t, -1, bytes};
   }
   std::vector<onnx::TensorProto*> all;
   CollectInitializers(proto.mutable_graph(), &all);
@@ -590,10 +614,25 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     view.channel_axis = p.group->channel_axis;
     view.reduction_axis = p.group->reduction_axis;
     absl::Status sink_status;
+    // Compact and MatMulNBits layers are re-encoded from the branches' 8-bit codes, which
+    // are collected here first (one byte per weight and branch).
+    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits;
+    std::array<std::vector<uint8_t>, 3> codes;
+    if (reencode) {
+      for (int b = 0; b < p.num_branches; ++b) codes[b].resize(static_cast<size_t>(NumElementsOf(p.group->shape)));
+    }
     auto sink = [&](int branch, int64_t offset, const uint8_t* data, size_t size) {
       if (!sink_status.ok()) return;
-      if (branch < 0 || branch > 2 || p.data[branch] == nullptr) {
+      if (branch < 0 || branch > 2 || (reencode ? branch >= p.num_branches : p.data[branch] == nullptr)) {
         sink_status = absl::InternalError(absl::StrCat("transform emitted unexpected branch ", branch));
+        return;
+      }
+      if (reencode) {
+        if (offset < 0 || offset + static_cast<int64_t>(size) > static_cast<int64_t>(codes[branch].size())) {
+          sink_status = absl::InternalError("transform wrote past the end of a branch");
+          return;
+        }
+        std::memcpy(codes[branch].data() + offset, data, size);
         return;
       }
       sink_status = write_bytes(p.data[branch], offset, data, size);
@@ -644,7 +683,9 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                               p.num_branches, " branches, transform made ",
                                               result->num_branches));
     }
-    if (p.scale[0] != nullptr) {
+    if (reencode) {
+      SQ_RETURN_IF_ERROR(WriteReencoded(p, *result, codes, write_bytes));
+    } else if (p.scale[0] != nullptr) {
       for (int b = 0; b < expected; ++b) {
         const BranchParams& bp = result->params[b];
         int64_t count = NumElementsOf(p.param_shape);

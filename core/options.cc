@@ -23,6 +23,30 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
   if (ToString(options.granularity)[0] == '?') return Invalid("granularity", "unknown value");
   if (ToString(options.format)[0] == '?') return Invalid("format", "unknown value");
   if (ToString(options.form)[0] == '?') return Invalid("form", "unknown value");
+  if (ToString(options.target)[0] == '?') return Invalid("target", "unknown value");
+  if (options.ort_accuracy_level != 0 && options.ort_accuracy_level != 1 &&
+      options.ort_accuracy_level != 4) {
+    return Invalid("ort_accuracy_level",
+                   absl::StrCat("must be 0, 1 (float compute) or 4 (int8 compute), got ",
+                                options.ort_accuracy_level));
+  }
+  {
+    const SplitForm form = EffectiveForm(options);
+    const bool decoded = options.format == OutputFormat::kQdq && options.target != Target::kQdq;
+    if (form == SplitForm::kCompact && !decoded) {
+      return Invalid("form", absl::StrCat(
+          "form compact needs target ort-cpu or portable (format ", ToString(options.format),
+          options.format == OutputFormat::kQdq ? ", target qdq" : "",
+          " stores branches; DequantizeLinear cannot read a cluster id)"));
+    }
+    if (decoded && options.target == Target::kPortable && form != SplitForm::kCompact) {
+      return Invalid("form", absl::StrCat("target portable stores split layers compact; form ",
+                                          ToString(form), " needs target qdq or ort-cpu"));
+    }
+    if (decoded && options.target == Target::kOrtCpu && form == SplitForm::kFolded) {
+      return Invalid("form", "target ort-cpu takes form compact or branches; form folded needs target qdq");
+    }
+  }
   if (ToString(options.cluster_scope)[0] == '?') {
     return Invalid("cluster_scope", "unknown value");
   }
@@ -172,10 +196,53 @@ absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view s) {
 }
 
 absl::StatusOr<SplitForm> ParseSplitForm(absl::string_view s) {
+  if (s == "auto") return SplitForm::kAuto;
   if (s == "branches") return SplitForm::kBranches;
   if (s == "folded") return SplitForm::kFolded;
+  if (s == "compact") return SplitForm::kCompact;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown split form '", s, "'; accepted: branches, folded"));
+      absl::StrCat("unknown split form '", s, "'; accepted: auto, branches, folded, compact"));
+}
+
+absl::StatusOr<Target> ParseTarget(absl::string_view s) {
+  if (s == "ort-cpu") return Target::kOrtCpu;
+  if (s == "qdq") return Target::kQdq;
+  if (s == "portable") return Target::kPortable;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown target '", s, "'; accepted: ort-cpu, qdq, portable"));
+}
+
+absl::Status ResolveTargetFlags(const std::optional<std::string>& target,
+                                const std::optional<std::string>& format, QuantizeOptions* o) {
+  if (format) {
+    auto f = ParseOutputFormat(*format);
+    if (!f.ok()) return f.status();
+    o->format = *f;
+    if (*f == OutputFormat::kQdq) o->target = Target::kQdq;
+  }
+  if (target) {
+    auto t = ParseTarget(*target);
+    if (!t.ok()) return t.status();
+    if (format && (o->format != OutputFormat::kQdq || *t != Target::kQdq)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--target ", *target, " and --format ", *format,
+          " conflict: --format qdq is --target qdq, and --format fake/split write FP32 "
+          "weights for no runtime target; give one of them"));
+    }
+    o->format = OutputFormat::kQdq;
+    o->target = *t;
+  }
+  return absl::OkStatus();
+}
+
+SplitForm EffectiveForm(const QuantizeOptions& options) {
+  if (options.form != SplitForm::kAuto) return options.form;
+  if (options.format == OutputFormat::kQdq && options.target == Target::kPortable) {
+    return SplitForm::kCompact;
+  }
+  // ort-cpu keeps kAuto: decided per layer (rewrite.h).
+  if (options.format == OutputFormat::kQdq && options.target == Target::kOrtCpu) return SplitForm::kAuto;
+  return SplitForm::kBranches;
 }
 
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s) {
@@ -206,8 +273,19 @@ const char* ToString(OutputFormat f) {
 
 const char* ToString(SplitForm f) {
   switch (f) {
+    case SplitForm::kAuto: return "auto";
     case SplitForm::kBranches: return "branches";
     case SplitForm::kFolded: return "folded";
+    case SplitForm::kCompact: return "compact";
+  }
+  return "?";
+}
+
+const char* ToString(Target t) {
+  switch (t) {
+    case Target::kOrtCpu: return "ort-cpu";
+    case Target::kQdq: return "qdq";
+    case Target::kPortable: return "portable";
   }
   return "?";
 }

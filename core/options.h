@@ -24,15 +24,31 @@ enum class Granularity {
 
 // What the output model contains.
 enum class OutputFormat {
-  kQdq,    // integer weights + DequantizeLinear (standard ONNX; may raise the opset)
+  kQdq,    // quantized weights, stored as `target` says (the CLI's --format qdq is
+           // --target qdq)
   kFake,   // FP32 weights holding the dequantized values (runs anywhere; for evaluation)
   kSplit,  // FP32, split only, no quantization (for NPU vendors' own quantizers)
 };
 
+// The runtime family a quantized model (format kQdq) is written for.
+enum class Target {
+  kOrtCpu,    // ONNX Runtime on CPU: MatMul weights as com.microsoft.MatMulNBits (4/8-bit)
+              // where the kernel can carry them; everything else decoded at session
+              // creation by standard ops ORT constant-folds (FP32 compute)
+  kQdq,       // standard weight-only QDQ: integer codes + DequantizeLinear per branch
+  kPortable,  // standard ONNX ops only, weights decoded at load (no DequantizeLinear,
+              // which ORT does not fold)
+};
+
 // How a split layer is laid out in the graph.
 enum class SplitForm {
+  kAuto,      // the target's default: per layer for ort-cpu (MatMulNBits branches where
+              // that kernel carries the weight, compact elsewhere), compact for portable,
+              // branches otherwise
   kBranches,  // three copies of the op, outputs summed with Add (the paper's structure)
   kFolded,    // the three weights are added first, then one op runs (1x compute)
+  kCompact,   // one code + a 2-bit cluster id per weight, decoded into one weight at load
+              // (ort-cpu / portable); dequantizes bit-identically to the branches
 };
 
 // Whether a layer is split.
@@ -80,8 +96,13 @@ struct QuantizeOptions {
   int block_size = 32;                            // kBlock only; >= 2
   bool symmetric = false;                         // asymmetric with integer zero point by default
   SplitMode split = SplitMode::kOn;               // SplitQuant on / off (plain linear) / auto
-  SplitForm form = SplitForm::kBranches;
+  SplitForm form = SplitForm::kAuto;
   OutputFormat format = OutputFormat::kQdq;
+  Target target = Target::kQdq;
+  // MatMulNBits `accuracy_level` under Target::kOrtCpu: 0 = float compute (dequantized
+  // weights, exact to the fake-quant model), 4 = int8 compute (activations quantized per
+  // block; faster, its own accuracy cost).
+  int ort_accuracy_level = 4;
   ClusterScope cluster_scope = ClusterScope::kAuto;
   // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
   // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.
@@ -129,6 +150,15 @@ absl::Status ValidateOptions(const QuantizeOptions& options);
 absl::StatusOr<Granularity> ParseGranularity(absl::string_view s);
 absl::StatusOr<OutputFormat> ParseOutputFormat(absl::string_view s);
 absl::StatusOr<SplitForm> ParseSplitForm(absl::string_view s);
+absl::StatusOr<Target> ParseTarget(absl::string_view s);  // ort-cpu|qdq|portable
+// The command line's --target / --format pair (either may be absent): --format qdq means
+// --target qdq; --target alone implies format qdq. InvalidArgument naming both flags for
+// --target with --format fake|split, or --format qdq with another --target.
+absl::Status ResolveTargetFlags(const std::optional<std::string>& target,
+                                const std::optional<std::string>& format, QuantizeOptions* o);
+// The form split layers get: `options.form`, or the target's default for kAuto (which
+// stays kAuto for ort-cpu, where it is chosen per layer).
+SplitForm EffectiveForm(const QuantizeOptions& options);
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
 // 'REGEX=key:value,...'. InvalidArgument naming the bad part: no '=', an unknown key, a
@@ -141,6 +171,7 @@ LayerSettings SettingsForLayer(const QuantizeOptions& options, absl::string_view
 const char* ToString(Granularity g);
 const char* ToString(OutputFormat f);
 const char* ToString(SplitForm f);
+const char* ToString(Target t);
 const char* ToString(ClusterScope c);
 const char* ToString(SplitMode m);
 

@@ -28,8 +28,10 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
              for (const auto& lo : o.layer_overrides) v.push_back(ToString(lo));
              return v;
            }()},
-          {"form", ToString(o.form)},
+          {"form", ToString(EffectiveForm(o))},
           {"format", ToString(o.format)},
+          {"target", o.format == OutputFormat::kQdq ? ToString(o.target) : "none"},
+          {"ort_accuracy_level", o.ort_accuracy_level},
           {"cluster_scope", ToString(o.cluster_scope)},
           {"kmeans", o.reference_kmeans ? "reference" : "exact"},
           {"boundaries", o.quant_aware_boundaries ? "quant" : "kmeans"},
@@ -92,6 +94,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"bytes_after", l.bytes_after},
                       {"stored_bits_per_weight", std::round(l.stored_bits_per_weight * 1000) / 1000},
                       {"note", l.note},
+                      {"form", l.form},
                       {"bits", l.bits},
                       {"granularity", l.granularity},
                       {"block_size", l.block_size},
@@ -139,10 +142,12 @@ std::string ReportSummary(const ModelReport& r) {
   absl::StrAppend(&out, absl::StrFormat(
       "sq %s: %s -> %s\n", r.tool_version, r.input_path, r.output_path));
   absl::StrAppend(&out, absl::StrFormat(
-      "  options: %d-bit %s %s, split %s (%s), format %s\n", o.bits,
+      "  options: %d-bit %s %s, split %s (%s), %s\n", o.bits,
       o.symmetric ? "symmetric" : "asymmetric",
       o.granularity == Granularity::kBlock ? absl::StrCat("block ", o.block_size) : ToString(o.granularity),
-      ToString(o.split), ToString(o.form), ToString(o.format)));
+      ToString(o.split), ToString(EffectiveForm(o)),
+      o.format == OutputFormat::kQdq ? absl::StrCat("target ", ToString(o.target))
+                                     : absl::StrCat("format ", ToString(o.format))));
   absl::StrAppend(&out, absl::StrFormat(
       "  layers: %d found, %d quantized, %d split; opset %d -> %d\n", r.layers_found,
       r.layers_quantized, r.layers_split, r.input_opset, r.output_opset));
@@ -171,8 +176,8 @@ std::string ReportSummary(const ModelReport& r) {
                     "inputs\n");
   }
   for (const auto& w : r.warnings) absl::StrAppend(&out, "  warning: ", w, "\n");
-  absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s\n", "layer", "op", "shape",
-                                        "split", "SQNR pl", "SQNR sp"));
+  absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s  %s\n", "layer", "op",
+                                        "shape", "split", "SQNR pl", "SQNR sp", "form"));
   size_t shown = 0;
   for (const LayerReport& l : r.layers) {
     if (++shown > 40) {
@@ -186,9 +191,9 @@ std::string ReportSummary(const ModelReport& r) {
                                             absl::StrJoin(l.shape, "x"), l.skip_reason));
       continue;
     }
-    absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s\n", name, l.op_type,
+    absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s  %s\n", name, l.op_type,
                                           absl::StrJoin(l.shape, "x"), l.split ? "yes" : "no",
-                                          DbText(l.sqnr_plain_db), DbText(l.sqnr_split_db)));
+                                          DbText(l.sqnr_plain_db), DbText(l.sqnr_split_db), l.form));
   }
   return ToValidUtf8(out);
 }

@@ -44,6 +44,10 @@ struct LayerReport {
   double stored_bits_per_weight = 32;
   bool bias_split = false;
   std::string note;                 // e.g. a granularity fallback
+  // How the weight is stored: dq (DequantizeLinear per branch), fp32 (format fake/split),
+  // compact (codes + cluster ids decoded at load), matmulnbits (com.microsoft.MatMulNBits
+  // per branch). Empty for a skipped layer.
+  std::string form;
   // The settings this layer was quantized with (global options, or a --layer override).
   int bits = 0;
   std::string granularity;          // as applied (after any fallback)

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "core/model_io.h"
 #include "core/opset_convert.h"
 #include "core/quantizer.h"
@@ -50,7 +51,46 @@ void ForEachGraph(onnx::GraphProto* g, std::vector<onnx::GraphProto*>* out) {
   }
 }
 
+onnx::NodeProto MakeNode(const std::string& op, const std::string& name,
+                         std::vector<std::string> inputs, const std::string& output) {
+  onnx::NodeProto n;
+  n.set_op_type(op);
+  n.set_name(name);
+  for (auto& i : inputs) n.add_input(i);
+  n.add_output(output);
+  return n;
+}
+
+bool AllUsesAreMatMulB(const WeightGroup& g) {
+  for (const LayerUse& u : g.uses) {
+    if (u.node->op_type() != "MatMul" || u.weight_input != 1 || !u.node->domain().empty()) return false;
+  }
+  return !g.uses.empty();
+}
+
+void EnsureOpsetImport(onnx::ModelProto* m, const std::string& domain, int64_t version) {
+  for (auto& o : *m->mutable_opset_import()) {
+    if (o.domain() == domain) {
+      if (o.version() < version) o.set_version(version);
+      return;
+    }
+  }
+  auto* o = m->add_opset_import();
+  o->set_domain(domain);
+  o->set_version(version);
+}
+
 }  // namespace
+
+const char* ToString(LayerForm f) {
+  switch (f) {
+    case LayerForm::kDq: return "dq";
+    case LayerForm::kFloat: return "fp32";
+    case LayerForm::kCompact: return "compact";
+    case LayerForm::kNBits: return "matmulnbits";
+  }
+  return "?";
+}
 
 int32_t CodeDataType(int storage_bits, bool is_signed) {
   switch (storage_bits) {
@@ -65,6 +105,23 @@ int32_t CodeDataType(int storage_bits, bool is_signed) {
 
 absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset) {
   StoragePlan plan;
+  if (options.target != Target::kQdq) {
+    // Decoded at load: standard ops of opset 13 (Slice/Reshape inputs, int32 Div/Mod);
+    // codes leave the transform one per byte and are re-packed by the encoder.
+    if (model_opset > kMaxSupportedOpset) {
+      return absl::InvalidArgumentError(absl::StrCat("the model uses opset ", model_opset,
+                                                     "; sq supports up to ", kMaxSupportedOpset));
+    }
+    plan.opset = options.target_opset != 0 ? options.target_opset : std::max(model_opset, 13);
+    if (plan.opset < model_opset) {
+      return absl::InvalidArgumentError(absl::StrCat("--target-opset ", plan.opset,
+                                                     " is below the model's opset ", model_opset,
+                                                     "; sq only raises opsets"));
+    }
+    plan.storage_bits = 8;
+    plan.ir_version = MinIrVersionForOpset(plan.opset);
+    return plan;
+  }
   const bool block = options.granularity == Granularity::kBlock;
   // DequantizeLinear: per-tensor since 10, per-axis since 13, blocked and 4-bit since 21.
   int needed = block ? 21 : 13;
@@ -255,6 +312,25 @@ absl::Status GraphEditor::PlanGroup(
     plan->param_shape[g.reduction_axis] = (d + options.block_size - 1) / options.block_size;
   }
 
+  if (qdq && options.target != Target::kQdq) {
+    // Decoded at load, or MatMulNBits: the transform emits 8-bit codes the encoder re-packs.
+    c.encoding = WeightEncoding::kCodes;
+    c.storage_bits = 8;
+    plan->layout = ParamLayout{g.shape, gran, g.channel_axis, g.reduction_axis, options.block_size};
+    maybe_unused_.insert(g.weight.tensor);
+    const bool nbits = options.target == Target::kOrtCpu && AllUsesAreMatMulB(g) &&
+                       NBitsCanCarry(plan->layout, options.bits) &&
+                       (!plan->split || EffectiveForm(options) != SplitForm::kCompact);
+    if (nbits) {
+      PlanNBits(plan, options);
+    } else {
+      const std::string decoded = PlanCompact(plan, options);
+      for (LayerUse& use : g.uses) use.node->set_input(use.weight_input, decoded);
+    }
+    return absl::OkStatus();
+  }
+  plan->form = qdq ? LayerForm::kDq : LayerForm::kFloat;
+
   onnx::GraphProto* owner = g.weight.graph;
   const std::string& w = g.weight_name;
   const int tensors = c.encoding == WeightEncoding::kDequantizedSum ? 1 : plan->num_branches;
@@ -287,12 +363,17 @@ absl::Status GraphEditor::PlanGroup(
       front_nodes_[owner].push_back(std::move(dq));
       branch_values.push_back(out);
       plan->data_bytes_per_tensor = PackedBytes(numel, c.storage_bits);
+      const int64_t params = NumElements(*plan->scale[b]);
+      plan->tensor_bytes.push_back({plan->data[b], plan->data_bytes_per_tensor});
+      plan->tensor_bytes.push_back({plan->scale[b], params * 4});
+      plan->tensor_bytes.push_back({plan->zero_point[b], PackedBytes(params, c.storage_bits)});
     } else {
       const char* kind = options.format == OutputFormat::kFake ? ".fake" : ".split";
       plan->data[b] = NewInitializer(owner, UniqueName(absl::StrCat(w, ".sq", suffix, kind)),
                                      onnx::TensorProto::FLOAT, g.shape);
       branch_values.push_back(plan->data[b]->name());
       plan->data_bytes_per_tensor = numel * 4;
+      plan->tensor_bytes.push_back({plan->data[b], plan->data_bytes_per_tensor});
     }
   }
 
@@ -376,6 +457,266 @@ absl::Status GraphEditor::PlanGroup(
     replacements_[node] = std::move(repl);
   }
   return absl::OkStatus();
+}
+
+std::string GraphEditor::ConstInt32(onnx::GraphProto* g, const std::string& base, int32_t v) {
+  auto key = std::make_pair(g, absl::StrCat("i32:", v));
+  auto it = consts_.find(key);
+  if (it != consts_.end()) return it->second;
+  onnx::TensorProto* t = NewInitializer(g, UniqueName(absl::StrCat(base, ".", v)),
+                                        onnx::TensorProto::INT32, {});
+  t->add_int32_data(v);
+  return consts_[key] = t->name();
+}
+
+std::string GraphEditor::ConstInt32s(onnx::GraphProto* g, const std::string& base,
+                                     const std::vector<int32_t>& v,
+                                     const std::vector<int64_t>& dims) {
+  auto key = std::make_pair(g, absl::StrCat("i32s:", absl::StrJoin(dims, "x"), ":",
+                                            absl::StrJoin(v, ",")));
+  auto it = consts_.find(key);
+  if (it != consts_.end()) return it->second;
+  onnx::TensorProto* t = NewInitializer(
+      g, UniqueName(base), onnx::TensorProto::INT32,
+      dims.empty() ? std::vector<int64_t>{static_cast<int64_t>(v.size())} : dims);
+  t->set_raw_data(std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(int32_t)));
+  return consts_[key] = t->name();
+}
+
+std::string GraphEditor::ConstInt64s(onnx::GraphProto* g, const std::string& base,
+                                     const std::vector<int64_t>& v) {
+  auto key = std::make_pair(g, absl::StrCat("i64s:", absl::StrJoin(v, ",")));
+  auto it = consts_.find(key);
+  if (it != consts_.end()) return it->second;
+  onnx::TensorProto* t = NewInitializer(g, UniqueName(base), onnx::TensorProto::INT64,
+                                        {static_cast<int64_t>(v.size())});
+  for (int64_t x : v) t->add_int64_data(x);
+  return consts_[key] = t->name();
+}
+
+std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,
+                                      int32_t multiplier, const std::vector<int64_t>& shape,
+                                      std::vector<onnx::NodeProto>* nodes) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  // Decode nodes are unnamed and their values short-named: a layer has a dozen of them,
+  // and long names would cost more bytes than a small layer's codes.
+  auto node = [&](const std::string& op, std::vector<std::string> in) {
+    std::string out = UniqueName(absl::StrCat("sq", ++decode_values_));
+    nodes->push_back(MakeNode(op, "", std::move(in), out));
+    return out;
+  };
+  std::string x = node("Cast", {packed});
+  SetIntAttr(&nodes->back(), "to", onnx::TensorProto::INT32);
+  // One Gather through a 256-entry table turns every byte into its 8/bits fields (low bits
+  // first, times `multiplier`): [bytes] -> [bytes, 8/bits], whose row-major order is the
+  // values' order. Cheaper for ONNX Runtime to fold than shifts and masks.
+  const int per = 8 / bits;
+  std::vector<int32_t> table;
+  for (int byte = 0; byte < 256; ++byte) {
+    for (int j = 0; j < per; ++j) table.push_back(((byte >> (bits * j)) & ((1 << bits) - 1)) * multiplier);
+  }
+  std::string fields = x;
+  if (per > 1 || multiplier != 1) {
+    fields = node("Gather", {ConstInt32s(g, "sq.const.unpack", table, {256, per}), x});
+  }
+  std::string flat = node("Reshape", {fields, ConstInt64s(g, "sq.const.flat", {-1})});
+  if (PackedBytes(n, bits) * per != n) {
+    flat = node("Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}), ConstInt64s(g, "sq.const.len", {n})});
+  }
+  return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
+}
+
+std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& options) {
+  WeightGroup& g = *plan->group;
+  onnx::GraphProto* owner = g.weight.graph;
+  const std::string base = absl::StrCat(g.weight_name, ".sq");
+  const ParamLayout& l = plan->layout;
+  const int64_t n = NumElements(*g.weight.tensor);
+  const int rank = static_cast<int>(g.shape.size());
+  const int cb = ContainerBits(options.bits);
+  const int32_t levels = 1 << cb;
+  const int nb = plan->num_branches;
+  plan->form = LayerForm::kCompact;
+  std::vector<onnx::NodeProto>& nodes = front_nodes_[owner];
+  auto node = [&](const std::string& op, std::vector<std::string> in) {
+    std::string out = UniqueName(absl::StrCat("sq", ++decode_values_));
+    nodes.push_back(MakeNode(op, "", std::move(in), out));
+    return out;
+  };
+
+  plan->data[0] = NewInitializer(owner, UniqueName(base + ".codes"), onnx::TensorProto::UINT8,
+                                 {PackedBytes(n, cb)});
+  plan->data_bytes_per_tensor = PackedBytes(n, cb);
+  plan->tensor_bytes.push_back({plan->data[0], plan->data_bytes_per_tensor});
+  if (nb == 3) {
+    plan->ids = NewInitializer(owner, UniqueName(base + ".cluster_ids"), onnx::TensorProto::UINT8,
+                               {PackedBytes(n, 2)});
+    plan->tensor_bytes.push_back({plan->ids, PackedBytes(n, 2)});
+  }
+
+  // Two decodings, both exact: (q - z_b) * s_b in float, as DequantizeLinear computes it.
+  //  lookup: every weight's symbol (cluster * 2^container + code) indexes a table of the
+  //          values its channel (or the tensor) can take, built at load from the scales and
+  //          zero points: Gather (per tensor) or GatherElements on a 2-D view whose first or
+  //          last axis is the channel axis. A handful of full-size ops.
+  //  select: blocked parameters, or a channel axis in the middle: every branch dequantized
+  //          in full and Where picks each weight's.
+  const bool per_tensor = l.granularity == Granularity::kTensor;
+  const bool chan_first = l.granularity == Granularity::kChannel && l.channel_axis == 0;
+  const bool chan_last = l.granularity == Granularity::kChannel && l.channel_axis == rank - 1 && rank > 1;
+  const std::string decoded_name = UniqueName(base + ".decoded");
+  auto add_params = [&](int b, const std::vector<int64_t>& pshape, int64_t params) {
+    const std::string suffix = nb == 1 ? "" : absl::StrCat(".b", b);
+    plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + ".scale"),
+                                    onnx::TensorProto::FLOAT, pshape);
+    plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".zero_point"),
+                                         onnx::TensorProto::UINT8, pshape);
+    plan->tensor_bytes.push_back({plan->scale[b], params * 4});
+    plan->tensor_bytes.push_back({plan->zero_point[b], params});
+    std::string zf = node("Cast", {plan->zero_point[b]->name()});
+    SetIntAttr(&nodes.back(), "to", onnx::TensorProto::FLOAT);
+    return zf;
+  };
+
+  if (per_tensor || chan_first || chan_last) {
+    const int64_t c = per_tensor ? 1 : g.shape[l.channel_axis];
+    std::vector<int64_t> view = per_tensor ? std::vector<int64_t>{n}
+                                : chan_first ? std::vector<int64_t>{c, n / c}
+                                             : std::vector<int64_t>{n / c, c};
+    std::string sym = AppendUnpack(owner, plan->data[0]->name(), cb, 1, view, &nodes);
+    if (nb == 3) {
+      std::string cluster = AppendUnpack(owner, plan->ids->name(), 2, levels, view, &nodes);
+      sym = node("Add", {sym, cluster});
+    }
+    // Table: [C, nb * 2^cb] (channel first), [nb * 2^cb, C] (channel last), [nb * 2^cb].
+    std::vector<int64_t> pshape = per_tensor ? std::vector<int64_t>{1}
+                                  : chan_first ? std::vector<int64_t>{c, 1}
+                                               : std::vector<int64_t>{1, c};
+    std::vector<float> q(static_cast<size_t>(levels));
+    for (int32_t k = 0; k < levels; ++k) q[k] = static_cast<float>(k);
+    std::vector<int64_t> qshape = chan_last ? std::vector<int64_t>{levels, 1} : std::vector<int64_t>{1, levels};
+    if (per_tensor) qshape = {levels};
+    onnx::TensorProto* qt = NewInitializer(owner, UniqueName(base + ".levels"), onnx::TensorProto::FLOAT, qshape);
+    AppendFloats(qt, q);
+    std::vector<std::string> parts;
+    for (int b = 0; b < nb; ++b) {
+      std::string zf = add_params(b, pshape, c);
+      std::string centred = node("Sub", {qt->name(), zf});
+      parts.push_back(node("Mul", {centred, plan->scale[b]->name()}));
+    }
+    std::string table = parts[0];
+    if (nb == 3) {
+      table = node("Concat", parts);
+      SetIntAttr(&nodes.back(), "axis", chan_last ? 0 : per_tensor ? 0 : 1);
+    }
+    std::string values;
+    if (per_tensor) {
+      values = node("Gather", {table, sym});
+    } else {
+      values = node("GatherElements", {table, sym});
+      SetIntAttr(&nodes.back(), "axis", chan_first ? 1 : 0);
+    }
+    nodes.push_back(MakeNode("Reshape", "", {values, ConstInt64s(owner, "sq.const.shape", g.shape)},
+                             decoded_name));
+    return decoded_name;
+  }
+
+  // select
+  std::vector<int64_t> pshape;
+  if (l.granularity == Granularity::kChannel) {
+    pshape.assign(g.shape.size(), 1);
+    pshape[l.channel_axis] = g.shape[l.channel_axis];
+  } else {
+    pshape = plan->param_shape;
+  }
+  int64_t params = 1;
+  for (int64_t d : pshape) params *= d;
+  std::string block_index;
+  if (l.granularity == Granularity::kBlock) {
+    std::vector<int64_t> idx(static_cast<size_t>(g.shape[l.reduction_axis]));
+    for (size_t k = 0; k < idx.size(); ++k) idx[k] = static_cast<int64_t>(k) / l.block_size;
+    block_index = ConstInt64s(owner, base + ".block_index", idx);
+  }
+  const std::string q = AppendUnpack(owner, plan->data[0]->name(), cb, 1, g.shape, &nodes);
+  const std::string qf = node("Cast", {q});
+  SetIntAttr(&nodes.back(), "to", onnx::TensorProto::FLOAT);
+  std::vector<std::string> values;
+  for (int b = 0; b < nb; ++b) {
+    std::string zf = add_params(b, pshape, params);
+    std::string sf = plan->scale[b]->name();
+    if (!block_index.empty()) {
+      zf = node("Gather", {zf, block_index});
+      SetIntAttr(&nodes.back(), "axis", l.reduction_axis);
+      sf = node("Gather", {sf, block_index});
+      SetIntAttr(&nodes.back(), "axis", l.reduction_axis);
+    }
+    values.push_back(node("Mul", {node("Sub", {qf, zf}), sf}));
+  }
+  if (nb == 1) {
+    nodes.back().set_output(0, decoded_name);
+    return decoded_name;
+  }
+  const std::string id = AppendUnpack(owner, plan->ids->name(), 2, 1, g.shape, &nodes);
+  const std::string is0 = node("Equal", {id, ConstInt32(owner, "sq.const.i32", 0)});
+  const std::string is1 = node("Equal", {id, ConstInt32(owner, "sq.const.i32", 1)});
+  const std::string upper = node("Where", {is1, values[1], values[2]});
+  nodes.push_back(MakeNode("Where", "", {is0, values[0], upper}, decoded_name));
+  return decoded_name;
+}
+
+void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
+  WeightGroup& g = *plan->group;
+  onnx::GraphProto* owner = g.weight.graph;
+  const std::string base = absl::StrCat(g.weight_name, ".sq");
+  const ParamLayout& l = plan->layout;
+  plan->form = LayerForm::kNBits;
+  const int64_t k = l.shape[0], n = l.shape[1];
+  const int bs = NBitsBlockSize(l);
+  const int64_t blocks = (k + bs - 1) / bs;
+  const int64_t blob = bs * options.bits / 8;
+  const int64_t zp_col = (blocks * options.bits + 7) / 8;
+  EnsureOpsetImport(model_, "com.microsoft", 1);
+  for (int b = 0; b < plan->num_branches; ++b) {
+    const std::string suffix = plan->num_branches == 1 ? "" : absl::StrCat(".b", b);
+    plan->data[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits"),
+                                   onnx::TensorProto::UINT8, {n, blocks, blob});
+    plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_scales"),
+                                    onnx::TensorProto::FLOAT, {n * blocks});
+    plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_zero_points"),
+                                         onnx::TensorProto::UINT8, {n * zp_col});
+    plan->data_bytes_per_tensor = n * blocks * blob;
+    plan->tensor_bytes.push_back({plan->data[b], n * blocks * blob});
+    plan->tensor_bytes.push_back({plan->scale[b], n * blocks * 4});
+    plan->tensor_bytes.push_back({plan->zero_point[b], n * zp_col});
+  }
+  for (LayerUse& use : g.uses) {
+    onnx::NodeProto* node = use.node;
+    const std::string out = node->output(0);
+    std::vector<onnx::NodeProto> repl;
+    std::vector<std::string> outs;
+    for (int b = 0; b < plan->num_branches; ++b) {
+      const std::string y = plan->num_branches == 1 ? out : UniqueName(absl::StrCat(out, ".sq.b", b));
+      const std::string name =
+          plan->num_branches == 1 && !node->name().empty()
+              ? node->name()
+              : UniqueName(absl::StrCat(node->name().empty() ? out : node->name(), ".sq.nbits", b));
+      onnx::NodeProto m = MakeNode("MatMulNBits", name,
+                                   {node->input(0), plan->data[b]->name(), plan->scale[b]->name(),
+                                    plan->zero_point[b]->name()},
+                                   y);
+      m.set_domain("com.microsoft");
+      SetIntAttr(&m, "K", k);
+      SetIntAttr(&m, "N", n);
+      SetIntAttr(&m, "bits", options.bits);
+      SetIntAttr(&m, "block_size", bs);
+      SetIntAttr(&m, "accuracy_level", options.ort_accuracy_level);
+      repl.push_back(std::move(m));
+      outs.push_back(y);
+    }
+    if (plan->num_branches == 3) AppendSumOfThree(outs, out, absl::StrCat(out, ".sq.sum"), &repl);
+    replacements_[node] = std::move(repl);
+  }
 }
 
 absl::Status GraphEditor::ApplyGraphEdits() {

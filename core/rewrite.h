@@ -13,6 +13,21 @@
 // W_b' is DequantizeLinear(codes_b, scale_b, zero_point_b) for format qdq, an FP32
 // initializer for fake (dequantized values) and split (exact branch values). An unsplit
 // layer has one branch. Format fake + folded stores the summed dequantized weight.
+//
+// Targets ort-cpu and portable (format qdq) decode weights at session creation instead:
+//   compact:  codes and cluster ids (core/transform/encode.h) are unpacked by Cast / Div /
+//             Mod / Reshape / Concat / Slice, dequantized per branch by Sub / Mul (Gather
+//             expands blocked parameters), and joined by Equal / Where into one FP32
+//             weight the original node reads. Every op has constant inputs, so ONNX
+//             Runtime folds the whole chain when it creates a session; an unsplit layer is
+//             the same chain without the ids.
+//   nbits:    (ort-cpu, a 2-D MatMul weight read only as MatMul's B, 4 or 8 bits, form
+//             auto or branches) the MatMul becomes com.microsoft.MatMulNBits; a split layer
+//             gets one MatMulNBits per branch and the Adds. ONNX Runtime runs it on its
+//             block-quantized kernels (the weight stays 4/8-bit in memory). Decoding at
+//             load instead costs ORT's constant folding seconds and gigabytes on a large
+//             MatMul (docs/benchmarks.md), so ort-cpu decodes only what MatMulNBits cannot
+//             carry (Conv, Gemm, 2/3/5-7 bits), unless --form compact asks for it.
 #ifndef SQ_CORE_REWRITE_H_
 #define SQ_CORE_REWRITE_H_
 
@@ -27,6 +42,7 @@
 #include "absl/status/status.h"
 #include "core/layers.h"
 #include "core/options.h"
+#include "core/transform/encode.h"
 #include "core/weight_transform.h"
 #include "onnx/onnx_pb.h"
 
@@ -61,8 +77,22 @@ absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, i
 // ONNX data type of a code tensor.
 int32_t CodeDataType(int storage_bits, bool is_signed);
 
+// How one layer's weight is stored (the report's `form`).
+enum class LayerForm {
+  kDq,             // DequantizeLinear per branch (target qdq), summed or not (form)
+  kFloat,          // FP32 initializers (format fake / split)
+  kCompact,        // codes (+ cluster ids when split) decoded at load by standard ops
+  kNBits,          // com.microsoft.MatMulNBits, one per branch
+};
+const char* ToString(LayerForm f);
+
 struct GroupPlan {
   WeightGroup* group = nullptr;
+  LayerForm form = LayerForm::kDq;
+  ParamLayout layout;                // where each weight's parameters are (kCompact/kNBits)
+  onnx::TensorProto* ids = nullptr;  // kCompact split: the cluster ids
+  // Every tensor the transform fills, with its size in bytes (what the layer stores).
+  std::vector<std::pair<onnx::TensorProto*, int64_t>> tensor_bytes;
   TransformConfig config;
   int num_branches = 1;
   bool split = false;
@@ -102,6 +132,20 @@ class GraphEditor {
   onnx::TensorProto* NewInitializer(onnx::GraphProto* g, const std::string& name,
                                     int32_t data_type, const std::vector<int64_t>& dims);
   void CollectNames(const onnx::GraphProto& g);
+  // Targets ort-cpu / portable: the compact decode chain (returns the decoded weight's
+  // name) and the MatMulNBits replacement of every use.
+  std::string PlanCompact(GroupPlan* plan, const QuantizeOptions& options);
+  void PlanNBits(GroupPlan* plan, const QuantizeOptions& options);
+  // Appends the nodes unpacking `packed` (uint8, `bits` per value, low first) into an
+  // INT32 tensor of `shape` holding value * multiplier; returns its name.
+  std::string AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,
+                           int32_t multiplier, const std::vector<int64_t>& shape,
+                           std::vector<onnx::NodeProto>* nodes);
+  std::string ConstInt32(onnx::GraphProto* g, const std::string& base, int32_t v);
+  std::string ConstInt32s(onnx::GraphProto* g, const std::string& base,
+                          const std::vector<int32_t>& v, const std::vector<int64_t>& dims = {});
+  std::string ConstInt64s(onnx::GraphProto* g, const std::string& base,
+                          const std::vector<int64_t>& v);
   // Appends Add(Add(terms[0], terms[1]), terms[2]) -> out to `nodes`.
   void AppendSumOfThree(const std::vector<std::string>& terms, const std::string& out,
                         const std::string& name_base, std::vector<onnx::NodeProto>* nodes);
@@ -113,6 +157,8 @@ class GraphEditor {
   std::set<const onnx::TensorProto*> maybe_unused_;
   std::map<const onnx::TensorProto*, std::vector<std::string>> bias_parts_;  // cache
   std::string zero_bias_name_;
+  int64_t decode_values_ = 0;  // counter for short decode value names
+  std::map<std::pair<onnx::GraphProto*, std::string>, std::string> consts_;  // by value text
   // Nodes and tensors taken out of the graph, kept alive: the engine reads their data.
   std::vector<std::unique_ptr<onnx::NodeProto>> graveyard_nodes_;
   std::vector<std::unique_ptr<onnx::TensorProto>> graveyard_tensors_;

@@ -187,6 +187,123 @@ TEST_F(EngineTest, QdqMatchesOurDequantizedReferenceInOrt) {
   }
 }
 
+// Targets ort-cpu and portable: MatMul weights as MatMulNBits (ort-cpu, 4/8 bits), every
+// other weight decoded at load by standard ops. The artifact runs in ONNX Runtime and
+// computes what the fake-quant model computes (weights bit-identical; MatMulNBits at
+// accuracy_level 0 only sums in another order), with no DequantizeLinear left.
+TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
+  ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
+  ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
+  struct Case {
+    int bits;
+    Granularity g;
+    int block;
+    bool symmetric;
+  };
+  int nbits_layers = 0, compact_split_layers = 0;
+  for (const Case& c : {Case{4, Granularity::kChannel, 0, false}, Case{4, Granularity::kBlock, 16, false},
+                        Case{8, Granularity::kTensor, 0, true}, Case{8, Granularity::kChannel, 0, false},
+                        Case{2, Granularity::kChannel, 0, false}, Case{3, Granularity::kBlock, 16, true},
+                        Case{4, Granularity::kTensor, 0, false}}) {
+    for (const char* name : {"mlp", "conv"}) {
+      for (Target target : {Target::kOrtCpu, Target::kPortable}) {
+        for (SplitMode split : {SplitMode::kOn, SplitMode::kOff}) {
+          QuantizeOptions o;
+          o.bits = c.bits;
+          o.granularity = c.g;
+          if (c.block) o.block_size = c.block;
+          o.symmetric = c.symmetric;
+          o.split = split;
+          o.min_weight_elements = 1;
+          o.ort_accuracy_level = 0;
+          const std::string tag = absl::StrCat(name, "-", c.bits, ToString(c.g), c.symmetric,
+                                               ToString(target), ToString(split));
+          o.format = OutputFormat::kQdq;
+          o.target = target;
+          auto q = Quantize(Path(absl::StrCat(name, ".onnx")), Path(tag + "-q.onnx"), o);
+          ASSERT_TRUE(q.ok()) << tag << ": " << q.status();
+          o.format = OutputFormat::kFake;
+          o.form = SplitForm::kFolded;
+          auto f = Quantize(Path(absl::StrCat(name, ".onnx")), Path(tag + "-fake.onnx"), o);
+          ASSERT_TRUE(f.ok()) << tag << ": " << f.status();
+          EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-q.onnx")), 1e-5) << tag;
+          EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-q.onnx"), 7, false), 1e-5) << tag;
+          auto loaded = LoadedModel::FromFile(Path(tag + "-q.onnx"));
+          ASSERT_TRUE(loaded.ok());
+          for (const auto& n : (*loaded)->proto().graph().node()) {
+            EXPECT_NE(n.op_type(), "DequantizeLinear") << tag;
+            if (target == Target::kPortable) EXPECT_EQ(n.domain(), "") << tag << ": " << n.op_type();
+          }
+          for (const LayerReport& l : q->layers) {
+            if (!l.quantized) continue;
+            const bool nbits = target == Target::kOrtCpu && l.op_type == "MatMul" &&
+                               (c.bits == 4 || c.bits == 8);
+            EXPECT_EQ(l.form, nbits ? "matmulnbits" : "compact") << tag << " " << l.name;
+            nbits_layers += nbits;
+            if (!nbits && l.split) {
+              ++compact_split_layers;
+              // One code in its container plus a 2-bit cluster id, plus parameters.
+              const int container = c.bits <= 2 ? 2 : c.bits <= 4 ? 4 : 8;
+              EXPECT_GE(l.stored_bits_per_weight, container + 2) << tag << " " << l.name;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(nbits_layers, 10);  // fc1 in the 5 cases at 4 or 8 bits, split on and off
+  EXPECT_GT(compact_split_layers, 20);
+}
+
+// The compact form stores one code and a cluster id per weight: a split artifact about
+// half the size of the branches, with the same values.
+TEST_F(EngineTest, CompactSplitIsAboutBitsPlusTwo) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 256});
+  g.Initializer("w", {256, 256}, testing::TestWeights(256 * 256, 5));
+  g.Initializer("w2", {256, 256}, testing::TestWeights(256 * 256, 6));
+  g.Node("MatMul", {"x", "w"}, {"h"}, "fc");
+  auto* gemm = g.Node("Gemm", {"h", "w2"}, {"y"}, "fc2");
+  testing::AttrInt(gemm, "transB", 1);
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("big.onnx")).ok());
+  QuantizeOptions o;
+  o.target = Target::kPortable;
+  auto r = Quantize(Path("big.onnx"), Path("compact.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->layers_split, 2);
+  EXPECT_GT(r->quantized_bits_per_weight, 6.0);
+  EXPECT_LT(r->quantized_bits_per_weight, 6.5);
+  o.target = Target::kQdq;
+  auto b = Quantize(Path("big.onnx"), Path("branches.onnx"), o);
+  ASSERT_TRUE(b.ok());
+  EXPECT_GT(b->quantized_bits_per_weight, 12.0);
+  EXPECT_LE(Compare(Path("branches.onnx"), Path("compact.onnx"), 7, false), kQdqVsFakeRelTolerance);
+  // ort-cpu: the MatMul as three MatMulNBits branches, the Gemm compact.
+  o.target = Target::kOrtCpu;
+  o.ort_accuracy_level = 0;
+  auto c = Quantize(Path("big.onnx"), Path("ort.onnx"), o);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->layers[0].form, "matmulnbits");
+  EXPECT_EQ(c->layers[1].form, "compact");
+  EXPECT_LE(Compare(Path("compact.onnx"), Path("ort.onnx")), 1e-5);
+  auto loaded = LoadedModel::FromFile(Path("ort.onnx"));
+  ASSERT_TRUE(loaded.ok());
+  int nbits = 0;
+  for (const auto& n : (*loaded)->proto().graph().node()) nbits += n.op_type() == "MatMulNBits";
+  EXPECT_EQ(nbits, 3);
+  // --form compact decodes the MatMul at load too.
+  o.form = SplitForm::kCompact;
+  auto cc = Quantize(Path("big.onnx"), Path("ort-compact.onnx"), o);
+  ASSERT_TRUE(cc.ok()) << cc.status();
+  EXPECT_EQ(cc->layers[0].form, "compact");
+  // Same input and options, same bytes.
+  auto again = Quantize(Path("big.onnx"), Path("ort-compact2.onnx"), o);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->output_sha256, cc->output_sha256);
+}
+
 TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());

@@ -8,8 +8,9 @@
 //                [--form folded|branches] [--cluster-scope auto|tensor|channel]
 //                [--show-errors N]
 //
-// Config names: fp32, or int<B>-<tensor|channel|block<N>>-<asym|sym>-<MODE>[-qdq]
-// (format `fake` unless suffixed -qdq; -qdq is the artifact users get). MODE: plain, split
+// Config names: fp32, or int<B>-<tensor|channel|block<N>>-<asym|sym>-<MODE>[-TARGET]
+// (format `fake` unless suffixed; TARGET qdq, ort (--target ort-cpu), ort0 (ort-cpu with
+// MatMulNBits accuracy_level 0) or portable: the artifacts users get). MODE: plain, split
 // (the engine's default split), paper (the paper's method: reference k-means, k-means
 // boundaries, min/max ranges), auto (--split auto).
 #include <chrono>
@@ -47,14 +48,16 @@ struct Config {
   bool symmetric = false;
   bool split = false;
   std::string mode = "plain";  // plain, split, paper, auto
-  bool qdq = false;
+  bool qdq = false;          // a real quantized artifact (any target), not fake quant
+  std::string target = "qdq";  // with qdq: qdq, ort (MatMulNBits accuracy_level 4), ort0
+                               // (accuracy_level 0) or portable
 };
 
 std::string ConfigName(const Config& c) {
   if (c.fp32) return "fp32";
   std::string g = c.granularity == "block" ? "block" + std::to_string(c.block_size) : c.granularity;
   return "int" + std::to_string(c.bits) + "-" + g + "-" + (c.symmetric ? "sym" : "asym") + "-" +
-         c.mode + (c.qdq ? "-qdq" : "");
+         c.mode + (c.qdq ? "-" + c.target : "");
 }
 
 bool ParseConfig(const std::string& name, Config* c) {
@@ -83,8 +86,9 @@ bool ParseConfig(const std::string& name, Config* c) {
   c->mode = p[3];
   c->split = p[3] != "plain";
   if (p.size() == 5) {
-    if (p[4] != "qdq") return false;
+    if (p[4] != "qdq" && p[4] != "ort" && p[4] != "ort0" && p[4] != "portable") return false;
     c->qdq = true;
+    c->target = p[4];
   }
   return c->bits >= 2 && c->bits <= 8 && ConfigName(*c) == name;
 }
@@ -153,6 +157,11 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
   o.threads = threads;
   o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kFolded;
+  if (c.qdq && c.target != "qdq") {
+    o.target = c.target == "portable" ? sq::Target::kPortable : sq::Target::kOrtCpu;
+    o.ort_accuracy_level = c.target == "ort0" ? 0 : 4;
+    o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kAuto;
+  }
   o.cluster_scope = g_cluster_scope == "tensor"    ? sq::ClusterScope::kTensor
                     : g_cluster_scope == "channel" ? sq::ClusterScope::kChannel
                                                    : sq::ClusterScope::kAuto;

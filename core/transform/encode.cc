@@ -1,0 +1,206 @@
+#include "core/transform/encode.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace sq {
+namespace {
+
+// Calls fn(element, param) for every element of the layout's tensor, in row-major order.
+template <typename Fn>
+void ForEachParamIndex(const ParamLayout& l, Fn&& fn) {
+  const int rank = static_cast<int>(l.shape.size());
+  int64_t n = 1;
+  for (int64_t d : l.shape) n *= d;
+  if (n == 0) return;
+  if (l.granularity == Granularity::kTensor || rank == 0) {
+    for (int64_t e = 0; e < n; ++e) fn(e, int64_t{0});
+    return;
+  }
+  const bool block = l.granularity == Granularity::kBlock;
+  std::vector<int64_t> pstride(rank, 0);
+  if (block) {
+    int64_t s = 1;
+    for (int a = rank - 1; a >= 0; --a) {
+      pstride[a] = s;
+      int64_t d = l.shape[a];
+      if (a == l.reduction_axis) d = (d + l.block_size - 1) / l.block_size;
+      s *= d;
+    }
+  } else {
+    pstride[l.channel_axis] = 1;
+  }
+  auto contrib = [&](int a, int64_t c) {
+    if (block && a == l.reduction_axis) c /= l.block_size;
+    return c * pstride[a];
+  };
+  std::vector<int64_t> idx(rank, 0);
+  const int last = rank - 1;
+  int64_t e = 0;
+  while (true) {
+    int64_t base = 0;
+    for (int a = 0; a < last; ++a) base += contrib(a, idx[a]);
+    for (int64_t j = 0; j < l.shape[last]; ++j) fn(e++, base + contrib(last, j));
+    int a = last - 1;
+    while (a >= 0 && ++idx[a] == l.shape[a]) idx[a--] = 0;
+    if (a < 0) break;
+  }
+}
+
+inline void PutBits(uint8_t* out, int64_t pos, int bits, uint32_t v) {
+  const int64_t bit = pos * bits;
+  out[bit >> 3] |= static_cast<uint8_t>(v << (bit & 7));
+}
+inline uint32_t GetBits(const uint8_t* in, int64_t pos, int bits) {
+  const int64_t bit = pos * bits;
+  return (in[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1);
+}
+
+inline int32_t CodeValue(uint8_t raw, bool is_signed) {
+  return is_signed ? static_cast<int32_t>(static_cast<int8_t>(raw)) : static_cast<int32_t>(raw);
+}
+
+}  // namespace
+
+std::vector<int64_t> ParamIndexOfElements(const ParamLayout& layout) {
+  std::vector<int64_t> out;
+  ForEachParamIndex(layout, [&](int64_t, int64_t p) { out.push_back(p); });
+  return out;
+}
+
+int ContainerBits(int bits) { return bits <= 2 ? 2 : bits <= 4 ? 4 : 8; }
+
+absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
+                                              const TransformResult& result,
+                                              const ParamLayout& layout, const QuantSpec& spec,
+                                              int container_bits) {
+  const int nb = static_cast<int>(branch_codes.size());
+  if (nb != result.num_branches || (nb != 1 && nb != 3)) {
+    return absl::InternalError(absl::StrCat("compact encoding of ", nb, " branches"));
+  }
+  if (container_bits < spec.bits) return absl::InternalError("compact container too narrow");
+  int64_t n = 1;
+  for (int64_t d : layout.shape) n *= d;
+  const int32_t offset = -spec.qmin();  // unsigned codes: code - qmin
+  CompactEncoding e;
+  e.codes.assign(static_cast<size_t>(PackedBytes(n, container_bits)), 0);
+  if (nb == 3) e.ids.assign(static_cast<size_t>(PackedBytes(n, 2)), 0);
+  e.zero_points.resize(nb);
+  for (int b = 0; b < nb; ++b) {
+    for (int32_t z : result.params[b].zero_points) e.zero_points[b].push_back(static_cast<uint8_t>(z + offset));
+  }
+  absl::Status status;
+  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
+    int id = 0;
+    int32_t code = CodeValue(branch_codes[0][i], spec.symmetric);
+    if (nb == 3) {
+      int found = 0;
+      for (int b = 0; b < 3; ++b) {
+        int32_t c = CodeValue(branch_codes[b][i], spec.symmetric);
+        if (c != result.params[b].zero_points[p]) {
+          id = b;
+          code = c;
+          ++found;
+        }
+      }
+      if (found > 1 && status.ok()) {
+        status = absl::InternalError(absl::StrCat("weight element ", i, " is in ", found, " branches"));
+      }
+      if (found == 0) code = result.params[0].zero_points[p];
+      PutBits(e.ids.data(), i, 2, static_cast<uint32_t>(id));
+    }
+    PutBits(e.codes.data(), i, container_bits, static_cast<uint32_t>(code + offset));
+  });
+  if (!status.ok()) return status;
+  return e;
+}
+
+std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult& result,
+                                 const ParamLayout& layout, int container_bits) {
+  std::vector<float> out;
+  const bool split = !e.ids.empty();
+  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
+    const int b = split ? static_cast<int>(GetBits(e.ids.data(), i, 2)) : 0;
+    const float q = static_cast<float>(GetBits(e.codes.data(), i, container_bits));
+    const float z = static_cast<float>(e.zero_points[b][p]);
+    out.push_back((q - z) * result.params[b].scales[p]);
+  });
+  return out;
+}
+
+bool NBitsCanCarry(const ParamLayout& l, int bits) {
+  if (l.shape.size() != 2 || l.reduction_axis != 0 || (bits != 4 && bits != 8)) return false;
+  if (l.granularity == Granularity::kChannel && l.channel_axis != 1) return false;
+  if (l.granularity == Granularity::kBlock) {
+    const int bs = l.block_size;
+    if (bs < 16 || bs > 256 || (bs & (bs - 1)) != 0) return false;
+  }
+  return l.shape[0] > 0 && l.shape[1] > 0;
+}
+
+int NBitsBlockSize(const ParamLayout& l) {
+  if (l.granularity == Granularity::kBlock) return l.block_size;
+  int bs = 16;
+  while (bs < 128 && bs < l.shape[0]) bs *= 2;
+  return bs;
+}
+
+absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
+                                                const ParamLayout& layout, const QuantSpec& spec) {
+  if (!NBitsCanCarry(layout, spec.bits)) {
+    return absl::InternalError("MatMulNBits cannot carry this weight layout");
+  }
+  NBitsEncoding e;
+  e.k = layout.shape[0];
+  e.n = layout.shape[1];
+  e.bits = spec.bits;
+  e.block_size = NBitsBlockSize(layout);
+  e.blocks = (e.k + e.block_size - 1) / e.block_size;
+  const int64_t blob = e.block_size * e.bits / 8;
+  const int64_t zp_col = (e.blocks * e.bits + 7) / 8;
+  e.b.assign(static_cast<size_t>(e.n * e.blocks * blob), 0);
+  e.scales.resize(static_cast<size_t>(e.n * e.blocks));
+  e.zero_points.assign(static_cast<size_t>(e.n * zp_col), 0);
+  const int32_t offset = -spec.qmin();
+  auto param = [&](int64_t k, int64_t n) -> int64_t {
+    switch (layout.granularity) {
+      case Granularity::kTensor: return 0;
+      case Granularity::kChannel: return n;
+      case Granularity::kBlock: return (k / layout.block_size) * e.n + n;
+    }
+    return 0;
+  };
+  const int64_t padded = e.blocks * e.block_size;
+  for (int64_t n = 0; n < e.n; ++n) {
+    uint8_t* col = e.b.data() + n * e.blocks * blob;
+    for (int64_t kb = 0; kb < e.blocks; ++kb) {
+      const int64_t p = param(kb * e.block_size, n);
+      const int32_t zp = params.zero_points[p] + offset;
+      e.scales[n * e.blocks + kb] = params.scales[p];
+      PutBits(e.zero_points.data() + n * zp_col, kb, e.bits, static_cast<uint32_t>(zp));
+      for (int64_t k = kb * e.block_size; k < std::min(padded, (kb + 1) * e.block_size); ++k) {
+        const int32_t u = k < e.k ? CodeValue(codes[k * e.n + n], spec.symmetric) + offset : zp;
+        PutBits(col, k, e.bits, static_cast<uint32_t>(u));
+      }
+    }
+  }
+  return e;
+}
+
+std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e) {
+  std::vector<float> w(static_cast<size_t>(e.k * e.n));
+  const int64_t blob = e.block_size * e.bits / 8;
+  const int64_t zp_col = (e.blocks * e.bits + 7) / 8;
+  for (int64_t n = 0; n < e.n; ++n) {
+    for (int64_t k = 0; k < e.k; ++k) {
+      const int64_t kb = k / e.block_size;
+      const float q = static_cast<float>(GetBits(e.b.data() + n * e.blocks * blob, k, e.bits));
+      const float z = static_cast<float>(GetBits(e.zero_points.data() + n * zp_col, kb, e.bits));
+      w[k * e.n + n] = (q - z) * e.scales[n * e.blocks + kb];
+    }
+  }
+  return w;
+}
+
+}  // namespace sq

@@ -1,0 +1,94 @@
+// Storage encodings of a quantized (possibly split) weight beyond DequantizeLinear's: what
+// `--form compact` and ONNX Runtime's MatMulNBits store. Both are re-encodings of the
+// codes TransformWeight emits (8-bit, one per weight and branch) and dequantize to exactly
+// the same values as the branches form: value = (code - zero_point) * scale of the branch
+// a weight belongs to, in float, as DequantizeLinear computes it.
+//
+// Compact (standard ONNX ops decode it; see rewrite.cc for the graph):
+//   codes : one unsigned code per weight, packed at `container_bits` (2, 4 or 8; low bits
+//           first, as quantizer.h's PackCodes), in the weight's row-major order. Signed
+//           (symmetric) codes are stored offset by 2^(bits-1), their zero points too.
+//   ids   : split layers only: the branch (cluster) of each weight, 2 bits, packed like
+//           the codes. A weight whose code is its branch's zero point in every branch is 0
+//           whatever its id; it gets id 0.
+//   zero points and scales: per branch, the TransformResult's.
+// Stored bits per weight: container_bits + 2 (split) or container_bits (plain), plus the
+// parameters.
+//
+// MatMulNBits (com.microsoft, ONNX Runtime): for a 2-D MatMul weight W[K, N] and one
+// branch: B uint8 [N, ceil(K / block), block * bits / 8] (column n's codes along K, low
+// bits first, the last block padded with the zero point), scales float [N * blocks],
+// zero_points uint8 [N * ceil(blocks * bits / 8)] (packed the same way, per column).
+// Per-channel and per-tensor parameters repeat in every block of their column.
+//
+// Pure functions, thread-safe.
+#ifndef SQ_CORE_TRANSFORM_ENCODE_H_
+#define SQ_CORE_TRANSFORM_ENCODE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "core/options.h"
+#include "core/weight_transform.h"
+
+namespace sq {
+
+// Where a weight's (scale, zero point) live: maps a row-major element index to its index
+// in BranchParams::scales.
+struct ParamLayout {
+  std::vector<int64_t> shape;
+  Granularity granularity = Granularity::kChannel;
+  int channel_axis = 0;
+  int reduction_axis = 0;
+  int block_size = 32;
+};
+// The parameter index of every element, in row-major order (for tests and small tensors).
+std::vector<int64_t> ParamIndexOfElements(const ParamLayout& layout);
+
+// Smallest ONNX-friendly container for `bits`: 2, 4 or 8.
+int ContainerBits(int bits);
+
+struct CompactEncoding {
+  std::vector<uint8_t> codes;                 // PackedBytes(n, container_bits)
+  std::vector<uint8_t> ids;                   // PackedBytes(n, 2); empty when unsplit
+  std::vector<std::vector<uint8_t>> zero_points;  // per branch, unsigned (offset), 1 byte each
+};
+
+// `branch_codes[b]` holds the n 8-bit codes of branch b (int8 bit patterns when signed).
+// InvalidArgument when a weight is outside its zero point in more than one branch (the
+// branches were not disjoint).
+absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
+                                              const TransformResult& result,
+                                              const ParamLayout& layout, const QuantSpec& spec,
+                                              int container_bits);
+
+// Reference decoder (what the compact graph computes), for tests.
+std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult& result,
+                                 const ParamLayout& layout, int container_bits);
+
+struct NBitsEncoding {
+  int64_t k = 0, n = 0, blocks = 0;
+  int bits = 4, block_size = 128;
+  std::vector<uint8_t> b;            // N * blocks * block_size * bits / 8
+  std::vector<float> scales;         // N * blocks
+  std::vector<uint8_t> zero_points;  // N * ceil(blocks * bits / 8)
+};
+
+// Whether MatMulNBits can carry this layout exactly: 2-D [K, N], reduction axis 0, bits
+// 2, 4 or 8, and (blocked granularity) a block size that is a power of two in 16..256.
+bool NBitsCanCarry(const ParamLayout& layout, int bits);
+// The block size MatMulNBits uses for a layout it can carry: the layout's own for blocked
+// granularity, else 128 (or the smallest power of two >= K, at least 16, for K < 128).
+int NBitsBlockSize(const ParamLayout& layout);
+
+// One branch's codes (K*N, row-major [K, N]) as MatMulNBits tensors.
+absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
+                                                const ParamLayout& layout, const QuantSpec& spec);
+// Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
+std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_TRANSFORM_ENCODE_H_

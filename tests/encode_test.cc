@@ -1,0 +1,167 @@
+// The compact and MatMulNBits encodings dequantize bit-identically to the branches they
+// re-encode, for every bits, granularity and symmetry.
+#include "core/transform/encode.h"
+
+#include <cstring>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace sq {
+namespace {
+
+std::vector<float> Weights(int64_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> d(0, 0.1f);
+  std::vector<float> w(n);
+  for (auto& x : w) x = d(rng);
+  for (int64_t i = 0; i < n; i += 37) w[i] *= 12;  // outliers, for three real clusters
+  w[5] = 0;                                        // an exact zero
+  return w;
+}
+
+struct Branches {
+  TransformResult result;
+  std::array<std::vector<uint8_t>, 3> codes;       // 8-bit codes per branch
+  std::array<std::vector<float>, 3> dequantized;   // per branch
+  std::vector<float> sum;                          // dequantized branches, summed
+};
+
+Branches TransformAll(const std::vector<float>& w, const std::vector<int64_t>& shape, int channel_axis,
+             int reduction_axis, TransformConfig c) {
+  WeightView v{w.data(), shape, channel_axis, reduction_axis};
+  Branches out;
+  const size_t n = w.size();
+  c.encoding = WeightEncoding::kCodes;
+  c.storage_bits = 8;
+  auto r = TransformWeight(v, c, [&](int b, int64_t off, const uint8_t* d, size_t len) {
+    if (out.codes[b].empty()) out.codes[b].resize(n);
+    std::memcpy(out.codes[b].data() + off, d, len);
+  });
+  EXPECT_TRUE(r.ok()) << r.status();
+  out.result = *r;
+  c.encoding = WeightEncoding::kDequantized;
+  auto r2 = TransformWeight(v, c, [&](int b, int64_t off, const uint8_t* d, size_t len) {
+    if (out.dequantized[b].empty()) out.dequantized[b].resize(n);
+    std::memcpy(reinterpret_cast<uint8_t*>(out.dequantized[b].data()) + off, d, len);
+  });
+  EXPECT_TRUE(r2.ok());
+  out.sum.assign(n, 0.0f);
+  for (int b = 0; b < r->num_branches; ++b) {
+    for (size_t i = 0; i < n; ++i) out.sum[i] += out.dequantized[b][i];
+  }
+  return out;
+}
+
+void ExpectBitIdentical(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  int64_t bad = 0;
+  for (size_t i = 0; i < a.size(); ++i) bad += a[i] == b[i] ? 0 : 1;  // +0 == -0: same value
+  EXPECT_EQ(bad, 0) << what << ": first values " << a[0] << " vs " << b[0];
+}
+
+TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
+  struct Shape {
+    std::vector<int64_t> dims;
+    int channel_axis, reduction_axis;
+  };
+  const std::vector<Shape> shapes = {{{24, 40}, 1, 0},          // MatMul [K, N]
+                                     {{12, 5, 3, 3}, 0, 1},     // Conv
+                                     {{6, 4, 3, 3}, 1, 0}};     // ConvTranspose
+  int split_cases = 0;
+  for (const Shape& s : shapes) {
+    int64_t n = 1;
+    for (int64_t d : s.dims) n *= d;
+    const std::vector<float> w = Weights(n, 3);
+    for (int bits = 2; bits <= 8; ++bits) {
+      for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+        for (bool sym : {false, true}) {
+          for (bool split : {true, false}) {
+            TransformConfig c;
+            c.spec = {bits, sym};
+            c.granularity = gran;
+            c.block_size = 4;
+            c.split = split;
+            c.quant_aware_boundaries = true;
+            c.cluster_per_channel = gran != Granularity::kTensor;
+            Branches br = TransformAll(w, s.dims, s.channel_axis, s.reduction_axis, c);
+            ParamLayout l{s.dims, gran, s.channel_axis, s.reduction_axis, 4};
+            std::vector<const uint8_t*> codes;
+            for (int b = 0; b < br.result.num_branches; ++b) codes.push_back(br.codes[b].data());
+            auto e = EncodeCompact(codes, br.result, l, c.spec, ContainerBits(bits));
+            ASSERT_TRUE(e.ok()) << e.status();
+            EXPECT_EQ(e->codes.size(), static_cast<size_t>(PackedBytes(n, ContainerBits(bits))));
+            EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(PackedBytes(n, 2)) : 0u);
+            split_cases += br.result.num_branches == 3 ? 1 : 0;
+            ExpectBitIdentical(DecodeCompact(*e, br.result, l, ContainerBits(bits)), br.sum,
+                               absl::StrCat("bits ", bits, " ", ToString(gran), sym ? " sym" : " asym",
+                                            split ? " split" : " plain", " rank ", s.dims.size()));
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(split_cases, 100);  // the split path was really exercised
+}
+
+TEST(EncodeTest, MatMulNBitsDecodesToEachBranchExactly) {
+  for (int64_t k : {20, 64, 200}) {
+    const int64_t n = 12;
+    const std::vector<float> w = Weights(k * n, 5);
+    for (int bits : {4, 8}) {
+      for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+        for (bool sym : {false, true}) {
+          TransformConfig c;
+          c.spec = {bits, sym};
+          c.granularity = gran;
+          c.block_size = 32;
+          c.split = true;
+          c.quant_aware_boundaries = true;
+          c.cluster_per_channel = gran != Granularity::kTensor;
+          Branches br = TransformAll(w, {k, n}, 1, 0, c);
+          ParamLayout l{{k, n}, gran, 1, 0, 32};
+          ASSERT_TRUE(NBitsCanCarry(l, bits));
+          for (int b = 0; b < br.result.num_branches; ++b) {
+            auto e = EncodeMatMulNBits(br.codes[b].data(), br.result.params[b], l, c.spec);
+            ASSERT_TRUE(e.ok()) << e.status();
+            EXPECT_EQ(e->block_size, gran == Granularity::kBlock ? 32 : (k >= 128 ? 128 : k <= 16 ? 16 : k <= 32 ? 32 : 64));
+            EXPECT_EQ(e->b.size(), static_cast<size_t>(n * e->blocks * e->block_size * bits / 8));
+            ExpectBitIdentical(DecodeMatMulNBits(*e), br.dequantized[b],
+                               absl::StrCat("K ", k, " bits ", bits, " ", ToString(gran),
+                                            sym ? " sym" : " asym", " branch ", b));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(EncodeTest, MatMulNBitsCarriesOnlyWhatItCanExpress) {
+  ParamLayout l{{64, 8}, Granularity::kChannel, 1, 0, 32};
+  EXPECT_TRUE(NBitsCanCarry(l, 4));
+  EXPECT_TRUE(NBitsCanCarry(l, 8));
+  EXPECT_FALSE(NBitsCanCarry(l, 2));
+  EXPECT_FALSE(NBitsCanCarry(l, 3));
+  l.granularity = Granularity::kBlock;
+  l.block_size = 24;  // not a power of two
+  EXPECT_FALSE(NBitsCanCarry(l, 4));
+  l.block_size = 8;  // below MatMulNBits' 16
+  EXPECT_FALSE(NBitsCanCarry(l, 4));
+  ParamLayout conv{{8, 4, 3, 3}, Granularity::kChannel, 0, 1, 32};
+  EXPECT_FALSE(NBitsCanCarry(conv, 4));
+  ParamLayout gemm_t{{16, 24}, Granularity::kChannel, 0, 1, 32};  // Gemm transB: [N, K]
+  EXPECT_FALSE(NBitsCanCarry(gemm_t, 4));
+}
+
+TEST(EncodeTest, ParamIndexFollowsTheLayout) {
+  ParamLayout l{{4, 3}, Granularity::kChannel, 1, 0, 2};
+  EXPECT_EQ(ParamIndexOfElements(l), (std::vector<int64_t>{0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2}));
+  l.granularity = Granularity::kBlock;  // blocks of 2 along axis 0: params [2, 3]
+  EXPECT_EQ(ParamIndexOfElements(l), (std::vector<int64_t>{0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5}));
+  l.granularity = Granularity::kTensor;
+  EXPECT_EQ(ParamIndexOfElements(l), std::vector<int64_t>(12, 0));
+}
+
+}  // namespace
+}  // namespace sq
