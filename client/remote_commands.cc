@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 
 #include "absl/status/status.h"
@@ -29,7 +30,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -247,16 +248,38 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   }
   if (a.Has("form")) {
     std::string f = a.Get("form");
-    if (f == "branches") o->set_form(v1::SPLIT_FORM_BRANCHES);
+    if (f == "auto") o->set_form(v1::SPLIT_FORM_UNSPECIFIED);
+    else if (f == "branches") o->set_form(v1::SPLIT_FORM_BRANCHES);
     else if (f == "folded") o->set_form(v1::SPLIT_FORM_FOLDED);
-    else return absl::InvalidArgumentError("--form wants branches or folded, got '" + f + "'");
+    else if (f == "compact") o->set_form(v1::SPLIT_FORM_COMPACT);
+    else return absl::InvalidArgumentError("--form wants auto, branches, folded or compact, got '" + f + "'");
   }
-  if (a.Has("format")) {
-    std::string f = a.Get("format");
-    if (f == "qdq") o->set_format(v1::OUTPUT_FORMAT_QDQ);
-    else if (f == "fake") o->set_format(v1::OUTPUT_FORMAT_FAKE);
-    else if (f == "split") o->set_format(v1::OUTPUT_FORMAT_SPLIT);
-    else return absl::InvalidArgumentError("--format wants qdq, fake or split, got '" + f + "'");
+  {
+    // Same rules as sqctl quantize: --format qdq is --target qdq; both given must agree.
+    std::optional<std::string> format, target;
+    if (a.Has("format")) format = a.Get("format");
+    if (a.Has("target")) target = a.Get("target");
+    QuantizeOptions resolved;
+    if (absl::Status s = ResolveTargetFlags(target, format, &resolved); !s.ok()) return s;
+    if (format || target) {
+      switch (resolved.format) {
+        case OutputFormat::kQdq: o->set_format(v1::OUTPUT_FORMAT_QDQ); break;
+        case OutputFormat::kFake: o->set_format(v1::OUTPUT_FORMAT_FAKE); break;
+        case OutputFormat::kSplit: o->set_format(v1::OUTPUT_FORMAT_SPLIT); break;
+      }
+      if (resolved.format == OutputFormat::kQdq) {
+        o->set_target(resolved.target == Target::kOrtCpu    ? v1::TARGET_ORT_CPU
+                      : resolved.target == Target::kPortable ? v1::TARGET_PORTABLE
+                                                             : v1::TARGET_QDQ);
+      }
+    }
+  }
+  if (a.Has("ort-accuracy-level")) {
+    int level = 0;
+    if (!absl::SimpleAtoi(a.Get("ort-accuracy-level"), &level)) {
+      return absl::InvalidArgumentError("--ort-accuracy-level wants 0, 1 or 4");
+    }
+    o->set_ort_accuracy_level(level);
   }
   if (a.Has("cluster-scope")) {
     std::string c = a.Get("cluster-scope");
@@ -445,7 +468,7 @@ bool IsRemoteCommand(const std::string& command) {
 std::string RemoteUsage() {
   return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
                                     (engine options as for quantize: --bits --granularity
-                                    --block-size --symmetric --split --layer --form --format --exclude
+                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --exclude
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes

@@ -1,8 +1,11 @@
 #include "server/convert.h"
 
+#include <optional>
+
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 
 #include "core/utf8.h"
 
@@ -42,15 +45,31 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     case v1::SPLIT_FORM_UNSPECIFIED: break;
     case v1::SPLIT_FORM_BRANCHES: o.form = SplitForm::kBranches; break;
     case v1::SPLIT_FORM_FOLDED: o.form = SplitForm::kFolded; break;
+    case v1::SPLIT_FORM_COMPACT: o.form = SplitForm::kCompact; break;
     default: return absl::InvalidArgumentError("options.form: unknown value");
   }
+  // Format and target follow sqctl's flags: QDQ alone means target qdq.
+  std::optional<std::string> format, target;
   switch (w.format()) {
     case v1::OUTPUT_FORMAT_UNSPECIFIED: break;
-    case v1::OUTPUT_FORMAT_QDQ: o.format = OutputFormat::kQdq; break;
-    case v1::OUTPUT_FORMAT_FAKE: o.format = OutputFormat::kFake; break;
-    case v1::OUTPUT_FORMAT_SPLIT: o.format = OutputFormat::kSplit; break;
+    case v1::OUTPUT_FORMAT_QDQ: format = "qdq"; break;
+    case v1::OUTPUT_FORMAT_FAKE: format = "fake"; break;
+    case v1::OUTPUT_FORMAT_SPLIT: format = "split"; break;
     default: return absl::InvalidArgumentError("options.format: unknown value");
   }
+  switch (w.target()) {
+    case v1::TARGET_UNSPECIFIED: break;
+    case v1::TARGET_ORT_CPU: target = "ort-cpu"; break;
+    case v1::TARGET_QDQ: target = "qdq"; break;
+    case v1::TARGET_PORTABLE: target = "portable"; break;
+    default: return absl::InvalidArgumentError("options.target: unknown value");
+  }
+  if (absl::Status s = ResolveTargetFlags(target, format, &o); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "options.target / options.format: ",
+        absl::StrReplaceAll(s.message(), {{"--target", "target"}, {"--format", "format"}})));
+  }
+  if (w.has_ort_accuracy_level()) o.ort_accuracy_level = w.ort_accuracy_level();
   switch (w.cluster_scope()) {
     case v1::CLUSTER_SCOPE_UNSPECIFIED: break;
     case v1::CLUSTER_SCOPE_AUTO: o.cluster_scope = ClusterScope::kAuto; break;
@@ -87,7 +106,20 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
                                                  : v1::SPLIT_MODE_ON);
   for (const LayerOverride& lo : o.layer_overrides) w.add_layer_overrides(ToString(lo));
   w.set_initializer_inputs_are_weights(o.initializer_inputs_are_weights);
-  w.set_form(o.form == SplitForm::kFolded ? v1::SPLIT_FORM_FOLDED : v1::SPLIT_FORM_BRANCHES);
+  switch (o.form) {
+    case SplitForm::kAuto: w.set_form(v1::SPLIT_FORM_UNSPECIFIED); break;
+    case SplitForm::kBranches: w.set_form(v1::SPLIT_FORM_BRANCHES); break;
+    case SplitForm::kFolded: w.set_form(v1::SPLIT_FORM_FOLDED); break;
+    case SplitForm::kCompact: w.set_form(v1::SPLIT_FORM_COMPACT); break;
+  }
+  if (o.format == OutputFormat::kQdq) {
+    switch (o.target) {
+      case Target::kOrtCpu: w.set_target(v1::TARGET_ORT_CPU); break;
+      case Target::kQdq: w.set_target(v1::TARGET_QDQ); break;
+      case Target::kPortable: w.set_target(v1::TARGET_PORTABLE); break;
+    }
+  }
+  w.set_ort_accuracy_level(o.ort_accuracy_level);
   switch (o.format) {
     case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;
     case OutputFormat::kFake: w.set_format(v1::OUTPUT_FORMAT_FAKE); break;

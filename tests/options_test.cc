@@ -1,7 +1,9 @@
 #include "core/options.h"
 
+#include <optional>
 #include <string>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace sq {
@@ -146,7 +148,12 @@ TEST(OptionsTest, ParseAndPrintRoundTrip) {
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(*p, f);
   }
-  for (SplitForm f : {SplitForm::kBranches, SplitForm::kFolded}) {
+  for (Target t : {Target::kOrtCpu, Target::kQdq, Target::kPortable}) {
+    auto p = ParseTarget(ToString(t));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(*p, t);
+  }
+  for (SplitForm f : {SplitForm::kAuto, SplitForm::kBranches, SplitForm::kFolded, SplitForm::kCompact}) {
     auto p = ParseSplitForm(ToString(f));
     ASSERT_TRUE(p.ok());
     EXPECT_EQ(*p, f);
@@ -160,6 +167,57 @@ TEST(OptionsTest, ParseAndPrintRoundTrip) {
   EXPECT_STREQ(ToString(OutputFormat::kQdq), "qdq");
   EXPECT_STREQ(ToString(SplitForm::kFolded), "folded");
   EXPECT_STREQ(ToString(ClusterScope::kAuto), "auto");
+}
+
+// One choice of output family: --format qdq is --target qdq, and contradictions name
+// both flags; each target takes only the forms it can write.
+TEST(OptionsTest, TargetFormatAndFormCombinations) {
+  auto resolve = [](std::optional<std::string> t, std::optional<std::string> f) {
+    QuantizeOptions o;
+    absl::Status s = ResolveTargetFlags(t, f, &o);
+    return std::make_pair(s, o);
+  };
+  auto [s1, o1] = resolve("portable", std::nullopt);
+  ASSERT_TRUE(s1.ok());
+  EXPECT_EQ(o1.format, OutputFormat::kQdq);
+  EXPECT_EQ(o1.target, Target::kPortable);
+  auto [s2, o2] = resolve(std::nullopt, "qdq");
+  ASSERT_TRUE(s2.ok());
+  EXPECT_EQ(o2.target, Target::kQdq);
+  auto [s3, o3] = resolve("qdq", "qdq");
+  EXPECT_TRUE(s3.ok());
+  for (auto [t, f] : {std::pair<const char*, const char*>{"ort-cpu", "fake"}, {"qdq", "split"},
+                      {"portable", "qdq"}}) {
+    auto [s, o] = resolve(t, f);
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << t << " " << f;
+    EXPECT_THAT(std::string(s.message()), ::testing::AllOf(::testing::HasSubstr("--target"),
+                                                           ::testing::HasSubstr("--format")));
+  }
+  EXPECT_EQ(resolve("gpu", std::nullopt).first.code(), absl::StatusCode::kInvalidArgument);
+
+  QuantizeOptions o;
+  o.target = Target::kQdq;
+  o.form = SplitForm::kCompact;
+  EXPECT_THAT(std::string(ValidateOptions(o).message()), ::testing::HasSubstr("compact needs target"));
+  o.format = OutputFormat::kFake;
+  EXPECT_FALSE(ValidateOptions(o).ok());
+  o.format = OutputFormat::kQdq;
+  o.target = Target::kPortable;
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  o.form = SplitForm::kBranches;
+  EXPECT_THAT(std::string(ValidateOptions(o).message()), ::testing::HasSubstr("portable"));
+  o.target = Target::kOrtCpu;
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  o.form = SplitForm::kFolded;
+  EXPECT_FALSE(ValidateOptions(o).ok());
+  o.form = SplitForm::kAuto;
+  EXPECT_EQ(EffectiveForm(o), SplitForm::kAuto);
+  o.target = Target::kPortable;
+  EXPECT_EQ(EffectiveForm(o), SplitForm::kCompact);
+  o.target = Target::kQdq;
+  EXPECT_EQ(EffectiveForm(o), SplitForm::kBranches);
+  o.ort_accuracy_level = 2;
+  EXPECT_THAT(std::string(ValidateOptions(o).message()), ::testing::HasSubstr("ort_accuracy_level"));
 }
 
 TEST(OptionsTest, ParseErrorsListAcceptedValues) {
