@@ -58,10 +58,10 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --layer 'REGEX=K:V,...'    settings for layers whose node name matches (repeatable, first
                              match wins); keys bits, granularity, block_size, symmetric
                              (on|off), split (on|off|auto). E.g. --layer 'head=bits:8'
-  --target T                 where the model runs: qdq (default: integer codes +
-                             DequantizeLinear, standard QDQ) | ort-cpu (ONNX Runtime CPU:
+  --target T                 where the model runs: ort-cpu (default: ONNX Runtime on CPU;
                              MatMul as com.microsoft.MatMulNBits, other weights decoded at
-                             load) | portable (standard ops only, decoded at load)
+                             load) | qdq (standard weight-only QDQ: integer codes +
+                             DequantizeLinear) | portable (standard ops only, decoded at load)
   --form F                   how a split layer is stored: auto (default: compact for
                              ort-cpu/portable, branches otherwise) | branches (3 ops + Adds) |
                              folded (weights added, 1 op) | compact (one code + a 2-bit

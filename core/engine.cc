@@ -296,19 +296,36 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
 
 // Stage "transform", compact and MatMulNBits layers: the branches' 8-bit codes re-encoded
 // (core/transform/encode.h) and written with their parameters.
+// outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
+// error energy in `r` updated to what the artifact holds.
 template <typename WriteBytes>
-absl::Status WriteReencoded(const GroupPlan& p, const TransformResult& r,
+absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformResult& r,
                             const std::array<std::vector<uint8_t>, 3>& codes,
                             const WriteBytes& write_bytes) {
   const QuantSpec& spec = p.config.spec;
   const std::string& name = p.group->weight_name;
+  auto write_nbits = [&](int slot, const NBitsEncoding& e) -> absl::Status {
+    SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e.b.data(), e.b.size()));
+    SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e.scales.data(), e.scales.size() * 4));
+    return write_bytes(p.zero_point[slot], 0, e.zero_points.data(), e.zero_points.size());
+  };
+  if (p.form == LayerForm::kNBitsOuter8) {
+    std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};
+    auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric);
+    if (!outer.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", outer.status().message()));
+    auto middle = EncodeMatMulNBits(codes[1].data(), r.params[1], p.layout, spec);
+    auto high = EncodeMatMulNBits(outer->codes.data(), outer->params, p.layout, QuantSpec{8, spec.symmetric});
+    if (!middle.ok() || !high.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
+    SQ_RETURN_IF_ERROR(write_nbits(0, *middle));
+    SQ_RETURN_IF_ERROR(write_nbits(1, *high));
+    r.split_error_energy = outer->error_energy;
+    return absl::OkStatus();
+  }
   if (p.form == LayerForm::kNBits) {
     for (int b = 0; b < p.num_branches; ++b) {
       auto e = EncodeMatMulNBits(codes[b].data(), r.params[b], p.layout, spec);
       if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.data[b], 0, e->b.data(), e->b.size()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.scale[b], 0, e->scales.data(), e->scales.size() * 4));
-      SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[b], 0, e->zero_points.data(), e->zero_points.size()));
+      SQ_RETURN_IF_ERROR(write_nbits(b, *e));
     }
     return absl::OkStatus();
   }
@@ -616,7 +633,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     absl::Status sink_status;
     // Compact and MatMulNBits layers are re-encoded from the branches' 8-bit codes, which
     // are collected here first (one byte per weight and branch).
-    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits;
+    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
+                          p.form == LayerForm::kNBitsOuter8;
     std::array<std::vector<uint8_t>, 3> codes;
     if (reencode) {
       for (int b = 0; b < p.num_branches; ++b) codes[b].resize(static_cast<size_t>(NumElementsOf(p.group->shape)));
@@ -671,7 +689,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
       };
     }
     auto result = TransformWeight(view, p.config, sink, parallel);
-    w.ReleasePages();
+    absl::Cleanup release = [&w] { w.ReleasePages(); };
     if (!result.ok()) {
       return absl::Status(result.status().code(),
                           absl::StrCat("layer weight '", p.group->weight_name, "': ", result.status().message()));
@@ -684,7 +702,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                               result->num_branches));
     }
     if (reencode) {
-      SQ_RETURN_IF_ERROR(WriteReencoded(p, *result, codes, write_bytes));
+      SQ_RETURN_IF_ERROR(WriteReencoded(p, w.data, *result, codes, write_bytes));
     } else if (p.scale[0] != nullptr) {
       for (int b = 0; b < expected; ++b) {
         const BranchParams& bp = result->params[b];

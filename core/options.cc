@@ -44,7 +44,10 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
                                           ToString(form), " needs target qdq or ort-cpu"));
     }
     if (decoded && options.target == Target::kOrtCpu && form == SplitForm::kFolded) {
-      return Invalid("form", "target ort-cpu takes form compact or branches; form folded needs target qdq");
+      return Invalid("form", "target ort-cpu takes form auto, branches, compact or outer8; form folded needs target qdq");
+    }
+    if (form == SplitForm::kOuter8 && !(decoded && options.target == Target::kOrtCpu)) {
+      return Invalid("form", "form outer8 (two MatMulNBits) needs target ort-cpu");
     }
   }
   if (ToString(options.cluster_scope)[0] == '?') {
@@ -200,8 +203,9 @@ absl::StatusOr<SplitForm> ParseSplitForm(absl::string_view s) {
   if (s == "branches") return SplitForm::kBranches;
   if (s == "folded") return SplitForm::kFolded;
   if (s == "compact") return SplitForm::kCompact;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown split form '", s, "'; accepted: auto, branches, folded, compact"));
+  if (s == "outer8") return SplitForm::kOuter8;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown split form '", s, "'; accepted: auto, branches, folded, compact, outer8"));
 }
 
 absl::StatusOr<Target> ParseTarget(absl::string_view s) {
@@ -277,6 +281,7 @@ const char* ToString(SplitForm f) {
     case SplitForm::kBranches: return "branches";
     case SplitForm::kFolded: return "folded";
     case SplitForm::kCompact: return "compact";
+    case SplitForm::kOuter8: return "outer8";
   }
   return "?";
 }

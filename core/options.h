@@ -42,13 +42,16 @@ enum class Target {
 
 // How a split layer is laid out in the graph.
 enum class SplitForm {
-  kAuto,      // the target's default: per layer for ort-cpu (MatMulNBits branches where
-              // that kernel carries the weight, compact elsewhere), compact for portable,
-              // branches otherwise
+  kAuto,      // the target's default: per layer for ort-cpu (MatMul weights MatMulNBits
+              // carries: outer8 at <= 4 bits, branches at 8; compact elsewhere), compact
+              // for portable, branches otherwise
   kBranches,  // three copies of the op, outputs summed with Add (the paper's structure)
   kFolded,    // the three weights are added first, then one op runs (1x compute)
   kCompact,   // one code + a 2-bit cluster id per weight, decoded into one weight at load
               // (ort-cpu / portable); dequantizes bit-identically to the branches
+  kOuter8,    // ort-cpu, MatMul: the middle branch at `bits` plus both outer clusters in
+              // one 8-bit branch, two MatMulNBits (an accuracy variant: lower weight error
+              // than three branches at <= 6 bits, and two kernels instead of three)
 };
 
 // Whether a layer is split.
@@ -98,7 +101,9 @@ struct QuantizeOptions {
   SplitMode split = SplitMode::kOn;               // SplitQuant on / off (plain linear) / auto
   SplitForm form = SplitForm::kAuto;
   OutputFormat format = OutputFormat::kQdq;
-  Target target = Target::kQdq;
+  // ort-cpu by default: what users deploy on, and the form that costs least there
+  // (docs/benchmarks.md, inference table).
+  Target target = Target::kOrtCpu;
   // MatMulNBits `accuracy_level` under Target::kOrtCpu: 0 = float compute (dequantized
   // weights, exact to the fake-quant model), 4 = int8 compute (activations quantized per
   // block; faster, its own accuracy cost).

@@ -88,6 +88,7 @@ const char* ToString(LayerForm f) {
     case LayerForm::kFloat: return "fp32";
     case LayerForm::kCompact: return "compact";
     case LayerForm::kNBits: return "matmulnbits";
+    case LayerForm::kNBitsOuter8: return "matmulnbits-outer8";
   }
   return "?";
 }
@@ -318,9 +319,12 @@ absl::Status GraphEditor::PlanGroup(
     c.storage_bits = 8;
     plan->layout = ParamLayout{g.shape, gran, g.channel_axis, g.reduction_axis, options.block_size};
     maybe_unused_.insert(g.weight.tensor);
+    const SplitForm form = EffectiveForm(options);
     const bool nbits = options.target == Target::kOrtCpu && AllUsesAreMatMulB(g) &&
                        NBitsCanCarry(plan->layout, options.bits) &&
-                       (!plan->split || EffectiveForm(options) != SplitForm::kCompact);
+                       (!plan->split || form != SplitForm::kCompact);
+    plan->outer8 = nbits && plan->split &&
+                   (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
     if (nbits) {
       PlanNBits(plan, options);
     } else {
@@ -670,35 +674,41 @@ void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
   onnx::GraphProto* owner = g.weight.graph;
   const std::string base = absl::StrCat(g.weight_name, ".sq");
   const ParamLayout& l = plan->layout;
-  plan->form = LayerForm::kNBits;
+  plan->form = plan->outer8 ? LayerForm::kNBitsOuter8 : LayerForm::kNBits;
   const int64_t k = l.shape[0], n = l.shape[1];
   const int bs = NBitsBlockSize(l);
   const int64_t blocks = (k + bs - 1) / bs;
   const int64_t blob = bs * options.bits / 8;
   const int64_t zp_col = (blocks * options.bits + 7) / 8;
   EnsureOpsetImport(model_, "com.microsoft", 1);
-  for (int b = 0; b < plan->num_branches; ++b) {
-    const std::string suffix = plan->num_branches == 1 ? "" : absl::StrCat(".b", b);
+  // outer8: kernel 0 runs the middle branch at `bits`, kernel 1 the outer clusters at 8.
+  const int kernels = plan->outer8 ? 2 : plan->num_branches;
+  auto bits_of = [&](int b) { return plan->outer8 && b == 1 ? 8 : options.bits; };
+  for (int b = 0; b < kernels; ++b) {
+    const std::string suffix =
+        kernels == 1 ? "" : plan->outer8 ? (b == 0 ? ".middle" : ".outer") : absl::StrCat(".b", b);
+    const int64_t blob_b = bs * bits_of(b) / 8;
+    const int64_t zp_col_b = (blocks * bits_of(b) + 7) / 8;
     plan->data[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits"),
-                                   onnx::TensorProto::UINT8, {n, blocks, blob});
+                                   onnx::TensorProto::UINT8, {n, blocks, blob_b});
     plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_scales"),
                                     onnx::TensorProto::FLOAT, {n * blocks});
     plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_zero_points"),
-                                         onnx::TensorProto::UINT8, {n * zp_col});
-    plan->data_bytes_per_tensor = n * blocks * blob;
-    plan->tensor_bytes.push_back({plan->data[b], n * blocks * blob});
+                                         onnx::TensorProto::UINT8, {n * zp_col_b});
+    plan->data_bytes_per_tensor = n * blocks * blob_b;
+    plan->tensor_bytes.push_back({plan->data[b], n * blocks * blob_b});
     plan->tensor_bytes.push_back({plan->scale[b], n * blocks * 4});
-    plan->tensor_bytes.push_back({plan->zero_point[b], n * zp_col});
+    plan->tensor_bytes.push_back({plan->zero_point[b], n * zp_col_b});
   }
   for (LayerUse& use : g.uses) {
     onnx::NodeProto* node = use.node;
     const std::string out = node->output(0);
     std::vector<onnx::NodeProto> repl;
     std::vector<std::string> outs;
-    for (int b = 0; b < plan->num_branches; ++b) {
-      const std::string y = plan->num_branches == 1 ? out : UniqueName(absl::StrCat(out, ".sq.b", b));
+    for (int b = 0; b < kernels; ++b) {
+      const std::string y = kernels == 1 ? out : UniqueName(absl::StrCat(out, ".sq.b", b));
       const std::string name =
-          plan->num_branches == 1 && !node->name().empty()
+          kernels == 1 && !node->name().empty()
               ? node->name()
               : UniqueName(absl::StrCat(node->name().empty() ? out : node->name(), ".sq.nbits", b));
       onnx::NodeProto m = MakeNode("MatMulNBits", name,
@@ -708,13 +718,17 @@ void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
       m.set_domain("com.microsoft");
       SetIntAttr(&m, "K", k);
       SetIntAttr(&m, "N", n);
-      SetIntAttr(&m, "bits", options.bits);
+      SetIntAttr(&m, "bits", bits_of(b));
       SetIntAttr(&m, "block_size", bs);
       SetIntAttr(&m, "accuracy_level", options.ort_accuracy_level);
       repl.push_back(std::move(m));
       outs.push_back(y);
     }
-    if (plan->num_branches == 3) AppendSumOfThree(outs, out, absl::StrCat(out, ".sq.sum"), &repl);
+    if (kernels == 3) {
+      AppendSumOfThree(outs, out, absl::StrCat(out, ".sq.sum"), &repl);
+    } else if (kernels == 2) {
+      repl.push_back(MakeNode("Add", UniqueName(absl::StrCat(out, ".sq.sum.add")), outs, out));
+    }
     replacements_[node] = std::move(repl);
   }
 }

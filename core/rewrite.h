@@ -83,6 +83,7 @@ enum class LayerForm {
   kFloat,          // FP32 initializers (format fake / split)
   kCompact,        // codes (+ cluster ids when split) decoded at load by standard ops
   kNBits,          // com.microsoft.MatMulNBits, one per branch
+  kNBitsOuter8,    // two MatMulNBits: the middle branch, and the outer clusters at 8 bits
 };
 const char* ToString(LayerForm f);
 
@@ -90,6 +91,7 @@ struct GroupPlan {
   WeightGroup* group = nullptr;
   LayerForm form = LayerForm::kDq;
   ParamLayout layout;                // where each weight's parameters are (kCompact/kNBits)
+  bool outer8 = false;               // kNBits split: middle at `bits` + outer clusters at 8
   onnx::TensorProto* ids = nullptr;  // kCompact split: the cluster ids
   // Every tensor the transform fills, with its size in bytes (what the layer stores).
   std::vector<std::pair<onnx::TensorProto*, int64_t>> tensor_bytes;

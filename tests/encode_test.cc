@@ -137,6 +137,48 @@ TEST(EncodeTest, MatMulNBitsDecodesToEachBranchExactly) {
   }
 }
 
+// outer8: the middle branch unchanged, the outer clusters re-quantized together at 8 bits.
+// Its weight error is what it reports, and at 4 bits below the three branches'.
+TEST(EncodeTest, Outer8KeepsTheMiddleAndLowersTheError) {
+  const int64_t k = 96, n = 20;
+  const std::vector<float> w = Weights(k * n, 9);
+  for (Granularity gran : {Granularity::kChannel, Granularity::kBlock, Granularity::kTensor}) {
+    for (bool sym : {false, true}) {
+      TransformConfig c;
+      c.spec = {4, sym};
+      c.granularity = gran;
+      c.block_size = 32;
+      c.split = true;
+      c.quant_aware_boundaries = true;
+      c.cluster_per_channel = gran != Granularity::kTensor;
+      Branches br = TransformAll(w, {k, n}, 1, 0, c);
+      ASSERT_EQ(br.result.num_branches, 3);
+      ParamLayout l{{k, n}, gran, 1, 0, 32};
+      std::vector<const uint8_t*> codes = {br.codes[0].data(), br.codes[1].data(), br.codes[2].data()};
+      auto outer = QuantizeOuterAt8(w.data(), codes, br.result, l, sym);
+      ASSERT_TRUE(outer.ok()) << outer.status();
+      auto mid = EncodeMatMulNBits(br.codes[1].data(), br.result.params[1], l, c.spec);
+      auto high = EncodeMatMulNBits(outer->codes.data(), outer->params, l, QuantSpec{8, sym});
+      ASSERT_TRUE(mid.ok() && high.ok());
+      const std::vector<float> m = DecodeMatMulNBits(*mid), o = DecodeMatMulNBits(*high);
+      double err = 0;
+      int64_t outer_values = 0;
+      for (int64_t i = 0; i < k * n; ++i) {
+        // Disjoint: a weight lives in the middle kernel or the outer one.
+        EXPECT_TRUE(m[i] == 0 || o[i] == 0) << i;
+        EXPECT_EQ(m[i], br.dequantized[1][i]) << i;  // the middle branch is unchanged
+        outer_values += o[i] != 0;
+        const double e = static_cast<double>(w[i]) - (m[i] + o[i]);
+        err += e * e;
+      }
+      EXPECT_GT(outer_values, 0);
+      EXPECT_NEAR(outer->error_energy, err, 1e-9 * err + 1e-12);
+      EXPECT_LT(outer->error_energy, br.result.split_error_energy)
+          << ToString(gran) << (sym ? " sym" : " asym");
+    }
+  }
+}
+
 TEST(EncodeTest, MatMulNBitsCarriesOnlyWhatItCanExpress) {
   ParamLayout l{{64, 8}, Granularity::kChannel, 1, 0, 32};
   EXPECT_TRUE(NBitsCanCarry(l, 4));

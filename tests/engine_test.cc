@@ -173,6 +173,7 @@ TEST_F(EngineTest, QdqMatchesOurDequantizedReferenceInOrt) {
         o.min_weight_elements = 1;
         std::string tag = absl::StrCat(name, "-", c.bits, ToString(c.g), c.symmetric, ToString(form));
         o.format = OutputFormat::kQdq;
+        o.target = Target::kQdq;
         auto q = Quantize(Path(absl::StrCat(name, ".onnx")), Path(tag + "-qdq.onnx"), o);
         ASSERT_TRUE(q.ok()) << tag << ": " << q.status();
         o.format = OutputFormat::kFake;
@@ -216,6 +217,9 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
           o.split = split;
           o.min_weight_elements = 1;
           o.ort_accuracy_level = 0;
+          // Branches: the re-encoding of the same values (outer8, ort-cpu's default for a
+          // split 4-bit MatMul, changes them; tested on its own below).
+          if (target == Target::kOrtCpu) o.form = SplitForm::kBranches;
           const std::string tag = absl::StrCat(name, "-", c.bits, ToString(c.g), c.symmetric,
                                                ToString(target), ToString(split));
           o.format = OutputFormat::kQdq;
@@ -280,8 +284,9 @@ TEST_F(EngineTest, CompactSplitIsAboutBitsPlusTwo) {
   ASSERT_TRUE(b.ok());
   EXPECT_GT(b->quantized_bits_per_weight, 12.0);
   EXPECT_LE(Compare(Path("branches.onnx"), Path("compact.onnx"), 7, false), kQdqVsFakeRelTolerance);
-  // ort-cpu: the MatMul as three MatMulNBits branches, the Gemm compact.
+  // ort-cpu, form branches: the MatMul as three MatMulNBits branches, the Gemm compact.
   o.target = Target::kOrtCpu;
+  o.form = SplitForm::kBranches;
   o.ort_accuracy_level = 0;
   auto c = Quantize(Path("big.onnx"), Path("ort.onnx"), o);
   ASSERT_TRUE(c.ok()) << c.status();
@@ -293,6 +298,29 @@ TEST_F(EngineTest, CompactSplitIsAboutBitsPlusTwo) {
   int nbits = 0;
   for (const auto& n : (*loaded)->proto().graph().node()) nbits += n.op_type() == "MatMulNBits";
   EXPECT_EQ(nbits, 3);
+  // ort-cpu's default for a split 4-bit MatMul: outer8, two kernels (middle at 4 bits,
+  // outer clusters at 8) whose weight error is lower than the three branches'.
+  o.form = SplitForm::kAuto;
+  auto d = Quantize(Path("big.onnx"), Path("ort-outer8.onnx"), o);
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(d->layers[0].form, "matmulnbits-outer8");
+  EXPECT_GT(d->layers[0].sqnr_split_db, c->layers[0].sqnr_split_db);
+  EXPECT_EQ(d->layers[1].sqnr_split_db, c->layers[1].sqnr_split_db);  // the Gemm: compact
+  auto outer8 = LoadedModel::FromFile(Path("ort-outer8.onnx"));
+  ASSERT_TRUE(outer8.ok());
+  std::vector<int64_t> kernel_bits;
+  for (const auto& n : (*outer8)->proto().graph().node()) {
+    if (n.op_type() != "MatMulNBits") continue;
+    for (const auto& a : n.attribute()) {
+      if (a.name() == "bits") kernel_bits.push_back(a.i());
+    }
+  }
+  EXPECT_EQ(kernel_bits, (std::vector<int64_t>{4, 8}));
+  // In ORT (float compute), closer to the FP32 model than the three branches.
+  const double err_outer8 = Compare(Path("big.onnx"), Path("ort-outer8.onnx"));
+  const double err_branches = Compare(Path("big.onnx"), Path("ort.onnx"));
+  EXPECT_LT(err_outer8, err_branches * 1.05);
+  EXPECT_LT(err_outer8, 0.05);
   // --form compact decodes the MatMul at load too.
   o.form = SplitForm::kCompact;
   auto cc = Quantize(Path("big.onnx"), Path("ort-compact.onnx"), o);
@@ -312,7 +340,8 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
   g.Output("y");
   ASSERT_TRUE(testing::SaveModel(m, Path("big.onnx")).ok());
-  QuantizeOptions o;  // 4-bit qdq split, channel
+  QuantizeOptions o;  // 4-bit split, channel
+  o.target = Target::kQdq;
   auto r = Quantize(Path("big.onnx"), Path("q.onnx"), o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->output_opset, 21);
@@ -442,6 +471,7 @@ TEST_F(EngineTest, InitializersListedAsGraphInputsAreWeights) {
 TEST_F(EngineTest, PackedInt2OnlyOnRequestOfOpset25) {
   ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
   QuantizeOptions o;
+  o.target = Target::kQdq;
   o.bits = 2;
   o.min_weight_elements = 1;
   auto container = Quantize(Path("mlp.onnx"), Path("c.onnx"), o);
@@ -531,6 +561,7 @@ TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
       QuantizeOptions o;
       o.format = f;
       o.form = form;
+      o.target = Target::kQdq;  // the forms of the DequantizeLinear family
       o.bits = 8;
       o.min_weight_elements = 1;
       std::string out = Path(absl::StrCat("sub-", ToString(f), ToString(form), ".onnx"));
@@ -562,6 +593,41 @@ TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
         shared_tensors += t.name().rfind("shared.sq", 0) == 0;
       }
       EXPECT_EQ(shared_tensors, f == OutputFormat::kSplit ? 3 : 9);
+    }
+  }
+  // Runtime targets: decode chains in the graph that owns the weight, MatMulNBits inside
+  // the If branches, a shared weight stored once; same values as the fake-quant model.
+  QuantizeOptions fo;
+  fo.format = OutputFormat::kFake;
+  fo.form = SplitForm::kFolded;
+  fo.min_weight_elements = 1;
+  ASSERT_TRUE(Quantize(Path("sub.onnx"), Path("sub-fake4.onnx"), fo).ok());
+  for (SplitForm form : {SplitForm::kBranches, SplitForm::kCompact}) {
+    QuantizeOptions o;
+    o.target = Target::kOrtCpu;
+    o.form = form;
+    o.ort_accuracy_level = 0;
+    o.min_weight_elements = 1;
+    const std::string out = Path(absl::StrCat("sub-ort-", ToString(form), ".onnx"));
+    auto r = Quantize(Path("sub.onnx"), out, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->layers.size(), 3u);
+    for (const LayerReport& l : r->layers) {
+      EXPECT_EQ(l.form, form == SplitForm::kCompact ? "compact" : "matmulnbits") << l.name;
+    }
+    for (bool cond : {true, false}) {
+      std::vector<OrtTensor> in(2);
+      in[0].name = "x";
+      in[0].shape = {2, 16};
+      in[0].f = testing::TestWeights(32, 99, 1.0f);
+      in[1].name = "cond";
+      in[1].elem_type = onnx::TensorProto::BOOL;
+      in[1].i = {cond ? 1 : 0};
+      auto a = testing::RunOrt(Path("sub-fake4.onnx"), in);
+      auto b = testing::RunOrt(out, in);
+      ASSERT_TRUE(a.ok()) << a.status();
+      ASSERT_TRUE(b.ok()) << b.status();
+      EXPECT_LE(testing::MaxRelativeError(*b, *a), 1e-5) << ToString(form) << " cond " << cond;
     }
   }
 }

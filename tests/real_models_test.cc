@@ -69,6 +69,7 @@ TEST_P(RealModelsTest, QdqOutputsRunAndMatchTheDequantizedReference) {
   for (const Case& c : {Case{8, Granularity::kTensor, 0}, Case{4, Granularity::kChannel, 0},
                         Case{4, Granularity::kBlock, 32}}) {
     QuantizeOptions o;
+    o.target = Target::kQdq;
     o.bits = c.bits;
     o.granularity = c.g;
     if (c.block) o.block_size = c.block;
@@ -88,6 +89,39 @@ TEST_P(RealModelsTest, QdqOutputsRunAndMatchTheDequantizedReference) {
     // And with ORT's default optimizations the qdq model loads and runs too.
     EXPECT_FALSE(Run(tag + "-qdq.onnx", true).empty());
   }
+}
+
+// The runtime targets on the real models: portable (compact everywhere) and ort-cpu with
+// the branches' values (MatMulNBits at float compute) compute what the fake-quant model
+// does; the default ort-cpu artifact (outer8 on split 4-bit MatMuls) runs and stays close.
+TEST_P(RealModelsTest, RuntimeTargetsRunAndMatchTheDequantizedReference) {
+  QuantizeOptions o;
+  o.format = OutputFormat::kFake;
+  o.form = SplitForm::kFolded;
+  ASSERT_TRUE(QuantizeModelFile(model_, dir_ + "/fake.onnx", o).ok());
+  const auto fake = Run(dir_ + "/fake.onnx");
+  o = QuantizeOptions();
+  o.target = Target::kPortable;
+  auto p = QuantizeModelFile(model_, dir_ + "/portable.onnx", o);
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_LE(testing::MaxRelativeError(Run(dir_ + "/portable.onnx"), fake), kQdqVsFakeRelTolerance);
+  EXPECT_LE(testing::MaxRelativeError(Run(dir_ + "/portable.onnx", false), fake), kQdqVsFakeRelTolerance);
+  // Codes + 2-bit cluster ids: well under the three branches (3 x bits), the same
+  // parameters counted in both.
+  QuantizeOptions qo;
+  qo.target = Target::kQdq;
+  auto b = QuantizeModelFile(model_, dir_ + "/branches.onnx", qo);
+  ASSERT_TRUE(b.ok());
+  EXPECT_LT(p->quantized_bits_per_weight, 0.75 * b->quantized_bits_per_weight);
+  EXPECT_LT(p->output_bytes, b->output_bytes);
+  o.target = Target::kOrtCpu;
+  o.form = SplitForm::kBranches;
+  o.ort_accuracy_level = 0;
+  ASSERT_TRUE(QuantizeModelFile(model_, dir_ + "/ort-branches.onnx", o).ok());
+  EXPECT_LE(testing::MaxRelativeError(Run(dir_ + "/ort-branches.onnx"), fake), kQdqVsFakeRelTolerance);
+  auto d = QuantizeModelFile(model_, dir_ + "/ort-default.onnx", QuantizeOptions());
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_LE(testing::MaxRelativeError(Run(dir_ + "/ort-default.onnx"), fake), 0.1);
 }
 
 TEST_P(RealModelsTest, RepeatRunsAreByteIdentical) {

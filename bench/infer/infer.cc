@@ -200,6 +200,7 @@ int main(int argc, char** argv) {
     auto s1 = Open(model, 1);
     j["session_ms"] = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     std::vector<Input> inputs = MakeInputs(*s1, dims, int_high);
+    for (const Input& in : inputs) j["inputs"][in.name] = in.shape;
     j["base_rss_mb"] = RssMb();  // (after the session: inputs are sized from it)
     std::vector<std::vector<float>> y;
     j["p50_ms_t1"] = P50(Time(*s1, inputs, warmup, runs, &y));

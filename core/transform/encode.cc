@@ -203,4 +203,53 @@ std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e) {
   return w;
 }
 
+absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
+                                             absl::Span<const uint8_t* const> branch_codes,
+                                             const TransformResult& result,
+                                             const ParamLayout& layout, bool symmetric) {
+  if (branch_codes.size() != 3 || result.num_branches != 3) {
+    return absl::InternalError("the outer8 form needs a split layer");
+  }
+  const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
+  std::vector<float> lo(params, 0.0f), hi(params, 0.0f);  // widened to 0
+  auto outer = [&](int64_t i, int64_t p) {
+    return CodeValue(branch_codes[0][i], symmetric) != result.params[0].zero_points[p] ||
+           CodeValue(branch_codes[2][i], symmetric) != result.params[2].zero_points[p];
+  };
+  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
+    if (!outer(i, p)) return;
+    lo[p] = std::min(lo[p], values[i]);
+    hi[p] = std::max(hi[p], values[i]);
+  });
+  const QuantSpec spec8{8, symmetric};
+  OuterBranch out;
+  std::vector<QuantParams> qp(params);
+  out.params.scales.resize(params);
+  out.params.zero_points.resize(params);
+  for (int64_t p = 0; p < params; ++p) {
+    qp[p] = ChooseQuantParams(lo[p], hi[p], spec8);
+    out.params.scales[p] = qp[p].scale;
+    out.params.zero_points[p] = qp[p].zero_point;
+  }
+  int64_t n = 1;
+  for (int64_t d : layout.shape) n *= d;
+  out.codes.resize(static_cast<size_t>(n));
+  const BranchParams& mid = result.params[1];
+  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
+    float approx;
+    if (outer(i, p)) {
+      const int32_t q = QuantizeValue(values[i], qp[p], spec8);
+      out.codes[i] = static_cast<uint8_t>(q);
+      approx = DequantizeValue(q, qp[p]);
+    } else {
+      out.codes[i] = static_cast<uint8_t>(qp[p].zero_point);
+      approx = DequantizeValue(CodeValue(branch_codes[1][i], symmetric),
+                               QuantParams{mid.scales[p], mid.zero_points[p]});
+    }
+    const double e = static_cast<double>(values[i]) - approx;
+    out.error_energy += e * e;
+  });
+  return out;
+}
+
 }  // namespace sq

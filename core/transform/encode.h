@@ -89,6 +89,24 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
 // Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
 
+// The `outer8` form of a split layer (an accuracy variant, not a re-encoding): the middle
+// branch as it is, and both outer clusters together in one 8-bit branch whose per-slice
+// range (widened to 0) covers the slice's outer values. Where a b-bit outer branch has a
+// step of about |range of its cluster| / (2^b - 1), the joint 8-bit branch's is about
+// |range of both| / 255: finer for b <= 6, so at 4 bits the weight error only falls, and
+// two kernels run instead of three. `values` are the layer's FP32 weights; returns the
+// outer branch's 8-bit codes (its zero point outside the outer clusters) and parameters,
+// and the layer's squared weight error with this form.
+struct OuterBranch {
+  std::vector<uint8_t> codes;
+  BranchParams params;
+  double error_energy = 0;
+};
+absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
+                                             absl::Span<const uint8_t* const> branch_codes,
+                                             const TransformResult& result,
+                                             const ParamLayout& layout, bool symmetric);
+
 }  // namespace sq
 
 #endif  // SQ_CORE_TRANSFORM_ENCODE_H_
