@@ -67,6 +67,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              folded (weights added, 1 op) | compact (one code + a 2-bit
                              cluster id per weight; ort-cpu/portable)
   --ort-accuracy-level N     MatMulNBits compute (ort-cpu): 4 (default, int8) | 0 (float)
+  --nbits-min-elements N     ort-cpu: smaller MatMul weights are decoded at load instead of
+                             MatMulNBits (default 1048576, 4 MiB of FP32: cache-resident
+                             weights run faster as FP32)
   --format F                 qdq (= --target qdq) | fake (FP32 dequantized weights) |
                              split (FP32, split only)
   --boundaries B             quant (default: cuts and per-branch ranges chosen for the
@@ -201,6 +204,12 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
       auto v = value();
       if (!v.ok()) return v.status();
       target_flag = *v;
+    } else if (flag == "nbits-min-elements") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtoi(*v, &o.nbits_min_elements)) {
+        return absl::InvalidArgumentError(absl::StrCat("--nbits-min-elements wants a count, got '", *v, "'"));
+      }
     } else if (flag == "ort-accuracy-level") {
       auto v = value();
       if (!v.ok()) return v.status();

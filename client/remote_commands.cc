@@ -30,7 +30,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "target", "ort-accuracy-level", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -274,6 +274,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
       }
     }
   }
+  if (a.Has("nbits-min-elements")) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(a.Get("nbits-min-elements"), &v)) {
+      return absl::InvalidArgumentError("--nbits-min-elements wants a count");
+    }
+    o->set_nbits_min_elements(v);
+  }
   if (a.Has("ort-accuracy-level")) {
     int level = 0;
     if (!absl::SimpleAtoi(a.Get("ort-accuracy-level"), &level)) {
@@ -468,7 +475,7 @@ bool IsRemoteCommand(const std::string& command) {
 std::string RemoteUsage() {
   return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
                                     (engine options as for quantize: --bits --granularity
-                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --exclude
+                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --exclude
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes

@@ -62,6 +62,9 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
   if (options.threads < 0 || options.threads > 1024) {
     return Invalid("threads", absl::StrCat("must be in 0..1024, got ", options.threads));
   }
+  if (options.nbits_min_elements < 0) {
+    return Invalid("nbits_min_elements", absl::StrCat("must be >= 0, got ", options.nbits_min_elements));
+  }
   if (options.min_weight_elements < 0) {
     return Invalid("min_weight_elements",
                    absl::StrCat("must be >= 0, got ", options.min_weight_elements));

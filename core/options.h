@@ -108,6 +108,11 @@ struct QuantizeOptions {
   // weights, exact to the fake-quant model), 4 = int8 compute (activations quantized per
   // block; faster, its own accuracy cost).
   int ort_accuracy_level = 4;
+  // Under Target::kOrtCpu, MatMul weights with fewer elements are decoded at load (compact)
+  // instead of running in MatMulNBits: a weight of up to 4 MiB in FP32 fits a CPU's
+  // last-level cache, where ORT's FP32 GEMM outruns the low-bit kernels (which pay off when
+  // weights stream from memory), and folding it at session creation stays cheap.
+  int64_t nbits_min_elements = int64_t{1} << 20;
   ClusterScope cluster_scope = ClusterScope::kAuto;
   // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
   // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.

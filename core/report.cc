@@ -32,6 +32,7 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"format", ToString(o.format)},
           {"target", o.format == OutputFormat::kQdq ? ToString(o.target) : "none"},
           {"ort_accuracy_level", o.ort_accuracy_level},
+          {"nbits_min_elements", o.nbits_min_elements},
           {"cluster_scope", ToString(o.cluster_scope)},
           {"kmeans", o.reference_kmeans ? "reference" : "exact"},
           {"boundaries", o.quant_aware_boundaries ? "quant" : "kmeans"},

@@ -321,6 +321,7 @@ absl::Status GraphEditor::PlanGroup(
     maybe_unused_.insert(g.weight.tensor);
     const SplitForm form = EffectiveForm(options);
     const bool nbits = options.target == Target::kOrtCpu && AllUsesAreMatMulB(g) &&
+                       numel >= options.nbits_min_elements &&
                        NBitsCanCarry(plan->layout, options.bits) &&
                        (!plan->split || form != SplitForm::kCompact);
     plan->outer8 = nbits && plan->split &&

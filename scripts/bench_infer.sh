@@ -11,7 +11,8 @@
 #   MODELS=ocr scripts/bench_infer.sh      # just the recognizer (a minute)
 #
 # Environment: BUILD_DIR (build-bench), OUT_DIR ($BUILD_DIR/bench-infer), RUNS (30),
-#   SEQ (16: decoder tokens per call), JOBS (2). Needs scripts/setup.sh (ORT, OCR models)
+#   SEQ (1: decoder tokens per call, i.e. one generation step; 16 for a prompt chunk),
+#   JOBS (2). Needs scripts/setup.sh (ORT, OCR models)
 #   and ~3 GB of free disk for the decoder and its artifacts.
 set -euo pipefail
 
@@ -19,7 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$ROOT/build-bench}"
 OUT_DIR="${OUT_DIR:-$BUILD_DIR/bench-infer}"
 RUNS="${RUNS:-30}"
-SEQ="${SEQ:-16}"
+SEQ="${SEQ:-1}"
 JOBS="${JOBS:-2}"
 MODELS="${MODELS:-ocr decoder}"
 SQ_CACHE="${SQ_CACHE:-$HOME/.cache/sq}"
@@ -39,12 +40,13 @@ results="$OUT_DIR/results.jsonl"
 configs_common=(
   "fp32|"
   "int4 plain, qdq|--bits 4 --split off --target qdq"
-  "int4 split, qdq (branches)|--bits 4 --target qdq"
-  "int4 plain, ort-cpu|--bits 4 --split off --target ort-cpu"
-  "int4 split, ort-cpu|--bits 4 --target ort-cpu"
-  "int4 split, ort-cpu, accuracy_level 0|--bits 4 --target ort-cpu --ort-accuracy-level 0"
-  "int8 plain, ort-cpu|--bits 8 --split off --target ort-cpu"
-  "int8 split, ort-cpu|--bits 8 --target ort-cpu"
+  "int4 split, qdq (branches; the old default)|--bits 4 --target qdq"
+  "int4 plain, ort-cpu|--bits 4 --split off"
+  "int4 split, ort-cpu (default)|--bits 4"
+  "int4 split, ort-cpu, accuracy_level 0|--bits 4 --ort-accuracy-level 0"
+  "int4 split, ort-cpu, form branches|--bits 4 --form branches"
+  "int8 plain, ort-cpu|--bits 8 --split off"
+  "int8 split, ort-cpu|--bits 8"
 )
 
 run_model() {  # model-name fp32-path bench-args... ; configs in $configs
@@ -68,7 +70,8 @@ for m in $MODELS; do
   case "$m" in
     ocr)
       configs=("${configs_common[@]}"
-               "int4 split, portable (compact)|--bits 4 --target portable")
+               "int4 split, portable (compact)|--bits 4 --target portable"
+               "int4 split, ort-cpu, form compact|--bits 4 --form compact")
       run_model ocr "$SQ_CACHE/ocr-models-1.4.2/ch_PP-OCRv4_rec_infer.onnx" \
         --dim p2o.DynamicDimension.0=1 --dim p2o.DynamicDimension.1=320
       ;;
@@ -80,7 +83,7 @@ for m in $MODELS; do
       # portable / --form compact decode every MatMul at session creation: on this model
       # that takes ORT tens of seconds and gigabytes (see docs/benchmarks.md); not run here.
       configs=("${configs_common[@]}")
-      run_model decoder "$dec" --dim batch_size=1 --dim sequence_length="$SEQ" --int-high 8192
+      run_model "decoder-seq$SEQ" "$dec" --dim batch_size=1 --dim sequence_length="$SEQ" --int-high 8192
       ;;
     *) echo "unknown model '$m' (ocr, decoder)" >&2; exit 2 ;;
   esac

@@ -70,6 +70,7 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
         absl::StrReplaceAll(s.message(), {{"--target", "target"}, {"--format", "format"}})));
   }
   if (w.has_ort_accuracy_level()) o.ort_accuracy_level = w.ort_accuracy_level();
+  if (w.has_nbits_min_elements()) o.nbits_min_elements = w.nbits_min_elements();
   switch (w.cluster_scope()) {
     case v1::CLUSTER_SCOPE_UNSPECIFIED: break;
     case v1::CLUSTER_SCOPE_AUTO: o.cluster_scope = ClusterScope::kAuto; break;
@@ -120,6 +121,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
     }
   }
   w.set_ort_accuracy_level(o.ort_accuracy_level);
+  w.set_nbits_min_elements(o.nbits_min_elements);
   switch (o.format) {
     case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;
     case OutputFormat::kFake: w.set_format(v1::OUTPUT_FORMAT_FAKE); break;

@@ -217,6 +217,7 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
           o.split = split;
           o.min_weight_elements = 1;
           o.ort_accuracy_level = 0;
+          o.nbits_min_elements = 0;  // these MatMuls are tiny
           // Branches: the re-encoding of the same values (outer8, ort-cpu's default for a
           // split 4-bit MatMul, changes them; tested on its own below).
           if (target == Target::kOrtCpu) o.form = SplitForm::kBranches;
@@ -288,6 +289,7 @@ TEST_F(EngineTest, CompactSplitIsAboutBitsPlusTwo) {
   o.target = Target::kOrtCpu;
   o.form = SplitForm::kBranches;
   o.ort_accuracy_level = 0;
+  o.nbits_min_elements = 256 * 256;  // the 256x256 MatMul runs in MatMulNBits
   auto c = Quantize(Path("big.onnx"), Path("ort.onnx"), o);
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->layers[0].form, "matmulnbits");
@@ -321,6 +323,12 @@ TEST_F(EngineTest, CompactSplitIsAboutBitsPlusTwo) {
   const double err_branches = Compare(Path("big.onnx"), Path("ort.onnx"));
   EXPECT_LT(err_outer8, err_branches * 1.05);
   EXPECT_LT(err_outer8, 0.05);
+  // By default a MatMul weight under 2^20 elements (4 MiB of FP32, cache-resident) is
+  // decoded at load: ORT's FP32 GEMM outruns the low-bit kernels there.
+  QuantizeOptions dflt;
+  auto e = Quantize(Path("big.onnx"), Path("ort-small.onnx"), dflt);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->layers[0].form, "compact");
   // --form compact decodes the MatMul at load too.
   o.form = SplitForm::kCompact;
   auto cc = Quantize(Path("big.onnx"), Path("ort-compact.onnx"), o);
@@ -608,6 +616,7 @@ TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
     o.form = form;
     o.ort_accuracy_level = 0;
     o.min_weight_elements = 1;
+    o.nbits_min_elements = 0;
     const std::string out = Path(absl::StrCat("sub-ort-", ToString(form), ".onnx"));
     auto r = Quantize(Path("sub.onnx"), out, o);
     ASSERT_TRUE(r.ok()) << r.status();

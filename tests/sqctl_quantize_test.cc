@@ -56,6 +56,41 @@ TEST(ParseQuantizeArgsTest, ParsesLayerOverridesSplitAutoAndInitializerInputs) {
   EXPECT_FALSE(a->options.initializer_inputs_are_weights);
 }
 
+TEST(ParseQuantizeArgsTest, TargetFormAndAccuracyLevel) {
+  auto d = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx"});
+  ASSERT_TRUE(d.ok());
+  EXPECT_EQ(d->options.target, Target::kOrtCpu);
+  EXPECT_EQ(d->options.form, SplitForm::kAuto);
+  auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--target", "portable", "--form", "compact"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->options.target, Target::kPortable);
+  EXPECT_EQ(a->options.form, SplitForm::kCompact);
+  auto b = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--format", "qdq", "--form", "folded"});
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->options.target, Target::kQdq);
+  auto c = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--form", "outer8", "--ort-accuracy-level", "0"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->options.form, SplitForm::kOuter8);
+  EXPECT_EQ(c->options.ort_accuracy_level, 0);
+  struct Bad {
+    std::vector<std::string> args;
+    const char* message;
+  };
+  for (const Bad& bad : {Bad{{"--target", "ort-cpu", "--format", "fake"}, "--format fake"},
+                         Bad{{"--target", "gpu"}, "unknown target 'gpu'"},
+                         Bad{{"--target", "qdq", "--form", "compact"}, "compact needs target"},
+                         Bad{{"--target", "portable", "--form", "branches"}, "target portable"},
+                         Bad{{"--form", "outer8", "--target", "qdq"}, "outer8"},
+                         Bad{{"--ort-accuracy-level", "2"}, "ort_accuracy_level"},
+                         Bad{{"--ort-accuracy-level", "x"}, "--ort-accuracy-level"}}) {
+    std::vector<std::string> args = {"m.onnx", "-o", "o.onnx"};
+    args.insert(args.end(), bad.args.begin(), bad.args.end());
+    auto r = ParseQuantizeArgs(args);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad.message;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(bad.message));
+  }
+}
+
 TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
   struct Case {
     std::vector<std::string> args;
