@@ -298,11 +298,14 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
 // (core/transform/encode.h) and written with their parameters.
 // outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
 // error energy in `r` updated to what the artifact holds.
+// Buffers are freed as soon as they are encoded; `release` hands back pages of `values`.
 template <typename WriteBytes>
 absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformResult& r,
-                            const std::array<std::vector<uint8_t>, 3>& codes,
+                            std::array<std::vector<uint8_t>, 3>& codes, const ReleaseFn& release,
                             const WriteBytes& write_bytes) {
   const QuantSpec& spec = p.config.spec;
+  const int cb = p.config.storage_bits;
+  auto free_buffer = [](std::vector<uint8_t>& v) { std::vector<uint8_t>().swap(v); };
   const std::string& name = p.group->weight_name;
   auto write_nbits = [&](int slot, const NBitsEncoding& e) -> absl::Status {
     SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e.b.data(), e.b.size()));
@@ -311,27 +314,36 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   };
   if (p.form == LayerForm::kNBitsOuter8) {
     std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};
-    auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric);
+    auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric, cb, release);
     if (!outer.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", outer.status().message()));
-    auto middle = EncodeMatMulNBits(codes[1].data(), r.params[1], p.layout, spec);
+    free_buffer(codes[0]);
+    free_buffer(codes[2]);
+    {
+      auto middle = EncodeMatMulNBits(codes[1].data(), r.params[1], p.layout, spec, cb);
+      if (!middle.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
+      free_buffer(codes[1]);
+      SQ_RETURN_IF_ERROR(write_nbits(0, *middle));
+    }
     auto high = EncodeMatMulNBits(outer->codes.data(), outer->params, p.layout, QuantSpec{8, spec.symmetric});
-    if (!middle.ok() || !high.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
-    SQ_RETURN_IF_ERROR(write_nbits(0, *middle));
+    if (!high.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
+    free_buffer(outer->codes);
     SQ_RETURN_IF_ERROR(write_nbits(1, *high));
     r.split_error_energy = outer->error_energy;
     return absl::OkStatus();
   }
   if (p.form == LayerForm::kNBits) {
     for (int b = 0; b < p.num_branches; ++b) {
-      auto e = EncodeMatMulNBits(codes[b].data(), r.params[b], p.layout, spec);
+      auto e = EncodeMatMulNBits(codes[b].data(), r.params[b], p.layout, spec, cb);
       if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+      free_buffer(codes[b]);
       SQ_RETURN_IF_ERROR(write_nbits(b, *e));
     }
     return absl::OkStatus();
   }
   std::vector<const uint8_t*> branch_codes;
   for (int b = 0; b < p.num_branches; ++b) branch_codes.push_back(codes[b].data());
-  auto e = EncodeCompact(branch_codes, r, p.layout, spec, ContainerBits(spec.bits));
+  auto e = EncodeCompact(branch_codes, r, p.layout, spec, ContainerBits(spec.bits), cb);
+  for (auto& c : codes) free_buffer(c);
   if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
   SQ_RETURN_IF_ERROR(write_bytes(p.data[0], 0, e->codes.data(), e->codes.size()));
   if (p.ids) SQ_RETURN_IF_ERROR(write_bytes(p.ids, 0, e->ids.data(), e->ids.size()));
@@ -637,7 +649,9 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                           p.form == LayerForm::kNBitsOuter8;
     std::array<std::vector<uint8_t>, 3> codes;
     if (reencode) {
-      for (int b = 0; b < p.num_branches; ++b) codes[b].resize(static_cast<size_t>(NumElementsOf(p.group->shape)));
+      for (int b = 0; b < p.num_branches; ++b) {
+        codes[b].resize(static_cast<size_t>(PackedBytes(NumElementsOf(p.group->shape), p.config.storage_bits)));
+      }
     }
     auto sink = [&](int branch, int64_t offset, const uint8_t* data, size_t size) {
       if (!sink_status.ok()) return;
@@ -702,7 +716,13 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                               result->num_branches));
     }
     if (reencode) {
-      SQ_RETURN_IF_ERROR(WriteReencoded(p, w.data, *result, codes, write_bytes));
+      ReleaseFn release;
+      if (w.mapping != nullptr) {
+        release = [&w](int64_t begin, int64_t end) {
+          w.mapping->Release(w.mapping_offset + begin * 4, (end - begin) * 4);
+        };
+      }
+      SQ_RETURN_IF_ERROR(WriteReencoded(p, w.data, *result, codes, release, write_bytes));
     } else if (p.scale[0] != nullptr) {
       for (int b = 0; b < expected; ++b) {
         const BranchParams& bp = result->params[b];

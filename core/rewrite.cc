@@ -314,9 +314,10 @@ absl::Status GraphEditor::PlanGroup(
   }
 
   if (qdq && options.target != Target::kQdq) {
-    // Decoded at load, or MatMulNBits: the transform emits 8-bit codes the encoder re-packs.
+    // Decoded at load, or MatMulNBits: the transform emits codes packed in their container
+    // (2, 4 or 8 bits), which the encoder re-packs.
     c.encoding = WeightEncoding::kCodes;
-    c.storage_bits = 8;
+    c.storage_bits = ContainerBits(options.bits);
     plan->layout = ParamLayout{g.shape, gran, g.channel_axis, g.reduction_axis, options.block_size};
     maybe_unused_.insert(g.weight.tensor);
     const SplitForm form = EffectiveForm(options);

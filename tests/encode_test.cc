@@ -94,6 +94,34 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
             EXPECT_EQ(e->codes.size(), static_cast<size_t>(PackedBytes(n, ContainerBits(bits))));
             EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(PackedBytes(n, 2)) : 0u);
             split_cases += br.result.num_branches == 3 ? 1 : 0;
+            if (bits <= 4) {
+              // The engine hands over codes packed in their container: same encoding.
+              const int cb = ContainerBits(bits);
+              std::vector<std::vector<uint8_t>> packed(br.result.num_branches);
+              std::vector<const uint8_t*> packed_ptrs;
+              for (int b = 0; b < br.result.num_branches; ++b) {
+                std::vector<int32_t> v(n);
+                for (int64_t i = 0; i < n; ++i) {
+                  v[i] = sym ? static_cast<int8_t>(br.codes[b][i]) : br.codes[b][i];
+                }
+                packed[b].resize(PackedBytes(n, cb));
+                PackCodes(v, cb, packed[b].data());
+                packed_ptrs.push_back(packed[b].data());
+              }
+              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, cb, cb);
+              ASSERT_TRUE(ep.ok());
+              EXPECT_EQ(ep->codes, e->codes);
+              EXPECT_EQ(ep->ids, e->ids);
+              if (s.dims.size() == 2 && gran != Granularity::kBlock) {
+                ParamLayout nl{s.dims, gran, 1, 0, 32};
+                if (NBitsCanCarry(nl, bits)) {
+                  auto a = EncodeMatMulNBits(br.codes[0].data(), br.result.params[0], nl, c.spec);
+                  auto b2 = EncodeMatMulNBits(packed[0].data(), br.result.params[0], nl, c.spec, cb);
+                  ASSERT_TRUE(a.ok() && b2.ok());
+                  EXPECT_EQ(a->b, b2->b);
+                }
+              }
+            }
             ExpectBitIdentical(DecodeCompact(*e, br.result, l, ContainerBits(bits)), br.sum,
                                absl::StrCat("bits ", bits, " ", ToString(gran), sym ? " sym" : " asym",
                                             split ? " split" : " plain", " rank ", s.dims.size()));

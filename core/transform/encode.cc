@@ -61,6 +61,14 @@ inline int32_t CodeValue(uint8_t raw, bool is_signed) {
   return is_signed ? static_cast<int32_t>(static_cast<int8_t>(raw)) : static_cast<int32_t>(raw);
 }
 
+// Code i of a stream packed at `bits` (8, 4 or 2; two's complement when signed).
+inline int32_t CodeAt(const uint8_t* p, int64_t i, int bits, bool is_signed) {
+  if (bits == 8) return CodeValue(p[i], is_signed);
+  const uint32_t u = GetBits(p, i, bits);
+  if (is_signed && (u >> (bits - 1)) != 0) return static_cast<int32_t>(u) - (1 << bits);
+  return static_cast<int32_t>(u);
+}
+
 }  // namespace
 
 std::vector<int64_t> ParamIndexOfElements(const ParamLayout& layout) {
@@ -74,7 +82,7 @@ int ContainerBits(int bits) { return bits <= 2 ? 2 : bits <= 4 ? 4 : 8; }
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits) {
+                                              int container_bits, int code_bits) {
   const int nb = static_cast<int>(branch_codes.size());
   if (nb != result.num_branches || (nb != 1 && nb != 3)) {
     return absl::InternalError(absl::StrCat("compact encoding of ", nb, " branches"));
@@ -93,11 +101,11 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   absl::Status status;
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
     int id = 0;
-    int32_t code = CodeValue(branch_codes[0][i], spec.symmetric);
+    int32_t code = CodeAt(branch_codes[0], i, code_bits, spec.symmetric);
     if (nb == 3) {
       int found = 0;
       for (int b = 0; b < 3; ++b) {
-        int32_t c = CodeValue(branch_codes[b][i], spec.symmetric);
+        int32_t c = CodeAt(branch_codes[b], i, code_bits, spec.symmetric);
         if (c != result.params[b].zero_points[p]) {
           id = b;
           code = c;
@@ -147,7 +155,8 @@ int NBitsBlockSize(const ParamLayout& l) {
 }
 
 absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
-                                                const ParamLayout& layout, const QuantSpec& spec) {
+                                                const ParamLayout& layout, const QuantSpec& spec,
+                                                int code_bits) {
   if (!NBitsCanCarry(layout, spec.bits)) {
     return absl::InternalError("MatMulNBits cannot carry this weight layout");
   }
@@ -171,6 +180,8 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
     }
     return 0;
   };
+  // Parameters and padding per (column, block); then the codes in tiles of 64 columns so
+  // that rows are read contiguously and each column's blob is written in order.
   const int64_t padded = e.blocks * e.block_size;
   for (int64_t n = 0; n < e.n; ++n) {
     uint8_t* col = e.b.data() + n * e.blocks * blob;
@@ -179,9 +190,18 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
       const int32_t zp = params.zero_points[p] + offset;
       e.scales[n * e.blocks + kb] = params.scales[p];
       PutBits(e.zero_points.data() + n * zp_col, kb, e.bits, static_cast<uint32_t>(zp));
-      for (int64_t k = kb * e.block_size; k < std::min(padded, (kb + 1) * e.block_size); ++k) {
-        const int32_t u = k < e.k ? CodeValue(codes[k * e.n + n], spec.symmetric) + offset : zp;
-        PutBits(col, k, e.bits, static_cast<uint32_t>(u));
+      for (int64_t k = e.k; k < padded && k < (kb + 1) * e.block_size; ++k) {
+        if (k >= kb * e.block_size) PutBits(col, k, e.bits, static_cast<uint32_t>(zp));
+      }
+    }
+  }
+  constexpr int64_t kTile = 64;
+  for (int64_t n0 = 0; n0 < e.n; n0 += kTile) {
+    const int64_t n1 = std::min(e.n, n0 + kTile);
+    for (int64_t k = 0; k < e.k; ++k) {
+      for (int64_t n = n0; n < n1; ++n) {
+        PutBits(e.b.data() + n * e.blocks * blob, k, e.bits,
+                static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset));
       }
     }
   }
@@ -206,20 +226,28 @@ std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e) {
 absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
-                                             const ParamLayout& layout, bool symmetric) {
+                                             const ParamLayout& layout, bool symmetric,
+                                             int code_bits, const ReleaseFn& release) {
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
   const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
   std::vector<float> lo(params, 0.0f), hi(params, 0.0f);  // widened to 0
   auto outer = [&](int64_t i, int64_t p) {
-    return CodeValue(branch_codes[0][i], symmetric) != result.params[0].zero_points[p] ||
-           CodeValue(branch_codes[2][i], symmetric) != result.params[2].zero_points[p];
+    return CodeAt(branch_codes[0], i, code_bits, symmetric) != result.params[0].zero_points[p] ||
+           CodeAt(branch_codes[2], i, code_bits, symmetric) != result.params[2].zero_points[p];
+  };
+  // Both passes read `values` in order; pieces behind them are handed back.
+  constexpr int64_t kPiece = int64_t{1} << 22;
+  auto passed = [&](int64_t i) {
+    if (release && (i + 1) % kPiece == 0) release(i + 1 - kPiece, i + 1);
   };
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
-    if (!outer(i, p)) return;
-    lo[p] = std::min(lo[p], values[i]);
-    hi[p] = std::max(hi[p], values[i]);
+    if (outer(i, p)) {
+      lo[p] = std::min(lo[p], values[i]);
+      hi[p] = std::max(hi[p], values[i]);
+    }
+    passed(i);
   });
   const QuantSpec spec8{8, symmetric};
   OuterBranch out;
@@ -243,12 +271,14 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
       approx = DequantizeValue(q, qp[p]);
     } else {
       out.codes[i] = static_cast<uint8_t>(qp[p].zero_point);
-      approx = DequantizeValue(CodeValue(branch_codes[1][i], symmetric),
+      approx = DequantizeValue(CodeAt(branch_codes[1], i, code_bits, symmetric),
                                QuantParams{mid.scales[p], mid.zero_points[p]});
     }
     const double e = static_cast<double>(values[i]) - approx;
     out.error_energy += e * e;
+    passed(i);
   });
+  if (release) release(n / kPiece * kPiece, n);
   return out;
 }
 

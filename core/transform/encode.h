@@ -26,6 +26,7 @@
 #define SQ_CORE_TRANSFORM_ENCODE_H_
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -56,13 +57,14 @@ struct CompactEncoding {
   std::vector<std::vector<uint8_t>> zero_points;  // per branch, unsigned (offset), 1 byte each
 };
 
-// `branch_codes[b]` holds the n 8-bit codes of branch b (int8 bit patterns when signed).
+// `branch_codes[b]` holds the n codes of branch b packed at `code_bits` (8, 4 or 2, as
+// quantizer.h's PackCodes; two's complement when signed).
 // InvalidArgument when a weight is outside its zero point in more than one branch (the
 // branches were not disjoint).
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits);
+                                              int container_bits, int code_bits = 8);
 
 // Reference decoder (what the compact graph computes), for tests.
 std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult& result,
@@ -83,9 +85,10 @@ bool NBitsCanCarry(const ParamLayout& layout, int bits);
 // granularity, else 128 (or the smallest power of two >= K, at least 16, for K < 128).
 int NBitsBlockSize(const ParamLayout& layout);
 
-// One branch's codes (K*N, row-major [K, N]) as MatMulNBits tensors.
+// One branch's codes (K*N, row-major [K, N], packed at `code_bits`) as MatMulNBits tensors.
 absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
-                                                const ParamLayout& layout, const QuantSpec& spec);
+                                                const ParamLayout& layout, const QuantSpec& spec,
+                                                int code_bits = 8);
 // Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
 
@@ -97,6 +100,8 @@ std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
 // two kernels run instead of three. `values` are the layer's FP32 weights; returns the
 // outer branch's 8-bit codes (its zero point outside the outer clusters) and parameters,
 // and the layer's squared weight error with this form.
+// Called with element ranges [begin, end) of `values` that will not be read again.
+using ReleaseFn = std::function<void(int64_t begin, int64_t end)>;
 struct OuterBranch {
   std::vector<uint8_t> codes;
   BranchParams params;
@@ -105,7 +110,8 @@ struct OuterBranch {
 absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
-                                             const ParamLayout& layout, bool symmetric);
+                                             const ParamLayout& layout, bool symmetric,
+                                             int code_bits = 8, const ReleaseFn& release = nullptr);
 
 }  // namespace sq
 
