@@ -54,6 +54,18 @@ Branches TransformAll(const std::vector<float>& w, const std::vector<int64_t>& s
   return out;
 }
 
+// The engine's default split settings for one layer.
+TransformConfig SplitConfig(int bits, bool sym, Granularity gran, int block_size, bool split = true) {
+  TransformConfig c;
+  c.spec = {bits, sym};
+  c.granularity = gran;
+  c.block_size = block_size;
+  c.split = split;
+  c.quant_aware_boundaries = true;
+  c.cluster_per_channel = gran != Granularity::kTensor;
+  return c;
+}
+
 void ExpectBitIdentical(const std::vector<float>& a, const std::vector<float>& b, const std::string& what) {
   ASSERT_EQ(a.size(), b.size()) << what;
   int64_t bad = 0;
@@ -78,13 +90,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
       for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
         for (bool sym : {false, true}) {
           for (bool split : {true, false}) {
-            TransformConfig c;
-            c.spec = {bits, sym};
-            c.granularity = gran;
-            c.block_size = 4;
-            c.split = split;
-            c.quant_aware_boundaries = true;
-            c.cluster_per_channel = gran != Granularity::kTensor;
+            const TransformConfig c = SplitConfig(bits, sym, gran, 4, split);
             Branches br = TransformAll(w, s.dims, s.channel_axis, s.reduction_axis, c);
             ParamLayout l{s.dims, gran, s.channel_axis, s.reduction_axis, 4};
             std::vector<const uint8_t*> codes;
@@ -140,13 +146,7 @@ TEST(EncodeTest, MatMulNBitsDecodesToEachBranchExactly) {
     for (int bits : {4, 8}) {
       for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
         for (bool sym : {false, true}) {
-          TransformConfig c;
-          c.spec = {bits, sym};
-          c.granularity = gran;
-          c.block_size = 32;
-          c.split = true;
-          c.quant_aware_boundaries = true;
-          c.cluster_per_channel = gran != Granularity::kTensor;
+          const TransformConfig c = SplitConfig(bits, sym, gran, 32);
           Branches br = TransformAll(w, {k, n}, 1, 0, c);
           ParamLayout l{{k, n}, gran, 1, 0, 32};
           ASSERT_TRUE(NBitsCanCarry(l, bits));
@@ -172,13 +172,7 @@ TEST(EncodeTest, Outer8KeepsTheMiddleAndLowersTheError) {
   const std::vector<float> w = Weights(k * n, 9);
   for (Granularity gran : {Granularity::kChannel, Granularity::kBlock, Granularity::kTensor}) {
     for (bool sym : {false, true}) {
-      TransformConfig c;
-      c.spec = {4, sym};
-      c.granularity = gran;
-      c.block_size = 32;
-      c.split = true;
-      c.quant_aware_boundaries = true;
-      c.cluster_per_channel = gran != Granularity::kTensor;
+      const TransformConfig c = SplitConfig(4, sym, gran, 32);
       Branches br = TransformAll(w, {k, n}, 1, 0, c);
       ASSERT_EQ(br.result.num_branches, 3);
       ParamLayout l{{k, n}, gran, 1, 0, 32};
