@@ -680,8 +680,6 @@ void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
   const int64_t k = l.shape[0], n = l.shape[1];
   const int bs = NBitsBlockSize(l);
   const int64_t blocks = (k + bs - 1) / bs;
-  const int64_t blob = bs * options.bits / 8;
-  const int64_t zp_col = (blocks * options.bits + 7) / 8;
   EnsureOpsetImport(model_, "com.microsoft", 1);
   // outer8: kernel 0 runs the middle branch at `bits`, kernel 1 the outer clusters at 8.
   const int kernels = plan->outer8 ? 2 : plan->num_branches;

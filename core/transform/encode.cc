@@ -196,11 +196,30 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
     }
   }
   constexpr int64_t kTile = 64;
+  const int64_t col_bytes = e.blocks * blob;
   for (int64_t n0 = 0; n0 < e.n; n0 += kTile) {
     const int64_t n1 = std::min(e.n, n0 + kTile);
-    for (int64_t k = 0; k < e.k; ++k) {
+    int64_t k = 0;
+    if (e.bits == 4) {
+      // Two rows make one byte per column: a store instead of two read-modify-writes.
+      for (; k + 1 < e.k; k += 2) {
+        for (int64_t n = n0; n < n1; ++n) {
+          const uint32_t lo = static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset);
+          const uint32_t hi = static_cast<uint32_t>(CodeAt(codes, (k + 1) * e.n + n, code_bits, spec.symmetric) + offset);
+          e.b[n * col_bytes + k / 2] = static_cast<uint8_t>(lo | (hi << 4));
+        }
+      }
+    } else if (e.bits == 8) {
+      for (; k < e.k; ++k) {
+        for (int64_t n = n0; n < n1; ++n) {
+          e.b[n * col_bytes + k] =
+              static_cast<uint8_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset);
+        }
+      }
+    }
+    for (; k < e.k; ++k) {
       for (int64_t n = n0; n < n1; ++n) {
-        PutBits(e.b.data() + n * e.blocks * blob, k, e.bits,
+        PutBits(e.b.data() + n * col_bytes, k, e.bits,
                 static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset));
       }
     }
@@ -231,24 +250,48 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
-  const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
-  std::vector<float> lo(params, 0.0f), hi(params, 0.0f);  // widened to 0
-  auto outer = [&](int64_t i, int64_t p) {
-    return CodeAt(branch_codes[0], i, code_bits, symmetric) != result.params[0].zero_points[p] ||
-           CodeAt(branch_codes[2], i, code_bits, symmetric) != result.params[2].zero_points[p];
+  if (layout.shape.size() != 2 || layout.reduction_axis != 0 ||
+      (layout.granularity == Granularity::kChannel && layout.channel_axis != 1)) {
+    return absl::InternalError("the outer8 form needs a [K, N] MatMul weight");
+  }
+  // Rows of [K, N]; the parameter of (k, n): 0 (tensor), n (channel), (k / block) * N + n.
+  const int64_t rows = layout.shape[0], cols = layout.shape[1], n = rows * cols;
+  const Granularity g = layout.granularity;
+  auto row_params = [&](int64_t k) -> int64_t {
+    return g == Granularity::kBlock ? (k / layout.block_size) * cols : 0;
   };
+  const int64_t col_step = g == Granularity::kTensor ? 0 : 1;
+  const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
+  const std::vector<int32_t>& z0 = result.params[0].zero_points;
+  const std::vector<int32_t>& z2 = result.params[2].zero_points;
+  std::vector<float> lo(params, 0.0f), hi(params, 0.0f);  // widened to 0
+  // Whether each weight is in an outer cluster, one bit per weight (computed once).
+  std::vector<uint8_t> outer((n + 7) / 8, 0);
   // Both passes read `values` in order; pieces behind them are handed back.
   constexpr int64_t kPiece = int64_t{1} << 22;
-  auto passed = [&](int64_t i) {
-    if (release && (i + 1) % kPiece == 0) release(i + 1 - kPiece, i + 1);
+  int64_t released = 0;
+  auto passed = [&](int64_t end) {
+    if (release && end - released >= kPiece) {
+      release(released, end);
+      released = end;
+    }
   };
-  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
-    if (outer(i, p)) {
+  for (int64_t k = 0; k < rows; ++k) {
+    const int64_t p0 = row_params(k), i0 = k * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = i0 + c, p = p0 + c * col_step;
+      if (CodeAt(branch_codes[0], i, code_bits, symmetric) == z0[p] &&
+          CodeAt(branch_codes[2], i, code_bits, symmetric) == z2[p]) {
+        continue;
+      }
+      outer[i >> 3] |= static_cast<uint8_t>(1u << (i & 7));
       lo[p] = std::min(lo[p], values[i]);
       hi[p] = std::max(hi[p], values[i]);
     }
-    passed(i);
-  });
+    passed(i0 + cols);
+  }
+  if (release) release(released, n);
+  released = 0;
   const QuantSpec spec8{8, symmetric};
   OuterBranch out;
   std::vector<QuantParams> qp(params);
@@ -259,26 +302,28 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
     out.params.scales[p] = qp[p].scale;
     out.params.zero_points[p] = qp[p].zero_point;
   }
-  int64_t n = 1;
-  for (int64_t d : layout.shape) n *= d;
   out.codes.resize(static_cast<size_t>(n));
   const BranchParams& mid = result.params[1];
-  ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
-    float approx;
-    if (outer(i, p)) {
-      const int32_t q = QuantizeValue(values[i], qp[p], spec8);
-      out.codes[i] = static_cast<uint8_t>(q);
-      approx = DequantizeValue(q, qp[p]);
-    } else {
-      out.codes[i] = static_cast<uint8_t>(qp[p].zero_point);
-      approx = DequantizeValue(CodeAt(branch_codes[1], i, code_bits, symmetric),
-                               QuantParams{mid.scales[p], mid.zero_points[p]});
+  for (int64_t k = 0; k < rows; ++k) {
+    const int64_t p0 = row_params(k), i0 = k * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t i = i0 + c, p = p0 + c * col_step;
+      float approx;
+      if ((outer[i >> 3] >> (i & 7)) & 1) {
+        const int32_t q = QuantizeValue(values[i], qp[p], spec8);
+        out.codes[i] = static_cast<uint8_t>(q);
+        approx = DequantizeValue(q, qp[p]);
+      } else {
+        out.codes[i] = static_cast<uint8_t>(qp[p].zero_point);
+        approx = DequantizeValue(CodeAt(branch_codes[1], i, code_bits, symmetric),
+                                 QuantParams{mid.scales[p], mid.zero_points[p]});
+      }
+      const double e = static_cast<double>(values[i]) - approx;
+      out.error_energy += e * e;
     }
-    const double e = static_cast<double>(values[i]) - approx;
-    out.error_energy += e * e;
-    passed(i);
-  });
-  if (release) release(n / kPiece * kPiece, n);
+    passed(i0 + cols);
+  }
+  if (release) release(released, n);
   return out;
 }
 
