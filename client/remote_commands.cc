@@ -252,7 +252,8 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     else if (f == "branches") o->set_form(v1::SPLIT_FORM_BRANCHES);
     else if (f == "folded") o->set_form(v1::SPLIT_FORM_FOLDED);
     else if (f == "compact") o->set_form(v1::SPLIT_FORM_COMPACT);
-    else return absl::InvalidArgumentError("--form wants auto, branches, folded or compact, got '" + f + "'");
+    else if (f == "outer8") o->set_form(v1::SPLIT_FORM_OUTER8);
+    else return absl::InvalidArgumentError("--form wants auto, branches, folded, compact or outer8, got '" + f + "'");
   }
   {
     // Same rules as sqctl quantize: --format qdq is --target qdq; both given must agree.

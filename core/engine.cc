@@ -861,9 +861,21 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
     if (!g.selected) continue;
     int64_t n = NumElementsOf(g.shape);
     weight_bytes += n * 4;
+    // The default target (ort-cpu), split: large MatMul weights in MatMulNBits (outer8 at
+    // 4 bits: a 4-bit and an 8-bit kernel; three 8-bit branches at 8), everything else
+    // compact (a code in its container + a 2-bit cluster id), with per-channel parameters.
+    bool matmul_b = g.shape.size() == 2 && g.channel_axis == 1;
+    for (const LayerUse& u : g.uses) matmul_b = matmul_b && u.node->op_type() == "MatMul" && u.weight_input == 1;
+    const int64_t channels = g.shape[g.channel_axis];
     for (int bits : {2, 4, 8}) {
-      int storage = bits == 4 ? 4 : 8;
-      quantized_bytes[bits] += 3 * (PackedBytes(n, storage) + g.shape[g.channel_axis] * 5);
+      if (matmul_b && bits != 2 && n >= defaults.nbits_min_elements) {
+        const int64_t k = g.shape[0], blocks = (k + 127) / 128, padded = blocks * 128;
+        const int64_t kernel_bits = bits == 4 ? 4 + 8 : 3 * 8;
+        quantized_bytes[bits] += channels * padded * kernel_bits / 8 +
+                                 (bits == 4 ? 2 : 3) * channels * blocks * 5;
+      } else {
+        quantized_bytes[bits] += PackedBytes(n, bits) + PackedBytes(n, 2) + 3 * channels * 5;
+      }
     }
   }
   info.weight_bytes = weight_bytes;

@@ -68,7 +68,7 @@ struct ModelInfo {
   std::vector<std::string> unsupported_ops;  // ops the qdq opset conversion cannot carry
   int64_t weight_bytes = 0;               // FP32 bytes in quantizable weights
   int64_t model_bytes = 0;                // file + external data
-  // Estimated output bytes per bits for the default options (qdq, split, channel).
+  // Estimated output bytes per bits for the default options (ort-cpu, split, channel).
   std::map<int, int64_t> estimated_output_bytes;
   bool uses_external_data = false;
 };

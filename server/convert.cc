@@ -46,6 +46,7 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     case v1::SPLIT_FORM_BRANCHES: o.form = SplitForm::kBranches; break;
     case v1::SPLIT_FORM_FOLDED: o.form = SplitForm::kFolded; break;
     case v1::SPLIT_FORM_COMPACT: o.form = SplitForm::kCompact; break;
+    case v1::SPLIT_FORM_OUTER8: o.form = SplitForm::kOuter8; break;
     default: return absl::InvalidArgumentError("options.form: unknown value");
   }
   // Format and target follow sqctl's flags: QDQ alone means target qdq.
@@ -112,6 +113,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
     case SplitForm::kBranches: w.set_form(v1::SPLIT_FORM_BRANCHES); break;
     case SplitForm::kFolded: w.set_form(v1::SPLIT_FORM_FOLDED); break;
     case SplitForm::kCompact: w.set_form(v1::SPLIT_FORM_COMPACT); break;
+    case SplitForm::kOuter8: w.set_form(v1::SPLIT_FORM_OUTER8); break;
   }
   if (o.format == OutputFormat::kQdq) {
     switch (o.target) {

@@ -237,7 +237,9 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
           ASSERT_TRUE(loaded.ok());
           for (const auto& n : (*loaded)->proto().graph().node()) {
             EXPECT_NE(n.op_type(), "DequantizeLinear") << tag;
-            if (target == Target::kPortable) EXPECT_EQ(n.domain(), "") << tag << ": " << n.op_type();
+            if (target == Target::kPortable) {
+              EXPECT_EQ(n.domain(), "") << tag << ": " << n.op_type();
+            }
           }
           for (const LayerReport& l : q->layers) {
             if (!l.quantized) continue;
@@ -371,7 +373,9 @@ TEST_F(EngineTest, PackedInt4IsSmallerThanTheFloatModel) {
   EXPECT_DOUBLE_EQ(p->artifact_bits_per_weight,
                    static_cast<double>(p->output_bytes) * 8 / p->model_weight_elements);
   for (const LayerReport& l : p->layers) {
-    if (l.quantized) EXPECT_NEAR(l.stored_bits_per_weight, p->quantized_bits_per_weight, 0.5);
+    if (l.quantized) {
+      EXPECT_NEAR(l.stored_bits_per_weight, p->quantized_bits_per_weight, 0.5);
+    }
   }
   // SplitQuant beats plain linear on heavy-tailed weights.
   EXPECT_GT(r->mean_sqnr_split_db, p->mean_sqnr_plain_db + 3.0);

@@ -456,6 +456,20 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   req.mutable_options()->set_split_mode(static_cast<v1::SplitMode>(42));
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
   req.mutable_options()->clear_split_mode();
+  // A target with an FP32 format, or a form the target cannot write: both fields named.
+  req.mutable_options()->set_target(v1::TARGET_PORTABLE);
+  req.mutable_options()->set_format(v1::OUTPUT_FORMAT_FAKE);
+  auto conflict = c->Submit(req);
+  EXPECT_EQ(conflict.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(conflict.status().message(), "target portable and format fake"))
+      << conflict.status();
+  req.mutable_options()->clear_format();
+  req.mutable_options()->set_form(v1::SPLIT_FORM_OUTER8);
+  auto outer8 = c->Submit(req);
+  EXPECT_EQ(outer8.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(outer8.status().message(), "outer8")) << outer8.status();
+  req.mutable_options()->clear_form();
+  req.mutable_options()->clear_target();
   req.mutable_options()->set_bits(13);
   req.set_model_id(std::string(64, 'a'));
   req.mutable_options()->clear_bits();
