@@ -83,7 +83,8 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --exclude REGEX            skip layers whose node name matches (repeatable)
   --exclude-op OP            skip an op type, e.g. Conv (repeatable)
   --min-elements N           skip weights with fewer elements (default 64)
-  --target-opset N           output opset for qdq (default: the lowest that works)
+  --target-opset N           output opset of a quantized model (default: the lowest that
+                             works: 13, or 21 for packed INT4 / blocks under qdq)
   --threads N                worker threads (default: all cores); output is identical for any N
   --external-data            always write weights to an external data file
   --report FILE              write the JSON report
