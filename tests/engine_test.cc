@@ -149,28 +149,34 @@ TEST_F(EngineTest, BranchesFormHasThreeOpsPerLayerAndSplitsBias) {
   EXPECT_TRUE(report->layers[1].bias_split);
 }
 
+// One quantization setting of a sweep; Apply sets it on options (min 1 element, so the
+// tests' small weights are all quantized).
+struct QuantCase {
+  int bits;
+  Granularity g;
+  int block;
+  bool symmetric;
+  void Apply(QuantizeOptions* o) const {
+    o->bits = bits;
+    o->granularity = g;
+    if (block) o->block_size = block;
+    o->symmetric = symmetric;
+    o->min_weight_elements = 1;
+  }
+};
+
 TEST_F(EngineTest, QdqMatchesOurDequantizedReferenceInOrt) {
   ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
-  struct Case {
-    int bits;
-    Granularity g;
-    int block;
-    bool symmetric;
-  };
-  for (const Case& c : {Case{8, Granularity::kTensor, 0, false}, Case{8, Granularity::kChannel, 0, true},
-                        Case{4, Granularity::kChannel, 0, false}, Case{4, Granularity::kBlock, 16, false},
-                        Case{4, Granularity::kTensor, 0, true}, Case{3, Granularity::kChannel, 0, false},
-                        Case{2, Granularity::kChannel, 0, false}}) {
+  for (const QuantCase& c : {QuantCase{8, Granularity::kTensor, 0, false}, QuantCase{8, Granularity::kChannel, 0, true},
+                        QuantCase{4, Granularity::kChannel, 0, false}, QuantCase{4, Granularity::kBlock, 16, false},
+                        QuantCase{4, Granularity::kTensor, 0, true}, QuantCase{3, Granularity::kChannel, 0, false},
+                        QuantCase{2, Granularity::kChannel, 0, false}}) {
     for (const char* name : {"mlp", "conv"}) {
       for (SplitForm form : {SplitForm::kBranches, SplitForm::kFolded}) {
         QuantizeOptions o;
-        o.bits = c.bits;
-        o.granularity = c.g;
-        if (c.block) o.block_size = c.block;
-        o.symmetric = c.symmetric;
+        c.Apply(&o);
         o.form = form;
-        o.min_weight_elements = 1;
         std::string tag = absl::StrCat(name, "-", c.bits, ToString(c.g), c.symmetric, ToString(form));
         o.format = OutputFormat::kQdq;
         o.target = Target::kQdq;
@@ -195,27 +201,17 @@ TEST_F(EngineTest, QdqMatchesOurDequantizedReferenceInOrt) {
 TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
   ASSERT_TRUE(testing::SaveModel(MlpModel(), Path("mlp.onnx")).ok());
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
-  struct Case {
-    int bits;
-    Granularity g;
-    int block;
-    bool symmetric;
-  };
   int nbits_layers = 0, compact_split_layers = 0;
-  for (const Case& c : {Case{4, Granularity::kChannel, 0, false}, Case{4, Granularity::kBlock, 16, false},
-                        Case{8, Granularity::kTensor, 0, true}, Case{8, Granularity::kChannel, 0, false},
-                        Case{2, Granularity::kChannel, 0, false}, Case{3, Granularity::kBlock, 16, true},
-                        Case{4, Granularity::kTensor, 0, false}}) {
+  for (const QuantCase& c : {QuantCase{4, Granularity::kChannel, 0, false}, QuantCase{4, Granularity::kBlock, 16, false},
+                        QuantCase{8, Granularity::kTensor, 0, true}, QuantCase{8, Granularity::kChannel, 0, false},
+                        QuantCase{2, Granularity::kChannel, 0, false}, QuantCase{3, Granularity::kBlock, 16, true},
+                        QuantCase{4, Granularity::kTensor, 0, false}}) {
     for (const char* name : {"mlp", "conv"}) {
       for (Target target : {Target::kOrtCpu, Target::kPortable}) {
         for (SplitMode split : {SplitMode::kOn, SplitMode::kOff}) {
           QuantizeOptions o;
-          o.bits = c.bits;
-          o.granularity = c.g;
-          if (c.block) o.block_size = c.block;
-          o.symmetric = c.symmetric;
+          c.Apply(&o);
           o.split = split;
-          o.min_weight_elements = 1;
           o.ort_accuracy_level = 0;
           o.nbits_min_elements = 0;  // these MatMuls are tiny
           // Branches: the re-encoding of the same values (outer8, ort-cpu's default for a
@@ -546,6 +542,18 @@ TEST_F(EngineTest, ZeroIsExactInEveryBranch) {
   }
 }
 
+// Inputs of the If model below: x[2, 16] and the branch condition.
+std::vector<OrtTensor> SubgraphInputs(bool cond) {
+  std::vector<OrtTensor> in(2);
+  in[0].name = "x";
+  in[0].shape = {2, 16};
+  in[0].f = testing::TestWeights(32, 99, 1.0f);
+  in[1].name = "cond";
+  in[1].elem_type = onnx::TensorProto::BOOL;
+  in[1].i = {cond ? 1 : 0};
+  return in;
+}
+
 TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
@@ -583,13 +591,7 @@ TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
       EXPECT_EQ(r->layers[1].shared_by, 3);
       EXPECT_EQ(r->layers[2].graph, "main/branch.then_branch");
       for (bool cond : {true, false}) {
-        std::vector<OrtTensor> in(2);
-        in[0].name = "x";
-        in[0].shape = {2, 16};
-        in[0].f = testing::TestWeights(32, 99, 1.0f);
-        in[1].name = "cond";
-        in[1].elem_type = onnx::TensorProto::BOOL;
-        in[1].i = {cond ? 1 : 0};
+        const std::vector<OrtTensor> in = SubgraphInputs(cond);
         auto a = testing::RunOrt(Path("sub.onnx"), in);
         auto b = testing::RunOrt(out, in);
         ASSERT_TRUE(a.ok()) << a.status();
@@ -629,13 +631,7 @@ TEST_F(EngineTest, ConstantNodesSubgraphsAndSharedWeights) {
       EXPECT_EQ(l.form, form == SplitForm::kCompact ? "compact" : "matmulnbits") << l.name;
     }
     for (bool cond : {true, false}) {
-      std::vector<OrtTensor> in(2);
-      in[0].name = "x";
-      in[0].shape = {2, 16};
-      in[0].f = testing::TestWeights(32, 99, 1.0f);
-      in[1].name = "cond";
-      in[1].elem_type = onnx::TensorProto::BOOL;
-      in[1].i = {cond ? 1 : 0};
+      const std::vector<OrtTensor> in = SubgraphInputs(cond);
       auto a = testing::RunOrt(Path("sub-fake4.onnx"), in);
       auto b = testing::RunOrt(out, in);
       ASSERT_TRUE(a.ok()) << a.status();
