@@ -368,9 +368,8 @@ absl::Status GraphEditor::PlanGroup(
       }
       front_nodes_[owner].push_back(std::move(dq));
       branch_values.push_back(out);
-      plan->data_bytes_per_tensor = PackedBytes(numel, c.storage_bits);
       const int64_t params = NumElements(*plan->scale[b]);
-      plan->tensor_bytes.push_back({plan->data[b], plan->data_bytes_per_tensor});
+      plan->tensor_bytes.push_back({plan->data[b], PackedBytes(numel, c.storage_bits)});
       plan->tensor_bytes.push_back({plan->scale[b], params * 4});
       plan->tensor_bytes.push_back({plan->zero_point[b], PackedBytes(params, c.storage_bits)});
     } else {
@@ -378,8 +377,7 @@ absl::Status GraphEditor::PlanGroup(
       plan->data[b] = NewInitializer(owner, UniqueName(absl::StrCat(w, ".sq", suffix, kind)),
                                      onnx::TensorProto::FLOAT, g.shape);
       branch_values.push_back(plan->data[b]->name());
-      plan->data_bytes_per_tensor = numel * 4;
-      plan->tensor_bytes.push_back({plan->data[b], plan->data_bytes_per_tensor});
+      plan->tensor_bytes.push_back({plan->data[b], numel * 4});
     }
   }
 
@@ -553,8 +551,7 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
 
   plan->data[0] = NewInitializer(owner, UniqueName(base + ".codes"), onnx::TensorProto::UINT8,
                                  {PackedBytes(n, cb)});
-  plan->data_bytes_per_tensor = PackedBytes(n, cb);
-  plan->tensor_bytes.push_back({plan->data[0], plan->data_bytes_per_tensor});
+  plan->tensor_bytes.push_back({plan->data[0], PackedBytes(n, cb)});
   if (nb == 3) {
     plan->ids = NewInitializer(owner, UniqueName(base + ".cluster_ids"), onnx::TensorProto::UINT8,
                                {PackedBytes(n, 2)});
@@ -695,7 +692,6 @@ void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
                                     onnx::TensorProto::FLOAT, {n * blocks});
     plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_zero_points"),
                                          onnx::TensorProto::UINT8, {n * zp_col_b});
-    plan->data_bytes_per_tensor = n * blocks * blob_b;
     plan->tensor_bytes.push_back({plan->data[b], n * blocks * blob_b});
     plan->tensor_bytes.push_back({plan->scale[b], n * blocks * 4});
     plan->tensor_bytes.push_back({plan->zero_point[b], n * zp_col_b});

@@ -104,7 +104,6 @@ struct GroupPlan {
   std::array<onnx::TensorProto*, 3> scale{};
   std::array<onnx::TensorProto*, 3> zero_point{};
   std::vector<int64_t> param_shape;  // scale / zero point dims (same for all branches)
-  int64_t data_bytes_per_tensor = 0;
   bool bias_split = false;
   std::string granularity_note;      // set when the layer's granularity differs from asked
   LayerSettings settings;            // the layer's own settings (overrides applied)
