@@ -294,8 +294,8 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
   return plans;
 }
 
-// Stage "transform", compact and MatMulNBits layers: the branches' 8-bit codes re-encoded
-// (core/transform/encode.h) and written with their parameters.
+// Stage "transform", compact and MatMulNBits layers: the branches' codes (packed in their
+// container) re-encoded (core/transform/encode.h) and written with their parameters.
 // outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
 // error energy in `r` updated to what the artifact holds.
 // Buffers are freed as soon as they are encoded; `release` hands back pages of `values`.
@@ -643,8 +643,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     view.channel_axis = p.group->channel_axis;
     view.reduction_axis = p.group->reduction_axis;
     absl::Status sink_status;
-    // Compact and MatMulNBits layers are re-encoded from the branches' 8-bit codes, which
-    // are collected here first (one byte per weight and branch).
+    // Compact and MatMulNBits layers are re-encoded from the branches' codes, which are
+    // collected here first (packed in their 2/4/8-bit container, per branch).
     const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
                           p.form == LayerForm::kNBitsOuter8;
     std::array<std::vector<uint8_t>, 3> codes;
@@ -864,17 +864,19 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
     // The default target (ort-cpu), split: large MatMul weights in MatMulNBits (outer8 at
     // 4 bits: a 4-bit and an 8-bit kernel; three 8-bit branches at 8), everything else
     // compact (a code in its container + a 2-bit cluster id), with per-channel parameters.
-    bool matmul_b = g.shape.size() == 2 && g.channel_axis == 1;
-    for (const LayerUse& u : g.uses) matmul_b = matmul_b && u.node->op_type() == "MatMul" && u.weight_input == 1;
     const int64_t channels = g.shape[g.channel_axis];
+    const ParamLayout layout{g.shape, defaults.granularity, g.channel_axis, g.reduction_axis,
+                             defaults.block_size};
     for (int bits : {2, 4, 8}) {
-      if (matmul_b && bits != 2 && n >= defaults.nbits_min_elements) {
-        const int64_t k = g.shape[0], blocks = (k + 127) / 128, padded = blocks * 128;
+      QuantizeOptions at_bits = defaults;
+      at_bits.bits = bits;
+      if (RunsInMatMulNBits(g, at_bits, layout)) {
+        const int64_t bs = NBitsBlockSize(layout), blocks = (g.shape[0] + bs - 1) / bs;
         const int64_t kernel_bits = bits == 4 ? 4 + 8 : 3 * 8;
-        quantized_bytes[bits] += channels * padded * kernel_bits / 8 +
+        quantized_bytes[bits] += channels * blocks * bs * kernel_bits / 8 +
                                  (bits == 4 ? 2 : 3) * channels * blocks * 5;
       } else {
-        quantized_bytes[bits] += PackedBytes(n, bits) + PackedBytes(n, 2) + 3 * channels * 5;
+        quantized_bytes[bits] += PackedBytes(n, ContainerBits(bits)) + PackedBytes(n, 2) + 3 * channels * 5;
       }
     }
   }

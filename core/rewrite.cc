@@ -61,13 +61,6 @@ onnx::NodeProto MakeNode(const std::string& op, const std::string& name,
   return n;
 }
 
-bool AllUsesAreMatMulB(const WeightGroup& g) {
-  for (const LayerUse& u : g.uses) {
-    if (u.node->op_type() != "MatMul" || u.weight_input != 1 || !u.node->domain().empty()) return false;
-  }
-  return !g.uses.empty();
-}
-
 void EnsureOpsetImport(onnx::ModelProto* m, const std::string& domain, int64_t version) {
   for (auto& o : *m->mutable_opset_import()) {
     if (o.domain() == domain) {
@@ -93,6 +86,15 @@ const char* ToString(LayerForm f) {
   return "?";
 }
 
+bool RunsInMatMulNBits(const WeightGroup& g, const QuantizeOptions& options,
+                       const ParamLayout& layout) {
+  if (g.uses.empty() || NumElements(*g.weight.tensor) < options.nbits_min_elements) return false;
+  for (const LayerUse& u : g.uses) {
+    if (u.node->op_type() != "MatMul" || u.weight_input != 1 || !u.node->domain().empty()) return false;
+  }
+  return NBitsCanCarry(layout, options.bits);
+}
+
 int32_t CodeDataType(int storage_bits, bool is_signed) {
   switch (storage_bits) {
     case 4:
@@ -107,8 +109,8 @@ int32_t CodeDataType(int storage_bits, bool is_signed) {
 absl::StatusOr<StoragePlan> ChooseStorage(const QuantizeOptions& options, int model_opset) {
   StoragePlan plan;
   if (options.target != Target::kQdq) {
-    // Decoded at load: standard ops of opset 13 (Slice/Reshape inputs, int32 Div/Mod);
-    // codes leave the transform one per byte and are re-packed by the encoder.
+    // Decoded at load (standard ops of opset 13: Slice and Reshape take inputs) or
+    // MatMulNBits; the codes' container is chosen per layer (PlanGroup), not here.
     if (model_opset > kMaxSupportedOpset) {
       return absl::InvalidArgumentError(absl::StrCat("the model uses opset ", model_opset,
                                                      "; sq supports up to ", kMaxSupportedOpset));
@@ -321,9 +323,8 @@ absl::Status GraphEditor::PlanGroup(
     plan->layout = ParamLayout{g.shape, gran, g.channel_axis, g.reduction_axis, options.block_size};
     maybe_unused_.insert(g.weight.tensor);
     const SplitForm form = EffectiveForm(options);
-    const bool nbits = options.target == Target::kOrtCpu && AllUsesAreMatMulB(g) &&
-                       numel >= options.nbits_min_elements &&
-                       NBitsCanCarry(plan->layout, options.bits) &&
+    const bool nbits = options.target == Target::kOrtCpu &&
+                       RunsInMatMulNBits(g, options, plan->layout) &&
                        (!plan->split || form != SplitForm::kCompact);
     plan->outer8 = nbits && plan->split &&
                    (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
@@ -498,17 +499,22 @@ std::string GraphEditor::ConstInt64s(onnx::GraphProto* g, const std::string& bas
   return consts_[key] = t->name();
 }
 
+std::string GraphEditor::AppendDecodeNode(std::vector<onnx::NodeProto>* nodes, const std::string& op,
+                                          std::vector<std::string> inputs) {
+  // Decode nodes are unnamed and their values short-named: a layer has a dozen of them,
+  // and long names would cost more bytes than a small layer's codes.
+  std::string out = UniqueName(absl::StrCat("sq", ++decode_values_));
+  nodes->push_back(MakeNode(op, "", std::move(inputs), out));
+  return out;
+}
+
 std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,
                                       int32_t multiplier, const std::vector<int64_t>& shape,
                                       std::vector<onnx::NodeProto>* nodes) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  // Decode nodes are unnamed and their values short-named: a layer has a dozen of them,
-  // and long names would cost more bytes than a small layer's codes.
   auto node = [&](const std::string& op, std::vector<std::string> in) {
-    std::string out = UniqueName(absl::StrCat("sq", ++decode_values_));
-    nodes->push_back(MakeNode(op, "", std::move(in), out));
-    return out;
+    return AppendDecodeNode(nodes, op, std::move(in));
   };
   std::string x = node("Cast", {packed});
   SetIntAttr(&nodes->back(), "to", onnx::TensorProto::INT32);
@@ -544,9 +550,7 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   plan->form = LayerForm::kCompact;
   std::vector<onnx::NodeProto>& nodes = front_nodes_[owner];
   auto node = [&](const std::string& op, std::vector<std::string> in) {
-    std::string out = UniqueName(absl::StrCat("sq", ++decode_values_));
-    nodes.push_back(MakeNode(op, "", std::move(in), out));
-    return out;
+    return AppendDecodeNode(&nodes, op, std::move(in));
   };
 
   plan->data[0] = NewInitializer(owner, UniqueName(base + ".codes"), onnx::TensorProto::UINT8,

@@ -15,19 +15,23 @@
 // layer has one branch. Format fake + folded stores the summed dequantized weight.
 //
 // Targets ort-cpu and portable (format qdq) decode weights at session creation instead:
-//   compact:  codes and cluster ids (core/transform/encode.h) are unpacked by Cast / Div /
-//             Mod / Reshape / Concat / Slice, dequantized per branch by Sub / Mul (Gather
-//             expands blocked parameters), and joined by Equal / Where into one FP32
-//             weight the original node reads. Every op has constant inputs, so ONNX
-//             Runtime folds the whole chain when it creates a session; an unsplit layer is
-//             the same chain without the ids.
-//   nbits:    (ort-cpu, a 2-D MatMul weight read only as MatMul's B, 4 or 8 bits, form
-//             auto or branches) the MatMul becomes com.microsoft.MatMulNBits; a split layer
-//             gets one MatMulNBits per branch and the Adds. ONNX Runtime runs it on its
-//             block-quantized kernels (the weight stays 4/8-bit in memory). Decoding at
-//             load instead costs ORT's constant folding seconds and gigabytes on a large
-//             MatMul (docs/benchmarks.md), so ort-cpu decodes only what MatMulNBits cannot
-//             carry (Conv, Gemm, 2/3/5-7 bits), unless --form compact asks for it.
+//   compact:  codes and cluster ids (core/transform/encode.h) are unpacked by a Gather
+//             through a 256-entry byte table; `code + 2^container * id` indexes a table of
+//             each channel's values (q - z_b) * s_b built from the scales and zero points
+//             (GatherElements; Gather per tensor). Blocked scales or a channel axis in the
+//             middle dequantize every branch (Sub / Mul, Gather expanding the blocks) and
+//             pick with Equal / Where. Every op has constant inputs, so ONNX Runtime folds
+//             the chain into one FP32 weight when it creates a session; an unsplit layer
+//             is the same chain without the ids.
+//   nbits:    (ort-cpu, RunsInMatMulNBits, form auto / branches / outer8) the MatMul
+//             becomes com.microsoft.MatMulNBits: one per branch, or for outer8 (auto at
+//             <= 4 bits) the middle branch plus one 8-bit kernel for both outer clusters,
+//             and the Adds. ONNX Runtime runs it on its block-quantized kernels (the
+//             weight stays 4/8-bit in memory). Decoding at load instead costs ORT's
+//             constant folding seconds and gigabytes on a large MatMul
+//             (docs/benchmarks.md), so ort-cpu decodes only what MatMulNBits cannot carry
+//             or what fits the cache (Conv, Gemm, small MatMuls, 2/3/5-7 bits), unless
+//             --form compact asks for it.
 #ifndef SQ_CORE_REWRITE_H_
 #define SQ_CORE_REWRITE_H_
 
@@ -73,6 +77,12 @@ QuantizeOptions OptionsForLayer(const QuantizeOptions& options, const LayerSetti
 // the highest any of them needs (qdq only). Per layer, call ChooseStorage with the layer's
 // options and target_opset set to the result's opset for its code container.
 absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, int model_opset);
+
+// Whether target ort-cpu runs this layer in com.microsoft.MatMulNBits: every use reads
+// the weight as MatMul's B, it has at least options.nbits_min_elements elements, and the
+// kernel can carry `layout` at options.bits (NBitsCanCarry). The form is not considered.
+bool RunsInMatMulNBits(const WeightGroup& g, const QuantizeOptions& options,
+                       const ParamLayout& layout);
 
 // ONNX data type of a code tensor.
 int32_t CodeDataType(int storage_bits, bool is_signed);
@@ -137,6 +147,9 @@ class GraphEditor {
   // name) and the MatMulNBits replacement of every use.
   std::string PlanCompact(GroupPlan* plan, const QuantizeOptions& options);
   void PlanNBits(GroupPlan* plan, const QuantizeOptions& options);
+  // Appends op(inputs) to `nodes` as an unnamed decode node; returns its (new) output name.
+  std::string AppendDecodeNode(std::vector<onnx::NodeProto>* nodes, const std::string& op,
+                               std::vector<std::string> inputs);
   // Appends the nodes unpacking `packed` (uint8, `bits` per value, low first) into an
   // INT32 tensor of `shape` holding value * multiplier; returns its name.
   std::string AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,

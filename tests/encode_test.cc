@@ -201,6 +201,20 @@ TEST(EncodeTest, Outer8KeepsTheMiddleAndLowersTheError) {
   }
 }
 
+// Branches must be disjoint: a weight outside its zero point in two branches is refused.
+TEST(EncodeTest, CompactRefusesOverlappingBranches) {
+  TransformResult r;
+  r.num_branches = 3;
+  for (int b = 0; b < 3; ++b) r.params[b] = BranchParams{{}, 0, 0, {1.0f}, {0}};
+  const std::vector<uint8_t> lower = {1, 0}, middle = {2, 0}, upper = {0, 3};
+  std::vector<const uint8_t*> codes = {lower.data(), middle.data(), upper.data()};
+  ParamLayout l{{2}, Granularity::kTensor, 0, 0, 32};
+  auto e = EncodeCompact(codes, r, l, QuantSpec{4, false}, 4);
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInternal);
+  EXPECT_NE(std::string(e.status().message()).find("element 0 is in 2 branches"), std::string::npos)
+      << e.status();
+}
+
 TEST(EncodeTest, MatMulNBitsCarriesOnlyWhatItCanExpress) {
   ParamLayout l{{64, 8}, Granularity::kChannel, 1, 0, 32};
   EXPECT_TRUE(NBitsCanCarry(l, 4));

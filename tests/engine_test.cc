@@ -961,6 +961,28 @@ TEST_F(EngineTest, QuantAwareBoundariesRaiseConvSqnrAndStillRunInOrt) {
   EXPECT_LE(Compare(Path("f.onnx"), Path("q.onnx"), 7, false), kQdqVsFakeRelTolerance);
 }
 
+// inspect's size estimate follows the default target's per-layer choice: a MatMul of
+// 2^20 weights in MatMulNBits (outer8), a small one compact.
+TEST_F(EngineTest, InspectEstimatesTheDefaultArtifactSize) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 1024});
+  g.Initializer("big", {1024, 1024}, testing::TestWeights(1024 * 1024, 31));
+  g.Initializer("small", {1024, 64}, testing::TestWeights(1024 * 64, 32));
+  g.Node("MatMul", {"x", "big"}, {"h"}, "big_mm");
+  g.Node("MatMul", {"h", "small"}, {"y"}, "small_mm");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("two.onnx")).ok());
+  auto info = InspectModelFile(Path("two.onnx"));
+  ASSERT_TRUE(info.ok()) << info.status();
+  auto r = Quantize(Path("two.onnx"), Path("two-q.onnx"), QuantizeOptions());
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->layers[0].form, "matmulnbits-outer8");
+  EXPECT_EQ(r->layers[1].form, "compact");
+  const double estimate = static_cast<double>(info->estimated_output_bytes.at(4));
+  EXPECT_NEAR(estimate / r->output_bytes, 1.0, 0.05) << estimate << " vs " << r->output_bytes;
+}
+
 TEST_F(EngineTest, InspectListsLayersAndOps) {
   ASSERT_TRUE(testing::SaveModel(ConvModel(), Path("conv.onnx")).ok());
   auto info = InspectModelFile(Path("conv.onnx"));

@@ -68,10 +68,12 @@ TEST(ParseQuantizeArgsTest, TargetFormAndAccuracyLevel) {
   auto b = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--format", "qdq", "--form", "folded"});
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_EQ(b->options.target, Target::kQdq);
-  auto c = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--form", "outer8", "--ort-accuracy-level", "0"});
+  auto c = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--form", "outer8", "--ort-accuracy-level", "0",
+                              "--nbits-min-elements", "4096"});
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->options.form, SplitForm::kOuter8);
   EXPECT_EQ(c->options.ort_accuracy_level, 0);
+  EXPECT_EQ(c->options.nbits_min_elements, 4096);
   struct Bad {
     std::vector<std::string> args;
     const char* message;
@@ -82,7 +84,9 @@ TEST(ParseQuantizeArgsTest, TargetFormAndAccuracyLevel) {
                          Bad{{"--target", "portable", "--form", "branches"}, "target portable"},
                          Bad{{"--form", "outer8", "--target", "qdq"}, "outer8"},
                          Bad{{"--ort-accuracy-level", "2"}, "ort_accuracy_level"},
-                         Bad{{"--ort-accuracy-level", "x"}, "--ort-accuracy-level"}}) {
+                         Bad{{"--ort-accuracy-level", "x"}, "--ort-accuracy-level"},
+                         Bad{{"--nbits-min-elements", "many"}, "--nbits-min-elements"},
+                         Bad{{"--nbits-min-elements", "-1"}, "nbits_min_elements"}}) {
     std::vector<std::string> args = {"m.onnx", "-o", "o.onnx"};
     args.insert(args.end(), bad.args.begin(), bad.args.end());
     auto r = ParseQuantizeArgs(args);

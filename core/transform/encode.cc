@@ -3,48 +3,25 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/transform/index_map.h"
 
 namespace sq {
 namespace {
 
-// Calls fn(element, param) for every element of the layout's tensor, in row-major order.
+// Calls fn(element, param) for every element of the layout's tensor, in row-major order,
+// walking the transform's own slice map (index_map.h) in runs.
 template <typename Fn>
 void ForEachParamIndex(const ParamLayout& l, Fn&& fn) {
-  const int rank = static_cast<int>(l.shape.size());
   int64_t n = 1;
   for (int64_t d : l.shape) n *= d;
-  if (n == 0) return;
-  if (l.granularity == Granularity::kTensor || rank == 0) {
-    for (int64_t e = 0; e < n; ++e) fn(e, int64_t{0});
-    return;
-  }
-  const bool block = l.granularity == Granularity::kBlock;
-  std::vector<int64_t> pstride(rank, 0);
-  if (block) {
-    int64_t s = 1;
-    for (int a = rank - 1; a >= 0; --a) {
-      pstride[a] = s;
-      int64_t d = l.shape[a];
-      if (a == l.reduction_axis) d = (d + l.block_size - 1) / l.block_size;
-      s *= d;
-    }
-  } else {
-    pstride[l.channel_axis] = 1;
-  }
-  auto contrib = [&](int a, int64_t c) {
-    if (block && a == l.reduction_axis) c /= l.block_size;
-    return c * pstride[a];
-  };
-  std::vector<int64_t> idx(rank, 0);
-  const int last = rank - 1;
-  int64_t e = 0;
-  while (true) {
-    int64_t base = 0;
-    for (int a = 0; a < last; ++a) base += contrib(a, idx[a]);
-    for (int64_t j = 0; j < l.shape[last]; ++j) fn(e++, base + contrib(last, j));
-    int a = last - 1;
-    while (a >= 0 && ++idx[a] == l.shape[a]) idx[a--] = 0;
-    if (a < 0) break;
+  const IndexMap m = ParamIndexMap(l.shape, l.granularity, l.channel_axis, l.reduction_axis, l.block_size);
+  Cursor cursor(m, 0);
+  for (int64_t e = 0; e < n;) {
+    const Run r = cursor.Current();
+    const int64_t len = std::min(r.length, n - e);
+    for (int64_t k = 0; k < len; ++k) fn(e + k, r.stride ? r.value + k : r.value);
+    cursor.Advance(len);
+    e += len;
   }
 }
 

@@ -1,6 +1,6 @@
 // Storage encodings of a quantized (possibly split) weight beyond DequantizeLinear's: what
 // `--form compact` and ONNX Runtime's MatMulNBits store. Both are re-encodings of the
-// codes TransformWeight emits (8-bit, one per weight and branch) and dequantize to exactly
+// codes TransformWeight emits (per branch, packed at 8, 4 or 2 bits) and dequantize to exactly
 // the same values as the branches form: value = (code - zero_point) * scale of the branch
 // a weight belongs to, in float, as DequantizeLinear computes it.
 //
