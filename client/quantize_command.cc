@@ -55,6 +55,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --initializer-inputs M     weights (default: initializers also listed as graph inputs,
                              as IR < 4 models do, are weights and leave the inputs) |
                              inputs (keep them as run-time inputs; their layers are skipped)
+  --quantize-gather on|off   embedding tables (a Gather on a constant 2-D FP32 table) are
+                             quantized per row and split like any weight (default on;
+                             ort-cpu: com.microsoft.GatherBlockQuantized)
   --layer 'REGEX=K:V,...'    settings for layers whose node name matches (repeatable, first
                              match wins); keys bits, granularity, block_size, symmetric
                              (on|off), split (on|off|auto). E.g. --layer 'head=bits:8'
@@ -185,6 +188,13 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
             absl::StrCat("--initializer-inputs wants weights or inputs, got '", *v, "'"));
       }
       o.initializer_inputs_are_weights = *v == "weights";
+    } else if (flag == "quantize-gather") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v != "on" && *v != "off") {
+        return absl::InvalidArgumentError(absl::StrCat("--quantize-gather wants on or off, got '", *v, "'"));
+      }
+      o.quantize_gather = *v == "on";
     } else if (flag == "layer") {
       auto v = value();
       if (!v.ok()) return v.status();

@@ -30,7 +30,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -305,6 +305,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
       return absl::InvalidArgumentError("--initializer-inputs wants weights or inputs, got '" + v + "'");
     }
     o->set_initializer_inputs_are_weights(v == "weights");
+  }
+  if (a.Has("quantize-gather")) {
+    std::string v = a.Get("quantize-gather");
+    if (v != "on" && v != "off") {
+      return absl::InvalidArgumentError("--quantize-gather wants on or off, got '" + v + "'");
+    }
+    o->set_quantize_gather(v == "on");
   }
   if (auto it = a.values.find("layer"); it != a.values.end()) {
     for (const auto& v : it->second) {

@@ -239,7 +239,7 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
   }
   if (plans.empty()) {
     std::string why = groups.empty()
-                          ? "the model has no MatMul/Gemm/Conv/ConvTranspose with a constant weight"
+                          ? "the model has no MatMul/Gemm/Conv/ConvTranspose with a constant weight and no constant Gather table"
                           : absl::StrCat(Plural(groups.size(), "candidate layer"),
                                          " found, all skipped (first: ", groups[0].skip_reason, ")");
     return absl::InvalidArgumentError(absl::StrCat("no quantizable layer: ", why));
@@ -307,36 +307,41 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   const int cb = p.config.storage_bits;
   auto free_buffer = [](std::vector<uint8_t>& v) { std::vector<uint8_t>().swap(v); };
   const std::string& name = p.group->weight_name;
-  auto write_nbits = [&](int slot, const NBitsEncoding& e) -> absl::Status {
-    SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e.b.data(), e.b.size()));
-    SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e.scales.data(), e.scales.size() * 4));
-    return write_bytes(p.zero_point[slot], 0, e.zero_points.data(), e.zero_points.size());
+  // One low-bit kernel's tensors (MatMulNBits or GatherBlockQuantized) into plan slot `slot`.
+  const bool gather = p.form == LayerForm::kGather || p.form == LayerForm::kGatherOuter8;
+  auto encode_kernel = [&](int slot, const uint8_t* c, const BranchParams& params,
+                           const QuantSpec& s, int code_bits) -> absl::Status {
+    absl::Status st;
+    if (gather) {
+      auto e = EncodeGatherBlockQuantized(c, params, p.layout, s, code_bits);
+      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e->data.data(), e->data.size()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e->scales.data(), e->scales.size() * 4));
+      return write_bytes(p.zero_point[slot], 0, e->zero_points.data(), e->zero_points.size());
+    }
+    auto e = EncodeMatMulNBits(c, params, p.layout, s, code_bits);
+    if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+    SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e->b.data(), e->b.size()));
+    SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e->scales.data(), e->scales.size() * 4));
+    return write_bytes(p.zero_point[slot], 0, e->zero_points.data(), e->zero_points.size());
   };
-  if (p.form == LayerForm::kNBitsOuter8) {
+  if (p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGatherOuter8) {
     std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};
     auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric, cb, release);
     if (!outer.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", outer.status().message()));
     free_buffer(codes[0]);
     free_buffer(codes[2]);
-    {
-      auto middle = EncodeMatMulNBits(codes[1].data(), r.params[1], p.layout, spec, cb);
-      if (!middle.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
-      free_buffer(codes[1]);
-      SQ_RETURN_IF_ERROR(write_nbits(0, *middle));
-    }
-    auto high = EncodeMatMulNBits(outer->codes.data(), outer->params, p.layout, QuantSpec{8, spec.symmetric});
-    if (!high.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': outer8 encoding"));
+    SQ_RETURN_IF_ERROR(encode_kernel(0, codes[1].data(), r.params[1], spec, cb));
+    free_buffer(codes[1]);
+    SQ_RETURN_IF_ERROR(encode_kernel(1, outer->codes.data(), outer->params, QuantSpec{8, spec.symmetric}, 8));
     free_buffer(outer->codes);
-    SQ_RETURN_IF_ERROR(write_nbits(1, *high));
     r.split_error_energy = outer->error_energy;
     return absl::OkStatus();
   }
-  if (p.form == LayerForm::kNBits) {
+  if (p.form == LayerForm::kNBits || p.form == LayerForm::kGather) {
     for (int b = 0; b < p.num_branches; ++b) {
-      auto e = EncodeMatMulNBits(codes[b].data(), r.params[b], p.layout, spec, cb);
-      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+      SQ_RETURN_IF_ERROR(encode_kernel(b, codes[b].data(), r.params[b], spec, cb));
       free_buffer(codes[b]);
-      SQ_RETURN_IF_ERROR(write_nbits(b, *e));
     }
     return absl::OkStatus();
   }
@@ -646,7 +651,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     // Compact and MatMulNBits layers are re-encoded from the branches' codes, which are
     // collected here first (packed in their 2/4/8-bit container, per branch).
     const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
-                          p.form == LayerForm::kNBitsOuter8;
+                          p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGather ||
+                          p.form == LayerForm::kGatherOuter8;
     std::array<std::vector<uint8_t>, 3> codes;
     if (reencode) {
       for (int b = 0; b < p.num_branches; ++b) {
@@ -862,7 +868,8 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
     int64_t n = NumElementsOf(g.shape);
     weight_bytes += n * 4;
     // The default target (ort-cpu), split: large MatMul weights in MatMulNBits (outer8 at
-    // 4 bits: a 4-bit and an 8-bit kernel; three 8-bit branches at 8), everything else
+    // 4 bits: a 4-bit and an 8-bit kernel; three 8-bit branches at 8), embedding tables in
+    // GatherBlockQuantized the same way, everything else
     // compact (a code in its container + a 2-bit cluster id), with per-channel parameters.
     const int64_t channels = g.shape[g.channel_axis];
     const ParamLayout layout{g.shape, defaults.granularity, g.channel_axis, g.reduction_axis,
@@ -875,6 +882,10 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
         const int64_t kernel_bits = bits == 4 ? 4 + 8 : 3 * 8;
         quantized_bytes[bits] += channels * blocks * bs * kernel_bits / 8 +
                                  (bits == 4 ? 2 : 3) * channels * blocks * 5;
+      } else if (RunsInGatherBlockQuantized(g, at_bits, layout)) {
+        // One block per row; outer8 at <= 4 bits (the middle in its container + 8 bits).
+        const int64_t kernel_bits = bits <= 4 ? ContainerBits(bits) + 8 : 3 * 8;
+        quantized_bytes[bits] += n * kernel_bits / 8 + (bits <= 4 ? 2 : 3) * channels * 5;
       } else {
         quantized_bytes[bits] += PackedBytes(n, ContainerBits(bits)) + PackedBytes(n, 2) + 3 * channels * 5;
       }

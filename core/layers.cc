@@ -1,6 +1,7 @@
 #include "core/layers.h"
 
 #include <map>
+#include <set>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -120,6 +121,29 @@ class Walker {
       channel_axis = op == "Conv" ? 0 : 1;
       reduction_axis = op == "Conv" ? 1 : 0;
       if (n->input_size() >= 3 && !n->input(2).empty()) bias_input = 2;
+    } else if (default_domain && (op == "Gather" || op == "Transpose") &&
+               options_.quantize_gather && n->input_size() >= 1) {
+      // An embedding table: Gather's data, gathered along rows. A Transpose of a table
+      // (a tied lm_head) is kept only where the same table is gathered (Finish).
+      const ConstantRef* t = Resolve(s, n->input(0));
+      if (t != nullptr && t->tensor->data_type() == onnx::TensorProto::FLOAT &&
+          t->tensor->dims_size() >= 2) {
+        weight_input = 0;
+        channel_axis = 0;
+        reduction_axis = 1;
+        if (t->tensor->dims_size() != 2) {
+          problem = absl::StrCat("table is ", t->tensor->dims_size(), "-D, only 2-D is supported");
+        } else if (op == "Gather" && GetIntAttr(*n, "axis", 0) != 0) {
+          problem = absl::StrCat("Gather along axis ", GetIntAttr(*n, "axis", 0),
+                                 "; only tables gathered by rows (axis 0) are supported");
+        } else if (op == "Transpose") {
+          std::vector<int64_t> perm;
+          for (const auto& a : n->attribute()) {
+            if (a.name() == "perm") perm.assign(a.ints().begin(), a.ints().end());
+          }
+          if (!perm.empty() && perm != std::vector<int64_t>{1, 0}) weight_input = -1;
+        }
+      }
     }
     // Every constant this node reads that is not its weight counts as an "other" use.
     for (int i = 0; i < n->input_size(); ++i) {
@@ -134,7 +158,7 @@ class Walker {
     int rank = t.dims_size();
     if (op == "MatMul" || op == "Gemm") {
       if (rank != 2) problem = absl::StrCat("weight is ", rank, "-D, only 2-D is supported");
-    } else if (rank < 3) {
+    } else if ((op == "Conv" || op == "ConvTranspose") && rank < 3) {
       problem = absl::StrCat("weight is ", rank, "-D, expected at least 3-D");
     }
     if (t.data_type() != onnx::TensorProto::FLOAT && problem.empty()) {
@@ -162,6 +186,32 @@ class Walker {
   }
 
   absl::StatusOr<std::vector<WeightGroup>> Finish() {
+    // Table uses (Gather, Transpose) never cost a MatMul/Gemm/Conv layer its quantization:
+    // where they cannot share its layout they are ordinary (other) uses, and so is a
+    // Transpose of a tensor that no Gather reads.
+    std::set<const onnx::TensorProto*> gathered;
+    std::map<const onnx::TensorProto*, std::pair<int, int>> layer_layout;
+    auto is_table = [](const Candidate& c) { return c.op_type == "Gather" || c.op_type == "Transpose"; };
+    for (const auto& c : candidates_) {
+      if (c.op_type == "Gather") gathered.insert(c.weight->tensor);
+      if (!is_table(c)) layer_layout.emplace(c.weight->tensor, std::make_pair(c.channel_axis, c.reduction_axis));
+    }
+    std::vector<Candidate> kept;
+    for (auto& c : candidates_) {
+      auto layer = layer_layout.find(c.weight->tensor);
+      const bool demote =
+          is_table(c) &&
+          ((c.op_type == "Transpose" && !gathered.count(c.weight->tensor)) ||
+           (layer != layer_layout.end() &&
+            (!c.problem.empty() || layer->second != std::make_pair(c.channel_axis, c.reduction_axis))));
+      if (demote) {
+        other_uses_[c.weight->tensor].push_back(absl::StrCat(c.op_type, " ", c.use.node->name()));
+        continue;
+      }
+      kept.push_back(std::move(c));
+    }
+    candidates_ = std::move(kept);
+
     std::vector<std::unique_ptr<RE2>> patterns;
     for (const auto& p : options_.exclude_name_patterns) {
       auto re = std::make_unique<RE2>(p, RE2::Quiet);

@@ -131,6 +131,13 @@ struct QuantizeOptions {
   // report names them. false: they stay inputs and their layers are not quantized.
   bool initializer_inputs_are_weights = true;
 
+  // Embedding tables: a Gather whose data is a constant 2-D FP32 tensor (gathered along
+  // axis 0) is a layer like any other, quantized per row (the channel axis is the row) and
+  // split; under Target::kOrtCpu it runs in com.microsoft.GatherBlockQuantized, which keeps
+  // the table low-bit in memory. A table shared with MatMul/Gemm layers (tied embeddings)
+  // is quantized once. false: Gather tables stay FP32.
+  bool quantize_gather = true;
+
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.
   std::vector<std::string> exclude_name_patterns;

@@ -42,7 +42,8 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"target_opset", o.target_opset},
           {"threads", o.threads},
           {"external_data", o.external_data},
-          {"initializer_inputs", o.initializer_inputs_are_weights ? "weights" : "inputs"}};
+          {"initializer_inputs", o.initializer_inputs_are_weights ? "weights" : "inputs"},
+          {"quantize_gather", o.quantize_gather}};
 }
 
 std::string HumanBytes(int64_t b) {

@@ -22,7 +22,7 @@ struct ClusterRange {
 
 struct LayerReport {
   std::string name;                 // node name (or "<op>#<index>" when unnamed)
-  std::string op_type;              // MatMul, Gemm, Conv, ConvTranspose
+  std::string op_type;              // MatMul, Gemm, Conv, ConvTranspose, Gather (a table)
   std::string weight;               // initializer / Constant output name
   std::vector<int64_t> shape;
   int shared_by = 1;                // nodes using this weight (processed once)
@@ -46,7 +46,8 @@ struct LayerReport {
   std::string note;                 // e.g. a granularity fallback
   // How the weight is stored: dq (DequantizeLinear per branch), fp32 (format fake/split),
   // compact (codes + cluster ids decoded at load), matmulnbits (com.microsoft.MatMulNBits
-  // per branch). Empty for a skipped layer.
+  // per branch), matmulnbits-outer8 (middle + outer clusters at 8 bits), gatherblockquantized
+  // and gatherblockquantized-outer8 (the same for a table). Empty for a skipped layer.
   std::string form;
   // The settings this layer was quantized with (global options, or a --layer override).
   int bits = 0;

@@ -82,6 +82,8 @@ const char* ToString(LayerForm f) {
     case LayerForm::kCompact: return "compact";
     case LayerForm::kNBits: return "matmulnbits";
     case LayerForm::kNBitsOuter8: return "matmulnbits-outer8";
+    case LayerForm::kGather: return "gatherblockquantized";
+    case LayerForm::kGatherOuter8: return "gatherblockquantized-outer8";
   }
   return "?";
 }
@@ -93,6 +95,18 @@ bool RunsInMatMulNBits(const WeightGroup& g, const QuantizeOptions& options,
     if (u.node->op_type() != "MatMul" || u.weight_input != 1 || !u.node->domain().empty()) return false;
   }
   return NBitsCanCarry(layout, options.bits);
+}
+
+bool RunsInGatherBlockQuantized(const WeightGroup& g, const QuantizeOptions& options,
+                                const ParamLayout& layout) {
+  if (g.uses.empty()) return false;
+  for (const LayerUse& u : g.uses) {
+    if (u.node->op_type() != "Gather" || u.weight_input != 0 || !u.node->domain().empty() ||
+        u.node->input_size() != 2) {
+      return false;
+    }
+  }
+  return GatherCanCarry(layout, options.bits);
 }
 
 int32_t CodeDataType(int storage_bits, bool is_signed) {
@@ -326,10 +340,13 @@ absl::Status GraphEditor::PlanGroup(
     const bool nbits = options.target == Target::kOrtCpu &&
                        RunsInMatMulNBits(g, options, plan->layout) &&
                        (!plan->split || form != SplitForm::kCompact);
-    plan->outer8 = nbits && plan->split &&
+    const bool gather = options.target == Target::kOrtCpu &&
+                        RunsInGatherBlockQuantized(g, options, plan->layout) &&
+                        (!plan->split || form != SplitForm::kCompact);
+    plan->outer8 = (nbits || gather) && plan->split &&
                    (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
-    if (nbits) {
-      PlanNBits(plan, options);
+    if (nbits || gather) {
+      PlanKernels(plan, options, gather);
     } else {
       const std::string decoded = PlanCompact(plan, options);
       for (LayerUse& use : g.uses) use.node->set_input(use.weight_input, decoded);
@@ -672,33 +689,47 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   return decoded_name;
 }
 
-void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
+void GraphEditor::PlanKernels(GroupPlan* plan, const QuantizeOptions& options, bool gather) {
   WeightGroup& g = *plan->group;
   onnx::GraphProto* owner = g.weight.graph;
   const std::string base = absl::StrCat(g.weight_name, ".sq");
   const ParamLayout& l = plan->layout;
-  plan->form = plan->outer8 ? LayerForm::kNBitsOuter8 : LayerForm::kNBits;
-  const int64_t k = l.shape[0], n = l.shape[1];
-  const int bs = NBitsBlockSize(l);
-  const int64_t blocks = (k + bs - 1) / bs;
+  plan->form = gather ? (plan->outer8 ? LayerForm::kGatherOuter8 : LayerForm::kGather)
+                      : (plan->outer8 ? LayerForm::kNBitsOuter8 : LayerForm::kNBits);
   EnsureOpsetImport(model_, "com.microsoft", 1);
+  // MatMulNBits: W[K, N]; GatherBlockQuantized: a table [R, C] (encode.h for both layouts).
+  const int64_t k = l.shape[0], n = l.shape[1];
+  const int64_t bs = gather ? GatherBlockSize(l) : NBitsBlockSize(l);
+  const int64_t blocks = ((gather ? n : k) + bs - 1) / bs;
   // outer8: kernel 0 runs the middle branch at `bits`, kernel 1 the outer clusters at 8.
   const int kernels = plan->outer8 ? 2 : plan->num_branches;
-  auto bits_of = [&](int b) { return plan->outer8 && b == 1 ? 8 : options.bits; };
+  auto bits_of = [&](int b) {
+    return plan->outer8 && b == 1 ? 8 : gather ? ContainerBits(options.bits) : options.bits;
+  };
   for (int b = 0; b < kernels; ++b) {
     const std::string suffix =
         kernels == 1 ? "" : plan->outer8 ? (b == 0 ? ".middle" : ".outer") : absl::StrCat(".b", b);
-    const int64_t blob_b = bs * bits_of(b) / 8;
-    const int64_t zp_col_b = (blocks * bits_of(b) + 7) / 8;
-    plan->data[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits"),
-                                   onnx::TensorProto::UINT8, {n, blocks, blob_b});
-    plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_scales"),
-                                    onnx::TensorProto::FLOAT, {n * blocks});
-    plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".nbits_zero_points"),
-                                         onnx::TensorProto::UINT8, {n * zp_col_b});
-    plan->tensor_bytes.push_back({plan->data[b], n * blocks * blob_b});
-    plan->tensor_bytes.push_back({plan->scale[b], n * blocks * 4});
-    plan->tensor_bytes.push_back({plan->zero_point[b], n * zp_col_b});
+    const int64_t bits = bits_of(b);
+    std::vector<int64_t> data_dims, scale_dims, zp_dims;
+    if (gather) {
+      data_dims = {k, n * bits / 8};
+      scale_dims = {k, blocks};
+      zp_dims = {k, (blocks * bits + 7) / 8};
+    } else {
+      data_dims = {n, blocks, bs * bits / 8};
+      scale_dims = {n * blocks};
+      zp_dims = {n * ((blocks * bits + 7) / 8)};
+    }
+    const char* kind = gather ? ".gbq" : ".nbits";
+    plan->data[b] = NewInitializer(owner, UniqueName(base + suffix + kind),
+                                   onnx::TensorProto::UINT8, data_dims);
+    plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + kind + "_scales"),
+                                    onnx::TensorProto::FLOAT, scale_dims);
+    plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + kind + "_zero_points"),
+                                         onnx::TensorProto::UINT8, zp_dims);
+    plan->tensor_bytes.push_back({plan->data[b], NumElements(*plan->data[b])});
+    plan->tensor_bytes.push_back({plan->scale[b], NumElements(*plan->scale[b]) * 4});
+    plan->tensor_bytes.push_back({plan->zero_point[b], NumElements(*plan->zero_point[b])});
   }
   for (LayerUse& use : g.uses) {
     onnx::NodeProto* node = use.node;
@@ -710,17 +741,28 @@ void GraphEditor::PlanNBits(GroupPlan* plan, const QuantizeOptions& options) {
       const std::string name =
           kernels == 1 && !node->name().empty()
               ? node->name()
-              : UniqueName(absl::StrCat(node->name().empty() ? out : node->name(), ".sq.nbits", b));
-      onnx::NodeProto m = MakeNode("MatMulNBits", name,
-                                   {node->input(0), plan->data[b]->name(), plan->scale[b]->name(),
-                                    plan->zero_point[b]->name()},
-                                   y);
+              : UniqueName(absl::StrCat(node->name().empty() ? out : node->name(),
+                                        gather ? ".sq.gbq" : ".sq.nbits", b));
+      onnx::NodeProto m;
+      if (gather) {
+        m = MakeNode("GatherBlockQuantized", name,
+                     {plan->data[b]->name(), node->input(1), plan->scale[b]->name(),
+                      plan->zero_point[b]->name()},
+                     y);
+        SetIntAttr(&m, "gather_axis", 0);
+        SetIntAttr(&m, "quantize_axis", 1);
+      } else {
+        m = MakeNode("MatMulNBits", name,
+                     {node->input(0), plan->data[b]->name(), plan->scale[b]->name(),
+                      plan->zero_point[b]->name()},
+                     y);
+        SetIntAttr(&m, "K", k);
+        SetIntAttr(&m, "N", n);
+        SetIntAttr(&m, "accuracy_level", options.ort_accuracy_level);
+      }
       m.set_domain("com.microsoft");
-      SetIntAttr(&m, "K", k);
-      SetIntAttr(&m, "N", n);
       SetIntAttr(&m, "bits", bits_of(b));
       SetIntAttr(&m, "block_size", bs);
-      SetIntAttr(&m, "accuracy_level", options.ort_accuracy_level);
       repl.push_back(std::move(m));
       outs.push_back(y);
     }

@@ -32,6 +32,9 @@
 //             (docs/benchmarks.md), so ort-cpu decodes only what MatMulNBits cannot carry
 //             or what fits the cache (Conv, Gemm, small MatMuls, 2/3/5-7 bits), unless
 //             --form compact asks for it.
+//   gather:   (ort-cpu, RunsInGatherBlockQuantized) a Gather on an embedding table becomes
+//             com.microsoft.GatherBlockQuantized the same way (one per branch, or outer8),
+//             so the table stays low-bit in memory and only gathered rows are dequantized.
 #ifndef SQ_CORE_REWRITE_H_
 #define SQ_CORE_REWRITE_H_
 
@@ -84,6 +87,12 @@ absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, i
 bool RunsInMatMulNBits(const WeightGroup& g, const QuantizeOptions& options,
                        const ParamLayout& layout);
 
+// Whether target ort-cpu runs this table in com.microsoft.GatherBlockQuantized: every use
+// is a Gather of the table by rows, and the kernel can carry `layout` (GatherCanCarry).
+// A tied table (also read by a Transpose for the lm_head) is decoded at load instead.
+bool RunsInGatherBlockQuantized(const WeightGroup& g, const QuantizeOptions& options,
+                                const ParamLayout& layout);
+
 // ONNX data type of a code tensor.
 int32_t CodeDataType(int storage_bits, bool is_signed);
 
@@ -94,6 +103,8 @@ enum class LayerForm {
   kCompact,        // codes (+ cluster ids when split) decoded at load by standard ops
   kNBits,          // com.microsoft.MatMulNBits, one per branch
   kNBitsOuter8,    // two MatMulNBits: the middle branch, and the outer clusters at 8 bits
+  kGather,         // com.microsoft.GatherBlockQuantized (embedding tables), one per branch
+  kGatherOuter8,   // two GatherBlockQuantized: the middle branch, the outer clusters at 8
 };
 const char* ToString(LayerForm f);
 
@@ -146,7 +157,9 @@ class GraphEditor {
   // Targets ort-cpu / portable: the compact decode chain (returns the decoded weight's
   // name) and the MatMulNBits replacement of every use.
   std::string PlanCompact(GroupPlan* plan, const QuantizeOptions& options);
-  void PlanNBits(GroupPlan* plan, const QuantizeOptions& options);
+  // Low-bit kernels of ONNX Runtime: MatMulNBits for MatMuls, GatherBlockQuantized for
+  // tables (`gather`), one per branch (or two for outer8) summed by Adds.
+  void PlanKernels(GroupPlan* plan, const QuantizeOptions& options, bool gather);
   // Appends op(inputs) to `nodes` as an unnamed decode node; returns its (new) output name.
   std::string AppendDecodeNode(std::vector<onnx::NodeProto>* nodes, const std::string& op,
                                std::vector<std::string> inputs);

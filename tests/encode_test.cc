@@ -1,4 +1,4 @@
-// The compact and MatMulNBits encodings dequantize bit-identically to the branches they
+// The compact, MatMulNBits and GatherBlockQuantized encodings dequantize bit-identically to the branches they
 // re-encode, for every bits, granularity and symmetry.
 #include "core/transform/encode.h"
 
@@ -199,6 +199,89 @@ TEST(EncodeTest, Outer8KeepsTheMiddleAndLowersTheError) {
           << ToString(gran) << (sym ? " sym" : " asym");
     }
   }
+}
+
+// GatherBlockQuantized: a table [R, C] gathered by rows (the row is the channel), every
+// bits in its 2/4/8-bit container, every granularity and symmetry, split and unsplit.
+TEST(EncodeTest, GatherBlockQuantizedDecodesToEachBranchExactly) {
+  const int64_t rows = 9;
+  for (int64_t cols : {16, 40, 96}) {
+    const std::vector<float> w = Weights(rows * cols, 11);
+    for (int bits = 2; bits <= 8; ++bits) {
+      for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+        for (bool sym : {false, true}) {
+          for (bool split : {true, false}) {
+            const TransformConfig c = SplitConfig(bits, sym, gran, 16, split);
+            Branches br = TransformAll(w, {rows, cols}, 0, 1, c);
+            ParamLayout l{{rows, cols}, gran, 0, 1, 16};
+            const std::string what = absl::StrCat("C ", cols, " bits ", bits, " ", ToString(gran),
+                                                  sym ? " sym" : " asym", split ? " split" : " plain");
+            ASSERT_TRUE(GatherCanCarry(l, bits)) << what;
+            for (int b = 0; b < br.result.num_branches; ++b) {
+              auto e = EncodeGatherBlockQuantized(br.codes[b].data(), br.result.params[b], l, c.spec);
+              ASSERT_TRUE(e.ok()) << e.status();
+              EXPECT_EQ(e->bits, ContainerBits(bits));
+              EXPECT_EQ(e->block_size, gran == Granularity::kBlock ? 16 : cols <= 16 ? 16 : cols <= 64 ? 64 : 128);
+              EXPECT_EQ(e->data.size(), static_cast<size_t>(rows * cols * e->bits / 8));
+              EXPECT_EQ(e->scales.size(), static_cast<size_t>(rows * e->blocks));
+              ExpectBitIdentical(DecodeGatherBlockQuantized(*e), br.dequantized[b],
+                                 absl::StrCat(what, " branch ", b));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+// outer8 on a table: the middle branch as it is, the outer clusters at 8 bits, lower error.
+TEST(EncodeTest, Outer8OnATableKeepsTheMiddleAndLowersTheError) {
+  const int64_t rows = 24, cols = 64;
+  const std::vector<float> w = Weights(rows * cols, 13);
+  for (Granularity gran : {Granularity::kChannel, Granularity::kBlock, Granularity::kTensor}) {
+    for (bool sym : {false, true}) {
+      const TransformConfig c = SplitConfig(4, sym, gran, 16);
+      Branches br = TransformAll(w, {rows, cols}, 0, 1, c);
+      ASSERT_EQ(br.result.num_branches, 3);
+      ParamLayout l{{rows, cols}, gran, 0, 1, 16};
+      std::vector<const uint8_t*> codes = {br.codes[0].data(), br.codes[1].data(), br.codes[2].data()};
+      auto outer = QuantizeOuterAt8(w.data(), codes, br.result, l, sym);
+      ASSERT_TRUE(outer.ok()) << outer.status();
+      auto mid = EncodeGatherBlockQuantized(br.codes[1].data(), br.result.params[1], l, c.spec);
+      auto high = EncodeGatherBlockQuantized(outer->codes.data(), outer->params, l, QuantSpec{8, sym});
+      ASSERT_TRUE(mid.ok() && high.ok());
+      const std::vector<float> m = DecodeGatherBlockQuantized(*mid), o = DecodeGatherBlockQuantized(*high);
+      double err = 0;
+      for (int64_t i = 0; i < rows * cols; ++i) {
+        EXPECT_TRUE(m[i] == 0 || o[i] == 0) << i;
+        EXPECT_EQ(m[i], br.dequantized[1][i]) << i;
+        const double e = static_cast<double>(w[i]) - (m[i] + o[i]);
+        err += e * e;
+      }
+      EXPECT_NEAR(outer->error_energy, err, 1e-9 * err + 1e-12);
+      EXPECT_LT(outer->error_energy, br.result.split_error_energy) << ToString(gran) << (sym ? " sym" : " asym");
+    }
+  }
+}
+
+TEST(EncodeTest, GatherBlockQuantizedCarriesOnlyWhatItCanExpress) {
+  ParamLayout l{{10, 6}, Granularity::kChannel, 0, 1, 32};
+  EXPECT_TRUE(GatherCanCarry(l, 4));   // 6 codes of 4 bits: 3 bytes a row
+  EXPECT_TRUE(GatherCanCarry(l, 8));
+  EXPECT_FALSE(GatherCanCarry(l, 2));  // 12 bits a row: rows would share a byte
+  l.shape = {10, 7};
+  EXPECT_FALSE(GatherCanCarry(l, 4));
+  EXPECT_TRUE(GatherCanCarry(l, 7));
+  l.shape = {10, 64};
+  l.granularity = Granularity::kBlock;
+  l.block_size = 24;  // not a power of two
+  EXPECT_FALSE(GatherCanCarry(l, 4));
+  l.block_size = 8;  // below the kernel's 16
+  EXPECT_FALSE(GatherCanCarry(l, 4));
+  l.block_size = 512;  // larger than the row: one block
+  EXPECT_TRUE(GatherCanCarry(l, 4));
+  ParamLayout matmul{{16, 24}, Granularity::kChannel, 1, 0, 32};  // [K, N]
+  EXPECT_FALSE(GatherCanCarry(matmul, 4));
 }
 
 // Branches must be disjoint: a weight outside its zero point in two branches is refused.

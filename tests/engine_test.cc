@@ -963,6 +963,179 @@ TEST_F(EngineTest, QuantAwareBoundariesRaiseConvSqnrAndStillRunInOrt) {
 
 // inspect's size estimate follows the default target's per-layer choice: a MatMul of
 // 2^20 weights in MatMulNBits (outer8), a small one compact.
+// ids[N] (int64) -> Gather(emb[40, 32]) -> MatMul w[32, 24] -> y; tied: the logits are
+// MatMul(h, Transpose(emb)) -> [N, 40] (the lm_head reads the embedding table).
+onnx::ModelProto EmbeddingModel(bool tied) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("ids", {-1}, onnx::TensorProto::INT64);
+  g.Initializer("emb", {40, 32}, testing::TestWeights(40 * 32, 41));
+  g.Node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  if (tied) {
+    auto* t = g.Node("Transpose", {"emb"}, {"emb_t"}, "lm_head_t");
+    testing::AttrInts(t, "perm", {1, 0});
+    g.Node("MatMul", {"h", "emb_t"}, {"y"}, "lm_head");
+  } else {
+    g.Initializer("w", {32, 24}, testing::TestWeights(32 * 24, 42));
+    g.Node("MatMul", {"h", "w"}, {"y"}, "fc");
+  }
+  g.Output("y");
+  return m;
+}
+
+bool HasInitializer(const std::string& path, const std::string& name) {
+  auto loaded = LoadedModel::FromFile(path);
+  EXPECT_TRUE(loaded.ok());
+  for (const auto& t : (*loaded)->proto().graph().initializer()) {
+    if (t.name() == name) return true;
+  }
+  return false;
+}
+
+// An embedding table is a layer: quantized per row and split in every target, and under
+// ort-cpu run by com.microsoft.GatherBlockQuantized (2/4/8 bits native, 3 and 5-7 in the
+// next container), computing what the fake-quant model computes; the FP32 table is gone.
+TEST_F(EngineTest, EmbeddingTablesAreQuantizedInEveryTarget) {
+  ASSERT_TRUE(testing::SaveModel(EmbeddingModel(false), Path("emb.onnx")).ok());
+  int gbq_layers = 0;
+  for (const QuantCase& c : {QuantCase{4, Granularity::kChannel, 0, false}, QuantCase{4, Granularity::kBlock, 16, true},
+                        QuantCase{8, Granularity::kTensor, 0, true}, QuantCase{2, Granularity::kChannel, 0, false},
+                        QuantCase{3, Granularity::kChannel, 0, true}, QuantCase{6, Granularity::kBlock, 16, false}}) {
+    for (Target target : {Target::kOrtCpu, Target::kPortable, Target::kQdq}) {
+      for (SplitMode split : {SplitMode::kOn, SplitMode::kOff}) {
+        QuantizeOptions o;
+        c.Apply(&o);
+        o.split = split;
+        o.ort_accuracy_level = 0;
+        o.nbits_min_elements = 0;
+        if (target == Target::kOrtCpu) o.form = SplitForm::kBranches;
+        const std::string tag = absl::StrCat("emb-", c.bits, ToString(c.g), c.symmetric, ToString(target),
+                                             ToString(split));
+        o.target = target;
+        auto q = Quantize(Path("emb.onnx"), Path(tag + "-q.onnx"), o);
+        ASSERT_TRUE(q.ok()) << tag << ": " << q.status();
+        o.format = OutputFormat::kFake;
+        o.form = SplitForm::kFolded;
+        auto f = Quantize(Path("emb.onnx"), Path(tag + "-fake.onnx"), o);
+        ASSERT_TRUE(f.ok()) << tag << ": " << f.status();
+        // qdq with ORT's optimizations: its DequantizeLinear+MatMul fusion computes the
+        // MatMul in int8 (the Gather's values are unchanged); checked without them.
+        EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-q.onnx")), target == Target::kQdq ? 2e-2 : 1e-5)
+            << tag;
+        EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-q.onnx"), 7, false), 1e-5) << tag;
+        EXPECT_FALSE(HasInitializer(Path(tag + "-q.onnx"), "emb")) << tag;
+        ASSERT_EQ(q->layers.size(), 2u);
+        const LayerReport& l = q->layers[0];
+        EXPECT_EQ(l.op_type, "Gather");
+        EXPECT_TRUE(l.quantized) << tag;
+        EXPECT_EQ(l.split, split == SplitMode::kOn) << tag;
+        const std::string want = target == Target::kOrtCpu ? "gatherblockquantized"
+                                 : target == Target::kQdq   ? "dq"
+                                                            : "compact";
+        EXPECT_EQ(l.form, want) << tag;
+        gbq_layers += l.form == "gatherblockquantized";
+      }
+    }
+  }
+  EXPECT_EQ(gbq_layers, 12);
+}
+
+// outer8 (ort-cpu's default for a split table at <= 4 bits): two kernels, lower weight
+// error than the branches; the table stays low-bit (about bits + 8 per weight).
+TEST_F(EngineTest, EmbeddingTableOuter8IsTheDefaultAndLowersTheError) {
+  ASSERT_TRUE(testing::SaveModel(EmbeddingModel(false), Path("emb.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  auto q = Quantize(Path("emb.onnx"), Path("emb-default.onnx"), o);
+  ASSERT_TRUE(q.ok()) << q.status();
+  o.form = SplitForm::kBranches;
+  auto b = Quantize(Path("emb.onnx"), Path("emb-branches.onnx"), o);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(q->layers[0].form, "gatherblockquantized-outer8");
+  EXPECT_LT(q->layers[0].mse_split, b->layers[0].mse_split);
+  EXPECT_LE(q->layers[0].stored_bits_per_weight, 4 + 8 + 3.0);
+  auto loaded = LoadedModel::FromFile(Path("emb-default.onnx"));
+  ASSERT_TRUE(loaded.ok());
+  int gbq = 0;
+  for (const auto& n : (*loaded)->proto().graph().node()) gbq += n.op_type() == "GatherBlockQuantized";
+  EXPECT_EQ(gbq, 2);
+  // Runs in ORT, close to the FP32 model.
+  EXPECT_LE(Compare(Path("emb.onnx"), Path("emb-default.onnx")), 0.05);
+}
+
+// Tied embeddings: the table read by the Gather and (transposed) by the lm_head is one
+// layer, quantized once and stored once; no FP32 copy is kept for the lm_head.
+TEST_F(EngineTest, TiedEmbeddingIsQuantizedOnce) {
+  ASSERT_TRUE(testing::SaveModel(EmbeddingModel(true), Path("tied.onnx")).ok());
+  for (Target target : {Target::kOrtCpu, Target::kQdq, Target::kPortable}) {
+    QuantizeOptions o;
+    o.min_weight_elements = 1;
+    o.target = target;
+    const std::string tag = absl::StrCat("tied-", ToString(target));
+    auto q = Quantize(Path("tied.onnx"), Path(tag + "-q.onnx"), o);
+    ASSERT_TRUE(q.ok()) << tag << ": " << q.status();
+    o.format = OutputFormat::kFake;
+    o.form = SplitForm::kFolded;
+    auto f = Quantize(Path("tied.onnx"), Path(tag + "-fake.onnx"), o);
+    ASSERT_TRUE(f.ok()) << tag << ": " << f.status();
+    ASSERT_EQ(q->layers.size(), 1u) << tag;
+    EXPECT_EQ(q->layers[0].shared_by, 2) << tag;
+    EXPECT_TRUE(q->layers[0].quantized && q->layers[0].split) << tag;
+    EXPECT_EQ(q->layers[0].form, target == Target::kQdq ? "dq" : "compact") << tag;
+    for (const std::string& w : q->warnings) EXPECT_THAT(w, ::testing::Not(HasSubstr("FP32 copy"))) << tag;
+    EXPECT_FALSE(HasInitializer(Path(tag + "-q.onnx"), "emb")) << tag;
+    EXPECT_LE(Compare(Path(tag + "-fake.onnx"), Path(tag + "-q.onnx"), 7, false), 1e-5) << tag;
+    EXPECT_LT(q->layers[0].bytes_after * 2, q->layers[0].bytes_before) << tag;
+  }
+}
+
+// --quantize-gather off keeps tables FP32; a table gathered along columns, or one a MatMul
+// reads with another layout, is not a table layer and costs no other layer its quantization.
+TEST_F(EngineTest, GatherTablesOffOrUnsupportedStayFloat) {
+  ASSERT_TRUE(testing::SaveModel(EmbeddingModel(false), Path("emb.onnx")).ok());
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.quantize_gather = false;
+  auto off = Quantize(Path("emb.onnx"), Path("emb-off.onnx"), o);
+  ASSERT_TRUE(off.ok()) << off.status();
+  ASSERT_EQ(off->layers.size(), 1u);
+  EXPECT_EQ(off->layers[0].op_type, "MatMul");
+  EXPECT_TRUE(HasInitializer(Path("emb-off.onnx"), "emb"));
+
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("ids", {-1}, onnx::TensorProto::INT64);
+  g.Input("x", {-1, 40});
+  g.Initializer("cols", {40, 32}, testing::TestWeights(40 * 32, 43));
+  auto* gather = g.Node("Gather", {"cols", "ids"}, {"h"}, "by_column");
+  testing::AttrInt(gather, "axis", 1);
+  g.Initializer("shared", {40, 32}, testing::TestWeights(40 * 32, 44));
+  g.Node("Gather", {"shared", "ids"}, {"s"}, "shared_rows");
+  g.Node("MatMul", {"x", "shared"}, {"y"}, "mm");  // [K=40, N=32]: channel axis 1
+  g.Output("h");
+  g.Output("s");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("odd.onnx")).ok());
+  QuantizeOptions d;
+  d.min_weight_elements = 1;
+  auto r = Quantize(Path("odd.onnx"), Path("odd-q.onnx"), d);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->layers.size(), 2u);
+  EXPECT_EQ(r->layers[0].name, "by_column");
+  EXPECT_FALSE(r->layers[0].quantized);
+  EXPECT_THAT(r->layers[0].skip_reason, HasSubstr("Gather along axis 1"));
+  EXPECT_EQ(r->layers[1].name, "mm");
+  EXPECT_TRUE(r->layers[1].quantized);
+  bool kept_copy = false;
+  for (const std::string& w : r->warnings) kept_copy |= w.find("'shared' is also read by Gather shared_rows") != std::string::npos;
+  EXPECT_TRUE(kept_copy);
+  auto inputs = testing::MakeRandomInputs(Path("odd.onnx"), 3, 2);
+  ASSERT_TRUE(inputs.ok());
+  auto a = testing::RunOrt(Path("odd.onnx"), *inputs);
+  auto b = testing::RunOrt(Path("odd-q.onnx"), *inputs);
+  ASSERT_TRUE(a.ok() && b.ok());
+}
+
 TEST_F(EngineTest, InspectEstimatesTheDefaultArtifactSize) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());

@@ -219,6 +219,76 @@ std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e) {
   return w;
 }
 
+bool GatherCanCarry(const ParamLayout& l, int bits) {
+  if (l.shape.size() != 2 || l.reduction_axis != 1 || bits < 2 || bits > 8) return false;
+  if (l.shape[0] <= 0 || l.shape[1] <= 0) return false;
+  if (l.granularity == Granularity::kChannel && l.channel_axis != 0) return false;
+  if (l.granularity == Granularity::kBlock) {
+    const int bs = l.block_size;
+    if (bs < 16 || (bs & (bs - 1)) != 0) return false;
+  }
+  return l.shape[1] * ContainerBits(bits) % 8 == 0;
+}
+
+int64_t GatherBlockSize(const ParamLayout& l) {
+  if (l.granularity == Granularity::kBlock) return l.block_size;
+  int64_t bs = 16;
+  while (bs < l.shape[1]) bs *= 2;
+  return bs;
+}
+
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
+                                                          const BranchParams& params,
+                                                          const ParamLayout& layout,
+                                                          const QuantSpec& spec, int code_bits) {
+  if (!GatherCanCarry(layout, spec.bits)) {
+    return absl::InternalError("GatherBlockQuantized cannot carry this table layout");
+  }
+  GatherEncoding e;
+  e.rows = layout.shape[0];
+  e.cols = layout.shape[1];
+  e.bits = ContainerBits(spec.bits);
+  e.block_size = GatherBlockSize(layout);
+  e.blocks = (e.cols + e.block_size - 1) / e.block_size;
+  const int64_t zp_row = (e.blocks * e.bits + 7) / 8;
+  const int64_t row_bytes = e.cols * e.bits / 8;
+  e.data.assign(static_cast<size_t>(e.rows * row_bytes), 0);
+  e.scales.resize(static_cast<size_t>(e.rows * e.blocks));
+  e.zero_points.assign(static_cast<size_t>(e.rows * zp_row), 0);
+  const int32_t offset = -spec.qmin();
+  const IndexMap m = ParamIndexMap(layout.shape, layout.granularity, layout.channel_axis,
+                                   layout.reduction_axis, layout.block_size);
+  for (int64_t r = 0; r < e.rows; ++r) {
+    for (int64_t kb = 0; kb < e.blocks; ++kb) {
+      const int64_t p = ValueOf(m, r * e.cols + kb * e.block_size);
+      e.scales[r * e.blocks + kb] = params.scales[p];
+      PutBits(e.zero_points.data() + r * zp_row, kb, e.bits,
+              static_cast<uint32_t>(params.zero_points[p] + offset));
+    }
+  }
+  // Row-major codes are the table's row-major order: one pass, no transposition.
+  const int64_t n = e.rows * e.cols;
+  for (int64_t i = 0; i < n; ++i) {
+    PutBits(e.data.data(), i, e.bits,
+            static_cast<uint32_t>(CodeAt(codes, i, code_bits, spec.symmetric) + offset));
+  }
+  return e;
+}
+
+std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e) {
+  std::vector<float> w(static_cast<size_t>(e.rows * e.cols));
+  const int64_t zp_row = (e.blocks * e.bits + 7) / 8;
+  for (int64_t r = 0; r < e.rows; ++r) {
+    for (int64_t c = 0; c < e.cols; ++c) {
+      const int64_t kb = c / e.block_size;
+      const float q = static_cast<float>(GetBits(e.data.data(), r * e.cols + c, e.bits));
+      const float z = static_cast<float>(GetBits(e.zero_points.data() + r * zp_row, kb, e.bits));
+      w[r * e.cols + c] = (q - z) * e.scales[r * e.blocks + kb];
+    }
+  }
+  return w;
+}
+
 absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
@@ -227,17 +297,24 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
-  if (layout.shape.size() != 2 || layout.reduction_axis != 0 ||
-      (layout.granularity == Granularity::kChannel && layout.channel_axis != 1)) {
-    return absl::InternalError("the outer8 form needs a [K, N] MatMul weight");
+  // A MatMul weight [K, N] (reduction axis 0, channel axis 1) or a Gather table [R, C]
+  // (reduction axis 1, the row is the channel).
+  const bool rows_are_channels = layout.reduction_axis == 1;
+  if (layout.shape.size() != 2 || layout.reduction_axis > 1 ||
+      (layout.granularity == Granularity::kChannel &&
+       layout.channel_axis != (rows_are_channels ? 0 : 1))) {
+    return absl::InternalError("the outer8 form needs a 2-D [K, N] or [R, C] weight");
   }
-  // Rows of [K, N]; the parameter of (k, n): 0 (tensor), n (channel), (k / block) * N + n.
   const int64_t rows = layout.shape[0], cols = layout.shape[1], n = rows * cols;
   const Granularity g = layout.granularity;
-  auto row_params = [&](int64_t k) -> int64_t {
-    return g == Granularity::kBlock ? (k / layout.block_size) * cols : 0;
+  const int64_t bs = layout.block_size, row_blocks = (cols + bs - 1) / bs;
+  // The parameter of (row, col): 0 (tensor); [K, N]: col (channel), (row / block) * N + col;
+  // [R, C]: row (channel), row * blocks + col / block.
+  auto param = [&](int64_t r, int64_t c) -> int64_t {
+    if (g == Granularity::kTensor) return 0;
+    if (!rows_are_channels) return g == Granularity::kBlock ? (r / bs) * cols + c : c;
+    return g == Granularity::kBlock ? r * row_blocks + c / bs : r;
   };
-  const int64_t col_step = g == Granularity::kTensor ? 0 : 1;
   const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
   const std::vector<int32_t>& z0 = result.params[0].zero_points;
   const std::vector<int32_t>& z2 = result.params[2].zero_points;
@@ -254,9 +331,9 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
     }
   };
   for (int64_t k = 0; k < rows; ++k) {
-    const int64_t p0 = row_params(k), i0 = k * cols;
+    const int64_t i0 = k * cols;
     for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = i0 + c, p = p0 + c * col_step;
+      const int64_t i = i0 + c, p = param(k, c);
       if (CodeAt(branch_codes[0], i, code_bits, symmetric) == z0[p] &&
           CodeAt(branch_codes[2], i, code_bits, symmetric) == z2[p]) {
         continue;
@@ -282,9 +359,9 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   out.codes.resize(static_cast<size_t>(n));
   const BranchParams& mid = result.params[1];
   for (int64_t k = 0; k < rows; ++k) {
-    const int64_t p0 = row_params(k), i0 = k * cols;
+    const int64_t i0 = k * cols;
     for (int64_t c = 0; c < cols; ++c) {
-      const int64_t i = i0 + c, p = p0 + c * col_step;
+      const int64_t i = i0 + c, p = param(k, c);
       float approx;
       if ((outer[i >> 3] >> (i & 7)) & 1) {
         const int32_t q = QuantizeValue(values[i], qp[p], spec8);

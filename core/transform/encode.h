@@ -21,6 +21,14 @@
 // zero_points uint8 [N * ceil(blocks * bits / 8)] (packed the same way, per column).
 // Per-channel and per-tensor parameters repeat in every block of their column.
 //
+// GatherBlockQuantized (com.microsoft, ONNX Runtime): for a 2-D Gather table W[R, C]
+// gathered along rows, and one branch: data uint8 [R, C * bits / 8] (each row's codes,
+// low bits first, no padding), scales float [R, blocks] with blocks = ceil(C / block),
+// zero_points uint8 [R, ceil(blocks * bits / 8)] (packed the same way). `bits` is the
+// code container (2, 4 or 8): 3-bit and 5-7-bit codes ride in the next container up with
+// their zero points, exactly. Per-row (channel) and per-tensor parameters use one block
+// spanning the row.
+//
 // Pure functions, thread-safe.
 #ifndef SQ_CORE_TRANSFORM_ENCODE_H_
 #define SQ_CORE_TRANSFORM_ENCODE_H_
@@ -91,6 +99,29 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
                                                 int code_bits = 8);
 // Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
+
+// Whether GatherBlockQuantized can carry this layout exactly: 2-D [R, C], reduction axis 1
+// (the row is the channel), each row a whole number of bytes at ContainerBits(bits), and
+// (blocked granularity) a block size that is a power of two >= 16.
+bool GatherCanCarry(const ParamLayout& layout, int bits);
+// The block size for a layout it can carry: the layout's own (blocked), else the smallest
+// power of two >= C (at least 16), one block per row.
+int64_t GatherBlockSize(const ParamLayout& layout);
+
+struct GatherEncoding {
+  int64_t rows = 0, cols = 0, blocks = 0, block_size = 16;
+  int bits = 4;                      // the container: GatherBlockQuantized's `bits`
+  std::vector<uint8_t> data;         // rows * cols * bits / 8
+  std::vector<float> scales;         // rows * blocks
+  std::vector<uint8_t> zero_points;  // rows * ceil(blocks * bits / 8)
+};
+// One branch's codes (R*C, row-major, packed at `code_bits`) as GatherBlockQuantized tensors.
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
+                                                          const BranchParams& params,
+                                                          const ParamLayout& layout,
+                                                          const QuantSpec& spec, int code_bits = 8);
+// Reference decoder: W[R, C] row-major, as GatherBlockQuantized dequantizes it.
+std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e);
 
 // The `outer8` form of a split layer (an accuracy variant, not a re-encoding): the middle
 // branch as it is, and both outer clusters together in one 8-bit branch whose per-slice
