@@ -36,6 +36,8 @@ constexpr int64_t kKeepExternalBytes = int64_t{64} << 20;
 // Mapped weights larger than this are handed back to the kernel piece by piece while a
 // pass runs (bounding memory); smaller ones when their transform is done.
 constexpr int64_t kReleasePiecesAboveBytes = int64_t{256} << 20;
+// Re-encoded layers buffering more codes than this run one at a time (see the workers).
+constexpr int64_t kSerialReencodeAboveBytes = int64_t{128} << 20;
 // In external mode, tensors at least this large go to the data file.
 constexpr int64_t kExternalMinBytes = 1024;
 
@@ -333,7 +335,15 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
     free_buffer(codes[2]);
     SQ_RETURN_IF_ERROR(encode_kernel(0, codes[1].data(), r.params[1], spec, cb));
     free_buffer(codes[1]);
-    SQ_RETURN_IF_ERROR(encode_kernel(1, outer->codes.data(), outer->params, QuantSpec{8, spec.symmetric}, 8));
+    if (gather) {
+      auto e = EncodeGatherBlockQuantized8(std::move(outer->codes), outer->params, p.layout, spec.symmetric);
+      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.data[1], 0, e->data.data(), e->data.size()));
+      SQ_RETURN_IF_ERROR(write_bytes(p.scale[1], 0, e->scales.data(), e->scales.size() * 4));
+      SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[1], 0, e->zero_points.data(), e->zero_points.size()));
+    } else {
+      SQ_RETURN_IF_ERROR(encode_kernel(1, outer->codes.data(), outer->params, QuantSpec{8, spec.symmetric}, 8));
+    }
     free_buffer(outer->codes);
     r.split_error_energy = outer->error_energy;
     return absl::OkStatus();
@@ -623,6 +633,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   std::atomic<size_t> next{0};
   std::atomic<bool> stop{false};
   std::mutex mu;
+  std::mutex big_layer_mu;  // held by a layer buffering > kSerialReencodeAboveBytes of codes
   std::condition_variable cv;
   std::vector<int> finished;  // plan indices, in completion order
   size_t done_tasks = 0;
@@ -762,13 +773,45 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     return absl::OkStatus();
   };
 
+  // Layers whose re-encoding buffers a lot of codes (a 1 GB embedding or lm_head holds
+  // ~400 MB of them at 4 bits, split) run one at a time, so that two never peak together:
+  // a worker that finds another one running defers it and goes on with the rest.
+  auto buffers_much = [&](const Task& t) {
+    if (t.plan < 0) return false;
+    const GroupPlan& p = plans[t.plan];
+    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
+                          p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGather ||
+                          p.form == LayerForm::kGatherOuter8;
+    return reencode && p.num_branches * PackedBytes(NumElementsOf(p.group->shape), p.config.storage_bits) >
+                           kSerialReencodeAboveBytes;
+  };
+  std::vector<size_t> deferred;  // task indices, under mu
   const int workers = std::min<int>(threads, static_cast<int>(tasks.size()));
   auto worker = [&] {
     while (!stop.load()) {
       size_t k = next.fetch_add(1);
-      if (k >= tasks.size()) break;
+      std::unique_lock<std::mutex> big_layer;
+      if (k < tasks.size()) {
+        if (buffers_much(tasks[k])) {
+          big_layer = std::unique_lock<std::mutex>(big_layer_mu, std::try_to_lock);
+          if (!big_layer.owns_lock()) {
+            std::lock_guard<std::mutex> lock(mu);
+            deferred.push_back(k);
+            continue;
+          }
+        }
+      } else {
+        {
+          std::lock_guard<std::mutex> lock(mu);
+          if (deferred.empty()) break;
+          k = deferred.front();
+          deferred.erase(deferred.begin());
+        }
+        big_layer = std::unique_lock<std::mutex>(big_layer_mu);
+      }
       const Task& t = tasks[k];
       absl::Status s = t.plan >= 0 ? run_plan(t.plan) : run_copy(t.copy);
+      if (big_layer.owns_lock()) big_layer.unlock();
       std::lock_guard<std::mutex> lock(mu);
       if (t.plan >= 0) {
         plan_status[t.plan] = s;

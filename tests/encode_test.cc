@@ -250,6 +250,10 @@ TEST(EncodeTest, Outer8OnATableKeepsTheMiddleAndLowersTheError) {
       auto mid = EncodeGatherBlockQuantized(br.codes[1].data(), br.result.params[1], l, c.spec);
       auto high = EncodeGatherBlockQuantized(outer->codes.data(), outer->params, l, QuantSpec{8, sym});
       ASSERT_TRUE(mid.ok() && high.ok());
+      auto high8 = EncodeGatherBlockQuantized8(outer->codes, outer->params, l, sym);  // in place
+      ASSERT_TRUE(high8.ok());
+      EXPECT_EQ(high8->data, high->data);
+      EXPECT_EQ(high8->zero_points, high->zero_points);
       const std::vector<float> m = DecodeGatherBlockQuantized(*mid), o = DecodeGatherBlockQuantized(*high);
       double err = 0;
       for (int64_t i = 0; i < rows * cols; ++i) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
 #include "core/transform/index_map.h"
 
 namespace sq {
@@ -237,10 +238,10 @@ int64_t GatherBlockSize(const ParamLayout& l) {
   return bs;
 }
 
-absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
-                                                          const BranchParams& params,
-                                                          const ParamLayout& layout,
-                                                          const QuantSpec& spec, int code_bits) {
+namespace {
+// The encoding's shape, scales and zero points; data left empty.
+absl::StatusOr<GatherEncoding> GatherParams(const BranchParams& params, const ParamLayout& layout,
+                                            const QuantSpec& spec) {
   if (!GatherCanCarry(layout, spec.bits)) {
     return absl::InternalError("GatherBlockQuantized cannot carry this table layout");
   }
@@ -251,8 +252,6 @@ absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
   e.block_size = GatherBlockSize(layout);
   e.blocks = (e.cols + e.block_size - 1) / e.block_size;
   const int64_t zp_row = (e.blocks * e.bits + 7) / 8;
-  const int64_t row_bytes = e.cols * e.bits / 8;
-  e.data.assign(static_cast<size_t>(e.rows * row_bytes), 0);
   e.scales.resize(static_cast<size_t>(e.rows * e.blocks));
   e.zero_points.assign(static_cast<size_t>(e.rows * zp_row), 0);
   const int32_t offset = -spec.qmin();
@@ -266,12 +265,39 @@ absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
               static_cast<uint32_t>(params.zero_points[p] + offset));
     }
   }
+  return e;
+}
+}  // namespace
+
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
+                                                          const BranchParams& params,
+                                                          const ParamLayout& layout,
+                                                          const QuantSpec& spec, int code_bits) {
+  SQ_ASSIGN_OR_RETURN(GatherEncoding e, GatherParams(params, layout, spec));
+  const int32_t offset = -spec.qmin();
+  e.data.assign(static_cast<size_t>(e.rows * e.cols * e.bits / 8), 0);
   // Row-major codes are the table's row-major order: one pass, no transposition.
   const int64_t n = e.rows * e.cols;
   for (int64_t i = 0; i < n; ++i) {
     PutBits(e.data.data(), i, e.bits,
             static_cast<uint32_t>(CodeAt(codes, i, code_bits, spec.symmetric) + offset));
   }
+  return e;
+}
+
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized8(std::vector<uint8_t> codes,
+                                                           const BranchParams& params,
+                                                           const ParamLayout& layout, bool symmetric) {
+  const QuantSpec spec{8, symmetric};
+  SQ_ASSIGN_OR_RETURN(GatherEncoding e, GatherParams(params, layout, spec));
+  if (static_cast<int64_t>(codes.size()) != e.rows * e.cols) {
+    return absl::InternalError("8-bit table codes of the wrong size");
+  }
+  // Two's complement + 128 is the sign bit flipped.
+  if (symmetric) {
+    for (uint8_t& c : codes) c ^= 0x80;
+  }
+  e.data = std::move(codes);
   return e;
 }
 

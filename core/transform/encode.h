@@ -120,6 +120,11 @@ absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
                                                           const BranchParams& params,
                                                           const ParamLayout& layout,
                                                           const QuantSpec& spec, int code_bits = 8);
+// The same for 8-bit codes (one byte each, row-major), re-encoded in place: the data is
+// `codes` itself, so a large table's codes are never held twice.
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized8(std::vector<uint8_t> codes,
+                                                           const BranchParams& params,
+                                                           const ParamLayout& layout, bool symmetric);
 // Reference decoder: W[R, C] row-major, as GatherBlockQuantized dequantizes it.
 std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e);
 
