@@ -483,7 +483,7 @@ bool IsRemoteCommand(const std::string& command) {
 std::string RemoteUsage() {
   return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
                                     (engine options as for quantize: --bits --granularity
-                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --exclude
+                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --exclude
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes

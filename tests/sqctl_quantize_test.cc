@@ -47,8 +47,9 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
 TEST(ParseQuantizeArgsTest, ParsesLayerOverridesSplitAutoAndInitializerInputs) {
   auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--split", "auto", "--layer",
                               "head=bits:8,split:off", "--layer", "conv=granularity:tensor",
-                              "--initializer-inputs", "inputs"});
+                              "--initializer-inputs", "inputs", "--quantize-gather", "off"});
   ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_FALSE(a->options.quantize_gather);
   EXPECT_EQ(a->options.split, SplitMode::kAuto);
   ASSERT_EQ(a->options.layer_overrides.size(), 2u);
   EXPECT_EQ(ToString(a->options.layer_overrides[0]), "head=bits:8,split:off");
@@ -115,6 +116,7 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
                         Case{{"m.onnx", "-o", "o", "--layer", "(=bits:4"}, "bad regex"},
                         Case{{"m.onnx", "-o", "o", "--layer", "fc=colour:red"}, "unknown key 'colour'"},
                         Case{{"m.onnx", "-o", "o", "--initializer-inputs", "maybe"}, "--initializer-inputs"},
+                        Case{{"m.onnx", "-o", "o", "--quantize-gather", "yes"}, "--quantize-gather"},
                         Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
     auto a = ParseQuantizeArgs(c.args);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
