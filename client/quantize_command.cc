@@ -55,6 +55,10 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --initializer-inputs M     weights (default: initializers also listed as graph inputs,
                              as IR < 4 models do, are weights and leave the inputs) |
                              inputs (keep them as run-time inputs; their layers are skipped)
+  --bpw-budget B             mixed precision: each layer's bits (2/3/4/8) and split chosen
+                             so the quantized layers' stored bits per weight (codes, ids,
+                             scales, zero points, in the target's form) are <= B; --bits is
+                             then ignored; the report lists each layer's choice
   --quantize-gather on|off   embedding tables (a Gather on a constant 2-D FP32 table) are
                              quantized per row and split like any weight (default on;
                              ort-cpu: com.microsoft.GatherBlockQuantized)
@@ -188,6 +192,12 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
             absl::StrCat("--initializer-inputs wants weights or inputs, got '", *v, "'"));
       }
       o.initializer_inputs_are_weights = *v == "weights";
+    } else if (flag == "bpw-budget") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtod(*v, &o.bpw_budget)) {
+        return absl::InvalidArgumentError(absl::StrCat("--bpw-budget wants bits per weight, e.g. 2.5, got '", *v, "'"));
+      }
     } else if (flag == "quantize-gather") {
       auto v = value();
       if (!v.ok()) return v.status();

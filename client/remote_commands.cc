@@ -30,7 +30,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
       "target-opset", "threads", "idempotency-key"};
   return *flags;
 }
@@ -306,6 +306,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     }
     o->set_initializer_inputs_are_weights(v == "weights");
   }
+  if (a.Has("bpw-budget")) {
+    double v = 0;
+    if (!absl::SimpleAtod(a.Get("bpw-budget"), &v)) {
+      return absl::InvalidArgumentError("--bpw-budget wants bits per weight, e.g. 2.5");
+    }
+    o->set_bpw_budget(v);
+  }
   if (a.Has("quantize-gather")) {
     std::string v = a.Get("quantize-gather");
     if (v != "on" && v != "off") {
@@ -483,7 +490,7 @@ bool IsRemoteCommand(const std::string& command) {
 std::string RemoteUsage() {
   return R"(  submit MODEL [options] [-o OUT] [--detach]   upload, quantize on the server, download
                                     (engine options as for quantize: --bits --granularity
-                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --exclude
+                                    --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --bpw-budget --exclude
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes

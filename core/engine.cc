@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -22,6 +23,7 @@
 #include "core/quantizer.h"
 #include "core/rewrite.h"
 #include "core/status_macros.h"
+#include "core/transform/budget.h"
 #include "core/validate.h"
 #include "core/weight_transform.h"
 
@@ -204,8 +206,9 @@ struct SplitGain {
 // --split auto: the layer's weight SQNR plain and split under its options, by a dry run of
 // the transform that writes nothing.
 absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGroup& g,
-                                           const QuantizeOptions& options, int threads) {
-  TransformConfig c = LayerTransformConfig(g, options, /*split=*/true, nullptr);
+                                           const QuantizeOptions& options, int threads,
+                                           bool split = true) {
+  TransformConfig c = LayerTransformConfig(g, options, split, nullptr);
   c.encoding = WeightEncoding::kDequantizedSum;
   c.compute_plain_error = true;
   WeightView view;
@@ -219,7 +222,82 @@ absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGro
                                                         r.status().message()));
   }
   return SplitGain{SqnrDb(r->signal_energy, r->plain_error_energy),
-                   SqnrDb(r->signal_energy, r->split_error_energy)};
+                   SqnrDb(r->signal_energy, split ? r->split_error_energy : r->plain_error_energy)};
+}
+
+// Stage "plan", --bpw-budget: every layer's bits and split (core/transform/budget.h), from
+// dry runs of the transform at 2, 3, 4 and 8 bits (the relative weight error, plain and
+// split) and the bytes each choice stores in the target's form (LayerStoredBytes). Layers
+// with a --layer override keep its settings and count against the budget. Fills the
+// report's sensitivity listing.
+absl::Status ChooseUnderBudget(LoadedModel& model, std::vector<GroupPlan>& plans,
+                               const QuantizeOptions& options, const StoragePlan& storage,
+                               int threads, ModelReport* report) {
+  std::vector<BudgetLayer> layers;
+  for (GroupPlan& p : plans) {
+    WeightGroup& g = *p.group;
+    const bool fixed = p.settings.override_index >= 0;
+    g.cluster_per_channel = ClusterPerChannel(options, p.settings.granularity, g.op_type);
+    SQ_ASSIGN_OR_RETURN(FloatTensor w, ReadFloatTensor(model, *g.weight.tensor));
+    const bool splittable = g.shape[g.channel_axis] >= 3 &&
+                            AnyUnitHasThreeDistinct(w.data, g.shape, g.channel_axis, g.cluster_per_channel);
+    const SplitMode mode = fixed ? p.settings.split : options.split;
+    std::vector<bool> splits;
+    // The budget weighs split against plain unless told split off; a --layer override's
+    // split on stays on.
+    if (!fixed || mode != SplitMode::kOn || !splittable) splits.push_back(false);
+    if (mode != SplitMode::kOff && splittable) splits.push_back(true);
+    BudgetLayer bl;
+    bl.elements = NumElementsOf(g.shape);
+    SensitivityEntry sens;
+    sens.layer = g.uses[0].display_name;
+    sens.elements = bl.elements;
+    for (int bits : fixed ? std::vector<int>{p.settings.bits} : std::vector<int>{2, 3, 4, 8}) {
+      LayerSettings s = p.settings;
+      s.bits = bits;
+      const QuantizeOptions lo = OptionsForLayer(options, s);
+      StoragePlan ls = storage;
+      if (options.target == Target::kQdq) {
+        QuantizeOptions at_opset = lo;
+        at_opset.target_opset = storage.opset;
+        SQ_ASSIGN_OR_RETURN(ls, ChooseStorage(at_opset, report->input_opset));
+      }
+      SQ_ASSIGN_OR_RETURN(SplitGain gain, MeasureSplitGain(w, g, lo, threads, splittable));
+      double best = 1e300;
+      for (bool split : splits) {
+        const double db = split ? gain.split_db : gain.plain_db;
+        const double rel = std::pow(10.0, -std::min(db, 300.0) / 10);
+        best = std::min(best, rel);
+        bl.candidates.push_back({bits, split, LayerStoredBytes(g, lo, split, ls), rel});
+      }
+      sens.rel_error_at_bits.push_back({bits, best});
+    }
+    w.ReleasePages();
+    layers.push_back(std::move(bl));
+    report->sensitivity.push_back(std::move(sens));
+  }
+  SQ_ASSIGN_OR_RETURN(BudgetChoice choice, AllocateUnderBudget(layers, options.bpw_budget));
+  for (size_t i = 0; i < plans.size(); ++i) {
+    const BudgetCandidate& c = layers[i].candidates[choice.candidate[i]];
+    GroupPlan& p = plans[i];
+    p.settings.bits = c.bits;
+    p.settings.split = c.split ? SplitMode::kOn : SplitMode::kOff;
+    p.budget_bytes = c.bytes;
+    p.split_decision = absl::StrFormat(
+        "budget: %d bits, split %s (relative weight error %.3g, %.2f stored bits per weight)%s",
+        c.bits, c.split ? "on" : "off", c.rel_error,
+        static_cast<double>(c.bytes) * 8 / static_cast<double>(layers[i].elements),
+        p.settings.override_index >= 0 ? ", fixed by --layer" : "");
+    report->sensitivity[i].chosen_bits = c.bits;
+    report->sensitivity[i].chosen_split = c.split;
+  }
+  // Most sensitive first: by the relative error at the fewest bits measured.
+  std::stable_sort(report->sensitivity.begin(), report->sensitivity.end(),
+                   [](const SensitivityEntry& a, const SensitivityEntry& b) {
+                     return a.rel_error_at_bits.front().second > b.rel_error_at_bits.front().second;
+                   });
+  report->budget_bits_per_weight = choice.bits_per_weight;
+  return absl::OkStatus();
 }
 
 // Stage "plan": one GroupPlan per selected layer, with the layer's own settings (global
@@ -255,11 +333,15 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
     return v;
   };
   const int threads = EffectiveThreads(options);
+  // The layer's own settings (global options, or the first matching --layer override), or
+  // what the size budget chose.
+  for (GroupPlan& p : plans) p.settings = SettingsForLayer(options, p.group->uses[0].display_name);
+  if (options.bpw_budget > 0) {
+    SQ_RETURN_IF_ERROR(ChooseUnderBudget(model, plans, options, storage, threads, report));
+  }
   std::set<std::string> storage_notes;
   for (GroupPlan& p : plans) {
     WeightGroup& g = *p.group;
-    // The layer's own settings (global options, or the first matching --layer override).
-    p.settings = SettingsForLayer(options, g.uses[0].display_name);
     const QuantizeOptions layer_options = OptionsForLayer(options, p.settings);
     g.cluster_per_channel = ClusterPerChannel(options, p.settings.granularity, g.op_type);
     StoragePlan layer_storage = storage;
@@ -271,7 +353,7 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
     }
     if (p.settings.split == SplitMode::kOff) {
       p.split = false;
-      p.not_split_reason = "split off";
+      p.not_split_reason = p.split_decision.empty() ? "split off" : p.split_decision;
     } else if (g.shape[g.channel_axis] < 3) {
       p.not_split_reason = "fewer than 3 output channels";
     } else {
@@ -290,6 +372,15 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
       w.ReleasePages();
     }
     SQ_RETURN_IF_ERROR(editor.PlanGroup(&p, layer_options, layer_storage, bias_reader));
+    if (p.budget_bytes >= 0) {
+      // The budget is only as honest as the allocator's size model: hold it to the plan.
+      int64_t planned = 0;
+      for (const auto& tb : p.tensor_bytes) planned += tb.second;
+      if (planned != p.budget_bytes) {
+        return absl::InternalError(absl::StrCat("--bpw-budget: layer '", g.uses[0].display_name, "' was counted at ",
+                                                p.budget_bytes, " bytes but stores ", planned));
+      }
+    }
   }
   for (const std::string& note : storage_notes) report->warnings.push_back(note);
   SQ_RETURN_IF_ERROR(editor.ApplyGraphEdits());
@@ -507,7 +598,10 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   // --- opset conversion (qdq only) ------------------------------------------------------
   StoragePlan storage;
   if (options.format == OutputFormat::kQdq) {
-    SQ_ASSIGN_OR_RETURN(storage, ChooseModelStorage(options, report.input_opset));
+    // Under a size budget any layer may get 4 bits: the opset that packs INT4.
+    QuantizeOptions storage_options = options;
+    if (options.bpw_budget > 0) storage_options.bits = 4;
+    SQ_ASSIGN_OR_RETURN(storage, ChooseModelStorage(storage_options, report.input_opset));
     if (storage.opset > report.input_opset) {
       progress("convert");
       absl::Status s = ConvertOpset(&proto, storage.opset);

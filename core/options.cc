@@ -62,6 +62,14 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
   if (options.threads < 0 || options.threads > 1024) {
     return Invalid("threads", absl::StrCat("must be in 0..1024, got ", options.threads));
   }
+  if (!(options.bpw_budget >= 0) || options.bpw_budget > 32) {
+    return Invalid("bpw_budget", absl::StrCat("must be 0 (off) or a size in (0, 32] bits per weight, got ",
+                                              options.bpw_budget));
+  }
+  if (options.bpw_budget > 0 && options.format != OutputFormat::kQdq) {
+    return Invalid("bpw_budget", absl::StrCat("counts stored bits: format ", ToString(options.format),
+                                              " writes FP32 weights"));
+  }
   if (options.nbits_min_elements < 0) {
     return Invalid("nbits_min_elements", absl::StrCat("must be >= 0, got ", options.nbits_min_elements));
   }

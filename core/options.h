@@ -138,6 +138,13 @@ struct QuantizeOptions {
   // is quantized once. false: Gather tables stay FP32.
   bool quantize_gather = true;
 
+  // Mixed precision under a size budget (> 0): each layer's bits (2, 3, 4, 8) and split
+  // (on / off; off only with split off) are chosen (core/transform/budget.h) so that the
+  // quantized layers' stored bits per weight, in the form the target writes, are <= this.
+  // `bits` is then ignored; layers matching a --layer override keep its settings and count
+  // against the budget. 0 = off. Format qdq only (fake and split outputs are FP32).
+  double bpw_budget = 0;
+
   // Layer selection. A layer is skipped when its node name matches any regex (RE2, full
   // match not required), when its op type is listed, or when its weight has fewer elements.
   std::vector<std::string> exclude_name_patterns;

@@ -1,6 +1,7 @@
 #include "core/report.h"
 
 #include <cmath>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,7 +44,8 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"threads", o.threads},
           {"external_data", o.external_data},
           {"initializer_inputs", o.initializer_inputs_are_weights ? "weights" : "inputs"},
-          {"quantize_gather", o.quantize_gather}};
+          {"quantize_gather", o.quantize_gather},
+          {"bpw_budget", o.bpw_budget}};
 }
 
 std::string HumanBytes(int64_t b) {
@@ -107,6 +109,16 @@ std::string ReportToJson(const ModelReport& r, int indent) {
   }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});
+  nlohmann::json sensitivity = nlohmann::json::array();
+  for (const SensitivityEntry& e : r.sensitivity) {
+    nlohmann::json at = nlohmann::json::object();
+    for (const auto& [bits, rel] : e.rel_error_at_bits) at[std::to_string(bits)] = rel;
+    sensitivity.push_back({{"layer", e.layer},
+                           {"elements", e.elements},
+                           {"relative_error_at_bits", at},
+                           {"chosen_bits", e.chosen_bits},
+                           {"chosen_split", e.chosen_split}});
+  }
   nlohmann::json j = {{"tool", "sq"},
                       {"tool_version", r.tool_version},
                       {"input_path", r.input_path},
@@ -134,6 +146,11 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"warnings", r.warnings},
                       {"initializer_inputs_promoted", r.initializer_inputs_promoted},
                       {"layers", layers}};
+  if (r.options.bpw_budget > 0) {
+    j["bpw_budget"] = {{"budget", r.options.bpw_budget},
+                       {"achieved", std::round(r.quantized_bits_per_weight * 1000) / 1000}};
+    j["sensitivity"] = sensitivity;
+  }
   MakeStringsValidUtf8(j);
   return j.dump(indent) + "\n";
 }
@@ -167,6 +184,17 @@ std::string ReportSummary(const ModelReport& r) {
   absl::StrAppend(&out, absl::StrFormat(
       "  stored bits per weight: %.2f in the quantized layers, %.2f over the whole artifact\n",
       r.quantized_bits_per_weight, r.artifact_bits_per_weight));
+  if (o.bpw_budget > 0) {
+    std::map<std::string, int> mix;
+    for (const SensitivityEntry& e : r.sensitivity) {
+      mix[absl::StrCat(e.chosen_bits, e.chosen_split ? "-bit split" : "-bit")]++;
+    }
+    std::vector<std::string> parts;
+    for (const auto& [k, n] : mix) parts.push_back(absl::StrCat(n, " x ", k));
+    absl::StrAppend(&out, absl::StrFormat("  budget %.3g bits per weight: %s; most sensitive: %s\n",
+                                          o.bpw_budget, absl::StrJoin(parts, ", "),
+                                          r.sensitivity.empty() ? "-" : r.sensitivity[0].layer));
+  }
   std::vector<std::string> stages;
   for (const auto& s : r.stages) stages.push_back(absl::StrFormat("%s %.2fs", s.stage, s.seconds));
   absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,

@@ -64,6 +64,16 @@ struct StageTiming {
   double seconds = 0;
 };
 
+// --bpw-budget: how much a layer's weights suffer at each bit width (its relative weight
+// error, error energy / signal energy, the better of plain and split), and what it got.
+struct SensitivityEntry {
+  std::string layer;
+  int64_t elements = 0;
+  std::vector<std::pair<int, double>> rel_error_at_bits;  // (bits, relative error), bits ascending
+  int chosen_bits = 0;
+  bool chosen_split = false;
+};
+
 struct ModelReport {
   std::string tool_version;
   std::string input_path;
@@ -91,6 +101,10 @@ struct ModelReport {
   // Initializers that were also graph inputs (IR < 4 models) and became weights.
   std::vector<std::string> initializer_inputs_promoted;
   std::vector<LayerReport> layers;
+  // --bpw-budget only: the quantized layers' stored bits per weight the allocator chose,
+  // and every layer's sensitivity, most sensitive first.
+  double budget_bits_per_weight = 0;
+  std::vector<SensitivityEntry> sensitivity;
 };
 
 std::string ReportToJson(const ModelReport& report, int indent = 2);

@@ -109,6 +109,54 @@ bool RunsInGatherBlockQuantized(const WeightGroup& g, const QuantizeOptions& opt
   return GatherCanCarry(layout, options.bits);
 }
 
+int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, bool split,
+                         const StoragePlan& layer_storage) {
+  const int64_t n = NumElements(*g.weight.tensor);
+  const int nb = split ? 3 : 1;
+  const TransformConfig c = LayerTransformConfig(g, options, split, nullptr);
+  int64_t params = 1;
+  if (c.granularity == Granularity::kChannel) {
+    params = g.shape[g.channel_axis];
+  } else if (c.granularity == Granularity::kBlock) {
+    const int64_t d = g.shape[g.reduction_axis];
+    params = n / d * ((d + options.block_size - 1) / options.block_size);
+  }
+  if (options.format != OutputFormat::kQdq) {
+    const bool one = options.format == OutputFormat::kFake &&
+                     (options.form == SplitForm::kFolded || !split);
+    return (one ? 1 : nb) * n * 4;
+  }
+  if (options.target == Target::kQdq) {
+    const int sb = layer_storage.storage_bits >= options.bits ? layer_storage.storage_bits : 8;
+    return nb * (PackedBytes(n, sb) + params * 4 + PackedBytes(params, sb));
+  }
+  const ParamLayout layout{g.shape, c.granularity, g.channel_axis, g.reduction_axis, options.block_size};
+  const SplitForm form = EffectiveForm(options);
+  const bool nbits = options.target == Target::kOrtCpu && RunsInMatMulNBits(g, options, layout) &&
+                     (!split || form != SplitForm::kCompact);
+  const bool gather = options.target == Target::kOrtCpu &&
+                      RunsInGatherBlockQuantized(g, options, layout) &&
+                      (!split || form != SplitForm::kCompact);
+  if (nbits || gather) {
+    const bool outer8 = split && (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
+    const int kernels = outer8 ? 2 : nb;
+    const int64_t k = layout.shape[0], cols = layout.shape[1];
+    const int64_t bs = gather ? GatherBlockSize(layout) : NBitsBlockSize(layout);
+    const int64_t blocks = ((gather ? cols : k) + bs - 1) / bs;
+    int64_t bytes = 0;
+    for (int b = 0; b < kernels; ++b) {
+      const int64_t bits = outer8 && b == 1 ? 8 : gather ? ContainerBits(options.bits) : options.bits;
+      if (gather) {
+        bytes += k * cols * bits / 8 + k * blocks * 4 + k * ((blocks * bits + 7) / 8);
+      } else {
+        bytes += cols * blocks * (bs * bits / 8) + cols * blocks * 4 + cols * ((blocks * bits + 7) / 8);
+      }
+    }
+    return bytes;
+  }
+  return PackedBytes(n, ContainerBits(options.bits)) + (split ? PackedBytes(n, 2) : 0) + nb * params * 5;
+}
+
 int32_t CodeDataType(int storage_bits, bool is_signed) {
   switch (storage_bits) {
     case 4:

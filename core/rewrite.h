@@ -93,6 +93,12 @@ bool RunsInMatMulNBits(const WeightGroup& g, const QuantizeOptions& options,
 bool RunsInGatherBlockQuantized(const WeightGroup& g, const QuantizeOptions& options,
                                 const ParamLayout& layout);
 
+// The bytes PlanGroup will store for this layer (its GroupPlan::tensor_bytes) with
+// `options` (a layer's own) and `split` (whether it will be split), under
+// `layer_storage` (ChooseStorage for the layer, target qdq). For --bpw-budget.
+int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, bool split,
+                         const StoragePlan& layer_storage);
+
 // ONNX data type of a code tensor.
 int32_t CodeDataType(int storage_bits, bool is_signed);
 
@@ -129,7 +135,8 @@ struct GroupPlan {
   std::string granularity_note;      // set when the layer's granularity differs from asked
   LayerSettings settings;            // the layer's own settings (overrides applied)
   double auto_gain_db = 0;           // --split auto: split SQNR minus plain SQNR
-  std::string split_decision;        // --split auto: what was measured and chosen
+  std::string split_decision;        // --split auto / --bpw-budget: what was measured and chosen
+  int64_t budget_bytes = -1;         // --bpw-budget: the bytes the allocator counted
 };
 
 // Names and edits collected while planning; applied at the end.

@@ -34,6 +34,7 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     o.initializer_inputs_are_weights = w.initializer_inputs_are_weights();
   }
   if (w.has_quantize_gather()) o.quantize_gather = w.quantize_gather();
+  o.bpw_budget = w.bpw_budget();
   for (int i = 0; i < w.layer_overrides_size(); ++i) {
     auto lo = ParseLayerOverride(w.layer_overrides(i));
     if (!lo.ok()) {
@@ -110,6 +111,7 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   for (const LayerOverride& lo : o.layer_overrides) w.add_layer_overrides(ToString(lo));
   w.set_initializer_inputs_are_weights(o.initializer_inputs_are_weights);
   w.set_quantize_gather(o.quantize_gather);
+  w.set_bpw_budget(o.bpw_budget);
   switch (o.form) {
     case SplitForm::kAuto: w.set_form(v1::SPLIT_FORM_UNSPECIFIED); break;
     case SplitForm::kBranches: w.set_form(v1::SPLIT_FORM_BRANCHES); break;

@@ -1136,6 +1136,85 @@ TEST_F(EngineTest, GatherTablesOffOrUnsupportedStayFloat) {
   ASSERT_TRUE(a.ok() && b.ok());
 }
 
+// --bpw-budget: per-layer bits and split chosen so that the quantized layers' stored bits
+// per weight, in the target's own form, stay within the budget (the engine holds the
+// allocator's size model to every layer's plan); the artifact runs in ORT; a larger budget
+// never gives a larger weight error; a budget below the cheapest choice is refused.
+TEST_F(EngineTest, BitsPerWeightBudgetIsHeldInEveryTarget) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("ids", {-1}, onnx::TensorProto::INT64);
+  g.Initializer("emb", {64, 48}, testing::TestWeights(64 * 48, 51));
+  g.Initializer("w1", {48, 96}, testing::TestWeights(48 * 96, 52));
+  g.Initializer("w2", {96, 32}, testing::TestWeights(96 * 32, 53));
+  g.Initializer("w3", {32, 8}, testing::TestWeights(32 * 8, 54));
+  g.Node("Gather", {"emb", "ids"}, {"h0"}, "embed");
+  g.Node("MatMul", {"h0", "w1"}, {"h1"}, "fc1");
+  g.Node("Relu", {"h1"}, {"r1"}, "relu");
+  g.Node("MatMul", {"r1", "w2"}, {"h2"}, "fc2");
+  g.Node("MatMul", {"h2", "w3"}, {"y"}, "head");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("mix.onnx")).ok());
+  for (Target target : {Target::kOrtCpu, Target::kPortable, Target::kQdq}) {
+    double previous_error = 1e300;
+    for (double budget : {3.0, 4.5, 6.5, 9.0, 14.0}) {
+      QuantizeOptions o;
+      o.min_weight_elements = 1;
+      o.nbits_min_elements = 0;  // MatMulNBits and outer8 forms on these small MatMuls too
+      o.target = target;
+      o.bpw_budget = budget;
+      const std::string tag = absl::StrCat("mix-", ToString(target), "-", budget);
+      auto r = Quantize(Path("mix.onnx"), Path(tag + ".onnx"), o);
+      if (target == Target::kQdq && budget < 5) {
+        // qdq stores 2- and 3-bit codes in bytes and INT4 packed: 4 bits + parameters is
+        // its floor (4.65 here).
+        EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << tag;
+        continue;
+      }
+      ASSERT_TRUE(r.ok()) << tag << ": " << r.status();
+      EXPECT_LE(r->quantized_bits_per_weight, budget) << tag;
+      ASSERT_EQ(r->sensitivity.size(), 4u) << tag;
+      std::map<std::string, const SensitivityEntry*> chosen;
+      for (const auto& e : r->sensitivity) chosen[e.layer] = &e;
+      double error = 0;
+      for (const LayerReport& l : r->layers) {
+        ASSERT_TRUE(chosen.count(l.name)) << tag << " " << l.name;
+        EXPECT_EQ(l.bits, chosen[l.name]->chosen_bits) << tag << " " << l.name;
+        EXPECT_EQ(l.split, chosen[l.name]->chosen_split) << tag << " " << l.name;
+        EXPECT_THAT(l.split_decision, HasSubstr("budget:")) << tag;
+        int64_t elements = 1;
+        for (int64_t d : l.shape) elements *= d;
+        error += l.mse_split * elements;
+      }
+      // Outer8 forms (ort-cpu) only lower the error below what the allocator counted.
+      EXPECT_LE(error, previous_error * 1.0001) << tag;
+      previous_error = error;
+      auto inputs = testing::MakeRandomInputs(Path("mix.onnx"), 5, 3);
+      ASSERT_TRUE(inputs.ok());
+      EXPECT_TRUE(testing::RunOrt(Path(tag + ".onnx"), *inputs).ok()) << tag;
+    }
+  }
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.bpw_budget = 1.0;
+  auto low = Quantize(Path("mix.onnx"), Path("mix-low.onnx"), o);
+  EXPECT_EQ(low.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(low.status().message()), HasSubstr("--bpw-budget 1 cannot be met"));
+  EXPECT_FALSE(Exists(Path("mix-low.onnx")));
+  // A --layer override is kept and counted.
+  o.bpw_budget = 5.0;
+  o.layer_overrides.push_back(*ParseLayerOverride("head=bits:8,split:off"));
+  auto fixed = Quantize(Path("mix.onnx"), Path("mix-fixed.onnx"), o);
+  ASSERT_TRUE(fixed.ok()) << fixed.status();
+  EXPECT_LE(fixed->quantized_bits_per_weight, 5.0);
+  for (const LayerReport& l : fixed->layers) {
+    if (l.name == "head") {
+      EXPECT_EQ(l.bits, 8);
+      EXPECT_FALSE(l.split);
+    }
+  }
+}
+
 TEST_F(EngineTest, InspectEstimatesTheDefaultArtifactSize) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
