@@ -24,6 +24,7 @@
 #include "core/rewrite.h"
 #include "core/status_macros.h"
 #include "core/transform/budget.h"
+#include "core/transform/index_map.h"
 #include "core/validate.h"
 #include "core/weight_transform.h"
 
@@ -225,9 +226,68 @@ absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGro
                    SqnrDb(r->signal_energy, split ? r->split_error_energy : r->plain_error_energy)};
 }
 
+// --bpw-budget's sensitivity: the mean over output channels of each channel's relative
+// weight error with `options`, split or plain, by a dry run of the transform: the error
+// energy over the channel's typical weight energy (size x median |w|^2). Per channel, not
+// per tensor: a channel is a feature the next layers see (normalised, often), so a
+// small-magnitude channel quantized to noise hurts as much as a large one, which a
+// tensor-wide ratio would hide. Channels whose median weight is 0 do not count.
+absl::StatusOr<double> MeanChannelRelativeError(const FloatTensor& w, const WeightGroup& g,
+                                                const QuantizeOptions& options, int threads,
+                                                bool split) {
+  TransformConfig c = LayerTransformConfig(g, options, split, nullptr);
+  c.encoding = WeightEncoding::kDequantizedSum;
+  const AxisSplit ax = SplitAround(g.shape, g.channel_axis);
+  // Each channel's typical weight energy: its median |w|, squared, times its size. Robust
+  // to outliers: a channel whose bulk is rounded away by an outlier-stretched range shows
+  // an error comparable to its typical weights, where an energy ratio would call it small.
+  std::vector<double> signal(static_cast<size_t>(ax.D), 0.0), error(static_cast<size_t>(ax.D), 0.0);
+  {
+    std::vector<float> values(static_cast<size_t>(ax.O * ax.I));
+    for (int64_t d = 0; d < ax.D; ++d) {
+      size_t k = 0;
+      for (int64_t o = 0; o < ax.O; ++o) {
+        const float* row = w.data + (o * ax.D + d) * ax.I;
+        for (int64_t i = 0; i < ax.I; ++i) values[k++] = std::fabs(row[i]);
+      }
+      std::nth_element(values.begin(), values.begin() + values.size() / 2, values.end());
+      const double median = values[values.size() / 2];
+      signal[d] = median * median * static_cast<double>(values.size());
+    }
+  }
+  std::mutex mu;
+  auto sink = [&](int, int64_t offset, const uint8_t* data, size_t size) {
+    std::vector<double> local(static_cast<size_t>(ax.D), 0.0);
+    const int64_t e0 = offset / 4;
+    const int64_t count = static_cast<int64_t>(size / 4);
+    for (int64_t k = 0; k < count; ++k) {
+      float v;
+      std::memcpy(&v, data + 4 * k, 4);
+      const double d = static_cast<double>(w.data[e0 + k]) - v;
+      local[((e0 + k) / ax.I) % ax.D] += d * d;
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    for (size_t ch = 0; ch < local.size(); ++ch) error[ch] += local[ch];
+  };
+  WeightView view{w.data, g.shape, g.channel_axis, g.reduction_axis};
+  auto r = TransformWeight(view, c, sink, ThreadsFor(threads));
+  if (!r.ok()) {
+    return absl::Status(r.status().code(), absl::StrCat("layer weight '", g.weight_name, "': ",
+                                                        r.status().message()));
+  }
+  double sum = 0;
+  int64_t live = 0;
+  for (size_t ch = 0; ch < signal.size(); ++ch) {
+    if (signal[ch] <= 0) continue;
+    sum += error[ch] / signal[ch];
+    ++live;
+  }
+  return live > 0 ? sum / live : 0.0;
+}
+
 // Stage "plan", --bpw-budget: every layer's bits and split (core/transform/budget.h), from
-// dry runs of the transform at 2, 3, 4 and 8 bits (the relative weight error, plain and
-// split) and the bytes each choice stores in the target's form (LayerStoredBytes). Layers
+// dry runs of the transform at 2, 3, 4 and 8 bits (the mean channel relative weight error,
+// plain and split) and the bytes each choice stores in the target's form (LayerStoredBytes). Layers
 // with a --layer override keep its settings and count against the budget. Fills the
 // report's sensitivity listing.
 absl::Status ChooseUnderBudget(LoadedModel& model, std::vector<GroupPlan>& plans,
@@ -252,25 +312,34 @@ absl::Status ChooseUnderBudget(LoadedModel& model, std::vector<GroupPlan>& plans
     SensitivityEntry sens;
     sens.layer = g.uses[0].display_name;
     sens.elements = bl.elements;
+    // Per-tensor parameters as well as the layer's own where those cost more than a bit
+    // per weight (e.g. per-channel on a depthwise conv: 5 bytes per 9 weights).
+    std::vector<bool> tensor_choices = {false};
+    if (!fixed && p.settings.granularity != Granularity::kTensor &&
+        LayerStoredBytes(g, OptionsForLayer(options, p.settings), false, storage) >
+            (PackedBytes(bl.elements, 4) + bl.elements / 8)) {
+      tensor_choices.push_back(true);
+    }
+    for (bool per_tensor : tensor_choices)
     for (int bits : fixed ? std::vector<int>{p.settings.bits} : std::vector<int>{2, 3, 4, 8}) {
       LayerSettings s = p.settings;
       s.bits = bits;
+      if (per_tensor) s.granularity = Granularity::kTensor;
       const QuantizeOptions lo = OptionsForLayer(options, s);
+      g.cluster_per_channel = ClusterPerChannel(options, s.granularity, g.op_type);
       StoragePlan ls = storage;
       if (options.target == Target::kQdq) {
         QuantizeOptions at_opset = lo;
         at_opset.target_opset = storage.opset;
         SQ_ASSIGN_OR_RETURN(ls, ChooseStorage(at_opset, report->input_opset));
       }
-      SQ_ASSIGN_OR_RETURN(SplitGain gain, MeasureSplitGain(w, g, lo, threads, splittable));
       double best = 1e300;
       for (bool split : splits) {
-        const double db = split ? gain.split_db : gain.plain_db;
-        const double rel = std::pow(10.0, -std::min(db, 300.0) / 10);
+        SQ_ASSIGN_OR_RETURN(const double rel, MeanChannelRelativeError(w, g, lo, threads, split));
         best = std::min(best, rel);
-        bl.candidates.push_back({bits, split, LayerStoredBytes(g, lo, split, ls), rel});
+        bl.candidates.push_back({bits, split, LayerStoredBytes(g, lo, split, ls), rel, per_tensor});
       }
-      sens.rel_error_at_bits.push_back({bits, best});
+      if (!per_tensor) sens.rel_error_at_bits.push_back({bits, best});
     }
     w.ReleasePages();
     layers.push_back(std::move(bl));
@@ -282,10 +351,11 @@ absl::Status ChooseUnderBudget(LoadedModel& model, std::vector<GroupPlan>& plans
     GroupPlan& p = plans[i];
     p.settings.bits = c.bits;
     p.settings.split = c.split ? SplitMode::kOn : SplitMode::kOff;
+    if (c.per_tensor) p.settings.granularity = Granularity::kTensor;
     p.budget_bytes = c.bytes;
     p.split_decision = absl::StrFormat(
-        "budget: %d bits, split %s (relative weight error %.3g, %.2f stored bits per weight)%s",
-        c.bits, c.split ? "on" : "off", c.rel_error,
+        "budget: %d bits%s, split %s (relative weight error %.3g, %.2f stored bits per weight)%s",
+        c.bits, c.per_tensor ? " per tensor" : "", c.split ? "on" : "off", c.rel_error,
         static_cast<double>(c.bytes) * 8 / static_cast<double>(layers[i].elements),
         p.settings.override_index >= 0 ? ", fixed by --layer" : "");
     report->sensitivity[i].chosen_bits = c.bits;

@@ -47,7 +47,8 @@ struct Config {
   int block_size = 0;
   bool symmetric = false;
   bool split = false;
-  std::string mode = "plain";  // plain, split, paper, auto
+  std::string mode = "plain";  // plain, split, paper, auto, budget<B> (--bpw-budget B)
+  double budget = 0;
   bool qdq = false;          // a real quantized artifact (any target), not fake quant
   std::string target = "qdq";  // with qdq: qdq, ort (MatMulNBits accuracy_level 4), ort0
                                // (accuracy_level 0) or portable
@@ -82,7 +83,12 @@ bool ParseConfig(const std::string& name, Config* c) {
   }
   if (p[2] != "asym" && p[2] != "sym") return false;
   c->symmetric = p[2] == "sym";
-  if (p[3] != "plain" && p[3] != "split" && p[3] != "paper" && p[3] != "auto") return false;
+  if (p[3].rfind("budget", 0) == 0) {
+    c->budget = std::atof(p[3].c_str() + 6);
+    if (!(c->budget > 0) || p.size() != 5) return false;  // a stored size: a real artifact
+  } else if (p[3] != "plain" && p[3] != "split" && p[3] != "paper" && p[3] != "auto") {
+    return false;
+  }
   c->mode = p[3];
   c->split = p[3] != "plain";
   if (p.size() == 5) {
@@ -139,6 +145,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
                                                : sq::Granularity::kBlock;
   if (c.granularity == "block") o.block_size = c.block_size;
   o.symmetric = c.symmetric;
+  o.bpw_budget = c.budget;
   o.split = c.mode == "plain" ? sq::SplitMode::kOff
             : c.mode == "auto" ? sq::SplitMode::kAuto
                                : sq::SplitMode::kOn;

@@ -1,5 +1,7 @@
 #include "core/transform/budget.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_format.h"
 
 namespace sq {
@@ -32,6 +34,48 @@ absl::StatusOr<BudgetChoice> AllocateUnderBudget(const std::vector<BudgetLayer>&
         bits_per_weight_budget, static_cast<double>(out.bytes) * 8 / elements));
   }
   const int64_t capacity = static_cast<int64_t>(capacity_bits / 8);
+  // 1. The smallest bound on the worst layer's error that fits, by bisection over the
+  // candidates' errors: under a bound, each layer takes its cheapest candidate within it
+  // (its most accurate one when none is).
+  auto within = [&](double bound, std::vector<int>* pick) {
+    int64_t bytes = 0;
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const auto& cands = layers[l].candidates;
+      int best = -1, most_accurate = 0;
+      for (int c = 0; c < static_cast<int>(cands.size()); ++c) {
+        if (cands[c].rel_error < cands[most_accurate].rel_error) most_accurate = c;
+        if (cands[c].rel_error <= bound &&
+            (best < 0 || cands[c].bytes < cands[best].bytes ||
+             (cands[c].bytes == cands[best].bytes && cands[c].rel_error < cands[best].rel_error))) {
+          best = c;
+        }
+      }
+      (*pick)[l] = best >= 0 ? best : most_accurate;
+      bytes += cands[(*pick)[l]].bytes;
+    }
+    return bytes;
+  };
+  std::vector<double> bounds;
+  for (const auto& l : layers) {
+    for (const auto& c : l.candidates) bounds.push_back(c.rel_error);
+  }
+  std::sort(bounds.begin(), bounds.end());
+  bounds.erase(std::unique(bounds.begin(), bounds.end()), bounds.end());
+  size_t lo = 0, hi = bounds.size();  // the answer is in [lo, hi); hi = none fits
+  std::vector<int> pick(layers.size());
+  while (lo < hi) {
+    const size_t mid = (lo + hi) / 2;
+    if (within(bounds[mid], &pick) <= capacity) {
+      hi = mid;
+    } else {
+      lo = mid + 1;
+    }
+  }
+  if (lo < bounds.size()) {
+    out.bytes = within(bounds[lo], &pick);
+    out.candidate = pick;
+  }
+  // 2. Greedy ascent on the sum.
   for (;;) {
     int best_l = -1, best_c = -1;
     double best_rate = 0;

@@ -4,10 +4,12 @@
 //
 // Data-free sensitivity proxy: a layer's relative weight error, error energy / signal
 // energy (1 / weight SQNR). For y = W x with inputs uncorrelated with the error, it is
-// the layer output's relative error, and to first order the relative errors of the
-// layers a signal passes through add up. So the allocator minimises the sum over layers
-// of the relative weight error, whatever a layer's size: a small layer is as sensitive as
-// a large one, and cheaper to keep precise.
+// the layer output's relative error, whatever the layer's size. Two criteria, in order:
+//  1. the worst layer: the smallest bound on every layer's relative error that the budget
+//     allows (a network is only as good as its weakest layer: one layer at 2 bits can
+//     ruin a model whose other layers are near lossless, which a sum hides);
+//  2. then the sum: to first order the relative errors of the layers a signal passes
+//     through add up, so what budget is left goes where it lowers the sum most per byte.
 //
 // Pure function, thread-safe, deterministic (ties go to the earlier layer and candidate).
 #ifndef SQ_CORE_TRANSFORM_BUDGET_H_
@@ -25,6 +27,7 @@ struct BudgetCandidate {
   bool split = false;
   int64_t bytes = 0;       // what the layer stores with these settings (codes, ids, params)
   double rel_error = 0;    // error energy / signal energy
+  bool per_tensor = false;  // tensor granularity instead of the layer's own
 };
 
 struct BudgetLayer {
@@ -39,11 +42,11 @@ struct BudgetChoice {
   double rel_error = 0;        // the proxy's total
 };
 
-// The choice minimising the total relative error with bytes * 8 <= budget * elements:
-// from every layer's cheapest candidate, a greedy ascent that takes, at each step, the
-// change with the largest error reduction per extra byte that still fits (changes that
-// cost nothing first). InvalidArgument, naming the smallest achievable bits per weight,
-// when even the cheapest candidates exceed the budget.
+// The choice with bytes * 8 <= budget * elements: the smallest worst-layer bound that
+// fits (each layer's cheapest candidate within it), then a greedy ascent that takes, at
+// each step, the change with the largest error reduction per extra byte that still fits
+// (changes that cost nothing first). InvalidArgument, naming the smallest achievable bits
+// per weight, when even the cheapest candidates exceed the budget.
 absl::StatusOr<BudgetChoice> AllocateUnderBudget(const std::vector<BudgetLayer>& layers,
                                                  double bits_per_weight_budget);
 
