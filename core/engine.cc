@@ -518,7 +518,7 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   }
   std::vector<const uint8_t*> branch_codes;
   for (int b = 0; b < p.num_branches; ++b) branch_codes.push_back(codes[b].data());
-  auto e = EncodeCompact(branch_codes, r, p.layout, spec, ContainerBits(spec.bits), cb);
+  auto e = EncodeCompact(branch_codes, r, p.layout, spec, CompactContainerBits(spec.bits), cb);
   for (auto& c : codes) free_buffer(c);
   if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
   SQ_RETURN_IF_ERROR(write_bytes(p.data[0], 0, e->codes.data(), e->codes.size()));
@@ -1094,7 +1094,7 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
         const int64_t kernel_bits = bits <= 4 ? ContainerBits(bits) + 8 : 3 * 8;
         quantized_bytes[bits] += n * kernel_bits / 8 + (bits <= 4 ? 2 : 3) * channels * 5;
       } else {
-        quantized_bytes[bits] += PackedBytes(n, ContainerBits(bits)) + PackedBytes(n, 2) + 3 * channels * 5;
+        quantized_bytes[bits] += CompactCodeBytes(n, CompactContainerBits(bits)) + PackedBytes(n, 2) + 3 * channels * 5;
       }
     }
   }

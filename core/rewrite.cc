@@ -154,7 +154,8 @@ int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, b
     }
     return bytes;
   }
-  return PackedBytes(n, ContainerBits(options.bits)) + (split ? PackedBytes(n, 2) : 0) + nb * params * 5;
+  return CompactCodeBytes(n, CompactContainerBits(options.bits)) + (split ? PackedBytes(n, 2) : 0) +
+         nb * params * 5;
 }
 
 int32_t CodeDataType(int storage_bits, bool is_signed) {
@@ -583,6 +584,24 @@ std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& pa
   };
   std::string x = node("Cast", {packed});
   SetIntAttr(&nodes->back(), "to", onnx::TensorProto::INT32);
+  if (bits == 3) {
+    // Eight 3-bit fields per 3 bytes: each triple as one 24-bit integer (a weighted sum),
+    // then field j = (v / 8^j) mod 8: [groups, 3] -> [groups, 1] -> [groups, 8].
+    const int64_t groups = (n + 7) / 8;
+    std::string t = node("Reshape", {x, ConstInt64s(g, "sq.const.triples", {groups, 3})});
+    t = node("Mul", {t, ConstInt32s(g, "sq.const.byte_weights", {1, 256, 65536}, {1, 3})});
+    t = node("ReduceSum", {t, ConstInt64s(g, "sq.const.one", {1})});
+    std::vector<int32_t> powers;
+    for (int j = 0; j < 8; ++j) powers.push_back(1 << (3 * j));
+    t = node("Div", {t, ConstInt32s(g, "sq.const.powers8", powers, {1, 8})});
+    t = node("Mod", {t, ConstInt32(g, "sq.const.i32", 8)});
+    if (multiplier != 1) t = node("Mul", {t, ConstInt32(g, "sq.const.i32", multiplier)});
+    std::string flat = node("Reshape", {t, ConstInt64s(g, "sq.const.flat", {-1})});
+    if (groups * 8 != n) {
+      flat = node("Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}), ConstInt64s(g, "sq.const.len", {n})});
+    }
+    return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
+  }
   // One Gather through a 256-entry table turns every byte into its 8/bits fields (low bits
   // first, times `multiplier`): [bytes] -> [bytes, 8/bits], whose row-major order is the
   // values' order. Cheaper for ONNX Runtime to fold than shifts and masks.
@@ -609,7 +628,7 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   const ParamLayout& l = plan->layout;
   const int64_t n = NumElements(*g.weight.tensor);
   const int rank = static_cast<int>(g.shape.size());
-  const int cb = ContainerBits(options.bits);
+  const int cb = CompactContainerBits(options.bits);
   const int32_t levels = 1 << cb;
   const int nb = plan->num_branches;
   plan->form = LayerForm::kCompact;
@@ -619,8 +638,8 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   };
 
   plan->data[0] = NewInitializer(owner, UniqueName(base + ".codes"), onnx::TensorProto::UINT8,
-                                 {PackedBytes(n, cb)});
-  plan->tensor_bytes.push_back({plan->data[0], PackedBytes(n, cb)});
+                                 {CompactCodeBytes(n, cb)});
+  plan->tensor_bytes.push_back({plan->data[0], CompactCodeBytes(n, cb)});
   if (nb == 3) {
     plan->ids = NewInitializer(owner, UniqueName(base + ".cluster_ids"), onnx::TensorProto::UINT8,
                                {PackedBytes(n, 2)});

@@ -95,9 +95,9 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
             ParamLayout l{s.dims, gran, s.channel_axis, s.reduction_axis, 4};
             std::vector<const uint8_t*> codes;
             for (int b = 0; b < br.result.num_branches; ++b) codes.push_back(br.codes[b].data());
-            auto e = EncodeCompact(codes, br.result, l, c.spec, ContainerBits(bits));
+            auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits));
             ASSERT_TRUE(e.ok()) << e.status();
-            EXPECT_EQ(e->codes.size(), static_cast<size_t>(PackedBytes(n, ContainerBits(bits))));
+            EXPECT_EQ(e->codes.size(), static_cast<size_t>(CompactCodeBytes(n, CompactContainerBits(bits))));
             EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(PackedBytes(n, 2)) : 0u);
             split_cases += br.result.num_branches == 3 ? 1 : 0;
             if (bits <= 4) {
@@ -114,7 +114,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
                 PackCodes(v, cb, packed[b].data());
                 packed_ptrs.push_back(packed[b].data());
               }
-              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, cb, cb);
+              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, CompactContainerBits(bits), cb);
               ASSERT_TRUE(ep.ok());
               EXPECT_EQ(ep->codes, e->codes);
               EXPECT_EQ(ep->ids, e->ids);
@@ -128,7 +128,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
                 }
               }
             }
-            ExpectBitIdentical(DecodeCompact(*e, br.result, l, ContainerBits(bits)), br.sum,
+            ExpectBitIdentical(DecodeCompact(*e, br.result, l, CompactContainerBits(bits)), br.sum,
                                absl::StrCat("bits ", bits, " ", ToString(gran), sym ? " sym" : " asym",
                                             split ? " split" : " plain", " rank ", s.dims.size()));
           }

@@ -205,7 +205,8 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
   for (const QuantCase& c : {QuantCase{4, Granularity::kChannel, 0, false}, QuantCase{4, Granularity::kBlock, 16, false},
                         QuantCase{8, Granularity::kTensor, 0, true}, QuantCase{8, Granularity::kChannel, 0, false},
                         QuantCase{2, Granularity::kChannel, 0, false}, QuantCase{3, Granularity::kBlock, 16, true},
-                        QuantCase{4, Granularity::kTensor, 0, false}}) {
+                        QuantCase{4, Granularity::kTensor, 0, false}, QuantCase{3, Granularity::kChannel, 0, false},
+                        QuantCase{3, Granularity::kTensor, 0, true}}) {
     for (const char* name : {"mlp", "conv"}) {
       for (Target target : {Target::kOrtCpu, Target::kPortable}) {
         for (SplitMode split : {SplitMode::kOn, SplitMode::kOff}) {
@@ -246,7 +247,7 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
             if (!nbits && l.split) {
               ++compact_split_layers;
               // One code in its container plus a 2-bit cluster id, plus parameters.
-              const int container = c.bits <= 2 ? 2 : c.bits <= 4 ? 4 : 8;
+              const int container = c.bits <= 3 ? c.bits : c.bits <= 4 ? 4 : 8;
               EXPECT_GE(l.stored_bits_per_weight, container + 2) << tag << " " << l.name;
             }
           }

@@ -26,13 +26,19 @@ void ForEachParamIndex(const ParamLayout& l, Fn&& fn) {
   }
 }
 
+// Field `pos` of a stream packed at `bits` (1..8), low bits first; a field may straddle
+// two bytes (3 bits), and then both exist.
 inline void PutBits(uint8_t* out, int64_t pos, int bits, uint32_t v) {
   const int64_t bit = pos * bits;
-  out[bit >> 3] |= static_cast<uint8_t>(v << (bit & 7));
+  const uint32_t x = v << (bit & 7);
+  out[bit >> 3] |= static_cast<uint8_t>(x);
+  if ((bit & 7) + bits > 8) out[(bit >> 3) + 1] |= static_cast<uint8_t>(x >> 8);
 }
 inline uint32_t GetBits(const uint8_t* in, int64_t pos, int bits) {
   const int64_t bit = pos * bits;
-  return (in[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1);
+  uint32_t x = in[bit >> 3];
+  if ((bit & 7) + bits > 8) x |= static_cast<uint32_t>(in[(bit >> 3) + 1]) << 8;
+  return (x >> (bit & 7)) & ((1u << bits) - 1);
 }
 
 inline int32_t CodeValue(uint8_t raw, bool is_signed) {
@@ -57,6 +63,13 @@ std::vector<int64_t> ParamIndexOfElements(const ParamLayout& layout) {
 
 int ContainerBits(int bits) { return bits <= 2 ? 2 : bits <= 4 ? 4 : 8; }
 
+int CompactContainerBits(int bits) { return bits <= 2 ? 2 : bits == 3 ? 3 : bits <= 4 ? 4 : 8; }
+
+int64_t CompactCodeBytes(int64_t n, int container_bits) {
+  if (container_bits == 3) return (n + 7) / 8 * 3;
+  return PackedBytes(n, container_bits);
+}
+
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
@@ -70,7 +83,7 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   for (int64_t d : layout.shape) n *= d;
   const int32_t offset = -spec.qmin();  // unsigned codes: code - qmin
   CompactEncoding e;
-  e.codes.assign(static_cast<size_t>(PackedBytes(n, container_bits)), 0);
+  e.codes.assign(static_cast<size_t>(CompactCodeBytes(n, container_bits)), 0);
   if (nb == 3) e.ids.assign(static_cast<size_t>(PackedBytes(n, 2)), 0);
   e.zero_points.resize(nb);
   for (int b = 0; b < nb; ++b) {

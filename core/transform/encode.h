@@ -5,8 +5,9 @@
 // a weight belongs to, in float, as DequantizeLinear computes it.
 //
 // Compact (standard ONNX ops decode it; see rewrite.cc for the graph):
-//   codes : one unsigned code per weight, packed at `container_bits` (2, 4 or 8; low bits
-//           first, as quantizer.h's PackCodes), in the weight's row-major order. Signed
+//   codes : one unsigned code per weight, packed at `container_bits` (2, 3, 4 or 8; low
+//           bits first, as quantizer.h's PackCodes; a 3-bit code may straddle two bytes),
+//           in the weight's row-major order, CompactCodeBytes long. Signed
 //           (symmetric) codes are stored offset by 2^(bits-1), their zero points too.
 //   ids   : split layers only: the branch (cluster) of each weight, 2 bits, packed like
 //           the codes. A weight whose code is its branch's zero point in every branch is 0
@@ -56,8 +57,16 @@ struct ParamLayout {
 // The parameter index of every element, in row-major order (for tests and small tensors).
 std::vector<int64_t> ParamIndexOfElements(const ParamLayout& layout);
 
-// Smallest ONNX-friendly container for `bits`: 2, 4 or 8.
+// Smallest ONNX-friendly container for `bits`: 2, 4 or 8 (the kernels' and the
+// transform's code streams).
 int ContainerBits(int bits);
+// The compact form's container: 2, 3, 4 or 8. 3-bit codes are packed eight to three bytes
+// (the decode graph unpacks them with integer arithmetic), so a split INT3 layer stores 5
+// bits per weight, not 6.
+int CompactContainerBits(int bits);
+// Bytes of n codes in the compact form's container: packed, and for 3 bits rounded up to
+// whole groups of 8 codes (3 bytes).
+int64_t CompactCodeBytes(int64_t n, int container_bits);
 
 struct CompactEncoding {
   std::vector<uint8_t> codes;                 // PackedBytes(n, container_bits)
