@@ -457,6 +457,13 @@ absl::StatusOr<std::vector<GroupPlan>> PlanLayers(LoadedModel& model,
   return plans;
 }
 
+// Whether a layer's codes are re-encoded after the transform (compact and kernel forms)
+// rather than written as the transform emits them.
+bool IsReencoded(LayerForm f) {
+  return f == LayerForm::kCompact || f == LayerForm::kNBits || f == LayerForm::kNBitsOuter8 ||
+         f == LayerForm::kGather || f == LayerForm::kGatherOuter8;
+}
+
 // Stage "transform", compact and MatMulNBits layers: the branches' codes (packed in their
 // container) re-encoded (core/transform/encode.h) and written with their parameters.
 // outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
@@ -825,9 +832,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
     absl::Status sink_status;
     // Compact and MatMulNBits layers are re-encoded from the branches' codes, which are
     // collected here first (packed in their 2/4/8-bit container, per branch).
-    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
-                          p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGather ||
-                          p.form == LayerForm::kGatherOuter8;
+    const bool reencode = IsReencoded(p.form);
     std::array<std::vector<uint8_t>, 3> codes;
     if (reencode) {
       for (int b = 0; b < p.num_branches; ++b) {
@@ -943,9 +948,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   auto buffers_much = [&](const Task& t) {
     if (t.plan < 0) return false;
     const GroupPlan& p = plans[t.plan];
-    const bool reencode = p.form == LayerForm::kCompact || p.form == LayerForm::kNBits ||
-                          p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGather ||
-                          p.form == LayerForm::kGatherOuter8;
+    const bool reencode = IsReencoded(p.form);
     return reencode && p.num_branches * PackedBytes(NumElementsOf(p.group->shape), p.config.storage_bits) >
                            kSerialReencodeAboveBytes;
   };
