@@ -1097,7 +1097,7 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
         const int64_t kernel_bits = bits <= 4 ? ContainerBits(bits) + 8 : 3 * 8;
         quantized_bytes[bits] += n * kernel_bits / 8 + (bits <= 4 ? 2 : 3) * channels * 5;
       } else {
-        quantized_bytes[bits] += CompactCodeBytes(n, CompactContainerBits(bits)) + PackedBytes(n, 2) + 3 * channels * 5;
+        quantized_bytes[bits] += CompactCodeBytes(n, CompactContainerBits(bits)) + IdBytes(n) + 3 * channels * 5;
       }
     }
   }

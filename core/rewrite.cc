@@ -154,7 +154,7 @@ int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, b
     }
     return bytes;
   }
-  return CompactCodeBytes(n, CompactContainerBits(options.bits)) + (split ? PackedBytes(n, 2) : 0) +
+  return CompactCodeBytes(n, CompactContainerBits(options.bits)) + (split ? IdBytes(n) : 0) +
          nb * params * 5;
 }
 
@@ -603,19 +603,31 @@ std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& pa
     return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
   }
   // One Gather through a 256-entry table turns every byte into its 8/bits fields (low bits
-  // first, times `multiplier`): [bytes] -> [bytes, 8/bits], whose row-major order is the
-  // values' order. Cheaper for ONNX Runtime to fold than shifts and masks.
-  const int per = 8 / bits;
+  // first; cluster ids: five base-3 digits, lowest first; times `multiplier`): [bytes] ->
+  // [bytes, fields], whose row-major order is the values' order. Cheaper for ONNX Runtime
+  // to fold than shifts and masks.
+  const bool ternary = bits == kTernaryIds;
+  const int per = ternary ? 5 : 8 / bits;
   std::vector<int32_t> table;
   for (int byte = 0; byte < 256; ++byte) {
-    for (int j = 0; j < per; ++j) table.push_back(((byte >> (bits * j)) & ((1 << bits) - 1)) * multiplier);
+    int rest = byte;
+    for (int j = 0; j < per; ++j) {
+      int field;
+      if (ternary) {
+        field = rest % 3;
+        rest /= 3;
+      } else {
+        field = (byte >> (bits * j)) & ((1 << bits) - 1);
+      }
+      table.push_back(field * multiplier);
+    }
   }
   std::string fields = x;
   if (per > 1 || multiplier != 1) {
     fields = node("Gather", {ConstInt32s(g, "sq.const.unpack", table, {256, per}), x});
   }
   std::string flat = node("Reshape", {fields, ConstInt64s(g, "sq.const.flat", {-1})});
-  if (PackedBytes(n, bits) * per != n) {
+  if ((ternary ? IdBytes(n) : PackedBytes(n, bits)) * per != n) {
     flat = node("Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}), ConstInt64s(g, "sq.const.len", {n})});
   }
   return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
@@ -642,8 +654,8 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   plan->tensor_bytes.push_back({plan->data[0], CompactCodeBytes(n, cb)});
   if (nb == 3) {
     plan->ids = NewInitializer(owner, UniqueName(base + ".cluster_ids"), onnx::TensorProto::UINT8,
-                               {PackedBytes(n, 2)});
-    plan->tensor_bytes.push_back({plan->ids, PackedBytes(n, 2)});
+                               {IdBytes(n)});
+    plan->tensor_bytes.push_back({plan->ids, IdBytes(n)});
   }
 
   // Two decodings, both exact: (q - z_b) * s_b in float, as DequantizeLinear computes it.
@@ -677,7 +689,7 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
                                              : std::vector<int64_t>{n / c, c};
     std::string sym = AppendUnpack(owner, plan->data[0]->name(), cb, 1, view, &nodes);
     if (nb == 3) {
-      std::string cluster = AppendUnpack(owner, plan->ids->name(), 2, levels, view, &nodes);
+      std::string cluster = AppendUnpack(owner, plan->ids->name(), kTernaryIds, levels, view, &nodes);
       sym = node("Add", {sym, cluster});
     }
     // Table: [C, nb * 2^cb] (channel first), [nb * 2^cb, C] (channel last), [nb * 2^cb].
@@ -748,7 +760,7 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
     nodes.back().set_output(0, decoded_name);
     return decoded_name;
   }
-  const std::string id = AppendUnpack(owner, plan->ids->name(), 2, 1, g.shape, &nodes);
+  const std::string id = AppendUnpack(owner, plan->ids->name(), kTernaryIds, 1, g.shape, &nodes);
   const std::string is0 = node("Equal", {id, ConstInt32(owner, "sq.const.i32", 0)});
   const std::string is1 = node("Equal", {id, ConstInt32(owner, "sq.const.i32", 1)});
   const std::string upper = node("Where", {is1, values[1], values[2]});

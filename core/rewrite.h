@@ -170,8 +170,10 @@ class GraphEditor {
   // Appends op(inputs) to `nodes` as an unnamed decode node; returns its (new) output name.
   std::string AppendDecodeNode(std::vector<onnx::NodeProto>* nodes, const std::string& op,
                                std::vector<std::string> inputs);
-  // Appends the nodes unpacking `packed` (uint8, `bits` per value, low first) into an
-  // INT32 tensor of `shape` holding value * multiplier; returns its name.
+  // Appends the nodes unpacking `packed` (uint8, `bits` per value, low first; or
+  // kTernaryIds: five base-3 cluster ids per byte) into an INT32 tensor of `shape` holding
+  // value * multiplier; returns its name.
+  static constexpr int kTernaryIds = -3;
   std::string AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,
                            int32_t multiplier, const std::vector<int64_t>& shape,
                            std::vector<onnx::NodeProto>* nodes);

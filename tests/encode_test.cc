@@ -98,7 +98,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
             auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits));
             ASSERT_TRUE(e.ok()) << e.status();
             EXPECT_EQ(e->codes.size(), static_cast<size_t>(CompactCodeBytes(n, CompactContainerBits(bits))));
-            EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(PackedBytes(n, 2)) : 0u);
+            EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(IdBytes(n)) : 0u);
             split_cases += br.result.num_branches == 3 ? 1 : 0;
             if (bits <= 4) {
               // The engine hands over codes packed in their container: same encoding.

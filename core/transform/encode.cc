@@ -84,7 +84,8 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   const int32_t offset = -spec.qmin();  // unsigned codes: code - qmin
   CompactEncoding e;
   e.codes.assign(static_cast<size_t>(CompactCodeBytes(n, container_bits)), 0);
-  if (nb == 3) e.ids.assign(static_cast<size_t>(PackedBytes(n, 2)), 0);
+  if (nb == 3) e.ids.assign(static_cast<size_t>(IdBytes(n)), 0);
+  static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
   e.zero_points.resize(nb);
   for (int b = 0; b < nb; ++b) {
     for (int32_t z : result.params[b].zero_points) e.zero_points[b].push_back(static_cast<uint8_t>(z + offset));
@@ -107,7 +108,7 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
         status = absl::InternalError(absl::StrCat("weight element ", i, " is in ", found, " branches"));
       }
       if (found == 0) code = result.params[0].zero_points[p];
-      PutBits(e.ids.data(), i, 2, static_cast<uint32_t>(id));
+      e.ids[i / 5] = static_cast<uint8_t>(e.ids[i / 5] + id * kPow3[i % 5]);
     }
     PutBits(e.codes.data(), i, container_bits, static_cast<uint32_t>(code + offset));
   });
@@ -120,7 +121,8 @@ std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult
   std::vector<float> out;
   const bool split = !e.ids.empty();
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
-    const int b = split ? static_cast<int>(GetBits(e.ids.data(), i, 2)) : 0;
+    static constexpr int kPow3[5] = {1, 3, 9, 27, 81};
+    const int b = split ? e.ids[i / 5] / kPow3[i % 5] % 3 : 0;
     const float q = static_cast<float>(GetBits(e.codes.data(), i, container_bits));
     const float z = static_cast<float>(e.zero_points[b][p]);
     out.push_back((q - z) * result.params[b].scales[p]);

@@ -9,11 +9,12 @@
 //           bits first, as quantizer.h's PackCodes; a 3-bit code may straddle two bytes),
 //           in the weight's row-major order, CompactCodeBytes long. Signed
 //           (symmetric) codes are stored offset by 2^(bits-1), their zero points too.
-//   ids   : split layers only: the branch (cluster) of each weight, 2 bits, packed like
-//           the codes. A weight whose code is its branch's zero point in every branch is 0
-//           whatever its id; it gets id 0.
+//   ids   : split layers only: the branch (cluster) of each weight, 0, 1 or 2, five to a
+//           byte in base 3 (byte = sum of id_j * 3^j, j = 0..4: 1.6 bits per weight),
+//           IdBytes long. A weight whose code is its branch's zero point in every branch is
+//           0 whatever its id; it gets id 0.
 //   zero points and scales: per branch, the TransformResult's.
-// Stored bits per weight: container_bits + 2 (split) or container_bits (plain), plus the
+// Stored bits per weight: container_bits + 1.6 (split) or container_bits (plain), plus the
 // parameters.
 //
 // MatMulNBits (com.microsoft, ONNX Runtime): for a 2-D MatMul weight W[K, N] and one
@@ -67,6 +68,8 @@ int CompactContainerBits(int bits);
 // Bytes of n codes in the compact form's container: packed, and for 3 bits rounded up to
 // whole groups of 8 codes (3 bytes).
 int64_t CompactCodeBytes(int64_t n, int container_bits);
+// Bytes of n cluster ids in the compact form (five per byte, base 3).
+inline int64_t IdBytes(int64_t n) { return (n + 4) / 5; }
 
 struct CompactEncoding {
   std::vector<uint8_t> codes;                 // PackedBytes(n, container_bits)
