@@ -19,8 +19,17 @@ namespace sq {
 inline constexpr int kMaxSubgraphDepth = 64;
 // Highest rank accepted for a Conv/ConvTranspose weight (3 = 1-D conv; 5 = 3-D conv).
 inline constexpr int kMaxConvRank = 8;
+// Newest IR version accepted (ONNX 1.18's).
+inline constexpr int64_t kMaxIrVersion = 11;
 
-// OK, or InvalidArgument naming the node and what is wrong with it:
+// OK, or InvalidArgument naming the node (or tensor, or graph) and what is wrong with it:
+//  - ir_version above kMaxIrVersion;
+//  - names: a node input that nothing defines, or that a later node produces (a cycle or
+//    nodes out of topological order; a self-loop); a name defined twice in one graph
+//    (node outputs, inputs, initializers); a graph output nothing produces; a node whose
+//    domain is not among the opset imports; nameless inputs or initializers;
+//  - tensors (initializers, Constant values): unknown data type, negative dims, more than
+//    2^50 elements, raw and typed data both set, raw_data not the size its dims need;
 //  - subgraphs nested deeper than kMaxSubgraphDepth;
 //  - Conv / ConvTranspose: a constant weight (initializer or Constant node, in the node's
 //    graph or an outer one) of rank outside [3, kMaxConvRank]; `kernel_shape`,

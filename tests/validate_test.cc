@@ -3,6 +3,9 @@
 #include "core/validate.h"
 
 #include "core/engine.h"
+
+#include <filesystem>
+#include <functional>
 #include "gtest/gtest.h"
 #include "tests/support/model_builder.h"
 
@@ -115,6 +118,79 @@ TEST(ValidateTest, EngineRefusesRank200ConvInsteadOfCrashing) {
       auto info = InspectModelFile(dir + "/m.onnx");
       EXPECT_EQ(info.status().code(), absl::StatusCode::kInvalidArgument) << op;
     }
+  }
+}
+
+}  // namespace
+}  // namespace sq
+
+namespace sq {
+namespace {
+
+// x[N,8] -> MatMul w[8,4] -> Relu -> y: valid; each case below breaks one rule.
+onnx::ModelProto SmallModel() {
+  onnx::ModelProto m = testing::NewModel(13);
+  GraphBuilder b(m.mutable_graph());
+  b.Input("x", {-1, 8});
+  b.Initializer("w", {8, 4}, testing::TestWeights(32, 1));
+  b.Node("MatMul", {"x", "w"}, {"h"}, "mm");
+  b.Node("Relu", {"h"}, {"y"}, "relu");
+  b.Output("y");
+  return m;
+}
+
+struct BrokenCase {
+  std::string name;
+  std::function<void(onnx::ModelProto*)> breakit;
+  std::string message;
+};
+
+TEST(ValidateTest, InvalidGraphsAndTensorsAreRefusedNamingTheProblem) {
+  ASSERT_TRUE(Validate(SmallModel()).ok()) << Validate(SmallModel());
+  const std::vector<BrokenCase> cases = {
+      {"dangling input", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_node(1)->set_input(0, "nowhere"); },
+       "Relu node 'relu': input 'nowhere' is not produced"},
+      {"cycle", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_node(0)->set_input(0, "y"); },
+       "MatMul node 'mm': input 'y' is read before the node that produces it"},
+      {"self-loop", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_node(1)->set_input(0, "y"); },
+       "is read before the node that produces it"},
+      {"duplicate output", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_node(1)->set_output(0, "h"); },
+       "Relu node 'relu': output 'h' is already defined"},
+      {"duplicate initializer", [](onnx::ModelProto* m) { *m->mutable_graph()->add_initializer() = m->graph().initializer(0); },
+       "two initializers named 'w'"},
+      {"missing graph output", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_output(0)->set_name("z"); },
+       "output 'z' is not produced"},
+      {"unknown domain", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_node(1)->set_domain("com.example"); },
+       "domain 'com.example' is not among the model's opset imports"},
+      {"ir_version 999", [](onnx::ModelProto* m) { m->set_ir_version(999); }, "ir_version 999"},
+      {"negative dim", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_initializer(0)->set_dims(0, -8); },
+       "tensor 'w': negative dimension -8"},
+      {"huge dims", [](onnx::ModelProto* m) {
+         auto* t = m->mutable_graph()->mutable_initializer(0);
+         t->set_dims(0, int64_t{1} << 40);
+         t->set_dims(1, int64_t{1} << 40);
+       }, "more than 2^50 elements"},
+      {"raw and typed data", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_initializer(0)->add_float_data(1.0f); },
+       "both raw_data and typed data"},
+      {"raw data short", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_initializer(0)->mutable_raw_data()->resize(12); },
+       "raw_data holds 12 bytes, its dims need 128"},
+      {"unknown data type", [](onnx::ModelProto* m) { m->mutable_graph()->mutable_initializer(0)->set_data_type(99); },
+       "unknown data type 99"},
+  };
+  std::string dir = testing::MakeTempDir("validate");
+  for (const BrokenCase& c : cases) {
+    onnx::ModelProto m = SmallModel();
+    c.breakit(&m);
+    absl::Status st = Validate(m);
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << c.name;
+    EXPECT_NE(st.message().find(c.message), std::string::npos) << c.name << ": " << st;
+    // The engine refuses it the same way and writes nothing.
+    ASSERT_TRUE(testing::SaveModel(m, dir + "/bad.onnx").ok()) << c.name;
+    QuantizeOptions o;
+    o.min_weight_elements = 1;
+    auto r = QuantizeModelFile(dir + "/bad.onnx", dir + "/out.onnx", o, {});
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << c.name << ": " << r.status();
+    EXPECT_FALSE(std::filesystem::exists(dir + "/out.onnx")) << c.name;
   }
 }
 
