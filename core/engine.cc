@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <mutex>
 #include <set>
@@ -648,8 +649,12 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   report.options = options;
   SQ_RETURN_IF_ERROR(ValidateOptions(options));
   if (output_path.empty()) return absl::InvalidArgumentError("no output path given");
-  if (output_path == input_path) {
-    return absl::InvalidArgumentError("the output path is the input path; refusing to overwrite the input");
+  {
+    // The same file under another spelling (./m.onnx, a link) counts as the same path.
+    std::error_code ec;
+    if (output_path == input_path || std::filesystem::equivalent(input_path, output_path, ec)) {
+      return absl::InvalidArgumentError("the output path is the input path; refusing to overwrite the input");
+    }
   }
   auto progress = [&](const std::string& stage, int i = 0, int n = 0, const std::string& name = "") {
     if (hooks.on_progress) hooks.on_progress(Progress{stage, i, n, name});

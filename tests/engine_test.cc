@@ -35,6 +35,11 @@ constexpr double kQdqVsFakeRelTolerance = 1e-4;
 
 bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
 
+std::string ReadAll(const std::string& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
 class EngineTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("sq-engine"); }
@@ -831,6 +836,21 @@ TEST_F(EngineTest, BadInputGivesInvalidArgumentNamingTheProblem) {
   {
     auto r = Quantize(Path("missing.onnx"), Path("o.onnx"), o);
     EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound);
+  }
+  {
+    // The input under another spelling is still the input: refused, left as it was.
+    const std::string before = ReadAll(Path("mlp.onnx"));
+    auto r = Quantize(Path("mlp.onnx"), dir_ + "/./mlp.onnx", o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("refusing to overwrite the input"));
+    EXPECT_EQ(ReadAll(Path("mlp.onnx")), before);
+  }
+  {
+    // A FIFO is refused at once (opening it must not wait for a writer).
+    ASSERT_EQ(mkfifo(Path("fifo.onnx").c_str(), 0600), 0);
+    auto r = Quantize(Path("fifo.onnx"), Path("o.onnx"), o);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr("not a regular file"));
   }
   EXPECT_FALSE(Exists(Path("o.onnx")));
 }
