@@ -71,8 +71,8 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              DequantizeLinear) | portable (standard ops only, decoded at load)
   --form F                   how a split layer is stored: auto (default: compact for
                              ort-cpu/portable, branches otherwise) | branches (3 ops + Adds) |
-                             folded (weights added, 1 op) | compact (one code + a 2-bit
-                             cluster id per weight; ort-cpu/portable)
+                             folded (weights added, 1 op) | compact (one code + a cluster
+                             id of 1.6 bits per weight; ort-cpu/portable)
   --ort-accuracy-level N     MatMulNBits compute (ort-cpu): 4 (default, int8) | 0 (float)
   --nbits-min-elements N     ort-cpu: smaller MatMul weights are decoded at load instead of
                              MatMulNBits (default 1048576, 4 MiB of FP32: cache-resident

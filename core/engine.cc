@@ -208,9 +208,8 @@ struct SplitGain {
 // --split auto: the layer's weight SQNR plain and split under its options, by a dry run of
 // the transform that writes nothing.
 absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGroup& g,
-                                           const QuantizeOptions& options, int threads,
-                                           bool split = true) {
-  TransformConfig c = LayerTransformConfig(g, options, split, nullptr);
+                                           const QuantizeOptions& options, int threads) {
+  TransformConfig c = LayerTransformConfig(g, options, /*split=*/true, nullptr);
   c.encoding = WeightEncoding::kDequantizedSum;
   c.compute_plain_error = true;
   WeightView view;
@@ -224,7 +223,7 @@ absl::StatusOr<SplitGain> MeasureSplitGain(const FloatTensor& w, const WeightGro
                                                         r.status().message()));
   }
   return SplitGain{SqnrDb(r->signal_energy, r->plain_error_energy),
-                   SqnrDb(r->signal_energy, split ? r->split_error_energy : r->plain_error_energy)};
+                   SqnrDb(r->signal_energy, r->split_error_energy)};
 }
 
 // --bpw-budget's sensitivity: the mean over output channels of each channel's relative
@@ -367,7 +366,6 @@ absl::Status ChooseUnderBudget(LoadedModel& model, std::vector<GroupPlan>& plans
                    [](const SensitivityEntry& a, const SensitivityEntry& b) {
                      return a.rel_error_at_bits.front().second > b.rel_error_at_bits.front().second;
                    });
-  report->budget_bits_per_weight = choice.bits_per_weight;
   return absl::OkStatus();
 }
 
@@ -480,36 +478,38 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   const std::string& name = p.group->weight_name;
   // One low-bit kernel's tensors (MatMulNBits or GatherBlockQuantized) into plan slot `slot`.
   const bool gather = p.form == LayerForm::kGather || p.form == LayerForm::kGatherOuter8;
+  auto write_kernel = [&](int slot, const std::vector<uint8_t>& data, const std::vector<float>& scales,
+                          const std::vector<uint8_t>& zero_points) -> absl::Status {
+    SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, data.data(), data.size()));
+    SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, scales.data(), scales.size() * 4));
+    return write_bytes(p.zero_point[slot], 0, zero_points.data(), zero_points.size());
+  };
+  auto failed = [&](const absl::Status& s) {
+    return absl::InternalError(absl::StrCat("weight '", name, "': ", s.message()));
+  };
   auto encode_kernel = [&](int slot, const uint8_t* c, const BranchParams& params,
                            const QuantSpec& s, int code_bits) -> absl::Status {
-    absl::Status st;
     if (gather) {
       auto e = EncodeGatherBlockQuantized(c, params, p.layout, s, code_bits);
-      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e->data.data(), e->data.size()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e->scales.data(), e->scales.size() * 4));
-      return write_bytes(p.zero_point[slot], 0, e->zero_points.data(), e->zero_points.size());
+      if (!e.ok()) return failed(e.status());
+      return write_kernel(slot, e->data, e->scales, e->zero_points);
     }
     auto e = EncodeMatMulNBits(c, params, p.layout, s, code_bits);
-    if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
-    SQ_RETURN_IF_ERROR(write_bytes(p.data[slot], 0, e->b.data(), e->b.size()));
-    SQ_RETURN_IF_ERROR(write_bytes(p.scale[slot], 0, e->scales.data(), e->scales.size() * 4));
-    return write_bytes(p.zero_point[slot], 0, e->zero_points.data(), e->zero_points.size());
+    if (!e.ok()) return failed(e.status());
+    return write_kernel(slot, e->b, e->scales, e->zero_points);
   };
   if (p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGatherOuter8) {
     std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};
     auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric, cb, release);
-    if (!outer.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", outer.status().message()));
+    if (!outer.ok()) return failed(outer.status());
     free_buffer(codes[0]);
     free_buffer(codes[2]);
     SQ_RETURN_IF_ERROR(encode_kernel(0, codes[1].data(), r.params[1], spec, cb));
     free_buffer(codes[1]);
     if (gather) {
       auto e = EncodeGatherBlockQuantized8(std::move(outer->codes), outer->params, p.layout, spec.symmetric);
-      if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.data[1], 0, e->data.data(), e->data.size()));
-      SQ_RETURN_IF_ERROR(write_bytes(p.scale[1], 0, e->scales.data(), e->scales.size() * 4));
-      SQ_RETURN_IF_ERROR(write_bytes(p.zero_point[1], 0, e->zero_points.data(), e->zero_points.size()));
+      if (!e.ok()) return failed(e.status());
+      SQ_RETURN_IF_ERROR(write_kernel(1, e->data, e->scales, e->zero_points));
     } else {
       SQ_RETURN_IF_ERROR(encode_kernel(1, outer->codes.data(), outer->params, QuantSpec{8, spec.symmetric}, 8));
     }
@@ -1082,28 +1082,11 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
     if (!g.selected) continue;
     int64_t n = NumElementsOf(g.shape);
     weight_bytes += n * 4;
-    // The default target (ort-cpu), split: large MatMul weights in MatMulNBits (outer8 at
-    // 4 bits: a 4-bit and an 8-bit kernel; three 8-bit branches at 8), embedding tables in
-    // GatherBlockQuantized the same way, everything else
-    // compact (a code in its container + a 2-bit cluster id), with per-channel parameters.
-    const int64_t channels = g.shape[g.channel_axis];
-    const ParamLayout layout{g.shape, defaults.granularity, g.channel_axis, g.reduction_axis,
-                             defaults.block_size};
+    // The default target (ort-cpu), every layer split, in the form the plan would write.
     for (int bits : {2, 4, 8}) {
       QuantizeOptions at_bits = defaults;
       at_bits.bits = bits;
-      if (RunsInMatMulNBits(g, at_bits, layout)) {
-        const int64_t bs = NBitsBlockSize(layout), blocks = (g.shape[0] + bs - 1) / bs;
-        const int64_t kernel_bits = bits == 4 ? 4 + 8 : 3 * 8;
-        quantized_bytes[bits] += channels * blocks * bs * kernel_bits / 8 +
-                                 (bits == 4 ? 2 : 3) * channels * blocks * 5;
-      } else if (RunsInGatherBlockQuantized(g, at_bits, layout)) {
-        // One block per row; outer8 at <= 4 bits (the middle in its container + 8 bits).
-        const int64_t kernel_bits = bits <= 4 ? ContainerBits(bits) + 8 : 3 * 8;
-        quantized_bytes[bits] += n * kernel_bits / 8 + (bits <= 4 ? 2 : 3) * channels * 5;
-      } else {
-        quantized_bytes[bits] += CompactCodeBytes(n, CompactContainerBits(bits)) + IdBytes(n) + 3 * channels * 5;
-      }
+      quantized_bytes[bits] += LayerStoredBytes(g, at_bits, /*split=*/true, StoragePlan());
     }
   }
   info.weight_bytes = weight_bytes;

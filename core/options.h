@@ -47,7 +47,7 @@ enum class SplitForm {
               // for portable, branches otherwise
   kBranches,  // three copies of the op, outputs summed with Add (the paper's structure)
   kFolded,    // the three weights are added first, then one op runs (1x compute)
-  kCompact,   // one code + a 2-bit cluster id per weight, decoded into one weight at load
+  kCompact,   // one code + a cluster id (1.6 bits) per weight, decoded into one weight at load
               // (ort-cpu / portable); dequantizes bit-identically to the branches
   kOuter8,    // ort-cpu, MatMul: the middle branch at `bits` plus both outer clusters in
               // one 8-bit branch, two MatMulNBits (an accuracy variant: lower weight error

@@ -101,9 +101,8 @@ struct ModelReport {
   // Initializers that were also graph inputs (IR < 4 models) and became weights.
   std::vector<std::string> initializer_inputs_promoted;
   std::vector<LayerReport> layers;
-  // --bpw-budget only: the quantized layers' stored bits per weight the allocator chose,
-  // and every layer's sensitivity, most sensitive first.
-  double budget_bits_per_weight = 0;
+  // --bpw-budget only: every layer's sensitivity, most sensitive first (what the budget
+  // achieved is quantized_bits_per_weight: the engine holds each layer to its count).
   std::vector<SensitivityEntry> sensitivity;
 };
 

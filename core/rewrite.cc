@@ -109,6 +109,62 @@ bool RunsInGatherBlockQuantized(const WeightGroup& g, const QuantizeOptions& opt
   return GatherCanCarry(layout, options.bits);
 }
 
+namespace {
+
+// Under ort-cpu, the low-bit kernel that carries a layer (neither: compact), and whether a
+// split layer takes the outer8 form. One rule for planning and for LayerStoredBytes.
+struct KernelForm {
+  bool nbits = false, gather = false, outer8 = false;
+  bool Any() const { return nbits || gather; }
+};
+KernelForm ChooseKernelForm(const WeightGroup& g, const QuantizeOptions& options,
+                            const ParamLayout& layout, bool split) {
+  KernelForm k;
+  const SplitForm form = EffectiveForm(options);
+  if (options.target != Target::kOrtCpu || (split && form == SplitForm::kCompact)) return k;
+  k.nbits = RunsInMatMulNBits(g, options, layout);
+  k.gather = !k.nbits && RunsInGatherBlockQuantized(g, options, layout);
+  k.outer8 = k.Any() && split &&
+             (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
+  return k;
+}
+
+// The tensors of one kernel (MatMulNBits for W[K, N], GatherBlockQuantized for a table
+// [R, C]; encode.h) whose codes are `bits` wide.
+struct KernelDims {
+  std::vector<int64_t> data, scales, zero_points;
+};
+KernelDims KernelTensorDims(const ParamLayout& l, bool gather, int64_t bits) {
+  KernelDims d;
+  const int64_t k = l.shape[0], n = l.shape[1];
+  const int64_t bs = gather ? GatherBlockSize(l) : NBitsBlockSize(l);
+  const int64_t blocks = ((gather ? n : k) + bs - 1) / bs;
+  if (gather) {
+    d.data = {k, n * bits / 8};
+    d.scales = {k, blocks};
+    d.zero_points = {k, (blocks * bits + 7) / 8};
+  } else {
+    d.data = {n, blocks, bs * bits / 8};
+    d.scales = {n * blocks};
+    d.zero_points = {n * ((blocks * bits + 7) / 8)};
+  }
+  return d;
+}
+
+// Kernel b's code width: outer8's second kernel holds the outer clusters at 8 bits;
+// GatherBlockQuantized takes codes in their 2/4/8-bit container.
+int64_t KernelBits(bool gather, bool outer8, int b, int bits) {
+  return outer8 && b == 1 ? 8 : gather ? ContainerBits(bits) : bits;
+}
+
+int64_t Product(const std::vector<int64_t>& dims) {
+  int64_t p = 1;
+  for (int64_t d : dims) p *= d;
+  return p;
+}
+
+}  // namespace
+
 int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, bool split,
                          const StoragePlan& layer_storage) {
   const int64_t n = NumElements(*g.weight.tensor);
@@ -131,26 +187,13 @@ int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, b
     return nb * (PackedBytes(n, sb) + params * 4 + PackedBytes(params, sb));
   }
   const ParamLayout layout{g.shape, c.granularity, g.channel_axis, g.reduction_axis, options.block_size};
-  const SplitForm form = EffectiveForm(options);
-  const bool nbits = options.target == Target::kOrtCpu && RunsInMatMulNBits(g, options, layout) &&
-                     (!split || form != SplitForm::kCompact);
-  const bool gather = options.target == Target::kOrtCpu &&
-                      RunsInGatherBlockQuantized(g, options, layout) &&
-                      (!split || form != SplitForm::kCompact);
-  if (nbits || gather) {
-    const bool outer8 = split && (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
-    const int kernels = outer8 ? 2 : nb;
-    const int64_t k = layout.shape[0], cols = layout.shape[1];
-    const int64_t bs = gather ? GatherBlockSize(layout) : NBitsBlockSize(layout);
-    const int64_t blocks = ((gather ? cols : k) + bs - 1) / bs;
+  const KernelForm kernel = ChooseKernelForm(g, options, layout, split);
+  if (kernel.Any()) {
     int64_t bytes = 0;
-    for (int b = 0; b < kernels; ++b) {
-      const int64_t bits = outer8 && b == 1 ? 8 : gather ? ContainerBits(options.bits) : options.bits;
-      if (gather) {
-        bytes += k * cols * bits / 8 + k * blocks * 4 + k * ((blocks * bits + 7) / 8);
-      } else {
-        bytes += cols * blocks * (bs * bits / 8) + cols * blocks * 4 + cols * ((blocks * bits + 7) / 8);
-      }
+    for (int b = 0; b < (kernel.outer8 ? 2 : nb); ++b) {
+      const KernelDims d =
+          KernelTensorDims(layout, kernel.gather, KernelBits(kernel.gather, kernel.outer8, b, options.bits));
+      bytes += Product(d.data) + Product(d.scales) * 4 + Product(d.zero_points);
     }
     return bytes;
   }
@@ -385,17 +428,10 @@ absl::Status GraphEditor::PlanGroup(
     c.storage_bits = ContainerBits(options.bits);
     plan->layout = ParamLayout{g.shape, gran, g.channel_axis, g.reduction_axis, options.block_size};
     maybe_unused_.insert(g.weight.tensor);
-    const SplitForm form = EffectiveForm(options);
-    const bool nbits = options.target == Target::kOrtCpu &&
-                       RunsInMatMulNBits(g, options, plan->layout) &&
-                       (!plan->split || form != SplitForm::kCompact);
-    const bool gather = options.target == Target::kOrtCpu &&
-                        RunsInGatherBlockQuantized(g, options, plan->layout) &&
-                        (!plan->split || form != SplitForm::kCompact);
-    plan->outer8 = (nbits || gather) && plan->split &&
-                   (form == SplitForm::kOuter8 || (form == SplitForm::kAuto && options.bits <= 4));
-    if (nbits || gather) {
-      PlanKernels(plan, options, gather);
+    const KernelForm kernel = ChooseKernelForm(g, options, plan->layout, plan->split);
+    plan->outer8 = kernel.outer8;
+    if (kernel.Any()) {
+      PlanKernels(plan, options, kernel.gather);
     } else {
       const std::string decoded = PlanCompact(plan, options);
       for (LayerUse& use : g.uses) use.node->set_input(use.weight_input, decoded);
@@ -596,11 +632,7 @@ std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& pa
     t = node("Div", {t, ConstInt32s(g, "sq.const.powers8", powers, {1, 8})});
     t = node("Mod", {t, ConstInt32(g, "sq.const.i32", 8)});
     if (multiplier != 1) t = node("Mul", {t, ConstInt32(g, "sq.const.i32", multiplier)});
-    std::string flat = node("Reshape", {t, ConstInt64s(g, "sq.const.flat", {-1})});
-    if (groups * 8 != n) {
-      flat = node("Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}), ConstInt64s(g, "sq.const.len", {n})});
-    }
-    return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
+    return AppendFlatten(g, t, groups * 8, shape, nodes);
   }
   // One Gather through a 256-entry table turns every byte into its 8/bits fields (low bits
   // first; cluster ids: five base-3 digits, lowest first; times `multiplier`): [bytes] ->
@@ -626,11 +658,20 @@ std::string GraphEditor::AppendUnpack(onnx::GraphProto* g, const std::string& pa
   if (per > 1 || multiplier != 1) {
     fields = node("Gather", {ConstInt32s(g, "sq.const.unpack", table, {256, per}), x});
   }
-  std::string flat = node("Reshape", {fields, ConstInt64s(g, "sq.const.flat", {-1})});
-  if ((ternary ? IdBytes(n) : PackedBytes(n, bits)) * per != n) {
-    flat = node("Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}), ConstInt64s(g, "sq.const.len", {n})});
+  return AppendFlatten(g, fields, (ternary ? IdBytes(n) : PackedBytes(n, bits)) * per, shape, nodes);
+}
+
+std::string GraphEditor::AppendFlatten(onnx::GraphProto* g, const std::string& fields,
+                                       int64_t count, const std::vector<int64_t>& shape,
+                                       std::vector<onnx::NodeProto>* nodes) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  std::string flat = AppendDecodeNode(nodes, "Reshape", {fields, ConstInt64s(g, "sq.const.flat", {-1})});
+  if (count != n) {
+    flat = AppendDecodeNode(nodes, "Slice", {flat, ConstInt64s(g, "sq.const.zero", {0}),
+                                             ConstInt64s(g, "sq.const.len", {n})});
   }
-  return node("Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
+  return AppendDecodeNode(nodes, "Reshape", {flat, ConstInt64s(g, "sq.const.shape", shape)});
 }
 
 std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& options) {
@@ -779,33 +820,20 @@ void GraphEditor::PlanKernels(GroupPlan* plan, const QuantizeOptions& options, b
   // MatMulNBits: W[K, N]; GatherBlockQuantized: a table [R, C] (encode.h for both layouts).
   const int64_t k = l.shape[0], n = l.shape[1];
   const int64_t bs = gather ? GatherBlockSize(l) : NBitsBlockSize(l);
-  const int64_t blocks = ((gather ? n : k) + bs - 1) / bs;
   // outer8: kernel 0 runs the middle branch at `bits`, kernel 1 the outer clusters at 8.
   const int kernels = plan->outer8 ? 2 : plan->num_branches;
-  auto bits_of = [&](int b) {
-    return plan->outer8 && b == 1 ? 8 : gather ? ContainerBits(options.bits) : options.bits;
-  };
+  auto bits_of = [&](int b) { return KernelBits(gather, plan->outer8, b, options.bits); };
   for (int b = 0; b < kernels; ++b) {
     const std::string suffix =
         kernels == 1 ? "" : plan->outer8 ? (b == 0 ? ".middle" : ".outer") : absl::StrCat(".b", b);
-    const int64_t bits = bits_of(b);
-    std::vector<int64_t> data_dims, scale_dims, zp_dims;
-    if (gather) {
-      data_dims = {k, n * bits / 8};
-      scale_dims = {k, blocks};
-      zp_dims = {k, (blocks * bits + 7) / 8};
-    } else {
-      data_dims = {n, blocks, bs * bits / 8};
-      scale_dims = {n * blocks};
-      zp_dims = {n * ((blocks * bits + 7) / 8)};
-    }
+    const KernelDims d = KernelTensorDims(l, gather, bits_of(b));
     const char* kind = gather ? ".gbq" : ".nbits";
     plan->data[b] = NewInitializer(owner, UniqueName(base + suffix + kind),
-                                   onnx::TensorProto::UINT8, data_dims);
+                                   onnx::TensorProto::UINT8, d.data);
     plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + kind + "_scales"),
-                                    onnx::TensorProto::FLOAT, scale_dims);
+                                    onnx::TensorProto::FLOAT, d.scales);
     plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + kind + "_zero_points"),
-                                         onnx::TensorProto::UINT8, zp_dims);
+                                         onnx::TensorProto::UINT8, d.zero_points);
     plan->tensor_bytes.push_back({plan->data[b], NumElements(*plan->data[b])});
     plan->tensor_bytes.push_back({plan->scale[b], NumElements(*plan->scale[b]) * 4});
     plan->tensor_bytes.push_back({plan->zero_point[b], NumElements(*plan->zero_point[b])});

@@ -177,6 +177,10 @@ class GraphEditor {
   std::string AppendUnpack(onnx::GraphProto* g, const std::string& packed, int bits,
                            int32_t multiplier, const std::vector<int64_t>& shape,
                            std::vector<onnx::NodeProto>* nodes);
+  // Appends Reshape(-1), a Slice to the first n = prod(shape) values when `count` (the
+  // unpacked fields, padding included) exceeds it, and Reshape(shape); returns its name.
+  std::string AppendFlatten(onnx::GraphProto* g, const std::string& fields, int64_t count,
+                            const std::vector<int64_t>& shape, std::vector<onnx::NodeProto>* nodes);
   std::string ConstInt32(onnx::GraphProto* g, const std::string& base, int32_t v);
   std::string ConstInt32s(onnx::GraphProto* g, const std::string& base,
                           const std::vector<int32_t>& v, const std::vector<int64_t>& dims = {});

@@ -1196,6 +1196,10 @@ TEST_F(EngineTest, BitsPerWeightBudgetIsHeldInEveryTarget) {
       ASSERT_TRUE(r.ok()) << tag << ": " << r.status();
       EXPECT_LE(r->quantized_bits_per_weight, budget) << tag;
       ASSERT_EQ(r->sensitivity.size(), 4u) << tag;
+      const std::string json = ReportToJson(*r);
+      EXPECT_THAT(json, HasSubstr("\"bpw_budget\"")) << tag;
+      EXPECT_THAT(json, HasSubstr("\"relative_error_at_bits\"")) << tag;
+      EXPECT_THAT(ReportSummary(*r), HasSubstr("most sensitive")) << tag;
       std::map<std::string, const SensitivityEntry*> chosen;
       for (const auto& e : r->sensitivity) chosen[e.layer] = &e;
       double error = 0;

@@ -1,5 +1,6 @@
 #include "core/options.h"
 
+#include <cmath>
 #include <optional>
 #include <string>
 
@@ -65,6 +66,18 @@ TEST(OptionsTest, ThreadsMinElementsOpset) {
     o.target_opset = v;
     EXPECT_TRUE(ValidateOptions(o).ok()) << v;
   }
+}
+
+TEST(OptionsTest, BitsPerWeightBudgetRangeAndFormat) {
+  QuantizeOptions o;
+  for (double v : {-1.0, 33.0, std::nan("")}) {
+    o.bpw_budget = v;
+    ExpectInvalid(o, "bpw_budget");
+  }
+  o.bpw_budget = 2.5;
+  EXPECT_TRUE(ValidateOptions(o).ok());
+  o.format = OutputFormat::kFake;
+  ExpectInvalid(o, "writes FP32 weights");
 }
 
 TEST(OptionsTest, SplitFormatNeedsSplit) {

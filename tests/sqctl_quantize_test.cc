@@ -47,9 +47,11 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
 TEST(ParseQuantizeArgsTest, ParsesLayerOverridesSplitAutoAndInitializerInputs) {
   auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--split", "auto", "--layer",
                               "head=bits:8,split:off", "--layer", "conv=granularity:tensor",
-                              "--initializer-inputs", "inputs", "--quantize-gather", "off"});
+                              "--initializer-inputs", "inputs", "--quantize-gather", "off",
+                              "--bpw-budget", "3.5"});
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_FALSE(a->options.quantize_gather);
+  EXPECT_DOUBLE_EQ(a->options.bpw_budget, 3.5);
   EXPECT_EQ(a->options.split, SplitMode::kAuto);
   ASSERT_EQ(a->options.layer_overrides.size(), 2u);
   EXPECT_EQ(ToString(a->options.layer_overrides[0]), "head=bits:8,split:off");
@@ -117,6 +119,7 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
                         Case{{"m.onnx", "-o", "o", "--layer", "fc=colour:red"}, "unknown key 'colour'"},
                         Case{{"m.onnx", "-o", "o", "--initializer-inputs", "maybe"}, "--initializer-inputs"},
                         Case{{"m.onnx", "-o", "o", "--quantize-gather", "yes"}, "--quantize-gather"},
+                        Case{{"m.onnx", "-o", "o", "--bpw-budget", "small"}, "--bpw-budget"},
                         Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
     auto a = ParseQuantizeArgs(c.args);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;

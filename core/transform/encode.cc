@@ -41,6 +41,13 @@ inline uint32_t GetBits(const uint8_t* in, int64_t pos, int bits) {
   return (x >> (bit & 7)) & ((1u << bits) - 1);
 }
 
+// Cluster ids, five to a byte in base 3 (encode.h).
+constexpr int kPow3[5] = {1, 3, 9, 27, 81};
+inline void PutId(uint8_t* ids, int64_t i, int id) {
+  ids[i / 5] = static_cast<uint8_t>(ids[i / 5] + id * kPow3[i % 5]);
+}
+inline int IdAt(const uint8_t* ids, int64_t i) { return ids[i / 5] / kPow3[i % 5] % 3; }
+
 inline int32_t CodeValue(uint8_t raw, bool is_signed) {
   return is_signed ? static_cast<int32_t>(static_cast<int8_t>(raw)) : static_cast<int32_t>(raw);
 }
@@ -85,7 +92,6 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   CompactEncoding e;
   e.codes.assign(static_cast<size_t>(CompactCodeBytes(n, container_bits)), 0);
   if (nb == 3) e.ids.assign(static_cast<size_t>(IdBytes(n)), 0);
-  static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
   e.zero_points.resize(nb);
   for (int b = 0; b < nb; ++b) {
     for (int32_t z : result.params[b].zero_points) e.zero_points[b].push_back(static_cast<uint8_t>(z + offset));
@@ -108,7 +114,7 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
         status = absl::InternalError(absl::StrCat("weight element ", i, " is in ", found, " branches"));
       }
       if (found == 0) code = result.params[0].zero_points[p];
-      e.ids[i / 5] = static_cast<uint8_t>(e.ids[i / 5] + id * kPow3[i % 5]);
+      PutId(e.ids.data(), i, id);
     }
     PutBits(e.codes.data(), i, container_bits, static_cast<uint32_t>(code + offset));
   });
@@ -121,8 +127,7 @@ std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult
   std::vector<float> out;
   const bool split = !e.ids.empty();
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
-    static constexpr int kPow3[5] = {1, 3, 9, 27, 81};
-    const int b = split ? e.ids[i / 5] / kPow3[i % 5] % 3 : 0;
+    const int b = split ? IdAt(e.ids.data(), i) : 0;
     const float q = static_cast<float>(GetBits(e.codes.data(), i, container_bits));
     const float z = static_cast<float>(e.zero_points[b][p]);
     out.push_back((q - z) * result.params[b].scales[p]);
