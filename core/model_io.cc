@@ -69,6 +69,12 @@ bool IsExternal(const onnx::TensorProto& t) {
   return t.data_location() == onnx::TensorProto::EXTERNAL;
 }
 
+int64_t NumElements(const std::vector<int64_t>& dims) {
+  int64_t n = 1;
+  for (int64_t d : dims) n *= d;
+  return n;
+}
+
 int64_t NumElements(const onnx::TensorProto& t) {
   int64_t n = 1;
   for (int64_t d : t.dims()) {

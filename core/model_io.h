@@ -86,6 +86,8 @@ absl::StatusOr<FloatTensor> ReadFloatTensor(const LoadedModel& model, const onnx
 
 // Element count from dims (1 for a scalar); -1 on negative dims or overflow.
 int64_t NumElements(const onnx::TensorProto& t);
+// Element count of a shape (1 for a scalar); dims must be valid (>= 0, no overflow).
+int64_t NumElements(const std::vector<int64_t>& dims);
 // elements * element_bytes, or -1 when either is invalid (< 0, <= 0) or the product
 // overflows int64.
 int64_t CheckedBytes(int64_t elements, int64_t element_bytes);

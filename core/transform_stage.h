@@ -1,0 +1,45 @@
+// Stage "transform" of the engine: every planned layer's weight read, split and quantized
+// (TransformWeight), encoded in its planned form and written to its place in the output,
+// and the untouched tensors copied, on a pool of worker threads.
+//
+// Scheduling: one task per layer, largest first, plus one per copied tensor. A layer bigger
+// than a fair share of the work cuts its passes across extra threads; layers whose
+// re-encoding buffers more than 128 MB of codes run one at a time. None of this changes a
+// byte of the output: every byte has a planned place (OutputFiles), and TransformWeight's
+// results do not depend on how its passes are cut.
+#ifndef SQ_CORE_TRANSFORM_STAGE_H_
+#define SQ_CORE_TRANSFORM_STAGE_H_
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model_io.h"
+#include "core/output.h"
+#include "core/rewrite.h"
+#include "core/weight_transform.h"
+
+namespace sq {
+
+// Whether a layer's codes are re-encoded after the transform (compact and kernel forms)
+// rather than written as the transform emits them.
+bool IsReencoded(LayerForm f);
+
+struct TransformStageHooks {
+  // Called from the calling thread as layers finish: (finished so far, total, layer name).
+  std::function<void(int, int, const std::string&)> on_layer;
+  std::function<bool()> is_cancelled;  // polled every 100 ms; may be empty
+};
+
+// Transforms every plan into `out` with `threads` workers; results[i] belongs to plans[i].
+// Errors: the first failing layer's or copy's (the message names the weight), Cancelled
+// when hooks.is_cancelled() turned true.
+absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& model,
+                                                              const std::vector<GroupPlan>& plans,
+                                                              OutputFiles& out, int threads,
+                                                              const TransformStageHooks& hooks);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_TRANSFORM_STAGE_H_
