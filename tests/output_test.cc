@@ -1,0 +1,169 @@
+// The engine's layout and write stages (core/output.h) alone: where tensors go, bounds on
+// writes, copies of untouched external tensors, and that nothing is visible before Commit.
+#include "core/output.h"
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/file_util.h"
+#include "core/model_io.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/support/model_builder.h"
+
+namespace sq {
+namespace {
+
+using ::sq::testing::GraphBuilder;
+using ::testing::HasSubstr;
+
+bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
+
+class OutputTest : public ::testing::Test {
+ protected:
+  void SetUp() override { dir_ = testing::MakeTempDir("sq-output"); }
+  std::string Path(const std::string& name) { return dir_ + "/" + name; }
+
+  // y = x @ W with a 32x32 weight (4 KiB) and a 4-element bias-like tensor, saved with
+  // the weight in external data when `external`.
+  std::unique_ptr<LoadedModel> Model(bool external) {
+    onnx::ModelProto m = testing::NewModel();
+    GraphBuilder b(m.mutable_graph());
+    b.Input("x", {1, 32});
+    b.Initializer("W", {32, 32}, testing::TestWeights(32 * 32, 3));
+    b.Initializer("c", {4}, {1, 2, 3, 4});
+    b.Node("MatMul", {"x", "W"}, {"y"});
+    b.Output("y");
+    const std::string path = Path("in.onnx");
+    EXPECT_TRUE((external ? testing::SaveModelWithExternalData(m, path, "in.data", 1024)
+                          : testing::SaveModel(m, path))
+                    .ok());
+    auto model = LoadedModel::FromFile(path);
+    EXPECT_TRUE(model.ok()) << model.status();
+    return *std::move(model);
+  }
+
+  // A planned tensor of `bytes` bytes added to the model's graph, as the planner would.
+  onnx::TensorProto* Planned(LoadedModel& model, const std::string& name, int64_t bytes,
+                             std::vector<GroupPlan>* plans) {
+    onnx::TensorProto* t = model.proto().mutable_graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(onnx::TensorProto::UINT8);
+    t->add_dims(bytes);
+    GroupPlan p;
+    p.tensor_bytes.push_back({t, bytes});
+    plans->push_back(p);
+    return t;
+  }
+
+  std::string dir_;
+};
+
+TEST_F(OutputTest, SmallModelStaysInlineAndPlannedBytesLandInRawData) {
+  auto model = Model(/*external=*/false);
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* t = Planned(*model, "codes", 8, &plans);
+  auto out = OutputFiles::LayOut(*model, plans, QuantizeOptions(), Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ((*out)->num_copies(), 0);
+  const uint8_t bytes[3] = {7, 8, 9};
+  ASSERT_TRUE((*out)->WriteTensorBytes(t, 5, bytes, 3).ok());
+  EXPECT_EQ(t->raw_data(), std::string("\0\0\0\0\0\x07\x08\x09", 8));
+
+  ModelReport report;
+  ASSERT_TRUE((*out)->Commit(model->proto(), &report).ok());
+  EXPECT_FALSE(Exists(Path("out.onnx.data")));
+  EXPECT_TRUE(report.external_data_path.empty());
+  auto size = FileSize(Path("out.onnx"));
+  ASSERT_TRUE(size.ok());
+  EXPECT_EQ(report.output_bytes, *size);
+  EXPECT_EQ(report.output_sha256.size(), 64u);
+}
+
+TEST_F(OutputTest, WritesOutsideAPlannedTensorAreInternalErrors) {
+  auto model = Model(/*external=*/false);
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* t = Planned(*model, "codes", 8, &plans);
+  auto out = OutputFiles::LayOut(*model, plans, QuantizeOptions(), Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  const uint8_t bytes[4] = {};
+  absl::Status past = (*out)->WriteTensorBytes(t, 6, bytes, 4);
+  EXPECT_EQ(past.code(), absl::StatusCode::kInternal);
+  EXPECT_THAT(past.message(), HasSubstr("'codes'"));
+  EXPECT_EQ((*out)->WriteTensorBytes(t, -1, bytes, 1).code(), absl::StatusCode::kInternal);
+  // A tensor the plans never named has no place.
+  onnx::TensorProto* w = &(*model->proto().mutable_graph()->mutable_initializer(0));
+  EXPECT_EQ((*out)->WriteTensorBytes(w, 0, bytes, 1).code(), absl::StatusCode::kInternal);
+}
+
+TEST_F(OutputTest, ExternalInputKeepsLargeTensorsExternalAndCopiesThemExactly) {
+  auto model = Model(/*external=*/true);
+  ASSERT_TRUE(model->uses_external_data());
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* t = Planned(*model, "codes", 5000, &plans);
+  QuantizeOptions options;
+  options.external_data = true;
+  auto out = OutputFiles::LayOut(*model, plans, options, Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  // W (4 KiB, external) moves by a copy job; c (16 bytes) stays inline.
+  ASSERT_EQ((*out)->num_copies(), 1);
+  EXPECT_EQ((*out)->copy_bytes(0), 32 * 32 * 4);
+  ASSERT_TRUE((*out)->RunCopy(0).ok());
+  std::string codes(5000, '\x5a');
+  ASSERT_TRUE((*out)->WriteTensorBytes(t, 0, codes.data(), codes.size()).ok());
+  // Nothing under the output names before the commit.
+  EXPECT_FALSE(Exists(Path("out.onnx")));
+  EXPECT_FALSE(Exists(Path("out.onnx.data")));
+
+  ModelReport report;
+  ASSERT_TRUE((*out)->Commit(model->proto(), &report).ok());
+  EXPECT_EQ(report.external_data_path, "out.onnx.data");
+  auto sha = Sha256File(Path("out.onnx.data"));
+  ASSERT_TRUE(sha.ok());
+  EXPECT_EQ(report.external_data_sha256, *sha);
+
+  auto written = LoadedModel::FromFile(Path("out.onnx"));
+  ASSERT_TRUE(written.ok()) << written.status();
+  auto original = LoadedModel::FromFile(Path("in.onnx"));
+  ASSERT_TRUE(original.ok());
+  auto tensor = [](LoadedModel& m, const std::string& name) -> const onnx::TensorProto* {
+    for (const auto& i : m.proto().graph().initializer()) {
+      if (i.name() == name) return &i;
+    }
+    return nullptr;
+  };
+  const onnx::TensorProto* w_out = tensor(**written, "W");
+  ASSERT_NE(w_out, nullptr);
+  EXPECT_TRUE(IsExternal(*w_out));
+  EXPECT_FALSE(IsExternal(*tensor(**written, "c")));
+  auto a = ReadFloatTensor(**written, *w_out);
+  auto b = ReadFloatTensor(**original, *tensor(**original, "W"));
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size, b->size);
+  EXPECT_EQ(std::memcmp(a->data, b->data, a->size * 4), 0);
+}
+
+TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {
+  auto model = Model(/*external=*/true);
+  std::vector<GroupPlan> plans;
+  Planned(*model, "codes", 5000, &plans);
+  QuantizeOptions options;
+  options.external_data = true;
+  {
+    auto out = OutputFiles::LayOut(*model, plans, options, Path("out.onnx"));
+    ASSERT_TRUE(out.ok()) << out.status();
+  }
+  EXPECT_FALSE(Exists(Path("out.onnx")));
+  EXPECT_FALSE(Exists(Path("out.onnx.data")));
+  int entries = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+    const std::string name = e.path().filename().string();
+    entries += name.find("out.onnx") != std::string::npos ? 1 : 0;
+  }
+  EXPECT_EQ(entries, 0) << "a temporary was left behind";
+}
+
+}  // namespace
+}  // namespace sq
