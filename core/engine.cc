@@ -105,6 +105,7 @@ void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupP
       quantized_elements += NumElements(g.shape);
     }
     l.bias_split = p.bias_split;
+    l.seconds = r.seconds;
     l.note = p.granularity_note;
     if (!g.other_consumers.empty()) {
       report->warnings.push_back(absl::StrCat("weight '", g.weight_name, "' is also read by ",

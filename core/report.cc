@@ -97,6 +97,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"bytes_before", l.bytes_before},
                       {"bytes_after", l.bytes_after},
                       {"stored_bits_per_weight", std::round(l.stored_bits_per_weight * 1000) / 1000},
+                      {"seconds", std::round(l.seconds * 1000) / 1000},
                       {"note", l.note},
                       {"form", l.form},
                       {"bits", l.bits},

@@ -42,6 +42,7 @@ struct LayerReport {
   // bytes_after * 8 / elements: what each weight of this layer costs in the artifact, every
   // branch's codes (in their real containers), scales and zero points counted.
   double stored_bits_per_weight = 32;
+  double seconds = 0;               // wall time of this layer in stage "transform"
   bool bias_split = false;
   std::string note;                 // e.g. a granularity fallback
   // How the weight is stored: dq (DequantizeLinear per branch), fp32 (format fake/split),

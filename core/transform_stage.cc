@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <mutex>
@@ -247,9 +248,11 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
     const GroupPlan& p = plans[i];
     const int64_t numel = NumElements(p.group->shape);
     const int parts = threads > 1 && numel * threads > 2 * total_weight_elements ? threads : 1;
+    const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<TransformResult> r = TransformLayer(model, p, out, parts);
     if (!r.ok()) return r.status();
     results[i] = *std::move(r);
+    results[i].seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return absl::OkStatus();
   };
 

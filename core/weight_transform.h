@@ -104,6 +104,8 @@ struct TransformResult {
                                        // with the same granularity (if requested; also
                                        // for kFloatSplit, where split_error_energy = 0)
   int64_t bytes_per_branch = 0;        // encoded size of one branch
+  double seconds = 0;                  // the engine's transform stage: this layer's wall time
+                                       // (read, transform, re-encode, write)
 };
 
 // Receives encoded bytes of `branch` at `offset` within that branch's encoded tensor.

@@ -201,6 +201,92 @@ TEST(EncodeTest, Outer8KeepsTheMiddleAndLowersTheError) {
   }
 }
 
+// 8-bit codes (one byte each, two's complement when signed) packed into `bits` containers.
+std::vector<uint8_t> Pack(const std::vector<uint8_t>& codes8, int bits, bool sym) {
+  std::vector<int32_t> v(codes8.size());
+  for (size_t i = 0; i < v.size(); ++i) v[i] = sym ? static_cast<int8_t>(codes8[i]) : codes8[i];
+  std::vector<uint8_t> out(PackedBytes(static_cast<int64_t>(v.size()), bits));
+  PackCodes(v, bits, out.data());
+  return out;
+}
+
+// The fast MatMulNBits encoder equals the element-by-element reference byte for byte, for
+// odd and even K and N, both containers, every granularity and symmetry.
+TEST(EncodeTest, MatMulNBitsFastEqualsReference) {
+  int cases = 0;
+  for (int64_t k : {1, 7, 64, 131}) {
+    for (int64_t n : {1, 2, 3, 130, 258}) {
+      const std::vector<float> w = Weights(k * n, 17 + k + n);
+      for (int bits : {4, 8}) {
+        for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+          for (bool sym : {false, true}) {
+            const TransformConfig c = SplitConfig(bits, sym, gran, 32);
+            Branches br = TransformAll(w, {k, n}, 1, 0, c);
+            ParamLayout l{{k, n}, gran, 1, 0, 32};
+            if (!NBitsCanCarry(l, bits)) continue;
+            for (int b = 0; b < br.result.num_branches; ++b) {
+              for (int cb : {bits, 8}) {
+                const std::vector<uint8_t> codes = cb == 8 ? br.codes[b] : Pack(br.codes[b], cb, sym);
+                auto fast = EncodeMatMulNBits(codes.data(), br.result.params[b], l, c.spec, cb);
+                auto ref = EncodeMatMulNBitsReference(codes.data(), br.result.params[b], l, c.spec, cb);
+                ASSERT_TRUE(fast.ok() && ref.ok());
+                const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
+                                                      ToString(gran), sym ? " sym" : " asym", " branch ", b);
+                EXPECT_EQ(fast->b, ref->b) << what;
+                EXPECT_EQ(fast->scales, ref->scales) << what;
+                EXPECT_EQ(fast->zero_points, ref->zero_points) << what;
+                ++cases;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 300);
+}
+
+// The fast outer8 equals the reference: codes, parameters and error energy, on [K, N]
+// weights and [R, C] tables, odd and even widths, 4- and 8-bit containers.
+TEST(EncodeTest, Outer8FastEqualsReference) {
+  int cases = 0;
+  for (bool table : {false, true}) {
+    for (int64_t rows : {3, 40}) {
+      for (int64_t cols : {5, 16, 66}) {
+        const std::vector<float> w = Weights(rows * cols, 29 + rows * cols);
+        for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+          for (bool sym : {false, true}) {
+            const TransformConfig c = SplitConfig(4, sym, gran, 16);
+            Branches br = table ? TransformAll(w, {rows, cols}, 0, 1, c) : TransformAll(w, {rows, cols}, 1, 0, c);
+            if (br.result.num_branches != 3) continue;
+            ParamLayout l = table ? ParamLayout{{rows, cols}, gran, 0, 1, 16} : ParamLayout{{rows, cols}, gran, 1, 0, 16};
+            for (int cb : {4, 8}) {
+              std::array<std::vector<uint8_t>, 3> packed;
+              std::vector<const uint8_t*> codes;
+              for (int b = 0; b < 3; ++b) {
+                packed[b] = cb == 8 ? br.codes[b] : Pack(br.codes[b], cb, sym);
+                codes.push_back(packed[b].data());
+              }
+              auto fast = QuantizeOuterAt8(w.data(), codes, br.result, l, sym, cb);
+              auto ref = QuantizeOuterAt8Reference(w.data(), codes, br.result, l, sym, cb);
+              ASSERT_TRUE(fast.ok() && ref.ok()) << fast.status() << ref.status();
+              const std::string what = absl::StrCat(table ? "table " : "matmul ", rows, "x", cols, " container ", cb,
+                                                    " ", ToString(gran), sym ? " sym" : " asym");
+              EXPECT_EQ(fast->codes, ref->codes) << what;
+              EXPECT_EQ(fast->params.scales, ref->params.scales) << what;
+              EXPECT_EQ(fast->params.zero_points, ref->params.zero_points) << what;
+              // Summed in another order: equal up to rounding.
+              EXPECT_NEAR(fast->error_energy, ref->error_energy, 1e-12 * ref->error_energy) << what;
+              ++cases;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(cases, 100);
+}
+
 // GatherBlockQuantized: a table [R, C] gathered by rows (the row is the channel), every
 // bits in its 2/4/8-bit container, every granularity and symmetry, split and unsplit.
 TEST(EncodeTest, GatherBlockQuantizedDecodesToEachBranchExactly) {

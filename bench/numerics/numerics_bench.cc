@@ -7,6 +7,7 @@
 //   default 2048 8192 5; the scale benchmark's largest weight is 2048 128256.
 //   filter: substring of the configuration name ("split", "plain", "block", ...).
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -18,6 +19,8 @@
 #include <thread>
 #include <vector>
 
+#include "core/quantizer.h"
+#include "core/transform/encode.h"
 #include "core/weight_transform.h"
 
 namespace {
@@ -67,6 +70,13 @@ int main(int argc, char** argv) {
   c.encoding = sq::WeightEncoding::kCodes;
   c.compute_plain_error = true;
   configs.push_back({"int4 channel codes split", c});
+  {
+    // The engine's default (--boundaries quant): quantization-aware cuts per channel.
+    sq::TransformConfig q = c;
+    q.quant_aware_boundaries = true;
+    q.cluster_per_channel = true;
+    configs.push_back({"int4 channel codes split quant", q});
+  }
   c.split = false;
   configs.push_back({"int4 channel codes plain", c});
   c.split = true;
@@ -101,6 +111,55 @@ int main(int argc, char** argv) {
                   threads, mb / Median(walls), mb / Median(cpus));
       std::fflush(stdout);
     }
+  }
+  // The ort-cpu re-encoders on the split codes of the same tensor (1 thread): MatMulNBits
+  // per branch and the outer8 re-quantization, fast and reference.
+  if (filter.empty() || filter == "encode") {
+    sq::TransformConfig q = configs[0].cfg;
+    q.quant_aware_boundaries = true;
+    q.cluster_per_channel = true;
+    std::array<std::vector<uint8_t>, 3> codes;
+    for (auto& c : codes) c.assign(static_cast<size_t>(sq::PackedBytes(K * N, 4)), 0);
+    auto r = sq::TransformWeight({w.data(), {K, N}, 1, 0}, q,
+                                 [&](int b, int64_t off, const uint8_t* d, size_t n) {
+                                   std::memcpy(codes[b].data() + off, d, n);
+                                 });
+    if (!r.ok() || r->num_branches != 3) {
+      std::printf("error: %s\n", r.ok() ? "not split" : r.status().ToString().c_str());
+      return 1;
+    }
+    const sq::ParamLayout layout{{K, N}, sq::Granularity::kChannel, 1, 0, 32};
+    const std::vector<const uint8_t*> ptrs = {codes[0].data(), codes[1].data(), codes[2].data()};
+    auto time_it = [&](const char* name, const std::function<void()>& fn) {
+      std::vector<double> walls;
+      for (int rep = 0; rep < reps; ++rep) {
+        const auto t0 = std::chrono::steady_clock::now();
+        fn();
+        walls.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      }
+      std::printf("%-32s threads=1  %8.1f MB/s of FP32 weight  (%.2f ns per weight)\n", name,
+                  K * N * 4 / 1e6 / Median(walls), Median(walls) * 1e9 / (K * N));
+      std::fflush(stdout);
+    };
+    time_it("encode matmulnbits 4-bit", [&] {
+      (void)sq::EncodeMatMulNBits(codes[1].data(), r->params[1], layout, q.spec, 4);
+    });
+    time_it("encode matmulnbits 4-bit ref", [&] {
+      (void)sq::EncodeMatMulNBitsReference(codes[1].data(), r->params[1], layout, q.spec, 4);
+    });
+    auto outer = sq::QuantizeOuterAt8(w.data(), ptrs, *r, layout, false, 4);
+    time_it("encode matmulnbits 8-bit", [&] {
+      (void)sq::EncodeMatMulNBits(outer->codes.data(), outer->params, layout, {8, false}, 8);
+    });
+    time_it("encode matmulnbits 8-bit ref", [&] {
+      (void)sq::EncodeMatMulNBitsReference(outer->codes.data(), outer->params, layout, {8, false}, 8);
+    });
+    time_it("encode outer8", [&] {
+      (void)sq::QuantizeOuterAt8(w.data(), ptrs, *r, layout, false, 4);
+    });
+    time_it("encode outer8 ref", [&] {
+      (void)sq::QuantizeOuterAt8Reference(w.data(), ptrs, *r, layout, false, 4);
+    });
   }
   return 0;
 }

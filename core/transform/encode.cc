@@ -1,6 +1,9 @@
 #include "core/transform/encode.h"
 
+#include <emmintrin.h>
+
 #include <algorithm>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -152,12 +155,12 @@ int NBitsBlockSize(const ParamLayout& l) {
   return bs;
 }
 
-absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
-                                                const ParamLayout& layout, const QuantSpec& spec,
-                                                int code_bits) {
-  if (!NBitsCanCarry(layout, spec.bits)) {
-    return absl::InternalError("MatMulNBits cannot carry this weight layout");
-  }
+namespace {
+
+// MatMulNBits tensors for a layout it carries, with scales, zero points and the padding
+// rows of each column's last block filled; the codes of rows [0, K) are left to the caller.
+NBitsEncoding NBitsWithParams(const BranchParams& params, const ParamLayout& layout,
+                              const QuantSpec& spec) {
   NBitsEncoding e;
   e.k = layout.shape[0];
   e.n = layout.shape[1];
@@ -178,8 +181,6 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
     }
     return 0;
   };
-  // Parameters and padding per (column, block); then the codes in tiles of 64 columns so
-  // that rows are read contiguously and each column's blob is written in order.
   const int64_t padded = e.blocks * e.block_size;
   for (int64_t n = 0; n < e.n; ++n) {
     uint8_t* col = e.b.data() + n * e.blocks * blob;
@@ -193,17 +194,24 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
       }
     }
   }
-  constexpr int64_t kTile = 64;
-  const int64_t col_bytes = e.blocks * blob;
+  return e;
+}
+
+// Codes of rows [k_begin, K) into `e`, element by element (any container).
+void FillNBitsCodes(const uint8_t* codes, int code_bits, bool is_signed, int64_t k_begin,
+                    NBitsEncoding& e) {
+  const int32_t offset = is_signed ? (1 << (e.bits - 1)) : 0;
+  const int64_t col_bytes = e.blocks * e.block_size * e.bits / 8;
+  constexpr int64_t kTile = 64;  // columns: rows are read contiguously, blobs written in order
   for (int64_t n0 = 0; n0 < e.n; n0 += kTile) {
     const int64_t n1 = std::min(e.n, n0 + kTile);
-    int64_t k = 0;
+    int64_t k = k_begin;
     if (e.bits == 4) {
       // Two rows make one byte per column: a store instead of two read-modify-writes.
       for (; k + 1 < e.k; k += 2) {
         for (int64_t n = n0; n < n1; ++n) {
-          const uint32_t lo = static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset);
-          const uint32_t hi = static_cast<uint32_t>(CodeAt(codes, (k + 1) * e.n + n, code_bits, spec.symmetric) + offset);
+          const uint32_t lo = static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, is_signed) + offset);
+          const uint32_t hi = static_cast<uint32_t>(CodeAt(codes, (k + 1) * e.n + n, code_bits, is_signed) + offset);
           e.b[n * col_bytes + k / 2] = static_cast<uint8_t>(lo | (hi << 4));
         }
       }
@@ -211,17 +219,124 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
       for (; k < e.k; ++k) {
         for (int64_t n = n0; n < n1; ++n) {
           e.b[n * col_bytes + k] =
-              static_cast<uint8_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset);
+              static_cast<uint8_t>(CodeAt(codes, k * e.n + n, code_bits, is_signed) + offset);
         }
       }
     }
     for (; k < e.k; ++k) {
       for (int64_t n = n0; n < n1; ++n) {
         PutBits(e.b.data() + n * col_bytes, k, e.bits,
-                static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, spec.symmetric) + offset));
+                static_cast<uint32_t>(CodeAt(codes, k * e.n + n, code_bits, is_signed) + offset));
       }
     }
   }
+}
+
+// A 16 x 16 block of bytes transposed (each XORed with `flip`): row i of `in` (at
+// i * in_stride) becomes column i of `out` (row j of out, at j * out_stride, is column j
+// of in). SSE2 unpacks: bytes, words, dwords, qwords.
+void TransposeBytes16(const uint8_t* in, int64_t in_stride, uint8_t* out, int64_t out_stride,
+                      uint8_t flip) {
+  const __m128i f = _mm_set1_epi8(static_cast<char>(flip));
+  __m128i r[16], s[16], t[16], u[16];
+  for (int i = 0; i < 16; ++i) {
+    r[i] = _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + i * in_stride)), f);
+  }
+  // s[8g + i]: rows 2i, 2i+1 interleaved, columns 8g..8g+7 (one word per column).
+  for (int i = 0; i < 8; ++i) {
+    s[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+    s[8 + i] = _mm_unpackhi_epi8(r[2 * i], r[2 * i + 1]);
+  }
+  // t[8g + 4h + i]: rows 4i..4i+3, columns 8g+4h..+3 (one dword per column).
+  for (int g = 0; g < 2; ++g) {
+    for (int i = 0; i < 4; ++i) {
+      t[8 * g + i] = _mm_unpacklo_epi16(s[8 * g + 2 * i], s[8 * g + 2 * i + 1]);
+      t[8 * g + 4 + i] = _mm_unpackhi_epi16(s[8 * g + 2 * i], s[8 * g + 2 * i + 1]);
+    }
+  }
+  // u[b + 2m + i], b = 8g + 4h: rows 8i..8i+7, columns b+2m, b+2m+1 (one qword each).
+  for (int b = 0; b < 16; b += 4) {
+    for (int i = 0; i < 2; ++i) {
+      u[b + i] = _mm_unpacklo_epi32(t[b + 2 * i], t[b + 2 * i + 1]);
+      u[b + 2 + i] = _mm_unpackhi_epi32(t[b + 2 * i], t[b + 2 * i + 1]);
+    }
+  }
+  for (int c = 0; c < 16; c += 2) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c * out_stride), _mm_unpacklo_epi64(u[c], u[c + 1]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (c + 1) * out_stride), _mm_unpackhi_epi64(u[c], u[c + 1]));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<NBitsEncoding> EncodeMatMulNBitsReference(const uint8_t* codes,
+                                                         const BranchParams& params,
+                                                         const ParamLayout& layout,
+                                                         const QuantSpec& spec, int code_bits) {
+  if (!NBitsCanCarry(layout, spec.bits)) {
+    return absl::InternalError("MatMulNBits cannot carry this weight layout");
+  }
+  NBitsEncoding e = NBitsWithParams(params, layout, spec);
+  FillNBitsCodes(codes, code_bits, spec.symmetric, 0, e);
+  return e;
+}
+
+absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
+                                                const ParamLayout& layout, const QuantSpec& spec,
+                                                int code_bits) {
+  if (!NBitsCanCarry(layout, spec.bits)) {
+    return absl::InternalError("MatMulNBits cannot carry this weight layout");
+  }
+  NBitsEncoding e = NBitsWithParams(params, layout, spec);
+  const int64_t col_bytes = e.blocks * e.block_size * e.bits / 8;
+  // Kernel code = stored code + 2^(bits-1) when signed: in two's complement, flipping the
+  // top bit of each field.
+  // Transposed in tiles: the input read along rows, each column's output bytes written in
+  // order, a tile's output lines few enough to stay in L1.
+  constexpr int64_t kRowTile = 128;
+  int64_t k = 0;
+  if (code_bits == 4 && e.bits == 4 && e.n % 2 == 0) {
+    const uint8_t flip = spec.symmetric ? 0x88 : 0x00;
+    const int64_t row_bytes = e.n / 2, pairs = e.k / 2;
+    // 16 columns a tile: their 16 output lines sit at a power-of-two stride (K/2 bytes),
+    // which maps them to few cache sets; more would evict each other.
+    constexpr int64_t kColPairs = 8;
+    for (int64_t p0 = 0; p0 < pairs; p0 += kRowTile / 2) {
+      const int64_t p1 = std::min(pairs, p0 + kRowTile / 2);
+      for (int64_t j0 = 0; j0 < row_bytes; j0 += kColPairs) {
+        const int64_t j1 = std::min(row_bytes, j0 + kColPairs);
+        for (int64_t kp = p0; kp < p1; ++kp) {
+          const uint8_t* r0 = codes + (2 * kp) * row_bytes;
+          const uint8_t* r1 = r0 + row_bytes;
+          uint8_t* out = e.b.data() + kp;
+          for (int64_t j = j0; j < j1; ++j) {
+            const uint8_t a = r0[j] ^ flip, b = r1[j] ^ flip;
+            out[(2 * j) * col_bytes] = static_cast<uint8_t>((a & 0x0F) | (b << 4));
+            out[(2 * j + 1) * col_bytes] = static_cast<uint8_t>((a >> 4) | (b & 0xF0));
+          }
+        }
+      }
+    }
+    k = 2 * pairs;
+  } else if (code_bits == 8 && e.bits == 8) {
+    // 16 x 16 blocks transposed in registers, a band of 16 columns at a time down all rows
+    // (each column's bytes written in order); the ragged edges byte by byte.
+    const uint8_t flip = spec.symmetric ? 0x80 : 0x00;
+    const int64_t k16 = e.k / 16 * 16, n16 = e.n / 16 * 16;
+    for (int64_t n0 = 0; n0 < n16; n0 += 16) {
+      for (int64_t k0 = 0; k0 < k16; k0 += 16) {
+        TransposeBytes16(codes + k0 * e.n + n0, e.n, e.b.data() + n0 * col_bytes + k0, col_bytes, flip);
+      }
+      for (int64_t kk = k16; kk < e.k; ++kk) {
+        for (int64_t n = n0; n < n0 + 16; ++n) e.b[n * col_bytes + kk] = codes[kk * e.n + n] ^ flip;
+      }
+    }
+    for (int64_t n = n16; n < e.n; ++n) {
+      for (int64_t kk = 0; kk < e.k; ++kk) e.b[n * col_bytes + kk] = codes[kk * e.n + n] ^ flip;
+    }
+    k = e.k;
+  }
+  FillNBitsCodes(codes, code_bits, spec.symmetric, k, e);  // what is left (an odd last row)
   return e;
 }
 
@@ -335,11 +450,11 @@ std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e) {
   return w;
 }
 
-absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
-                                             absl::Span<const uint8_t* const> branch_codes,
-                                             const TransformResult& result,
-                                             const ParamLayout& layout, bool symmetric,
-                                             int code_bits, const ReleaseFn& release) {
+absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
+                                                      absl::Span<const uint8_t* const> branch_codes,
+                                                      const TransformResult& result,
+                                                      const ParamLayout& layout, bool symmetric,
+                                                      int code_bits, const ReleaseFn& release) {
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
@@ -422,6 +537,313 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
       out.error_energy += e * e;
     }
     passed(i0 + cols);
+  }
+  if (release) release(released, n);
+  return out;
+}
+
+namespace {
+
+// Codes [e0, e0 + count) of a stream packed at `bits` (8, 4 or 2), as integers.
+void UnpackCodes(const uint8_t* p, int64_t e0, int64_t count, int bits, bool is_signed,
+                 int32_t* out) {
+  if (bits == 8) {
+    const uint8_t* q = p + e0;
+    if (is_signed) {
+      for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int8_t>(q[i]);
+    } else {
+      for (int64_t i = 0; i < count; ++i) out[i] = q[i];
+    }
+    return;
+  }
+  int64_t i = 0;
+  if (bits == 4 && e0 % 2 == 0) {
+    const uint8_t* q = p + e0 / 2;
+    const int32_t sign = is_signed ? 8 : 0;  // (u ^ 8) - 8 sign-extends a nibble
+    // 16 codes (8 bytes) at a time: nibbles interleaved in order, sign-extended, widened.
+    const __m128i low4 = _mm_set1_epi8(0x0F), s8 = _mm_set1_epi8(static_cast<char>(sign));
+    for (; i + 16 <= count; i += 16) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i / 2));
+      const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+      const __m128i x = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), s8), s8);
+      const __m128i ext8 = _mm_cmpgt_epi8(_mm_setzero_si128(), x);  // sign bytes
+      const __m128i w0 = _mm_unpacklo_epi8(x, ext8), w1 = _mm_unpackhi_epi8(x, ext8);
+      const __m128i ext0 = _mm_srai_epi16(w0, 15), ext1 = _mm_srai_epi16(w1, 15);
+      __m128i* o = reinterpret_cast<__m128i*>(out + i);
+      _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(w0, ext0));
+      _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(w0, ext0));
+      _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(w1, ext1));
+      _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(w1, ext1));
+    }
+    for (; i + 1 < count; i += 2) {
+      const uint8_t b = q[i / 2];
+      out[i] = ((b & 0x0F) ^ sign) - sign;
+      out[i + 1] = ((b >> 4) ^ sign) - sign;
+    }
+  }
+  for (; i < count; ++i) out[i] = CodeAt(p, e0 + i, bits, is_signed);
+}
+
+// ---- outer8 row kernels (SSE2) ----------------------------------------------------------
+// Parameters of a row segment are either one per column (a [K, N] weight per channel or
+// blocked: pointers already at the segment's first column) or one for the whole segment
+// (per tensor, or a table's row). Results equal the scalar loops in QuantizeOuterAt8 (and
+// so the reference): the same IEEE operations per weight; min/max over a constant
+// parameter are order-free here (no NaN; a -0 never wins against the initial +0).
+
+// 4 outer flags (bit k = lane k) into `bits` at weight index i.
+inline void OrBits(uint8_t* bits, int64_t i, unsigned mask4) {
+  const unsigned shifted = mask4 << (i & 7);
+  bits[i >> 3] |= static_cast<uint8_t>(shifted);
+  if (shifted >> 8) bits[(i >> 3) + 1] |= static_cast<uint8_t>(shifted >> 8);
+}
+inline unsigned GetBits4(const uint8_t* bits, int64_t i) {
+  unsigned w = bits[i >> 3];
+  if ((i & 7) > 4) w |= static_cast<unsigned>(bits[(i >> 3) + 1]) << 8;
+  return (w >> (i & 7)) & 15u;
+}
+
+template <bool kPerColumn>
+int64_t OuterRangesRow(const float* v, const int32_t* c0, const int32_t* c2, const int32_t* z0,
+                       const int32_t* z2, float* lo, float* hi, int64_t width, int64_t i0,
+                       uint8_t* bits) {
+  __m128 vlo = _mm_set1_ps(lo[0]), vhi = _mm_set1_ps(hi[0]);
+  const __m128i cz0 = _mm_set1_epi32(z0[0]), cz2 = _mm_set1_epi32(z2[0]);
+  int64_t c = 0;
+  for (; c + 4 <= width; c += 4) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c0 + c));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c2 + c));
+    const __m128i za = kPerColumn ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(z0 + c)) : cz0;
+    const __m128i zb = kPerColumn ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(z2 + c)) : cz2;
+    const __m128i inner = _mm_and_si128(_mm_cmpeq_epi32(a, za), _mm_cmpeq_epi32(b, zb));
+    const __m128 x = _mm_andnot_ps(_mm_castsi128_ps(inner), _mm_loadu_ps(v + c));
+    OrBits(bits, i0 + c, static_cast<unsigned>(~_mm_movemask_ps(_mm_castsi128_ps(inner))) & 15u);
+    if (kPerColumn) {
+      _mm_storeu_ps(lo + c, _mm_min_ps(x, _mm_loadu_ps(lo + c)));
+      _mm_storeu_ps(hi + c, _mm_max_ps(x, _mm_loadu_ps(hi + c)));
+    } else {
+      vlo = _mm_min_ps(x, vlo);
+      vhi = _mm_max_ps(x, vhi);
+    }
+  }
+  if (!kPerColumn) {
+    alignas(16) float l[4], h[4];
+    _mm_store_ps(l, vlo);
+    _mm_store_ps(h, vhi);
+    for (int k = 0; k < 4; ++k) {
+      lo[0] = std::min(lo[0], l[k]);
+      hi[0] = std::max(hi[0], h[k]);
+    }
+  }
+  return c;  // the caller finishes [c, width) with the scalar loop
+}
+
+template <bool kPerColumn>
+int64_t OuterCodesRow(const float* v, const int32_t* c1, const uint8_t* bits, int64_t i0,
+                      const float* s8, const int32_t* z8, const float* ms, const int32_t* mz,
+                      float qmin, float qmax, int64_t width, uint8_t* codes, double* energy) {
+  const __m128 clamp = _mm_set1_ps(4194304.0f), magic = _mm_set1_ps(12582912.0f);
+  const __m128 vqmin = _mm_set1_ps(qmin), vqmax = _mm_set1_ps(qmax);
+  const __m128i byte = _mm_set1_epi32(0xFF);
+  const __m128i lane_bit = _mm_set_epi32(8, 4, 2, 1);
+  __m128d acc01 = _mm_setzero_pd(), acc23 = _mm_setzero_pd();
+  int64_t c = 0;
+  for (; c + 4 <= width; c += 4) {
+    const __m128 x = _mm_loadu_ps(v + c);
+    const __m128 s = kPerColumn ? _mm_loadu_ps(s8 + c) : _mm_set1_ps(s8[0]);
+    const __m128i z = kPerColumn ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(z8 + c)) : _mm_set1_epi32(z8[0]);
+    const __m128 m_s = kPerColumn ? _mm_loadu_ps(ms + c) : _mm_set1_ps(ms[0]);
+    const __m128i m_z = kPerColumn ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(mz + c)) : _mm_set1_epi32(mz[0]);
+    const __m128i outer = _mm_cmpeq_epi32(
+        _mm_and_si128(_mm_set1_epi32(static_cast<int>(GetBits4(bits, i0 + c))), lane_bit), lane_bit);
+    // saturate(round_half_even(x / s) + z), as QuantizeValue.
+    __m128 t = _mm_div_ps(x, s);
+    t = _mm_min_ps(_mm_max_ps(t, _mm_sub_ps(_mm_setzero_ps(), clamp)), clamp);
+    t = _mm_sub_ps(_mm_add_ps(t, magic), magic);
+    const __m128 q = _mm_min_ps(_mm_max_ps(_mm_add_ps(t, _mm_cvtepi32_ps(z)), vqmin), vqmax);
+    const __m128i qi = _mm_cvttps_epi32(q);
+    const __m128 a_outer = _mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(qi, z)), s);
+    const __m128i code1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c1 + c));
+    const __m128 a_mid = _mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(code1, m_z)), m_s);
+    const __m128 of = _mm_castsi128_ps(outer);
+    const __m128 approx = _mm_or_ps(_mm_and_ps(of, a_outer), _mm_andnot_ps(of, a_mid));
+    const __m128i code = _mm_or_si128(_mm_and_si128(outer, qi), _mm_andnot_si128(outer, z));
+    const __m128i packed = _mm_packus_epi16(_mm_packs_epi32(_mm_and_si128(code, byte), _mm_setzero_si128()),
+                                            _mm_setzero_si128());
+    const int32_t four = _mm_cvtsi128_si32(packed);
+    std::memcpy(codes + c, &four, 4);
+    const __m128d e01 = _mm_sub_pd(_mm_cvtps_pd(x), _mm_cvtps_pd(approx));
+    const __m128d e23 = _mm_sub_pd(_mm_cvtps_pd(_mm_movehl_ps(x, x)), _mm_cvtps_pd(_mm_movehl_ps(approx, approx)));
+    acc01 = _mm_add_pd(acc01, _mm_mul_pd(e01, e01));
+    acc23 = _mm_add_pd(acc23, _mm_mul_pd(e23, e23));
+  }
+  alignas(16) double a[2], b[2];
+  _mm_store_pd(a, acc01);
+  _mm_store_pd(b, acc23);
+  *energy += (a[0] + a[1]) + (b[0] + b[1]);
+  return c;
+}
+
+}  // namespace
+
+absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
+                                             absl::Span<const uint8_t* const> branch_codes,
+                                             const TransformResult& result,
+                                             const ParamLayout& layout, bool symmetric,
+                                             int code_bits, const ReleaseFn& release) {
+  if (branch_codes.size() != 3 || result.num_branches != 3) {
+    return absl::InternalError("the outer8 form needs a split layer");
+  }
+  const bool rows_are_channels = layout.reduction_axis == 1;
+  if (layout.shape.size() != 2 || layout.reduction_axis > 1 ||
+      (layout.granularity == Granularity::kChannel &&
+       layout.channel_axis != (rows_are_channels ? 0 : 1))) {
+    return absl::InternalError("the outer8 form needs a 2-D [K, N] or [R, C] weight");
+  }
+  const int64_t rows = layout.shape[0], cols = layout.shape[1], n = rows * cols;
+  const Granularity g = layout.granularity;
+  const int64_t bs = layout.block_size, row_blocks = (cols + bs - 1) / bs;
+  // The parameter of (row, col) is row_base(row) + col_param[col] (see the reference).
+  std::vector<int64_t> col_param(static_cast<size_t>(cols), 0);
+  for (int64_t c = 0; c < cols && g != Granularity::kTensor; ++c) {
+    col_param[c] = !rows_are_channels ? c : g == Granularity::kBlock ? c / bs : 0;
+  }
+  auto row_base = [&](int64_t r) -> int64_t {
+    if (g == Granularity::kTensor) return 0;
+    if (!rows_are_channels) return g == Granularity::kBlock ? (r / bs) * cols : 0;
+    return g == Granularity::kBlock ? r * row_blocks : r;
+  };
+  // How parameters run along a row: one per column, one per row segment, or (a blocked
+  // table) neither, left to the scalar loops.
+  enum class Walk { kPerColumn, kConstant, kOther };
+  const Walk walk = g == Granularity::kTensor || (rows_are_channels && g == Granularity::kChannel)
+                        ? Walk::kConstant
+                        : !rows_are_channels ? Walk::kPerColumn : Walk::kOther;
+  const int64_t params = static_cast<int64_t>(result.params[1].scales.size());
+  const std::vector<int32_t>& z0 = result.params[0].zero_points;
+  const std::vector<int32_t>& z2 = result.params[2].zero_points;
+  std::vector<float> lo(params, 0.0f), hi(params, 0.0f);  // widened to 0
+  std::vector<uint8_t> outer_bits((n + 7) / 8, 0);  // one bit per weight
+  // Both passes walk blocks of kRowBlock rows in tiles of kColTile columns, so that a
+  // tile's parameters (per column on a wide [K, N] weight: an lm_head's are megabytes)
+  // stay in cache across the block's rows; the block's values are handed back after it.
+  constexpr int64_t kRowBlock = 32, kColTile = 2048;
+  const int64_t tile = std::min(cols, kColTile);
+  std::vector<int32_t> c0(static_cast<size_t>(tile)), c2(static_cast<size_t>(tile));
+  constexpr int64_t kPiece = int64_t{1} << 22;
+  int64_t released = 0;
+  auto passed = [&](int64_t end) {
+    if (release && end - released >= kPiece) {
+      release(released, end);
+      released = end;
+    }
+  };
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t r1 = std::min(rows, r0 + kRowBlock);
+    for (int64_t t0 = 0; t0 < cols; t0 += tile) {
+      const int64_t t1 = std::min(cols, t0 + tile), width = t1 - t0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i0 = r * cols + t0, base = row_base(r);
+        UnpackCodes(branch_codes[0], i0, width, code_bits, symmetric, c0.data());
+        UnpackCodes(branch_codes[2], i0, width, code_bits, symmetric, c2.data());
+        const float* v = values + i0;
+        const int64_t* cp = col_param.data() + t0;
+        const int64_t first = base + cp[0];
+        int64_t c = 0;
+        if (walk == Walk::kPerColumn) {
+          c = OuterRangesRow<true>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
+                                   lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
+        } else if (walk == Walk::kConstant) {
+          c = OuterRangesRow<false>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
+                                    lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
+        }
+        for (; c < width; ++c) {
+          const int64_t p = base + cp[c], i = i0 + c;
+          const uint8_t o = (c0[c] != z0[p]) | (c2[c] != z2[p]);
+          outer_bits[i >> 3] |= static_cast<uint8_t>(o << (i & 7));
+          // Without a branch: a weight outside the outer clusters counts as 0, inside the
+          // range already (it is widened to 0).
+          const float x = o ? v[c] : 0.0f;
+          lo[p] = std::min(lo[p], x);
+          hi[p] = std::max(hi[p], x);
+        }
+      }
+    }
+    passed(r1 * cols);
+  }
+  if (release) release(released, n);
+  released = 0;
+  const QuantSpec spec8{8, symmetric};
+  OuterBranch out;
+  std::vector<float> scale8(params), zero8(params), mid_scale(params);
+  out.params.scales.resize(params);
+  out.params.zero_points.resize(params);
+  const BranchParams& mid = result.params[1];
+  for (int64_t p = 0; p < params; ++p) {
+    const QuantParams q = ChooseQuantParams(lo[p], hi[p], spec8);
+    out.params.scales[p] = scale8[p] = q.scale;
+    out.params.zero_points[p] = q.zero_point;
+    zero8[p] = static_cast<float>(q.zero_point);
+    mid_scale[p] = mid.scales[p];
+  }
+  out.codes.resize(static_cast<size_t>(n));
+  const float qmin = static_cast<float>(spec8.qmin()), qmax = static_cast<float>(spec8.qmax());
+  constexpr float kClamp = 4194304.0f;   // 2^22: rounding by the magic number stays exact
+  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
+  std::vector<int32_t> c1(static_cast<size_t>(tile));
+  std::vector<float> approx(static_cast<size_t>(tile));
+  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int64_t r1 = std::min(rows, r0 + kRowBlock);
+    for (int64_t t0 = 0; t0 < cols; t0 += tile) {
+      const int64_t t1 = std::min(cols, t0 + tile), width = t1 - t0;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t i0 = r * cols + t0, base = row_base(r);
+        UnpackCodes(branch_codes[1], i0, width, code_bits, symmetric, c1.data());
+        const float* v = values + i0;
+        const int64_t* cp = col_param.data() + t0;
+        uint8_t* codes = out.codes.data() + i0;
+        const int64_t first = base + cp[0];
+        double energy = 0;
+        int64_t vec_end = 0;
+        if (walk != Walk::kOther) {
+          auto row = walk == Walk::kPerColumn ? OuterCodesRow<true> : OuterCodesRow<false>;
+          vec_end = row(v, c1.data(), outer_bits.data(), i0, scale8.data() + first,
+                        out.params.zero_points.data() + first, mid.scales.data() + first,
+                        mid.zero_points.data() + first, qmin, qmax, width, codes, &energy);
+        }
+        for (int64_t c = vec_end; c < width; ++c) {
+          const int64_t p = base + cp[c], i = i0 + c;
+          if ((outer_bits[i >> 3] >> (i & 7)) & 1) {
+            // QuantizeValue: saturate(round_half_even(x / s) + z), then dequantized.
+            float t = v[c] / scale8[p];
+            t = std::min(std::max(t, -kClamp), kClamp);
+            t = (t + kMagic) - kMagic;
+            const float q = std::min(std::max(t + zero8[p], qmin), qmax);
+            const int32_t qi = static_cast<int32_t>(q);
+            codes[c] = static_cast<uint8_t>(qi);
+            approx[c] = static_cast<float>(qi - out.params.zero_points[p]) * scale8[p];
+          } else {
+            codes[c] = static_cast<uint8_t>(out.params.zero_points[p]);
+            approx[c] = static_cast<float>(c1[c] - mid.zero_points[p]) * mid_scale[p];
+          }
+        }
+        // Four partial sums (a fixed order: deterministic, and no 4-cycle chain per weight).
+        double lane[4] = {0, 0, 0, 0};
+        int64_t c = vec_end;
+        for (; c + 3 < width; c += 4) {
+          for (int l = 0; l < 4; ++l) {
+            const double e = static_cast<double>(v[c + l]) - approx[c + l];
+            lane[l] += e * e;
+          }
+        }
+        for (; c < width; ++c) {
+          const double e = static_cast<double>(v[c]) - approx[c];
+          lane[0] += e * e;
+        }
+        out.error_energy += energy + ((lane[0] + lane[1]) + (lane[2] + lane[3]));
+      }
+    }
+    passed(r1 * cols);
   }
   if (release) release(released, n);
   return out;

@@ -106,9 +106,16 @@ bool NBitsCanCarry(const ParamLayout& layout, int bits);
 int NBitsBlockSize(const ParamLayout& layout);
 
 // One branch's codes (K*N, row-major [K, N], packed at `code_bits`) as MatMulNBits tensors.
+// Transposes whole bytes where the codes' container is the kernel's (4 or 8 bits, N even
+// for 4); EncodeMatMulNBitsReference, element by element, is what it must equal byte for
+// byte (encode_test).
 absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const BranchParams& params,
                                                 const ParamLayout& layout, const QuantSpec& spec,
                                                 int code_bits = 8);
+absl::StatusOr<NBitsEncoding> EncodeMatMulNBitsReference(const uint8_t* codes,
+                                                         const BranchParams& params,
+                                                         const ParamLayout& layout,
+                                                         const QuantSpec& spec, int code_bits = 8);
 // Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
 
@@ -155,11 +162,20 @@ struct OuterBranch {
   BranchParams params;
   double error_energy = 0;
 };
+// Decodes each row's codes once into integers and indexes parameters through a per-column
+// table; QuantizeOuterAt8Reference, element by element, is what it must equal (codes,
+// parameters and error energy; encode_test).
 absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
                                              const ParamLayout& layout, bool symmetric,
                                              int code_bits = 8, const ReleaseFn& release = nullptr);
+absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
+                                                      absl::Span<const uint8_t* const> branch_codes,
+                                                      const TransformResult& result,
+                                                      const ParamLayout& layout, bool symmetric,
+                                                      int code_bits = 8,
+                                                      const ReleaseFn& release = nullptr);
 
 }  // namespace sq
 
