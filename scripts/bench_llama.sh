@@ -48,8 +48,9 @@ RUNS_DIR=$SCRATCH/runs
 OUT_DIR=$SCRATCH/out
 RESULTS=$SCRATCH/results.md
 
-die() { echo "bench_llama: $*" >&2; exit 1; }
-log() { echo "bench_llama: $*" >&2; }
+BENCH_NAME=bench_llama
+# shellcheck source=scripts/bench_common.sh
+source "$ROOT/scripts/bench_common.sh"
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
 
 [[ -x /usr/bin/time ]] || die "/usr/bin/time not found (Debian package 'time')"
@@ -59,24 +60,6 @@ else die "need jq or python3 to read the sqctl report"; fi
 [[ "$SCRATCH" != "$ROOT"* ]] || die "SCRATCH ($SCRATCH) must be outside the repository"
 mkdir -p "$SCRATCH" "$RUNS_DIR" "$OUT_DIR"
 
-# ---- helpers ----------------------------------------------------------------------------
-file_bytes() { local n=0 f; for f in "$@"; do [[ -e $f ]] && n=$((n + $(stat -c %s "$f"))); done; echo "$n"; }
-avail_bytes() { df -B1 --output=avail "$SCRATCH" | tail -1 | tr -d ' '; }
-need_space() {  # need_space BYTES WHAT
-  local avail; avail=$(avail_bytes)
-  ((avail > $1 + (1 << 30))) ||
-    die "not enough disk under $SCRATCH for $2: need $(($1 >> 20)) MiB + 1 GiB slack, have $((avail >> 20)) MiB"
-}
-# Seconds and peak RSS (bytes) from a `/usr/bin/time -v` log.
-time_wall() { awk -F': ' '/Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0;
-  for (i = 1; i <= n; i++) s = s * 60 + p[i]; printf "%.2f\n", s }' "$1"; }
-time_rss() { awk -F': ' '/Maximum resident set size/ { printf "%.0f\n", $2 * 1024 }' "$1"; }
-median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print "nan"; exit }
-  if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-mib() { awk -v b="$1" 'BEGIN { printf "%.0f", b / 1048576 }'; }
-gb() { awk -v b="$1" 'BEGIN { printf "%.2f", b / 1e9 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
-# "stage=seconds" lines from a report.
 report_stages() {
   if [[ $JSON == jq ]]; then jq -r '.stages[]? | "\(.stage)=\(.seconds)"' "$1"
   else python3 -c 'import json,sys
@@ -152,20 +135,7 @@ run_sq() {
 }
 
 # floor BLOCKS OUT_BYTES -> "read_s write_s"
-floor() {
-  local data r w
-  data=$(model_in "$1").data
-  cat "$(model_in "$1")" "$data" >/dev/null
-  r=$( { /usr/bin/time -f %e cat "$(model_in "$1")" "$data" >/dev/null; } 2>&1 | tail -1)
-  mkdir -p "$OUT_DIR"
-  sync  # untimed, as before each sqctl run; the timed writes themselves are not synced
-  head -c "$2" /dev/zero >"$OUT_DIR/floor.out"
-  rm -f "$OUT_DIR/floor.out"
-  sync
-  w=$( { /usr/bin/time -f %e head -c "$2" /dev/zero >"$OUT_DIR/floor.out"; } 2>&1 | tail -1)
-  rm -f "$OUT_DIR/floor.out"
-  echo "$r $w"
-}
+floor() { io_floor "$OUT_DIR" "$2" "$(model_in "$1")" "$(model_in "$1").data"; }
 
 # series TAG BLOCKS SPLIT THREADS RUNS: runs it, then one markdown row in ROWS_<section>.
 declare -a MAIN_ROWS=() SCALE_ROWS=() STAGE_ROWS=()
