@@ -204,6 +204,23 @@ names = [k for k in runs[0]] if runs else []
 print(", ".join("%s %.2f" % (k, statistics.median(r[k] for r in runs if k in r)) for k in names))
 PYEOF
 }
+# A 16-thread projection from one run's report (labelled as such): the serial stages as
+# measured, the transform as the larger of (sum of the layers' seconds) / 16 and the
+# largest layer (a layer runs on one worker; its passes are cut across threads only when
+# it exceeds a fair share). Per-layer seconds were measured with THREADS workers sharing
+# the machine's memory bandwidth, so this is optimistic where 16 cores would contend more.
+projection() {  # projection TAG THREADS_TARGET
+  "$PY" - "$RUNS_DIR/$1.1.json" "$2" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1])); t = int(sys.argv[2])
+stages = {s["stage"]: s["seconds"] for s in r.get("stages", [])}
+layers = [l.get("seconds", 0) for l in r.get("layers", [])]
+serial = sum(v for k, v in stages.items() if k != "transform")
+transform = max(sum(layers) / t, max(layers) if layers else 0)
+print("%.1f s (serial stages %.1f s + transform %.1f s; layers sum %.1f s, largest %.1f s)"
+      % (serial + transform, serial, transform, sum(layers), max(layers) if layers else 0))
+PYEOF
+}
 {
   echo "## sq vs llama.cpp llama-quantize: Llama-3.2-1B-shaped model ($BLOCKS blocks)"
   echo
@@ -235,6 +252,10 @@ PYEOF
     echo "sq per-stage medians (report \"stages\", seconds):"
     echo
     for tag in "${TAGS[@]}"; do [[ $tag == sq-* ]] && echo "- $tag: $(stages "$tag")"; done
+    echo
+    echo "Projected at 16 threads (a projection from run 1's per-layer seconds, not a measurement):"
+    echo
+    for tag in "${TAGS[@]}"; do [[ $tag == sq-*-split-* ]] && echo "- $tag: $(projection "$tag" 16)"; done
     echo
   fi
   [[ -n $THREADS_NOTE ]] && printf '%s' "$THREADS_NOTE"

@@ -1,6 +1,7 @@
 #include "core/transform/cuts.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -48,7 +49,9 @@ class CutSearch {
   CutSearch(const std::vector<float>& s, const QuantSpec& spec)
       : s_(s), n_(static_cast<int64_t>(s.size())), spec_(spec),
         inv_levels_(1.0 / static_cast<double>(spec.qmax() - spec.qmin())),
-        inv_qmax_(1.0 / static_cast<double>(spec.qmax())) {}
+        inv_qmax_(1.0 / static_cast<double>(spec.qmax())),
+        lower_memo_(static_cast<size_t>(n_ + 1), -1.0),
+        upper_memo_(static_cast<size_t>(n_ + 1), -1.0) {}
 
   bool Valid(int64_t k) const { return k > 0 && k < n_ && s_[k - 1] < s_[k]; }
   // The first valid cut at or after k (n_ if none).
@@ -149,6 +152,17 @@ class CutSearch {
   double Branch(int64_t a, int64_t b, bool outer) const {
     const int64_t count = b - a;
     if (count <= 0) return 0;
+    if (outer && (a == 0 || b == n_)) {
+      // An outer branch depends on one cut: the grid and the local search ask for the
+      // same ones many times, so each is computed once (the same value every time).
+      double& memo = a == 0 ? lower_memo_[b] : upper_memo_[a];
+      if (memo < 0) memo = BranchUncached(a, b, outer);
+      return memo;
+    }
+    return BranchUncached(a, b, outer);
+  }
+  double BranchUncached(int64_t a, int64_t b, bool outer) const {
+    const int64_t count = b - a;
     const float lo = std::min(s_[a], 0.0f), hi = std::max(s_[b - 1], 0.0f);
     if (outer && count <= kExactBranchValues) {
       return BranchSquaredError(absl::MakeConstSpan(s_.data() + a, count), lo, hi, spec_);
@@ -164,6 +178,7 @@ class CutSearch {
   const int64_t n_;
   const QuantSpec spec_;
   const double inv_levels_, inv_qmax_;
+  mutable std::vector<double> lower_memo_, upper_memo_;  // -1: not computed yet
 };
 
 }  // namespace
@@ -222,8 +237,13 @@ std::array<float, 2> SearchBranchShrink(absl::Span<const float> members, const Q
     mn = std::min(mn, v);
     mx = std::max(mx, v);
   }
+  // Each (a, b) measured once: the second round revisits the first's pairs.
+  std::array<double, (kShrinkSteps + 1) * (kShrinkSteps + 1)> memo;
+  memo.fill(-1.0);
   auto error = [&](int a, int b) {
-    return BranchSquaredError(members, mn * ShrinkFactor(a), mx * ShrinkFactor(b), spec);
+    double& m = memo[a * (kShrinkSteps + 1) + b];
+    if (m < 0) m = BranchSquaredError(members, mn * ShrinkFactor(a), mx * ShrinkFactor(b), spec);
+    return m;
   };
   int a = 0, b = 0;
   double best = error(0, 0);
