@@ -8,6 +8,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "core/report.h"
 #include "core/utf8.h"
 #include "google/protobuf/util/json_util.h"
@@ -481,6 +482,16 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
 
   std::string job_dir = store_->JobDir(e->id);
   std::string out_dir = job_dir + "/out";
+  // Messages and reports go to clients: the server's own directories are not theirs to
+  // see. Paths under the job's input and output folders become bare file names; anything
+  // else under the artifact directory is named by its place in it.
+  const std::string input_dir = fs::path(e->input_path).parent_path().string();
+  auto redact = [&](std::string text) {
+    return absl::StrReplaceAll(text, {{input_dir + "/", ""},
+                                      {out_dir + "/", ""},
+                                      {store_->root() + "/", "<artifact-dir>/"},
+                                      {store_->root(), "<artifact-dir>"}});
+  };
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   std::string output = out_dir + "/" + e->output_name;
@@ -500,7 +511,7 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
         Finish(e, v1::JOB_STATE_CANCELLED, static_cast<int>(absl::StatusCode::kCancelled), "cancelled");
       }
     } else {
-      Finish(e, v1::JOB_STATE_FAILED, static_cast<int>(st.code()), std::string(st.message()));
+      Finish(e, v1::JOB_STATE_FAILED, static_cast<int>(st.code()), redact(std::string(st.message())));
     }
     fs::remove_all(out_dir, ec);
     return;
@@ -508,7 +519,9 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
 
   // Artifacts and report first, then the SUCCEEDED record: a reader that sees SUCCEEDED
   // finds everything in place.
-  const ModelReport& report = *result;
+  ModelReport& report = *result;
+  report.input_path = fs::path(e->input_path).filename().string();
+  report.output_path = e->output_name;
   absl::Status st = WriteFileAtomic(job_dir + "/report.json", ReportToJson(report));
   if (st.ok()) st = WriteFileAtomic(job_dir + "/report.txt", ReportSummary(report));
   std::vector<v1::FileInfo> artifacts;
@@ -547,7 +560,7 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
     }
   }
   if (!st.ok()) {
-    Finish(e, v1::JOB_STATE_FAILED, static_cast<int>(st.code()), std::string(st.message()));
+    Finish(e, v1::JOB_STATE_FAILED, static_cast<int>(st.code()), redact(std::string(st.message())));
     return;
   }
   {

@@ -374,6 +374,28 @@ TEST_F(ServerE2ETest, HostileModelsFailTheirJobAndTheServerServesOn) {
     ASSERT_TRUE(m.SerializeToOstream(&out));
     cases.push_back({"offset overflow", {p, (dir_ / "w.bin").string()}});
   }
+  {
+    // External data the upload did not bring: the engine's message names the file it
+    // looked for, which must not reveal where the server keeps it.
+    onnx::ModelProto m;
+    {
+      std::ifstream in(model_, std::ios::binary);
+      ASSERT_TRUE(m.ParseFromIstream(&in));
+    }
+    auto* t = m.mutable_graph()->mutable_initializer(0);
+    t->clear_float_data();
+    t->set_data_location(onnx::TensorProto::EXTERNAL);
+    for (auto [k, v] : {std::pair<const char*, const char*>{"location", "absent.bin"},
+                        {"offset", "0"}, {"length", "16384"}}) {
+      auto* e = t->add_external_data();
+      e->set_key(k);
+      e->set_value(v);
+    }
+    std::string p = (dir_ / "absent.onnx").string();
+    std::ofstream out(p, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&out));
+    cases.push_back({"missing external data", {p}});
+  }
   auto server = Start(Options());
   ASSERT_TRUE(server);
   auto c = Connect(*server);
@@ -386,8 +408,13 @@ TEST_F(ServerE2ETest, HostileModelsFailTheirJobAndTheServerServesOn) {
     auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(30));
     ASSERT_TRUE(done.ok()) << what << ": " << done.status();
     EXPECT_EQ(done->state(), v1::JOB_STATE_FAILED) << what;
-    EXPECT_EQ(done->error().code(), static_cast<int>(absl::StatusCode::kInvalidArgument))
+    const auto expected = what == "missing external data" ? absl::StatusCode::kNotFound
+                                                          : absl::StatusCode::kInvalidArgument;
+    EXPECT_EQ(done->error().code(), static_cast<int>(expected)) << what << ": " << done->error().message();
+    // The server's directories stay its own.
+    EXPECT_FALSE(absl::StrContains(done->error().message(), Options().artifact_dir))
         << what << ": " << done->error().message();
+    EXPECT_FALSE(absl::StrContains(done->error().message(), "/models/")) << done->error().message();
     auto health = c->Health();
     ASSERT_TRUE(health.ok()) << what;
     EXPECT_TRUE(*health);
