@@ -18,6 +18,8 @@
 namespace sq {
 namespace {
 
+constexpr int kParseRecursionLimit = 1000;
+
 // Visits every TensorProto that can hold data: initializers, Constant/attribute tensors,
 // sparse initializers' values, in all graphs.
 void ForEachTensor(onnx::GraphProto* g, const std::function<void(onnx::TensorProto*)>& fn) {
@@ -49,9 +51,15 @@ absl::Status ParseModelProto(const std::string& bytes, onnx::ModelProto* model) 
   google::protobuf::io::ArrayInputStream raw(bytes.data(), static_cast<int>(bytes.size()));
   google::protobuf::io::CodedInputStream coded(&raw);
   coded.SetTotalBytesLimit(INT_MAX);
+  // Each If/Loop/Scan level nests three messages (node, attribute, graph): protobuf's
+  // default limit of 100 would turn a model nested ~33 deep into a parse failure that
+  // reads like corruption. This limit lets ValidateModelStructure refuse deep nesting by
+  // name (kMaxSubgraphDepth) while still bounding the parser's recursion.
+  coded.SetRecursionLimit(kParseRecursionLimit);
   if (!model->ParseFromCodedStream(&coded) || !coded.ConsumedEntireMessage()) {
-    return absl::InvalidArgumentError(
-        "not a valid ONNX model: the bytes do not parse as an onnx.ModelProto (corrupt or truncated?)");
+    return absl::InvalidArgumentError(absl::StrCat(
+        "not a valid ONNX model: the bytes do not parse as an onnx.ModelProto (corrupt, "
+        "truncated, or messages nested more than ", kParseRecursionLimit, " deep?)"));
   }
   if (!model->has_graph()) {
     return absl::InvalidArgumentError("not a valid ONNX model: it has no graph");

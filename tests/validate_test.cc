@@ -100,6 +100,13 @@ TEST(ValidateTest, DeepSubgraphNestingIsRefusedClearly) {
   absl::Status st = Validate(m);
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("nested more than"), std::string::npos) << st;
+  // From a file, through the parser (whose default recursion limit would have called the
+  // model corrupt): the same clear refusal.
+  std::string dir = testing::MakeTempDir("validate");
+  ASSERT_TRUE(testing::SaveModel(m, dir + "/deep.onnx").ok());
+  auto r = QuantizeModelFile(dir + "/deep.onnx", dir + "/out.onnx", QuantizeOptions(), {});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("nested more than"), std::string::npos) << r.status();
 }
 
 TEST(ValidateTest, EngineRefusesRank200ConvInsteadOfCrashing) {
