@@ -66,7 +66,10 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   };
   if (p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGatherOuter8) {
     std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};
-    auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric, cb, release);
+    auto outer = QuantizeOuterAt8(values, branch_codes, r, p.layout, spec.symmetric, cb, release, [&] {
+      free_buffer(codes[0]);
+      free_buffer(codes[2]);
+    });
     if (!outer.ok()) return failed(outer.status());
     free_buffer(codes[0]);
     free_buffer(codes[2]);

@@ -267,7 +267,10 @@ TEST(EncodeTest, Outer8FastEqualsReference) {
                 packed[b] = cb == 8 ? br.codes[b] : Pack(br.codes[b], cb, sym);
                 codes.push_back(packed[b].data());
               }
-              auto fast = QuantizeOuterAt8(w.data(), codes, br.result, l, sym, cb);
+              int read_calls = 0;
+              auto fast = QuantizeOuterAt8(w.data(), codes, br.result, l, sym, cb, nullptr,
+                                           [&] { ++read_calls; });
+              EXPECT_EQ(read_calls, 1);
               auto ref = QuantizeOuterAt8Reference(w.data(), codes, br.result, l, sym, cb);
               ASSERT_TRUE(fast.ok() && ref.ok()) << fast.status() << ref.status();
               const std::string what = absl::StrCat(table ? "table " : "matmul ", rows, "x", cols, " container ", cb,

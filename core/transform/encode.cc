@@ -690,7 +690,8 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
                                              const ParamLayout& layout, bool symmetric,
-                                             int code_bits, const ReleaseFn& release) {
+                                             int code_bits, const ReleaseFn& release,
+                                             const std::function<void()>& outer_codes_read) {
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
@@ -773,6 +774,7 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   }
   if (release) release(released, n);
   released = 0;
+  if (outer_codes_read) outer_codes_read();
   const QuantSpec spec8{8, symmetric};
   OuterBranch out;
   std::vector<float> scale8(params), zero8(params), mid_scale(params);

@@ -165,11 +165,15 @@ struct OuterBranch {
 // Decodes each row's codes once into integers and indexes parameters through a per-column
 // table; QuantizeOuterAt8Reference, element by element, is what it must equal (codes,
 // parameters and error energy; encode_test).
+// `outer_codes_read`, when set, is called once the lower and upper branches' codes have
+// been read for the last time (before the 8-bit codes are allocated): the caller may free
+// them there, so that both never sit in memory together.
 absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              absl::Span<const uint8_t* const> branch_codes,
                                              const TransformResult& result,
                                              const ParamLayout& layout, bool symmetric,
-                                             int code_bits = 8, const ReleaseFn& release = nullptr);
+                                             int code_bits = 8, const ReleaseFn& release = nullptr,
+                                             const std::function<void()>& outer_codes_read = nullptr);
 absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
                                                       absl::Span<const uint8_t* const> branch_codes,
                                                       const TransformResult& result,
