@@ -16,6 +16,7 @@
 #include "server/client.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
+#include "tests/support/hostile_corpus.h"
 #include "tests/support/ort_runner.h"
 
 // ONNX Runtime (used here only to check the artifact) keeps a small one-time allocation
@@ -423,6 +424,65 @@ TEST_F(ServerE2ETest, HostileModelsFailTheirJobAndTheServerServesOn) {
                                     .status()
                                     .message(),
                                 "rank 200"));
+}
+
+// The hostile corpus (tests/support/hostile_corpus.h) through the RPCs: every case is
+// refused at upload or fails its job with INVALID_ARGUMENT / NOT_FOUND and a message (the
+// valid ones succeed), nothing is published for a failed job, the server stays healthy
+// throughout, and a good model still succeeds at the end.
+TEST_F(ServerE2ETest, HostileCorpusThroughTheRpcs) {
+  const std::vector<sq::testing::HostileCase> cases = sq::testing::WriteHostileCorpus((dir_ / "corpus").string());
+  ASSERT_GE(cases.size(), 60u);
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  int refused_at_upload = 0, failed_jobs = 0, succeeded = 0;
+  for (const sq::testing::HostileCase& hc : cases) {
+    std::vector<client::LocalFile> files;
+    for (const auto& p : hc.files) files.push_back({p, fs::path(p).filename().string()});
+    auto up = c->Upload(files);
+    if (!up.ok()) {
+      ++refused_at_upload;
+      EXPECT_NE(hc.expect, absl::StatusCode::kOk) << hc.name << ": " << up.status();
+      EXPECT_TRUE(up.status().code() == absl::StatusCode::kInvalidArgument ||
+                  up.status().code() == absl::StatusCode::kNotFound)
+          << hc.name << ": " << up.status();
+      EXPECT_FALSE(up.status().message().empty()) << hc.name;
+    } else {
+      auto job = SubmitOrDie(*c, up->model_id());
+      auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(60));
+      ASSERT_TRUE(done.ok()) << hc.name << ": " << done.status();
+      if (hc.expect == absl::StatusCode::kOk) {
+        ++succeeded;
+        EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << hc.name << ": " << done->error().message();
+      } else {
+        ++failed_jobs;
+        EXPECT_EQ(done->state(), v1::JOB_STATE_FAILED) << hc.name;
+        const int code = done->error().code();
+        // The server has only the files the upload brought: a file the model names but the
+        // upload left out is NOT_FOUND there.
+        EXPECT_TRUE(code == static_cast<int>(absl::StatusCode::kInvalidArgument) ||
+                    code == static_cast<int>(absl::StatusCode::kNotFound))
+            << hc.name << ": " << code << " " << done->error().message();
+        EXPECT_FALSE(done->error().message().empty()) << hc.name;
+        EXPECT_EQ(done->artifacts_size(), 0) << hc.name;
+        EXPECT_FALSE(absl::StrContains(done->error().message(), Options().artifact_dir)) << hc.name;
+      }
+    }
+    auto health = c->Health();
+    ASSERT_TRUE(health.ok()) << hc.name;
+    ASSERT_TRUE(*health) << hc.name;
+  }
+  std::printf("hostile corpus over RPC: %zu cases, %d refused at upload, %d jobs failed, %d succeeded\n",
+              cases.size(), refused_at_upload, failed_jobs, succeeded);
+  EXPECT_GE(succeeded, 3);
+  EXPECT_GE(refused_at_upload + failed_jobs, 55);
+  auto up = c->Upload({{model_, "good.onnx"}});
+  ASSERT_TRUE(up.ok()) << up.status();
+  auto job = SubmitOrDie(*c, up->model_id());
+  auto done = c->Watch(job.job_id(), nullptr, absl::Seconds(60));
+  ASSERT_TRUE(done.ok());
+  EXPECT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
 }
 
 // sqctl submit uploads the files a model names; it must refuse the same models local
