@@ -354,49 +354,31 @@ TEST_F(ServerE2ETest, HostileModelsFailTheirJobAndTheServerServesOn) {
     ASSERT_TRUE(m.SerializeToOstream(&out));
     cases.push_back({"rank 200", {p}});
   }
-  {
+  // The test model with its weight moved to external data at (location, offset, length).
+  auto external = [&](const std::string& file, const char* location, const char* offset) {
     onnx::ModelProto m;
-    {
-      std::ifstream in(model_, std::ios::binary);
-      ASSERT_TRUE(m.ParseFromIstream(&in));
-    }
-    std::ofstream(dir_ / "w.bin", std::ios::binary) << std::string(64 * 64 * 4, '\0');
+    std::ifstream in(model_, std::ios::binary);
+    EXPECT_TRUE(m.ParseFromIstream(&in));
     auto* t = m.mutable_graph()->mutable_initializer(0);
     t->clear_float_data();
     t->set_data_location(onnx::TensorProto::EXTERNAL);
-    for (auto [k, v] : {std::pair<const char*, const char*>{"location", "w.bin"},
-                        {"offset", "9223372036854775798"}, {"length", "16384"}}) {
+    for (auto [k, v] : {std::pair<const char*, const char*>{"location", location},
+                        {"offset", offset}, {"length", "16384"}}) {
       auto* e = t->add_external_data();
       e->set_key(k);
       e->set_value(v);
     }
-    std::string p = (dir_ / "overflow.onnx").string();
+    std::string p = (dir_ / file).string();
     std::ofstream out(p, std::ios::binary);
-    ASSERT_TRUE(m.SerializeToOstream(&out));
-    cases.push_back({"offset overflow", {p, (dir_ / "w.bin").string()}});
-  }
-  {
-    // External data the upload did not bring: the engine's message names the file it
-    // looked for, which must not reveal where the server keeps it.
-    onnx::ModelProto m;
-    {
-      std::ifstream in(model_, std::ios::binary);
-      ASSERT_TRUE(m.ParseFromIstream(&in));
-    }
-    auto* t = m.mutable_graph()->mutable_initializer(0);
-    t->clear_float_data();
-    t->set_data_location(onnx::TensorProto::EXTERNAL);
-    for (auto [k, v] : {std::pair<const char*, const char*>{"location", "absent.bin"},
-                        {"offset", "0"}, {"length", "16384"}}) {
-      auto* e = t->add_external_data();
-      e->set_key(k);
-      e->set_value(v);
-    }
-    std::string p = (dir_ / "absent.onnx").string();
-    std::ofstream out(p, std::ios::binary);
-    ASSERT_TRUE(m.SerializeToOstream(&out));
-    cases.push_back({"missing external data", {p}});
-  }
+    EXPECT_TRUE(m.SerializeToOstream(&out));
+    return p;
+  };
+  std::ofstream(dir_ / "w.bin", std::ios::binary) << std::string(64 * 64 * 4, '\0');
+  cases.push_back({"offset overflow",
+                   {external("overflow.onnx", "w.bin", "9223372036854775798"), (dir_ / "w.bin").string()}});
+  // External data the upload did not bring: the engine's message names the file it looked
+  // for, which must not reveal where the server keeps it.
+  cases.push_back({"missing external data", {external("absent.onnx", "absent.bin", "0")}});
   auto server = Start(Options());
   ASSERT_TRUE(server);
   auto c = Connect(*server);

@@ -450,22 +450,33 @@ std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e) {
   return w;
 }
 
-absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
-                                                      absl::Span<const uint8_t* const> branch_codes,
-                                                      const TransformResult& result,
-                                                      const ParamLayout& layout, bool symmetric,
-                                                      int code_bits, const ReleaseFn& release) {
+namespace {
+
+// outer8's preconditions: a split layer, and a MatMul weight [K, N] (reduction axis 0,
+// channel axis 1) or a Gather table [R, C] (reduction axis 1, the row is the channel).
+absl::Status CheckOuter8(absl::Span<const uint8_t* const> branch_codes, const TransformResult& result,
+                         const ParamLayout& layout) {
   if (branch_codes.size() != 3 || result.num_branches != 3) {
     return absl::InternalError("the outer8 form needs a split layer");
   }
-  // A MatMul weight [K, N] (reduction axis 0, channel axis 1) or a Gather table [R, C]
-  // (reduction axis 1, the row is the channel).
   const bool rows_are_channels = layout.reduction_axis == 1;
   if (layout.shape.size() != 2 || layout.reduction_axis > 1 ||
       (layout.granularity == Granularity::kChannel &&
        layout.channel_axis != (rows_are_channels ? 0 : 1))) {
     return absl::InternalError("the outer8 form needs a 2-D [K, N] or [R, C] weight");
   }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
+                                                      absl::Span<const uint8_t* const> branch_codes,
+                                                      const TransformResult& result,
+                                                      const ParamLayout& layout, bool symmetric,
+                                                      int code_bits, const ReleaseFn& release) {
+  SQ_RETURN_IF_ERROR(CheckOuter8(branch_codes, result, layout));
+  const bool rows_are_channels = layout.reduction_axis == 1;
   const int64_t rows = layout.shape[0], cols = layout.shape[1], n = rows * cols;
   const Granularity g = layout.granularity;
   const int64_t bs = layout.block_size, row_blocks = (cols + bs - 1) / bs;
@@ -692,15 +703,8 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
                                              const ParamLayout& layout, bool symmetric,
                                              int code_bits, const ReleaseFn& release,
                                              const std::function<void()>& outer_codes_read) {
-  if (branch_codes.size() != 3 || result.num_branches != 3) {
-    return absl::InternalError("the outer8 form needs a split layer");
-  }
+  SQ_RETURN_IF_ERROR(CheckOuter8(branch_codes, result, layout));
   const bool rows_are_channels = layout.reduction_axis == 1;
-  if (layout.shape.size() != 2 || layout.reduction_axis > 1 ||
-      (layout.granularity == Granularity::kChannel &&
-       layout.channel_axis != (rows_are_channels ? 0 : 1))) {
-    return absl::InternalError("the outer8 form needs a 2-D [K, N] or [R, C] weight");
-  }
   const int64_t rows = layout.shape[0], cols = layout.shape[1], n = rows * cols;
   const Granularity g = layout.granularity;
   const int64_t bs = layout.block_size, row_blocks = (cols + bs - 1) / bs;
@@ -739,41 +743,45 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
       released = end;
     }
   };
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    const int64_t r1 = std::min(rows, r0 + kRowBlock);
-    for (int64_t t0 = 0; t0 < cols; t0 += tile) {
-      const int64_t t1 = std::min(cols, t0 + tile), width = t1 - t0;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i0 = r * cols + t0, base = row_base(r);
-        UnpackCodes(branch_codes[0], i0, width, code_bits, symmetric, c0.data());
-        UnpackCodes(branch_codes[2], i0, width, code_bits, symmetric, c2.data());
-        const float* v = values + i0;
-        const int64_t* cp = col_param.data() + t0;
-        const int64_t first = base + cp[0];
-        int64_t c = 0;
-        if (walk == Walk::kPerColumn) {
-          c = OuterRangesRow<true>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
-                                   lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
-        } else if (walk == Walk::kConstant) {
-          c = OuterRangesRow<false>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
-                                    lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
-        }
-        for (; c < width; ++c) {
-          const int64_t p = base + cp[c], i = i0 + c;
-          const uint8_t o = (c0[c] != z0[p]) | (c2[c] != z2[p]);
-          outer_bits[i >> 3] |= static_cast<uint8_t>(o << (i & 7));
-          // Without a branch: a weight outside the outer clusters counts as 0, inside the
-          // range already (it is widened to 0).
-          const float x = o ? v[c] : 0.0f;
-          lo[p] = std::min(lo[p], x);
-          hi[p] = std::max(hi[p], x);
-        }
+  // fn(i0, width, base, t0): the segment of `width` weights from index i0 (row r, columns
+  // t0..), whose parameters start at base + col_param[t0]; blocks of rows, tiles of columns.
+  auto for_each_segment = [&](auto&& fn) {
+    for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
+      const int64_t r1 = std::min(rows, r0 + kRowBlock);
+      for (int64_t t0 = 0; t0 < cols; t0 += tile) {
+        const int64_t width = std::min(cols, t0 + tile) - t0;
+        for (int64_t r = r0; r < r1; ++r) fn(r * cols + t0, width, row_base(r), t0);
       }
+      passed(r1 * cols);
     }
-    passed(r1 * cols);
-  }
-  if (release) release(released, n);
-  released = 0;
+    if (release) release(released, n);
+    released = 0;
+  };
+  for_each_segment([&](int64_t i0, int64_t width, int64_t base, int64_t t0) {
+    UnpackCodes(branch_codes[0], i0, width, code_bits, symmetric, c0.data());
+    UnpackCodes(branch_codes[2], i0, width, code_bits, symmetric, c2.data());
+    const float* v = values + i0;
+    const int64_t* cp = col_param.data() + t0;
+    const int64_t first = base + cp[0];
+    int64_t c = 0;
+    if (walk == Walk::kPerColumn) {
+      c = OuterRangesRow<true>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
+                               lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
+    } else if (walk == Walk::kConstant) {
+      c = OuterRangesRow<false>(v, c0.data(), c2.data(), z0.data() + first, z2.data() + first,
+                                lo.data() + first, hi.data() + first, width, i0, outer_bits.data());
+    }
+    for (; c < width; ++c) {
+      const int64_t p = base + cp[c], i = i0 + c;
+      const uint8_t o = (c0[c] != z0[p]) | (c2[c] != z2[p]);
+      outer_bits[i >> 3] |= static_cast<uint8_t>(o << (i & 7));
+      // Without a branch: a weight outside the outer clusters counts as 0, inside the
+      // range already (it is widened to 0).
+      const float x = o ? v[c] : 0.0f;
+      lo[p] = std::min(lo[p], x);
+      hi[p] = std::max(hi[p], x);
+    }
+  });
   if (outer_codes_read) outer_codes_read();
   const QuantSpec spec8{8, symmetric};
   OuterBranch out;
@@ -794,60 +802,51 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
   std::vector<int32_t> c1(static_cast<size_t>(tile));
   std::vector<float> approx(static_cast<size_t>(tile));
-  for (int64_t r0 = 0; r0 < rows; r0 += kRowBlock) {
-    const int64_t r1 = std::min(rows, r0 + kRowBlock);
-    for (int64_t t0 = 0; t0 < cols; t0 += tile) {
-      const int64_t t1 = std::min(cols, t0 + tile), width = t1 - t0;
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t i0 = r * cols + t0, base = row_base(r);
-        UnpackCodes(branch_codes[1], i0, width, code_bits, symmetric, c1.data());
-        const float* v = values + i0;
-        const int64_t* cp = col_param.data() + t0;
-        uint8_t* codes = out.codes.data() + i0;
-        const int64_t first = base + cp[0];
-        double energy = 0;
-        int64_t vec_end = 0;
-        if (walk != Walk::kOther) {
-          auto row = walk == Walk::kPerColumn ? OuterCodesRow<true> : OuterCodesRow<false>;
-          vec_end = row(v, c1.data(), outer_bits.data(), i0, scale8.data() + first,
-                        out.params.zero_points.data() + first, mid.scales.data() + first,
-                        mid.zero_points.data() + first, qmin, qmax, width, codes, &energy);
-        }
-        for (int64_t c = vec_end; c < width; ++c) {
-          const int64_t p = base + cp[c], i = i0 + c;
-          if ((outer_bits[i >> 3] >> (i & 7)) & 1) {
-            // QuantizeValue: saturate(round_half_even(x / s) + z), then dequantized.
-            float t = v[c] / scale8[p];
-            t = std::min(std::max(t, -kClamp), kClamp);
-            t = (t + kMagic) - kMagic;
-            const float q = std::min(std::max(t + zero8[p], qmin), qmax);
-            const int32_t qi = static_cast<int32_t>(q);
-            codes[c] = static_cast<uint8_t>(qi);
-            approx[c] = static_cast<float>(qi - out.params.zero_points[p]) * scale8[p];
-          } else {
-            codes[c] = static_cast<uint8_t>(out.params.zero_points[p]);
-            approx[c] = static_cast<float>(c1[c] - mid.zero_points[p]) * mid_scale[p];
-          }
-        }
-        // Four partial sums (a fixed order: deterministic, and no 4-cycle chain per weight).
-        double lane[4] = {0, 0, 0, 0};
-        int64_t c = vec_end;
-        for (; c + 3 < width; c += 4) {
-          for (int l = 0; l < 4; ++l) {
-            const double e = static_cast<double>(v[c + l]) - approx[c + l];
-            lane[l] += e * e;
-          }
-        }
-        for (; c < width; ++c) {
-          const double e = static_cast<double>(v[c]) - approx[c];
-          lane[0] += e * e;
-        }
-        out.error_energy += energy + ((lane[0] + lane[1]) + (lane[2] + lane[3]));
+  for_each_segment([&](int64_t i0, int64_t width, int64_t base, int64_t t0) {
+    UnpackCodes(branch_codes[1], i0, width, code_bits, symmetric, c1.data());
+    const float* v = values + i0;
+    const int64_t* cp = col_param.data() + t0;
+    uint8_t* codes = out.codes.data() + i0;
+    const int64_t first = base + cp[0];
+    double energy = 0;
+    int64_t vec_end = 0;
+    if (walk != Walk::kOther) {
+      auto row = walk == Walk::kPerColumn ? OuterCodesRow<true> : OuterCodesRow<false>;
+      vec_end = row(v, c1.data(), outer_bits.data(), i0, scale8.data() + first,
+                    out.params.zero_points.data() + first, mid.scales.data() + first,
+                    mid.zero_points.data() + first, qmin, qmax, width, codes, &energy);
+    }
+    for (int64_t c = vec_end; c < width; ++c) {
+      const int64_t p = base + cp[c], i = i0 + c;
+      if ((outer_bits[i >> 3] >> (i & 7)) & 1) {
+        // QuantizeValue: saturate(round_half_even(x / s) + z), then dequantized.
+        float t = v[c] / scale8[p];
+        t = std::min(std::max(t, -kClamp), kClamp);
+        t = (t + kMagic) - kMagic;
+        const float q = std::min(std::max(t + zero8[p], qmin), qmax);
+        const int32_t qi = static_cast<int32_t>(q);
+        codes[c] = static_cast<uint8_t>(qi);
+        approx[c] = static_cast<float>(qi - out.params.zero_points[p]) * scale8[p];
+      } else {
+        codes[c] = static_cast<uint8_t>(out.params.zero_points[p]);
+        approx[c] = static_cast<float>(c1[c] - mid.zero_points[p]) * mid_scale[p];
       }
     }
-    passed(r1 * cols);
-  }
-  if (release) release(released, n);
+    // Four partial sums (a fixed order: deterministic, and no 4-cycle chain per weight).
+    double lane[4] = {0, 0, 0, 0};
+    int64_t c = vec_end;
+    for (; c + 3 < width; c += 4) {
+      for (int l = 0; l < 4; ++l) {
+        const double e = static_cast<double>(v[c + l]) - approx[c + l];
+        lane[l] += e * e;
+      }
+    }
+    for (; c < width; ++c) {
+      const double e = static_cast<double>(v[c]) - approx[c];
+      lane[0] += e * e;
+    }
+    out.error_energy += energy + ((lane[0] + lane[1]) + (lane[2] + lane[3]));
+  });
   return out;
 }
 
