@@ -368,6 +368,17 @@ onnx::TensorProto* GraphEditor::NewInitializer(onnx::GraphProto* g, const std::s
 void GraphEditor::AppendSumOfThree(const std::vector<std::string>& terms, const std::string& out,
                                    const std::string& name_base,
                                    std::vector<onnx::NodeProto>* nodes) {
+  if (DefaultDomainOpset(*model_) < 7) {
+    // Add before opset 7 broadcasts only with an attribute and ONNX Runtime has no kernel
+    // for it; Sum (opset 6) adds same-shaped tensors, which the three terms are.
+    onnx::NodeProto sum;
+    sum.set_op_type("Sum");
+    sum.set_name(UniqueName(name_base + "012.sum"));
+    for (const std::string& t : terms) sum.add_input(t);
+    sum.add_output(out);
+    nodes->push_back(std::move(sum));
+    return;
+  }
   std::string partial = UniqueName(name_base + "01");
   onnx::NodeProto add1, add2;
   add1.set_op_type("Add");

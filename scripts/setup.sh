@@ -14,7 +14,7 @@ APT_PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libonnx-dev prometheus-cpp-dev libgtest-dev libgmock-dev
   libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev
-  libfreetype-dev fonts-dejavu-core wamerican prometheus time
+  libfreetype-dev fonts-dejavu-core wamerican prometheus time libonnx-testdata
 )
 
 missing=()
