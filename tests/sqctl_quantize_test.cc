@@ -1,8 +1,10 @@
 // `sqctl quantize`: flag parsing (library) and the real binary's exit codes and output.
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 
 #include "absl/strings/str_cat.h"
 #include "client/quantize_command.h"
@@ -10,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/hostile_corpus.h"
 #include "tests/support/model_builder.h"
 
 namespace sq::cli {
@@ -128,8 +131,7 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
 }
 
 // Runs the built sqctl binary; returns the exit code and captures stdout+stderr.
-int RunSqctl(const std::string& args, std::string* output) {
-  std::string cmd = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl ", args, " 2>&1");
+int RunCommand(const std::string& cmd, std::string* output) {
   FILE* p = popen(cmd.c_str(), "r");
   char buf[4096];
   size_t n;
@@ -137,6 +139,17 @@ int RunSqctl(const std::string& args, std::string* output) {
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) output->append(buf, n);
   int status = pclose(p);
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+int RunSqctl(const std::string& args, std::string* output) {
+  return RunCommand(absl::StrCat(SQ_BINARY_DIR, "/client/sqctl ", args, " 2>&1"), output);
+}
+
+// As RunSqctl, under GNU time writing the peak RSS (KB) to `rss_file`.
+int RunSqctlUnderTime(const std::string& args, const std::string& rss_file, std::string* output) {
+  return RunCommand(absl::StrCat("/usr/bin/time -f %M -o '", rss_file, "' ", SQ_BINARY_DIR,
+                                 "/client/sqctl ", args, " 2>&1"),
+                    output);
 }
 
 TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
@@ -177,6 +190,44 @@ TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
   EXPECT_THAT(out, HasSubstr("--granularity"));
   rc = RunSqctl("nonsense", &out);
   EXPECT_EQ(rc, kExitUsage);
+}
+
+// The hostile corpus (tests/support/hostile_corpus.h) through the real binary, as #11
+// asks: exit 1 with a one-line reason for every refused case, 0 for the valid ones,
+// nothing left at the output, and the process's peak RSS bounded (GNU time's %M).
+TEST(SqctlBinaryTest, HostileCorpusExitsOneWithOneLineAndLeavesNothing) {
+  const std::string dir = testing::MakeTempDir("sq-cli-hostile");
+  const auto cases = testing::WriteHostileCorpus(dir + "/in");
+  ASSERT_GE(cases.size(), 60u);
+  const bool have_time = access("/usr/bin/time", X_OK) == 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
+    const std::string out_dir = absl::StrCat(dir, "/out", i);
+    ASSERT_EQ(mkdir(out_dir.c_str(), 0755), 0);
+    const std::string rss_file = out_dir + ".rss";
+    std::string output;
+    const std::string args = absl::StrCat("quantize '", c.model, "' -o '", out_dir, "/q.onnx' --quiet");
+    int rc = have_time ? RunSqctlUnderTime(args, rss_file, &output) : RunSqctl(args, &output);
+    if (c.expect == absl::StatusCode::kOk) {
+      EXPECT_EQ(rc, 0) << c.name << ": " << output;
+    } else {
+      EXPECT_EQ(rc, kExitFailed) << c.name << ": " << output;
+      EXPECT_EQ(std::count(output.begin(), output.end(), '\n'), 1) << c.name << ": " << output;
+      EXPECT_TRUE(std::filesystem::is_empty(out_dir)) << c.name;
+    }
+    if (have_time) {
+      auto kb = ReadFileToString(rss_file);
+      ASSERT_TRUE(kb.ok()) << c.name;
+      // GNU time prefixes "Command exited with non-zero status N" on failures: the
+      // figure is the last line.
+      std::string last = *kb;
+      while (!last.empty() && last.back() == '\n') last.pop_back();
+      last = last.substr(last.find_last_of('\n') == std::string::npos ? 0 : last.find_last_of('\n') + 1);
+      const long long peak_kb = std::atoll(last.c_str());
+      EXPECT_GT(peak_kb, 0) << c.name << ": " << *kb;
+      EXPECT_LT(peak_kb, 512 * 1024) << c.name << ": peak RSS " << peak_kb << " KB";
+    }
+  }
 }
 
 }  // namespace
