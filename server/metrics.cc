@@ -1,5 +1,11 @@
 #include "server/metrics.h"
 
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "core/file_util.h"
+
 namespace sq::server {
 namespace {
 
@@ -49,6 +55,16 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                         .Help("Worker threads available for jobs.")
                         .Register(registry)
                         .Add({})),
+      resident_(BuildGauge()
+                    .Name("sq_process_resident_memory_bytes")
+                    .Help("Resident memory of the server process, sampled when a job starts or ends.")
+                    .Register(registry)
+                    .Add({})),
+      peak_resident_(BuildGauge()
+                         .Name("sq_process_peak_resident_memory_bytes")
+                         .Help("Peak resident memory of the server process since it started.")
+                         .Register(registry)
+                         .Add({})),
       stage_duration_(BuildHistogram()
                           .Name("sq_stage_duration_seconds")
                           .Help("Time spent per engine stage (load, discover, convert, transform, write).")
@@ -105,7 +121,18 @@ void ServerMetrics::JobFinished(const std::string& outcome, double seconds) {
 
 void ServerMetrics::QueueWait(double seconds) { queue_wait_.Observe(seconds); }
 void ServerMetrics::SetQueueDepth(int n) { queue_depth_.Set(n); }
-void ServerMetrics::SetRunningJobs(int n) { running_.Set(n); }
+void ServerMetrics::SetRunningJobs(int n) {
+  running_.Set(n);
+  // /proc/self/statm: size resident ... in pages.
+  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
+    long long size = 0, resident = 0;
+    if (std::fscanf(f, "%lld %lld", &size, &resident) == 2) {
+      resident_.Set(static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)));
+    }
+    std::fclose(f);
+  }
+  peak_resident_.Set(static_cast<double>(PeakRssBytes()));
+}
 void ServerMetrics::SetWorkerSlots(int n) { worker_slots_.Set(n); }
 
 void ServerMetrics::StageDuration(const std::string& stage, double seconds) {

@@ -29,6 +29,8 @@ class ServerMetrics {
   void JobFinished(const std::string& outcome, double seconds);
   void QueueWait(double seconds);
   void SetQueueDepth(int n);
+  // Also samples the process's memory (sq_process_resident_memory_bytes, and the peak):
+  // it moves whenever a job starts or ends, which is when memory does.
   void SetRunningJobs(int n);
   void SetWorkerSlots(int n);
   void StageDuration(const std::string& stage, double seconds);
@@ -48,6 +50,8 @@ class ServerMetrics {
   prometheus::Gauge& queue_depth_;
   prometheus::Gauge& running_;
   prometheus::Gauge& worker_slots_;
+  prometheus::Gauge& resident_;
+  prometheus::Gauge& peak_resident_;
   prometheus::Family<prometheus::Histogram>& stage_duration_;
   prometheus::Counter& uploaded_;
   prometheus::Counter& downloaded_;
