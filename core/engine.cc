@@ -149,8 +149,10 @@ absl::Status CheckPaths(const std::string& input_path, const std::string& output
 }
 
 // Stage "convert" (format qdq only): the code storage for the options, and the model
-// brought to the opset and IR version it needs. Other formats keep the model's opset.
+// brought to the opset and IR version it needs (`before_converting` is called first when
+// it must be converted). Other formats keep the model's opset.
 absl::StatusOr<StoragePlan> ConvertForStorage(const QuantizeOptions& options, int input_opset,
+                                              const std::function<void()>& before_converting,
                                               onnx::ModelProto* proto) {
   StoragePlan storage;
   if (options.format != OutputFormat::kQdq) return storage;
@@ -159,6 +161,7 @@ absl::StatusOr<StoragePlan> ConvertForStorage(const QuantizeOptions& options, in
   if (options.bpw_budget > 0) storage_options.bits = 4;
   SQ_ASSIGN_OR_RETURN(storage, ChooseModelStorage(storage_options, input_opset));
   if (storage.opset > input_opset) {
+    before_converting();
     absl::Status s = ConvertOpset(proto, storage.opset);
     if (!s.ok()) {
       return absl::InvalidArgumentError(absl::StrCat(
@@ -209,8 +212,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   if (cancelled()) return kCancelled;
 
   // --- opset conversion (qdq only) ------------------------------------------------------
-  if (options.format == OutputFormat::kQdq) progress("convert");
-  SQ_ASSIGN_OR_RETURN(StoragePlan storage, ConvertForStorage(options, report.input_opset, &proto));
+  SQ_ASSIGN_OR_RETURN(StoragePlan storage, ConvertForStorage(options, report.input_opset,
+                                                             [&] { progress("convert"); }, &proto));
   if (options.format == OutputFormat::kQdq) clock.Mark("convert");
   report.output_opset = DefaultDomainOpset(proto);
 

@@ -84,6 +84,8 @@ std::string Sha256Hex(const void* data, size_t size);
 
 // Peak resident set size of this process so far, in bytes.
 int64_t PeakRssBytes();
+// Resident memory of this process now (bytes, /proc/self/statm); 0 if unreadable.
+int64_t CurrentRssBytes();
 
 // Directory part of a path ("." when it has none) and the last component.
 std::string DirName(const std::string& path);

@@ -87,13 +87,12 @@ void CollectInitializers(onnx::GraphProto* g, std::vector<onnx::TensorProto*>* o
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& model_ref,
+absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& model,
                                                                  const std::vector<GroupPlan>& plans,
                                                                  const QuantizeOptions& options,
                                                                  const std::string& output_path) {
-  std::unique_ptr<OutputFiles> out(new OutputFiles(model_ref, output_path));
-  LoadedModel* model = &model_ref;
-  onnx::ModelProto& proto = model->proto();
+  std::unique_ptr<OutputFiles> out(new OutputFiles(model, output_path));
+  onnx::ModelProto& proto = model.proto();
   auto& slots = out->slots_;
   for (const GroupPlan& p : plans) {
     for (const auto& [t, bytes] : p.tensor_bytes) slots[t] = {-1, bytes};
@@ -108,7 +107,7 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
   // A model that came with external data keeps it when large: pulling gigabytes into the
   // proto would cost memory and a slow serialisation for nothing.
   const bool external = options.external_data || total > kInlineLimitBytes ||
-                        (model->uses_external_data() && total > kKeepExternalBytes);
+                        (model.uses_external_data() && total > kKeepExternalBytes);
   out->data_name_ = BaseName(output_path) + ".data";
   const std::string& data_name = out->data_name_;
   const std::string data_path = absl::StrCat(DirName(output_path), "/", data_name);
@@ -123,8 +122,8 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
       if (size < kExternalMinBytes && it == slots.end()) {
         // Small existing tensors stay inline; pull them in if they were external.
         if (IsExternal(*t)) {
-          SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model->ExternalLocationOf(*t));
-          SQ_ASSIGN_OR_RETURN(const MappedFile* map, model->Map(loc.path));
+          SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model.ExternalLocationOf(*t));
+          SQ_ASSIGN_OR_RETURN(const MappedFile* map, model.Map(loc.path));
           std::string bytes(reinterpret_cast<const char*>(map->data() + loc.offset), loc.length);
           t->clear_external_data();
           t->set_data_location(onnx::TensorProto::DEFAULT);
@@ -141,7 +140,7 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
         job.offset = offset;
         job.size = size;
         if (IsExternal(*t)) {
-          SQ_ASSIGN_OR_RETURN(job.from, model->ExternalLocationOf(*t));
+          SQ_ASSIGN_OR_RETURN(job.from, model.ExternalLocationOf(*t));
         } else {
           job.inline_bytes = InlineBytes(*t);
           job.size = static_cast<int64_t>(job.inline_bytes.size());
@@ -158,8 +157,8 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
       if (it != slots.end()) {
         t->mutable_raw_data()->assign(static_cast<size_t>(it->second.size), '\0');
       } else if (IsExternal(*t)) {
-        SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model->ExternalLocationOf(*t));
-        SQ_ASSIGN_OR_RETURN(const MappedFile* map, model->Map(loc.path));
+        SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model.ExternalLocationOf(*t));
+        SQ_ASSIGN_OR_RETURN(const MappedFile* map, model.Map(loc.path));
         std::string bytes(reinterpret_cast<const char*>(map->data() + loc.offset), loc.length);
         map->Release(loc.offset, loc.length);
         t->clear_external_data();

@@ -18,6 +18,13 @@
 
 namespace sq {
 
+int EffectiveThreads(const QuantizeOptions& options) {
+  return std::max(1, options.threads > 0 ? options.threads
+                                         : static_cast<int>(std::thread::hardware_concurrency()));
+}
+
+namespace {
+
 // Runs fn over [0, n) on `threads` threads (contiguous ranges; results must not depend on
 // the cut, which TransformWeight guarantees).
 ParallelFor ThreadsFor(int threads) {
@@ -30,13 +37,6 @@ ParallelFor ThreadsFor(int threads) {
     for (auto& h : helpers) h.join();
   };
 }
-
-int EffectiveThreads(const QuantizeOptions& options) {
-  return std::max(1, options.threads > 0 ? options.threads
-                                         : static_cast<int>(std::thread::hardware_concurrency()));
-}
-
-namespace {
 
 // True when the values along some clustering unit have at least 3 distinct values.
 bool AnyUnitHasThreeDistinct(const float* data, const std::vector<int64_t>& shape, int channel_axis,

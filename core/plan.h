@@ -20,10 +20,6 @@ namespace sq {
 // Worker threads for `options` (options.threads, or every core when 0).
 int EffectiveThreads(const QuantizeOptions& options);
 
-// Runs fn over [0, n) on `threads` threads in contiguous ranges; nullptr for 1 thread.
-// Results must not depend on the cut (TransformWeight guarantees it).
-ParallelFor ThreadsFor(int threads);
-
 // One GroupPlan per selected group of `groups`, planned and applied to the graph through
 // `editor` (on the model's proto), which must outlive the transform: it keeps the weights
 // it takes out of the graph alive for it. Under --bpw-budget, fills the report's

@@ -1,5 +1,9 @@
 #include "core/quantizer.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -118,15 +122,47 @@ void PackCodes(absl::Span<const int32_t> codes, int storage_bits, uint8_t* out) 
 std::vector<int32_t> UnpackCodes(const uint8_t* data, int64_t num_codes, int storage_bits,
                                  bool is_signed) {
   std::vector<int32_t> codes(static_cast<size_t>(num_codes));
+  UnpackCodesAt(data, 0, num_codes, storage_bits, is_signed, codes.data());
+  return codes;
+}
+
+void UnpackCodesAt(const uint8_t* data, int64_t first, int64_t count, int storage_bits,
+                   bool is_signed, int32_t* out) {
+  int64_t i = 0;
+  if (storage_bits == 8) {
+    const uint8_t* q = data + first;
+    for (; i < count; ++i) out[i] = is_signed ? static_cast<int8_t>(q[i]) : q[i];
+    return;
+  }
+#if defined(__SSE2__)
+  if (storage_bits == 4 && first % 2 == 0) {
+    // 16 codes (8 bytes) at a time: nibbles interleaved in order, sign-extended ((u ^ 8) - 8
+    // when signed), widened to 32 bits.
+    const uint8_t* q = data + first / 2;
+    const __m128i low4 = _mm_set1_epi8(0x0F), s8 = _mm_set1_epi8(is_signed ? 8 : 0);
+    for (; i + 16 <= count; i += 16) {
+      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i / 2));
+      const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
+      const __m128i x = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), s8), s8);
+      const __m128i ext8 = _mm_cmpgt_epi8(_mm_setzero_si128(), x);  // sign bytes
+      const __m128i w0 = _mm_unpacklo_epi8(x, ext8), w1 = _mm_unpackhi_epi8(x, ext8);
+      const __m128i ext0 = _mm_srai_epi16(w0, 15), ext1 = _mm_srai_epi16(w1, 15);
+      __m128i* o = reinterpret_cast<__m128i*>(out + i);
+      _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(w0, ext0));
+      _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(w0, ext0));
+      _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(w1, ext1));
+      _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(w1, ext1));
+    }
+  }
+#endif
   const int per_byte = 8 / storage_bits;
   const uint32_t mask = (1u << storage_bits) - 1;
   const int32_t sign_bit = 1 << (storage_bits - 1);
-  for (int64_t i = 0; i < num_codes; ++i) {
-    const int32_t v = static_cast<int32_t>(
-        (data[i / per_byte] >> ((i % per_byte) * storage_bits)) & mask);
-    codes[i] = (is_signed && (v & sign_bit)) ? v - (1 << storage_bits) : v;
+  for (; i < count; ++i) {
+    const int64_t e = first + i;
+    const int32_t v = static_cast<int32_t>((data[e / per_byte] >> ((e % per_byte) * storage_bits)) & mask);
+    out[i] = (is_signed && (v & sign_bit)) ? v - (1 << storage_bits) : v;
   }
-  return codes;
 }
 
 double SqnrDb(double signal_energy, double error_energy) {

@@ -62,6 +62,10 @@ int64_t PackedBytes(int64_t num_codes, int storage_bits);
 void PackCodes(absl::Span<const int32_t> codes, int storage_bits, uint8_t* out);
 std::vector<int32_t> UnpackCodes(const uint8_t* data, int64_t num_codes, int storage_bits,
                                  bool is_signed);
+// Codes [first, first + count) of such a stream into `out` (16 at a time for 4-bit codes
+// from an even `first`).
+void UnpackCodesAt(const uint8_t* data, int64_t first, int64_t count, int storage_bits,
+                   bool is_signed, int32_t* out);
 
 // Weight SQNR in dB: 10 log10(sum x^2 / sum (x - x^)^2); +inf for zero error.
 double SqnrDb(double signal_energy, double error_energy);

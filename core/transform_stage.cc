@@ -71,8 +71,6 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
       free_buffer(codes[2]);
     });
     if (!outer.ok()) return failed(outer.status());
-    free_buffer(codes[0]);
-    free_buffer(codes[2]);
     SQ_RETURN_IF_ERROR(encode_kernel(0, codes[1].data(), r.params[1], spec, cb));
     free_buffer(codes[1]);
     if (gather) {

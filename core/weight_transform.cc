@@ -15,6 +15,7 @@
 #include "core/kmeans.h"
 #include "core/transform/cuts.h"
 #include "core/transform/index_map.h"
+#include "core/transform/round.h"
 #include "core/status_macros.h"
 
 namespace sq {
@@ -26,10 +27,6 @@ constexpr float kInfF = std::numeric_limits<float>::infinity();
 constexpr int64_t kSubChunk = 1 << 15;
 // Elements per emitted piece: 4 MiB of FP32 per branch at most.
 constexpr int64_t kPieceElements = 1 << 20;
-// |x / s| is clamped to this before rounding: keeps the add-magic rounding exact and
-// changes nothing after saturation (codes span at most 256 levels).
-constexpr float kRoundClamp = 4194304.0f;     // 2^22
-constexpr float kRoundMagic = 12582912.0f;    // 1.5 * 2^23
 
 // ---- validation ------------------------------------------------------------------------
 
@@ -761,11 +758,6 @@ struct SegmentArgs {
   float* floats[3];     // FP32 encodings
 };
 
-inline float RoundHalfEven(float v) {
-  v = std::min(std::max(v, -kRoundClamp), kRoundClamp);
-  return (v + kRoundMagic) - kRoundMagic;
-}
-
 // Scalar element step, shared by the tails of the SIMD loop and the non-SSE2 build.
 template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain, bool kSignal>
 inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
@@ -804,18 +796,9 @@ inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
 inline __m128 Select(__m128 m, __m128 a, __m128 b) {
   return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
 }
-inline __m128 RoundHalfEven4(__m128 v) {
-  v = _mm_min_ps(_mm_max_ps(v, _mm_set1_ps(-kRoundClamp)), _mm_set1_ps(kRoundClamp));
-  const __m128 magic = _mm_set1_ps(kRoundMagic);
-  return _mm_sub_ps(_mm_add_ps(v, magic), magic);
-}
-// RoundHalfEven4 without the clamp, exact for |v| < 2^22. For the row kernel the clamp
-// is a no-op: x always lies in the range its scale s was chosen from (its branch's, or
+// The row kernel rounds with RoundHalfEven4Bounded (transform/round.h): the clamp is a
+// no-op there, as x always lies in the range its scale s was chosen from (its branch's, or
 // for plain the slice's, widened to include 0), so |x / s| <= qmax - qmin <= 255.
-inline __m128 RoundHalfEven4Bounded(__m128 v) {
-  const __m128 magic = _mm_set1_ps(kRoundMagic);
-  return _mm_sub_ps(_mm_add_ps(v, magic), magic);
-}
 inline __m128d Square2(__m128 e) { return _mm_mul_pd(_mm_cvtps_pd(e), _mm_cvtps_pd(e)); }
 inline __m128d SquareHi2(__m128 e) {
   const __m128d h = _mm_cvtps_pd(_mm_movehl_ps(e, e));

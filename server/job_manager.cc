@@ -489,7 +489,6 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
   auto redact = [&](std::string text) {
     return absl::StrReplaceAll(text, {{input_dir + "/", ""},
                                       {out_dir + "/", ""},
-                                      {store_->root() + "/", "<artifact-dir>/"},
                                       {store_->root(), "<artifact-dir>"}});
   };
   std::error_code ec;

@@ -1,9 +1,5 @@
 #include "server/metrics.h"
 
-#include <unistd.h>
-
-#include <cstdio>
-
 #include "core/file_util.h"
 
 namespace sq::server {
@@ -123,14 +119,7 @@ void ServerMetrics::QueueWait(double seconds) { queue_wait_.Observe(seconds); }
 void ServerMetrics::SetQueueDepth(int n) { queue_depth_.Set(n); }
 void ServerMetrics::SetRunningJobs(int n) {
   running_.Set(n);
-  // /proc/self/statm: size resident ... in pages.
-  if (std::FILE* f = std::fopen("/proc/self/statm", "r")) {
-    long long size = 0, resident = 0;
-    if (std::fscanf(f, "%lld %lld", &size, &resident) == 2) {
-      resident_.Set(static_cast<double>(resident) * static_cast<double>(sysconf(_SC_PAGESIZE)));
-    }
-    std::fclose(f);
-  }
+  resident_.Set(static_cast<double>(CurrentRssBytes()));
   peak_resident_.Set(static_cast<double>(PeakRssBytes()));
 }
 void ServerMetrics::SetWorkerSlots(int n) { worker_slots_.Set(n); }

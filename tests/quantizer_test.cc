@@ -132,6 +132,26 @@ TEST(QuantizerTest, PackingLayout) {
   EXPECT_EQ(UnpackCodes(out, 5, 2, false), two);
 }
 
+// UnpackCodesAt (16 codes at a time for 4-bit) equals the round trip of PackCodes, from
+// any start, for every container and signedness.
+TEST(QuantizerTest, UnpackCodesAtRoundTripsFromAnyStart) {
+  for (int bits : {2, 4, 8}) {
+    for (bool sym : {false, true}) {
+      const int lo = sym ? -(1 << (bits - 1)) : 0, hi = sym ? (1 << (bits - 1)) - 1 : (1 << bits) - 1;
+      std::vector<int32_t> codes(101);
+      for (size_t i = 0; i < codes.size(); ++i) codes[i] = lo + static_cast<int>((i * 7 + 3) % (hi - lo + 1));
+      std::vector<uint8_t> packed(static_cast<size_t>(PackedBytes(101, bits)));
+      PackCodes(codes, bits, packed.data());
+      for (int64_t first : {0, 1, 2, 5, 16}) {
+        std::vector<int32_t> out(static_cast<size_t>(101 - first - 3));
+        UnpackCodesAt(packed.data(), first, static_cast<int64_t>(out.size()), bits, sym, out.data());
+        EXPECT_EQ(out, std::vector<int32_t>(codes.begin() + first, codes.begin() + first + out.size()))
+            << bits << " bits " << (sym ? "signed" : "unsigned") << " from " << first;
+      }
+    }
+  }
+}
+
 TEST(QuantizerTest, Sqnr) {
   EXPECT_TRUE(std::isinf(SqnrDb(1.0, 0.0)));
   EXPECT_NEAR(SqnrDb(100.0, 1.0), 20.0, 1e-12);

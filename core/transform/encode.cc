@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 #include "core/transform/index_map.h"
+#include "core/transform/round.h"
 
 namespace sq {
 namespace {
@@ -555,46 +556,6 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8Reference(const float* values,
 
 namespace {
 
-// Codes [e0, e0 + count) of a stream packed at `bits` (8, 4 or 2), as integers.
-void UnpackCodes(const uint8_t* p, int64_t e0, int64_t count, int bits, bool is_signed,
-                 int32_t* out) {
-  if (bits == 8) {
-    const uint8_t* q = p + e0;
-    if (is_signed) {
-      for (int64_t i = 0; i < count; ++i) out[i] = static_cast<int8_t>(q[i]);
-    } else {
-      for (int64_t i = 0; i < count; ++i) out[i] = q[i];
-    }
-    return;
-  }
-  int64_t i = 0;
-  if (bits == 4 && e0 % 2 == 0) {
-    const uint8_t* q = p + e0 / 2;
-    const int32_t sign = is_signed ? 8 : 0;  // (u ^ 8) - 8 sign-extends a nibble
-    // 16 codes (8 bytes) at a time: nibbles interleaved in order, sign-extended, widened.
-    const __m128i low4 = _mm_set1_epi8(0x0F), s8 = _mm_set1_epi8(static_cast<char>(sign));
-    for (; i + 16 <= count; i += 16) {
-      const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + i / 2));
-      const __m128i lo = _mm_and_si128(b, low4), hi = _mm_and_si128(_mm_srli_epi16(b, 4), low4);
-      const __m128i x = _mm_sub_epi8(_mm_xor_si128(_mm_unpacklo_epi8(lo, hi), s8), s8);
-      const __m128i ext8 = _mm_cmpgt_epi8(_mm_setzero_si128(), x);  // sign bytes
-      const __m128i w0 = _mm_unpacklo_epi8(x, ext8), w1 = _mm_unpackhi_epi8(x, ext8);
-      const __m128i ext0 = _mm_srai_epi16(w0, 15), ext1 = _mm_srai_epi16(w1, 15);
-      __m128i* o = reinterpret_cast<__m128i*>(out + i);
-      _mm_storeu_si128(o + 0, _mm_unpacklo_epi16(w0, ext0));
-      _mm_storeu_si128(o + 1, _mm_unpackhi_epi16(w0, ext0));
-      _mm_storeu_si128(o + 2, _mm_unpacklo_epi16(w1, ext1));
-      _mm_storeu_si128(o + 3, _mm_unpackhi_epi16(w1, ext1));
-    }
-    for (; i + 1 < count; i += 2) {
-      const uint8_t b = q[i / 2];
-      out[i] = ((b & 0x0F) ^ sign) - sign;
-      out[i + 1] = ((b >> 4) ^ sign) - sign;
-    }
-  }
-  for (; i < count; ++i) out[i] = CodeAt(p, e0 + i, bits, is_signed);
-}
-
 // ---- outer8 row kernels (SSE2) ----------------------------------------------------------
 // Parameters of a row segment are either one per column (a [K, N] weight per channel or
 // blocked: pointers already at the segment's first column) or one for the whole segment
@@ -653,7 +614,6 @@ template <bool kPerColumn>
 int64_t OuterCodesRow(const float* v, const int32_t* c1, const uint8_t* bits, int64_t i0,
                       const float* s8, const int32_t* z8, const float* ms, const int32_t* mz,
                       float qmin, float qmax, int64_t width, uint8_t* codes, double* energy) {
-  const __m128 clamp = _mm_set1_ps(4194304.0f), magic = _mm_set1_ps(12582912.0f);
   const __m128 vqmin = _mm_set1_ps(qmin), vqmax = _mm_set1_ps(qmax);
   const __m128i byte = _mm_set1_epi32(0xFF);
   const __m128i lane_bit = _mm_set_epi32(8, 4, 2, 1);
@@ -668,9 +628,7 @@ int64_t OuterCodesRow(const float* v, const int32_t* c1, const uint8_t* bits, in
     const __m128i outer = _mm_cmpeq_epi32(
         _mm_and_si128(_mm_set1_epi32(static_cast<int>(GetBits4(bits, i0 + c))), lane_bit), lane_bit);
     // saturate(round_half_even(x / s) + z), as QuantizeValue.
-    __m128 t = _mm_div_ps(x, s);
-    t = _mm_min_ps(_mm_max_ps(t, _mm_sub_ps(_mm_setzero_ps(), clamp)), clamp);
-    t = _mm_sub_ps(_mm_add_ps(t, magic), magic);
+    const __m128 t = RoundHalfEven4(_mm_div_ps(x, s));
     const __m128 q = _mm_min_ps(_mm_max_ps(_mm_add_ps(t, _mm_cvtepi32_ps(z)), vqmin), vqmax);
     const __m128i qi = _mm_cvttps_epi32(q);
     const __m128 a_outer = _mm_mul_ps(_mm_cvtepi32_ps(_mm_sub_epi32(qi, z)), s);
@@ -758,8 +716,8 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
     released = 0;
   };
   for_each_segment([&](int64_t i0, int64_t width, int64_t base, int64_t t0) {
-    UnpackCodes(branch_codes[0], i0, width, code_bits, symmetric, c0.data());
-    UnpackCodes(branch_codes[2], i0, width, code_bits, symmetric, c2.data());
+    UnpackCodesAt(branch_codes[0], i0, width, code_bits, symmetric, c0.data());
+    UnpackCodesAt(branch_codes[2], i0, width, code_bits, symmetric, c2.data());
     const float* v = values + i0;
     const int64_t* cp = col_param.data() + t0;
     const int64_t first = base + cp[0];
@@ -798,12 +756,10 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
   }
   out.codes.resize(static_cast<size_t>(n));
   const float qmin = static_cast<float>(spec8.qmin()), qmax = static_cast<float>(spec8.qmax());
-  constexpr float kClamp = 4194304.0f;   // 2^22: rounding by the magic number stays exact
-  constexpr float kMagic = 12582912.0f;  // 1.5 * 2^23
   std::vector<int32_t> c1(static_cast<size_t>(tile));
   std::vector<float> approx(static_cast<size_t>(tile));
   for_each_segment([&](int64_t i0, int64_t width, int64_t base, int64_t t0) {
-    UnpackCodes(branch_codes[1], i0, width, code_bits, symmetric, c1.data());
+    UnpackCodesAt(branch_codes[1], i0, width, code_bits, symmetric, c1.data());
     const float* v = values + i0;
     const int64_t* cp = col_param.data() + t0;
     uint8_t* codes = out.codes.data() + i0;
@@ -820,10 +776,7 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
       const int64_t p = base + cp[c], i = i0 + c;
       if ((outer_bits[i >> 3] >> (i & 7)) & 1) {
         // QuantizeValue: saturate(round_half_even(x / s) + z), then dequantized.
-        float t = v[c] / scale8[p];
-        t = std::min(std::max(t, -kClamp), kClamp);
-        t = (t + kMagic) - kMagic;
-        const float q = std::min(std::max(t + zero8[p], qmin), qmax);
+        const float q = std::min(std::max(RoundHalfEven(v[c] / scale8[p]) + zero8[p], qmin), qmax);
         const int32_t qi = static_cast<int32_t>(q);
         codes[c] = static_cast<uint8_t>(qi);
         approx[c] = static_cast<float>(qi - out.params.zero_points[p]) * scale8[p];
