@@ -21,15 +21,16 @@ FROM debian:bookworm-slim AS builder
 ENV DEBIAN_FRONTEND=noninteractive
 
 # The package list is taken from scripts/setup.sh (one source of truth), minus what only
-# tests, benchmarks or a developer machine need. The image needs neither ONNX Runtime nor
-# npm: setup.sh's npm part is not run.
+# tests, benchmarks or a developer machine need. ONNX Runtime (the engine verifies every
+# artifact in it) comes from npm by setup.sh's "ort" step, as on a developer machine.
 COPY scripts/setup.sh /tmp/setup.sh
 RUN set -eux; \
     pkgs="$(bash -c 'eval "$(sed -n "/^APT_PACKAGES=(/,/^)/p" /tmp/setup.sh)"; printf "%s\n" "${APT_PACKAGES[@]}"' \
             | grep -vxE 'ccache|prometheus|time|wamerican|fonts-dejavu-core')"; \
     test -n "$pkgs"; \
     apt-get update; \
-    apt-get install -y --no-install-recommends $pkgs; \
+    apt-get install -y --no-install-recommends $pkgs nodejs npm; \
+    SQ_CACHE=/opt/sq-cache SQ_SETUP_PARTS=ort bash /tmp/setup.sh; \
     rm -rf /var/lib/apt/lists/* /tmp/setup.sh
 
 WORKDIR /src
@@ -38,10 +39,11 @@ COPY . .
 # JOBS: parallel compile jobs (ninja's default is cores + 2).
 ARG JOBS=""
 RUN set -eux; \
-    cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQ_BUILD_TESTS=OFF; \
+    SQ_CACHE=/opt/sq-cache cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQ_BUILD_TESTS=OFF; \
     ninja -C /build ${JOBS:+-j"$JOBS"} sq-server sqctl; \
     mkdir -p /out; \
-    install -m 0755 -s /build/server/sq-server /build/client/sqctl /out/
+    install -m 0755 -s /build/server/sq-server /build/client/sqctl /out/; \
+    install -m 0644 /opt/sq-cache/onnxruntime-0.4.9/lib/libonnxruntime.so /out/libonnxruntime.so.1
 
 # ---------------------------------------------------------------------------------------
 # Runtime: only the shared libraries the two binaries load, a non-root user, one volume.
@@ -53,7 +55,7 @@ RUN set -eux; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
         libgrpc++1.51 libgrpc29 libprotobuf32 libonnx1 libabsl20220623 \
         libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 \
-        libre2-9 libssl3 libc-ares2 zlib1g ca-certificates; \
+        libre2-9 libssl3 libc-ares2 zlib1g libzip4 ca-certificates; \
     rm -rf /var/lib/apt/lists/*; \
     groupadd --system --gid 10001 sq; \
     useradd --system --uid 10001 --gid sq --home-dir /var/lib/sq --no-create-home \
@@ -63,6 +65,9 @@ RUN set -eux; \
     chmod 0750 /var/lib/sq
 
 COPY --from=builder /out/sq-server /out/sqctl /usr/local/bin/
+# ONNX Runtime (CPU, ~28 MB): found through the linker cache, not the build's RUNPATH.
+COPY --from=builder /out/libonnxruntime.so.1 /usr/local/lib/
+RUN ldconfig
 
 # Fail the build, not the first start, if a shared library is missing from the list above.
 RUN if ldd /usr/local/bin/sq-server /usr/local/bin/sqctl | grep -F 'not found'; then exit 1; fi

@@ -94,6 +94,13 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              works: 13, or 21 for packed INT4 / blocks under qdq)
   --threads N                worker threads (default: all cores); output is identical for any N
   --external-data            always write weights to an external data file
+  --verify on|off            before the output appears, load and run it in ONNX Runtime
+                             beside the FP32 model on the same inputs and report how close
+                             they are (default on); an artifact that does not run is not
+                             written (exit 1)
+  --verify-input FILE        inputs for --verify: .npy (single-input models), .npz (arrays
+                             named as the inputs) or .pb (ONNX TensorProto); default: seeded
+                             random inputs shaped by the graph
   --report FILE              write the JSON report
   --json                     print the JSON report instead of the summary
   --quiet                    print nothing on success
@@ -282,6 +289,17 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
       o.threads = static_cast<int>(n);
     } else if (flag == "external-data") {
       s = boolean(&o.external_data);
+    } else if (flag == "verify") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (*v != "on" && *v != "off") {
+        return absl::InvalidArgumentError(absl::StrCat("--verify wants on or off, got '", *v, "'"));
+      }
+      o.verify = *v == "on";
+    } else if (flag == "verify-input") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      o.verify_input = *v;
     } else if (flag == "json") {
       s = boolean(&out.json);
     } else if (flag == "quiet" || flag == "q") {

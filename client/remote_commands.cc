@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/file_util.h"
 #include "core/options.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
@@ -31,7 +32,7 @@ const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
       "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
-      "target-opset", "threads", "idempotency-key"};
+      "target-opset", "threads", "idempotency-key", "verify", "verify-input"};
   return *flags;
 }
 const std::set<std::string>& BoolFlags() {
@@ -345,6 +346,18 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     o->set_threads(static_cast<int>(n));
   }
   if (a.Has("external-data")) o->set_external_data(true);
+  if (a.Has("verify")) {
+    std::string v = a.Get("verify");
+    if (v != "on" && v != "off") return absl::InvalidArgumentError("--verify wants on or off, got '" + v + "'");
+    o->set_verify(v == "on");
+  }
+  if (a.Has("verify-input")) {
+    if (o->has_verify() && !o->verify()) {
+      return absl::InvalidArgumentError("--verify-input is given but --verify is off");
+    }
+    // Uploaded beside the model under its file name (RunSubmit).
+    o->set_verify_input(BaseName(a.Get("verify-input")));
+  }
   if (a.Has("kmeans")) {
     std::string k = a.Get("kmeans");
     if (k != "exact" && k != "reference") {
@@ -401,7 +414,19 @@ int RunSubmit(SqClient& c, const Args& a) {
   if (absl::Status st = BuildOptions(a, req.mutable_options()); !st.ok()) return Usage(std::string(st.message()));
   std::string output = a.Get("o", a.Get("output"));
   bool quiet = a.Has("quiet") || a.Has("q") || a.Has("json");
-  auto up = c.UploadModel(a.positional[0], Bar("upload", quiet));
+  auto files = SqClient::ModelFiles(a.positional[0]);
+  if (!files.ok()) return Fail(files.status());
+  if (a.Has("verify-input")) {
+    // The verification inputs travel with the model, as one more file of the upload.
+    client::LocalFile in{a.Get("verify-input"), req.options().verify_input()};
+    for (const client::LocalFile& f : *files) {
+      if (f.name == in.name) {
+        return Usage("--verify-input " + in.name + " has the name of a file of the model; rename it");
+      }
+    }
+    files->push_back(std::move(in));
+  }
+  auto up = c.Upload(*files, Bar("upload", quiet));
   if (!up.ok()) return Fail(up.status());
   req.set_model_id(up->model_id());
   req.set_idempotency_key(a.Get("idempotency-key"));
@@ -492,7 +517,9 @@ std::string RemoteUsage() {
                                     (engine options as for quantize: --bits --granularity
                                     --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --bpw-budget --exclude
                                     --exclude-op --min-elements --target-opset --threads
-                                    --cluster-scope --kmeans --boundaries --external-data; --idempotency-key K)
+                                    --cluster-scope --kmeans --boundaries --external-data
+                                    --verify --verify-input (the file is uploaded with the
+                                    model); --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes
   watch JOB                         follow a job until it ends
   list                              all jobs, newest first

@@ -17,6 +17,7 @@
 #include "core/output.h"
 #include "core/plan.h"
 #include "core/transform_stage.h"
+#include "core/verify/verify.h"
 #include "core/validate.h"
 #include "core/weight_transform.h"
 
@@ -208,6 +209,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   report.input_bytes = model->model_file_bytes() + model->external_bytes();
   report.model_weight_elements = model->float_weight_elements();
   report.input_opset = DefaultDomainOpset(proto);
+  // The inputs stage "verify" will run with, chosen now so that a bad file fails at once.
+  SQ_ASSIGN_OR_RETURN(VerifyInputs verify_inputs, PrepareVerifyInputs(proto.graph(), options));
   clock.Mark("load");
   if (cancelled()) return kCancelled;
 
@@ -243,10 +246,22 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                       RunTransformStage(*model, plans, *out, EffectiveThreads(options), transform_hooks));
   clock.Mark("transform");
 
-  // --- write --------------------------------------------------------------------------
+  // --- write, verify, publish -----------------------------------------------------------
   progress("write");
-  SQ_RETURN_IF_ERROR(out->Commit(proto, &report));
-  clock.Mark("write");
+  auto verify = [&](const ArtifactImage& artifact) -> absl::Status {
+    clock.Mark("write");
+    progress("verify");
+    absl::Status s = VerifyArtifact(input_path, report.input_bytes, artifact, verify_inputs,
+                                    EffectiveThreads(options), &report.verification);
+    clock.Mark("verify");
+    return s;
+  };
+  if (options.verify) {
+    SQ_RETURN_IF_ERROR(out->Commit(proto, &report, verify));
+  } else {
+    SQ_RETURN_IF_ERROR(out->Commit(proto, &report));
+    clock.Mark("write");
+  }
 
   // --- report -------------------------------------------------------------------------
   FillReport(groups, plans, results, options, &report);

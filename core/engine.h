@@ -29,7 +29,7 @@ namespace sq {
 inline constexpr double kAutoSplitMinGainDb = 6.02;
 
 struct Progress {
-  std::string stage;        // "load", "discover", "convert", "transform", "write", "done"
+  std::string stage;        // "load", "discover", "convert", "transform", "write", "verify", "done"
   int layer_index = 0;      // layers finished so far in stage "transform"
   int layer_count = 0;
   std::string layer_name;   // the layer just finished, if any
@@ -47,6 +47,9 @@ struct RunHooks {
 //   NotFound          - input file or an external data file missing.
 //   Cancelled         - is_cancelled() returned true.
 //   ResourceExhausted - out of disk space while writing.
+//   FailedPrecondition - verification (options.verify): the FP32 model runs in ONNX Runtime
+//                       but the artifact does not, or gives non-finite outputs or other
+//                       shapes (core/verify/verify.h); nothing is written.
 //   Internal          - a bug; the message says where.
 absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                               const std::string& output_path,

@@ -19,6 +19,9 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
   if (options.bits < 2 || options.bits > 8) {
     return Invalid("bits", absl::StrCat("must be in 2..8, got ", options.bits));
   }
+  if (!options.verify && !options.verify_input.empty()) {
+    return absl::InvalidArgumentError("--verify-input is given but --verify is off");
+  }
   // Enum fields can carry any integer when built from a wire message by a cast.
   if (ToString(options.granularity)[0] == '?') return Invalid("granularity", "unknown value");
   if (ToString(options.format)[0] == '?') return Invalid("format", "unknown value");

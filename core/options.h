@@ -162,6 +162,13 @@ struct QuantizeOptions {
   int threads = 0;
   // Force weights into an external data file ("<output>.data") even below 2 GB.
   bool external_data = false;
+
+  // Stage "verify" (core/verify/verify.h): load and run the artifact in ONNX Runtime before
+  // it becomes visible, beside the FP32 model, and record how close they are. On by default.
+  bool verify = true;
+  // Inputs for verification: a .npy, .npz or .pb file (core/verify/tensor_file.h); empty =
+  // seeded random inputs shaped by the graph.
+  std::string verify_input;
 };
 
 // Checks ranges and combinations; InvalidArgument naming the offending option. block_size

@@ -201,7 +201,8 @@ absl::Status OutputFiles::RunCopy(int i) {
   return absl::OkStatus();
 }
 
-absl::Status OutputFiles::Commit(const onnx::ModelProto& proto, ModelReport* report) {
+absl::Status OutputFiles::Commit(const onnx::ModelProto& proto, ModelReport* report,
+                                 const std::function<absl::Status(const ArtifactImage&)>& check) {
   std::string serialized;
   if (!proto.SerializeToString(&serialized)) {
     return absl::InternalError("the output model does not serialise (over 2 GB inline?)");
@@ -215,8 +216,19 @@ absl::Status OutputFiles::Commit(const onnx::ModelProto& proto, ModelReport* rep
     report->output_bytes += data_bytes;
     report->external_data_path = data_name_;
     SQ_ASSIGN_OR_RETURN(report->external_data_sha256, Sha256File(data_file_->temp_path()));
-    SQ_RETURN_IF_ERROR(data_file_->Commit());
   }
+  if (check) {
+    ArtifactImage image;
+    image.name = BaseName(output_path_);
+    image.model_bytes = serialized;
+    if (data_file_) {
+      image.data_path = data_file_->temp_path();
+      image.data_location = data_name_;
+    }
+    image.total_bytes = report->output_bytes;
+    SQ_RETURN_IF_ERROR(check(image));
+  }
+  if (data_file_) SQ_RETURN_IF_ERROR(data_file_->Commit());
   return model_file->Commit();
 }
 

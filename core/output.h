@@ -13,6 +13,7 @@
 #define SQ_CORE_OUTPUT_H_
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -25,6 +26,7 @@
 #include "core/options.h"
 #include "core/report.h"
 #include "core/rewrite.h"
+#include "core/verify/verify.h"
 #include "onnx/onnx_pb.h"
 
 namespace sq {
@@ -53,7 +55,10 @@ class OutputFiles {
 
   // Stage "write": serialises `proto`, writes and hashes both files and renames them into
   // place. Sets the report's output_bytes, output_sha256 and external-data fields.
-  absl::Status Commit(const onnx::ModelProto& proto, ModelReport* report);
+  // `check` (stage "verify"), when given, sees the complete artifact before the renames; an
+  // error from it is returned and nothing becomes visible.
+  absl::Status Commit(const onnx::ModelProto& proto, ModelReport* report,
+                      const std::function<absl::Status(const ArtifactImage&)>& check = {});
 
  private:
   // Where a planned tensor's bytes go.

@@ -1,11 +1,13 @@
 #include "core/report.h"
 
 #include <cmath>
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "core/file_util.h"
 #include "core/utf8.h"
 #include "nlohmann/json.hpp"
 
@@ -45,7 +47,9 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"external_data", o.external_data},
           {"initializer_inputs", o.initializer_inputs_are_weights ? "weights" : "inputs"},
           {"quantize_gather", o.quantize_gather},
-          {"bpw_budget", o.bpw_budget}};
+          {"bpw_budget", o.bpw_budget},
+          {"verify", o.verify},
+          {"verify_input", o.verify_input.empty() ? "" : BaseName(o.verify_input)}};
 }
 
 std::string HumanBytes(int64_t b) {
@@ -120,6 +124,22 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                            {"chosen_bits", e.chosen_bits},
                            {"chosen_split", e.chosen_split}});
   }
+  nlohmann::json outputs = nlohmann::json::array();
+  for (const OutputAgreement& o : r.verification.outputs) {
+    outputs.push_back({{"name", o.name},
+                       {"shape", o.shape},
+                       {"rel_l2", o.rel_l2},
+                       {"max_abs", o.max_abs},
+                       {"agreement", o.agreement},
+                       {"agreement_kind", o.agreement_kind}});
+  }
+  nlohmann::json verification = {{"status", r.verification.status},
+                                 {"runtime", r.verification.runtime},
+                                 {"inputs", r.verification.inputs},
+                                 {"reference_ran", r.verification.reference_ran},
+                                 {"note", r.verification.note},
+                                 {"seconds", std::round(r.verification.seconds * 1000) / 1000},
+                                 {"outputs", outputs}};
   nlohmann::json j = {{"tool", "sq"},
                       {"tool_version", r.tool_version},
                       {"input_path", r.input_path},
@@ -146,6 +166,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"model_weight_elements", r.model_weight_elements},
                       {"warnings", r.warnings},
                       {"initializer_inputs_promoted", r.initializer_inputs_promoted},
+                      {"verification", verification},
                       {"layers", layers}};
   if (r.options.bpw_budget > 0) {
     j["bpw_budget"] = {{"budget", r.options.bpw_budget},
@@ -154,6 +175,25 @@ std::string ReportToJson(const ModelReport& r, int indent) {
   }
   MakeStringsValidUtf8(j);
   return j.dump(indent) + "\n";
+}
+
+std::string VerificationSummary(const Verification& v) {
+  std::string out = absl::StrCat("verification: ", v.status);
+  if (v.status == "off") return out;
+  absl::StrAppend(&out, " in ", v.runtime, absl::StrFormat(" (%.2fs", v.seconds));
+  if (!v.inputs.empty()) absl::StrAppend(&out, "; inputs ", v.inputs);
+  absl::StrAppend(&out, ")");
+  if (v.reference_ran) {
+    double worst_rel = 0, worst_agree = 2;
+    for (const OutputAgreement& o : v.outputs) {
+      worst_rel = std::max(worst_rel, o.rel_l2);
+      if (o.agreement >= 0) worst_agree = std::min(worst_agree, o.agreement);
+    }
+    absl::StrAppend(&out, absl::StrFormat("; vs FP32: worst rel L2 %.3g", worst_rel));
+    if (worst_agree <= 1) absl::StrAppend(&out, absl::StrFormat(", agreement %.1f%%", 100 * worst_agree));
+  }
+  if (!v.note.empty()) absl::StrAppend(&out, "; ", v.note);
+  return out;
 }
 
 std::string ReportSummary(const ModelReport& r) {
@@ -201,6 +241,7 @@ std::string ReportSummary(const ModelReport& r) {
   absl::StrAppend(&out, absl::StrFormat("  time: %.2fs (%s); peak RSS %s\n", r.total_seconds,
                                         absl::StrJoin(stages, ", "), HumanBytes(r.peak_rss_bytes)));
   absl::StrAppend(&out, "  sha256: ", r.output_sha256, "\n");
+  absl::StrAppend(&out, "  ", VerificationSummary(r.verification), "\n");
   if (!r.initializer_inputs_promoted.empty()) {
     absl::StrAppend(&out, "  ", r.initializer_inputs_promoted.size(),
                     " initializer(s) listed as graph inputs (IR < 4) became weights and left the "

@@ -75,6 +75,35 @@ struct SensitivityEntry {
   bool chosen_split = false;
 };
 
+// Stage "verify": the artifact loaded and run in ONNX Runtime beside the FP32 model it came
+// from, on the same inputs (core/verify/verify.h says how they are chosen).
+struct OutputAgreement {
+  std::string name;
+  std::vector<int64_t> shape;
+  double rel_l2 = 0;             // ||artifact - reference||_2 / ||reference||_2
+  double max_abs = 0;            // max |artifact - reference|
+  // Floating outputs whose last axis has > 1 entries: the fraction of rows (all but the last
+  // axis) whose argmax agrees. Integer and bool outputs: the fraction of equal elements.
+  // -1 where neither applies.
+  double agreement = -1;
+  std::string agreement_kind;    // "argmax" | "equal" | ""
+};
+
+struct Verification {
+  // "passed"  - the artifact loaded and ran; compared with the reference when `reference_ran`.
+  // "skipped" - not run or inconclusive; `note` says why (too large, the input model itself
+  //             does not run in ONNX Runtime, ...).
+  // "off"     - --verify off.
+  // A failure is not recorded here: the run fails with the runtime's message instead.
+  std::string status = "off";
+  std::string runtime;           // "onnxruntime 1.22.0"
+  std::string inputs;            // "seeded (seed 1; symbolic dims 1)" or "file <name>"
+  bool reference_ran = false;
+  std::string note;
+  double seconds = 0;
+  std::vector<OutputAgreement> outputs;
+};
+
 struct ModelReport {
   std::string tool_version;
   std::string input_path;
@@ -105,10 +134,12 @@ struct ModelReport {
   // --bpw-budget only: every layer's sensitivity, most sensitive first (what the budget
   // achieved is quantized_bits_per_weight: the engine holds each layer to its count).
   std::vector<SensitivityEntry> sensitivity;
+  Verification verification;
 };
 
 std::string ReportToJson(const ModelReport& report, int indent = 2);
 std::string ReportSummary(const ModelReport& report);  // human-readable, a few lines + table
+std::string VerificationSummary(const Verification& v);  // one line, "verification: ..." 
 
 }  // namespace sq
 

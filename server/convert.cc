@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 
+#include "core/file_util.h"
 #include "core/utf8.h"
 
 namespace sq::server {
@@ -90,6 +91,12 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
   if (w.has_external_data()) o.external_data = w.external_data();
   if (w.has_reference_kmeans()) o.reference_kmeans = w.reference_kmeans();
   if (w.has_quant_aware_boundaries()) o.quant_aware_boundaries = w.quant_aware_boundaries();
+  if (w.has_verify()) o.verify = w.verify();
+  // A file name among the model's uploaded files; JobManager::Submit resolves it.
+  o.verify_input = w.verify_input();
+  if (!o.verify && !o.verify_input.empty()) {
+    return absl::InvalidArgumentError("options.verify_input is set but options.verify is false");
+  }
   absl::Status st = ValidateOptions(o);
   if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
   return o;
@@ -128,6 +135,8 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   }
   w.set_ort_accuracy_level(o.ort_accuracy_level);
   w.set_nbits_min_elements(o.nbits_min_elements);
+  w.set_verify(o.verify);
+  w.set_verify_input(o.verify_input.empty() ? "" : BaseName(o.verify_input));
   switch (o.format) {
     case OutputFormat::kQdq: w.set_format(v1::OUTPUT_FORMAT_QDQ); break;
     case OutputFormat::kFake: w.set_format(v1::OUTPUT_FORMAT_FAKE); break;

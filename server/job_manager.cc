@@ -11,6 +11,7 @@
 #include "absl/strings/str_replace.h"
 #include "core/report.h"
 #include "core/utf8.h"
+#include "core/verify/verify.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/convert.h"
@@ -170,6 +171,20 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request) 
 
   auto entry = std::make_shared<Entry>();
   entry->options = *options;
+  if (!options->verify_input.empty()) {
+    // A file uploaded with the model, named as uploaded: never a path of the server's.
+    const StoredFile* found = nullptr;
+    for (size_t k = 1; k < files->size(); ++k) {
+      if ((*files)[k].name == options->verify_input) found = &(*files)[k];
+    }
+    if (found == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "options.verify_input \"", ToValidUtf8(options->verify_input),
+          "\" names no file uploaded with model ", request.model_id(),
+          " (upload it with the model: sqctl submit --verify-input FILE)"));
+    }
+    entry->options.verify_input = store_->ModelPath(request.model_id(), *found);
+  }
   entry->input_path = store_->ModelPath(request.model_id(), (*files)[0]);
   std::string base = fs::path((*files)[0].name).filename().string();
   entry->output_name = base.empty() ? "model.onnx" : base;
@@ -510,6 +525,7 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
         Finish(e, v1::JOB_STATE_CANCELLED, static_cast<int>(absl::StatusCode::kCancelled), "cancelled");
       }
     } else {
+      if (metrics_ && IsVerificationFailure(st)) metrics_->Verification("failed");
       Finish(e, v1::JOB_STATE_FAILED, static_cast<int>(st.code()), redact(std::string(st.message())));
     }
     fs::remove_all(out_dir, ec);
@@ -582,6 +598,7 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
   if (metrics_) {
     metrics_->CompressionRatio(report.compression_ratio);
     for (const StageTiming& t : report.stages) metrics_->StageDuration(t.stage, t.seconds);
+    metrics_->Verification(report.verification.status);
     for (const LayerReport& l : report.layers) {
       if (l.quantized) metrics_->LayerSqnr(l.sqnr_plain_db, l.sqnr_split_db);
     }

@@ -63,7 +63,7 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                          .Add({})),
       stage_duration_(BuildHistogram()
                           .Name("sq_stage_duration_seconds")
-                          .Help("Time spent per engine stage (load, discover, convert, transform, write).")
+                          .Help("Time spent per engine stage (load, discover, convert, transform, write, verify).")
                           .Register(registry)),
       uploaded_(BuildCounter()
                     .Name("sq_upload_bytes_total")
@@ -87,7 +87,12 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
       uploads_(BuildCounter()
                    .Name("sq_uploads_total")
                    .Help("Finished UploadModel calls, by outcome (stored, deduplicated, rejected).")
-                   .Register(registry)) {
+                   .Register(registry)),
+      verifications_(BuildCounter()
+                         .Name("sq_verifications_total")
+                         .Help("Artifacts checked in ONNX Runtime before delivery, by result (passed, "
+                               "skipped, off, failed: the job failed because its artifact does not run).")
+                         .Register(registry)) {
   BuildGauge()
       .Name("sq_build_info")
       .Help("Build information; the value is always 1.")
@@ -103,7 +108,8 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
     sqnr_.Add({{"method", method}}, Histogram::BucketBoundaries{0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60});
   }
   for (const char* outcome : {"stored", "deduplicated", "rejected"}) uploads_.Add({{"outcome", outcome}});
-  for (const char* stage : {"load", "discover", "convert", "transform", "write"}) {
+  for (const char* result : {"passed", "skipped", "off", "failed"}) verifications_.Add({{"result", result}});
+  for (const char* stage : {"load", "discover", "convert", "transform", "write", "verify"}) {
     stage_duration_.Add({{"stage", stage}}, DurationBuckets());
   }
 }
@@ -136,6 +142,10 @@ void ServerMetrics::LayerSqnr(double plain_db, double split_db) {
   const Histogram::BucketBoundaries b{0, 5, 10, 15, 20, 25, 30, 35, 40, 50, 60};
   sqnr_.Add({{"method", "plain"}}, b).Observe(plain_db);
   sqnr_.Add({{"method", "split"}}, b).Observe(split_db);
+}
+
+void ServerMetrics::Verification(const std::string& result) {
+  verifications_.Add({{"result", result}}).Increment();
 }
 
 void ServerMetrics::Upload(const std::string& outcome) {

@@ -40,6 +40,9 @@ class ServerMetrics {
   // One quantized layer: SQNR with plain linear quantization and with SplitQuant.
   void LayerSqnr(double plain_db, double split_db);
   void Upload(const std::string& outcome);  // "stored", "deduplicated", "rejected"
+  // One job's verification in ONNX Runtime: "passed", "skipped", "off" or "failed" (its
+  // time is sq_stage_duration_seconds{stage="verify"}).
+  void Verification(const std::string& result);
 
  private:
   prometheus::Family<prometheus::Counter>& submitted_family_;
@@ -58,6 +61,7 @@ class ServerMetrics {
   prometheus::Histogram& compression_;
   prometheus::Family<prometheus::Histogram>& sqnr_;
   prometheus::Family<prometheus::Counter>& uploads_;
+  prometheus::Family<prometheus::Counter>& verifications_;
 };
 
 }  // namespace sq::server

@@ -65,7 +65,8 @@ TEST(MetricsTest, FamiliesFollowNamingRules) {
         "sq_worker_slots", "sq_queue_wait_seconds", "sq_job_duration_seconds",
         "sq_stage_duration_seconds", "sq_upload_bytes_total", "sq_download_bytes_total",
         "sq_compression_ratio", "sq_layer_sqnr_decibels", "sq_build_info", "sq_uploads_total",
-        "sq_process_resident_memory_bytes", "sq_process_peak_resident_memory_bytes"}) {
+        "sq_process_resident_memory_bytes", "sq_process_peak_resident_memory_bytes",
+        "sq_verifications_total"}) {
     EXPECT_TRUE(absl::StrContains(text, absl::StrCat("# TYPE ", name))) << name;
   }
   EXPECT_TRUE(absl::StrContains(text, "sq_build_info{version=\"1.2.3\"} 1"));
@@ -117,6 +118,9 @@ TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
   EXPECT_FALSE(absl::StrContains(text, "sq_process_resident_memory_bytes 0\n")) << text;
   EXPECT_FALSE(absl::StrContains(text, "sq_process_peak_resident_memory_bytes 0\n")) << text;
   EXPECT_TRUE(absl::StrContains(text, "sq_stage_duration_seconds_count{stage=\"transform\"} 1"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_stage_duration_seconds_count{stage=\"verify\"} 1"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_verifications_total{result=\"passed\"} 1"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_verifications_total{result=\"failed\"} 0"));
   EXPECT_FALSE(absl::StrContains(text, job->job_id()));  // never an id as a label
   EXPECT_FALSE(absl::StrContains(text, up->model_id()));
 

@@ -165,5 +165,39 @@ TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {
   EXPECT_EQ(entries, 0) << "a temporary was left behind";
 }
 
+TEST_F(OutputTest, ACheckThatFailsAtCommitLeavesNothing) {
+  auto model = Model(/*external=*/true);
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* t = Planned(*model, "codes", 5000, &plans);
+  QuantizeOptions options;
+  options.external_data = true;
+  auto out = OutputFiles::LayOut(*model, plans, options, Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  ASSERT_TRUE((*out)->RunCopy(0).ok());
+  std::string codes(5000, '\x5a');
+  ASSERT_TRUE((*out)->WriteTensorBytes(t, 0, codes.data(), codes.size()).ok());
+  ModelReport report;
+  ArtifactImage seen;
+  std::string seen_data;
+  absl::Status st = (*out)->Commit(model->proto(), &report, [&](const ArtifactImage& a) {
+    seen = a;
+    auto bytes = ReadFileToString(a.data_path);  // the complete data file, still a temporary
+    if (bytes.ok()) seen_data = *bytes;
+    return absl::FailedPreconditionError("the check says no");
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(seen.name, "out.onnx");
+  EXPECT_EQ(seen.data_location, "out.onnx.data");
+  EXPECT_EQ(seen.total_bytes, report.output_bytes);
+  EXPECT_EQ(static_cast<int64_t>(seen.model_bytes.size() + seen_data.size()), report.output_bytes);
+  out->reset();
+  EXPECT_FALSE(Exists(Path("out.onnx")));
+  EXPECT_FALSE(Exists(Path("out.onnx.data")));
+  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find("out.onnx"), std::string::npos)
+        << "left behind: " << e.path();
+  }
+}
+
 }  // namespace
 }  // namespace sq

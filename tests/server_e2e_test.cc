@@ -215,6 +215,59 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
 }
 
+TEST_F(ServerE2ETest, VerificationRunsOnUploadedInputsAndIsReported) {
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  // The verification inputs travel as one more file of the upload (as sqctl submit sends them).
+  onnx::TensorProto x;
+  x.set_name("x");
+  x.set_data_type(onnx::TensorProto::FLOAT);
+  x.add_dims(1);
+  x.add_dims(64);
+  for (int i = 0; i < 64; ++i) x.add_float_data(0.01f * static_cast<float>(i % 13) - 0.05f);
+  const std::string input = (dir_ / "inputs.pb").string();
+  {
+    std::ofstream f(input, std::ios::binary);
+    ASSERT_TRUE(x.SerializeToOstream(&f));
+  }
+  auto files = SqClient::ModelFiles(model_);
+  ASSERT_TRUE(files.ok());
+  files->push_back({input, "inputs.pb"});
+  auto up = c->Upload(*files);
+  ASSERT_TRUE(up.ok()) << up.status();
+
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  req.mutable_options()->set_verify_input("inputs.pb");
+  auto job = c->Submit(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto done = c->Watch(job->job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+  EXPECT_TRUE(done->options().verify());
+  EXPECT_EQ(done->options().verify_input(), "inputs.pb");
+  auto report = c->Report(job->job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"inputs\": \"file inputs.pb\"")) << report->json();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"status\": \"passed\""));
+  EXPECT_TRUE(absl::StrContains(report->summary(), "verification: passed in onnxruntime"));
+  EXPECT_FALSE(absl::StrContains(report->json(), (dir_ / "artifacts").string()));
+
+  // Only a file of the upload can be named, and only with verification on.
+  for (const char* name : {"missing.pb", "../inputs.pb", "tiny.onnx", "/etc/passwd"}) {
+    req.mutable_options()->set_verify_input(name);
+    auto bad = c->Submit(req);
+    ASSERT_FALSE(bad.ok()) << name;
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << name;
+  }
+  req.mutable_options()->set_verify_input("inputs.pb");
+  req.mutable_options()->set_verify(false);
+  auto off = c->Submit(req);
+  EXPECT_EQ(off.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(off.status().message(), "verify"));
+}
+
 TEST_F(ServerE2ETest, ExternalDataFilesTravelWithTheModel) {
   // A model whose weights live in an external file: the client finds and sends it.
   onnx::ModelProto m;

@@ -123,6 +123,9 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
                         Case{{"m.onnx", "-o", "o", "--initializer-inputs", "maybe"}, "--initializer-inputs"},
                         Case{{"m.onnx", "-o", "o", "--quantize-gather", "yes"}, "--quantize-gather"},
                         Case{{"m.onnx", "-o", "o", "--bpw-budget", "small"}, "--bpw-budget"},
+                        Case{{"m.onnx", "-o", "o", "--verify", "maybe"}, "--verify wants on or off"},
+                        Case{{"m.onnx", "-o", "o", "--verify", "off", "--verify-input", "x.npz"},
+                             "--verify-input is given but --verify is off"},
                         Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
     auto a = ParseQuantizeArgs(c.args);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;
@@ -173,6 +176,14 @@ TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
   EXPECT_EQ(j["layers"][0]["split"], true);
   EXPECT_EQ(j["options"]["bits"], 4);
   EXPECT_EQ(j["output_sha256"].get<std::string>().size(), 64u);
+  // Verified in ONNX Runtime by default, and said so in the summary.
+  EXPECT_EQ(j["verification"]["status"], "passed");
+  EXPECT_EQ(j["options"]["verify"], true);
+  EXPECT_THAT(out, HasSubstr("verification: passed in onnxruntime"));
+  rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q4.onnx --verify off --report ",
+                             dir, "/r4.json"), &out);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_THAT(out, HasSubstr("verification: off"));
 
   rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q2.onnx --json"), &out);
   EXPECT_EQ(rc, 0);

@@ -68,7 +68,8 @@ class FakeEngine final : public EnginePort {
     r.options = options;
     r.input_bytes = r.output_bytes = static_cast<int64_t>(std::filesystem::file_size(output_path, ec));
     r.compression_ratio = 1.0;
-    r.stages = {{"load", 0.001}, {"transform", 0.002}, {"write", 0.001}};
+    r.stages = {{"load", 0.001}, {"transform", 0.002}, {"write", 0.001}, {"verify", 0.001}};
+    r.verification.status = "passed";  // what the real engine reports for a copy
     r.layers_found = r.layers_quantized = r.layers_split = layers_;
     for (int i = 0; i < layers_; ++i) {
       LayerReport l;

@@ -1,61 +1,18 @@
-// Runs ONNX models in ONNX Runtime (1.29, CPU) for tests and benchmarks. Test-only: the
-// engine, server and sqctl never link ONNX Runtime.
-//
-// All functions are thread-safe. One process-wide Ort::Env is created lazily on first use.
-// No exception crosses this API: ORT errors come back as absl::Status with ORT's message.
+// The tests reach ONNX Runtime through the engine's own runner (core/verify/ort_runner.h),
+// under the names they have always used.
 #ifndef SQ_TESTS_SUPPORT_ORT_RUNNER_H_
 #define SQ_TESTS_SUPPORT_ORT_RUNNER_H_
 
-#include <cstdint>
-#include <map>
-#include <string>
-#include <vector>
-
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
+#include "core/verify/ort_runner.h"
 
 namespace sq::testing {
-
-// A host tensor. elem_type is the ONNX TensorProto dtype: 1 float, 7 int64, 9 bool (also
-// accepted as inputs: 6 int32, 11 double -> `f`/`i` converted). Float data lives in `f`,
-// integer and bool (0/1) data in `i`. Outputs of other numeric types are converted: float16 /
-// double -> f (elem_type keeps the real dtype), int8/uint8/int16/uint16/int32/uint32/uint64 -> i.
-struct OrtTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  int32_t elem_type = 1;  // onnx TensorProto dtype: 1 float, 7 int64, 9 bool
-  std::vector<float> f;
-  std::vector<int64_t> i;
-};
-
-struct OrtRunOptions {
-  int intra_op_threads = 1;
-  bool disable_optimizations = false;
-};
-
-// Loads model_path (external data next to it works) and runs it. InvalidArgument/Internal
-// with ORT's message on failure (e.g. the model does not load).
-absl::StatusOr<std::vector<OrtTensor>> RunOrt(const std::string& model_path,
-                                              const std::vector<OrtTensor>& inputs,
-                                              const OrtRunOptions& = {});
-
-// Just creates a session (proves the model loads in ORT). Returns ORT's error text on failure.
-absl::Status LoadInOrt(const std::string& model_path, const OrtRunOptions& = {});
-
-// Deterministic random inputs for every graph input that is not an initializer: floats
-// ~U(-1,1) (seeded), int64 in [0, int_high), bool 0/1; dynamic/symbolic dims ->
-// dim_overrides[name] (keyed by the dim_param name, or by the input name for all of that
-// input's unknown dims) or default_dim.
-absl::StatusOr<std::vector<OrtTensor>> MakeRandomInputs(
-    const std::string& model_path, uint64_t seed, int64_t default_dim = 1,
-    const std::map<std::string, int64_t>& dim_overrides = {}, int64_t int_high = 16);
-
-// max |a-b| / max(max|b|, tiny) over all outputs of the same name (in a and b); and plain
-// max abs diff. A shape or size mismatch, or an output missing from either side, counts as
-// +infinity. NaN in either side where the other is not NaN also counts as +infinity.
-double MaxRelativeError(const std::vector<OrtTensor>& a, const std::vector<OrtTensor>& b);
-double MaxAbsError(const std::vector<OrtTensor>& a, const std::vector<OrtTensor>& b);
-
+using ::sq::LoadInOrt;
+using ::sq::MakeRandomInputs;
+using ::sq::MaxAbsError;
+using ::sq::MaxRelativeError;
+using ::sq::OrtRunOptions;
+using ::sq::OrtTensor;
+using ::sq::RunOrt;
 }  // namespace sq::testing
 
 #endif  // SQ_TESTS_SUPPORT_ORT_RUNNER_H_

@@ -1,4 +1,4 @@
-#include "tests/support/ort_runner.h"
+#include "core/verify/ort_runner.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,13 +15,13 @@
 #include "onnx/onnx_pb.h"
 #include "onnxruntime_cxx_api.h"
 
-namespace sq::testing {
+namespace sq {
 namespace {
 
 Ort::Env& GlobalEnv() {
   // Function-local static: thread-safe lazy init (C++11 magic statics). Never destroyed, so
   // sessions living in other statics cannot outlive it.
-  static Ort::Env* env = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "sq_tests");
+  static Ort::Env* env = new Ort::Env(ORT_LOGGING_LEVEL_FATAL, "sq");
   return *env;
 }
 
@@ -167,32 +167,59 @@ absl::StatusOr<Ort::Value> MakeInputValue(const OrtTensor& t, const Ort::MemoryI
   }
 }
 
-}  // namespace
-
-absl::Status LoadInOrt(const std::string& model_path, const OrtRunOptions& opts) {
+// Creates a session for `model`; ORT errors become a Status naming what was loaded.
+absl::StatusOr<std::unique_ptr<Ort::Session>> OpenSession(const OrtModelSource& model,
+                                                          const OrtRunOptions& opts) {
+  const std::string what = absl::StrCat("loading ", model.path, " in ONNX Runtime");
   try {
     Ort::SessionOptions so = MakeSessionOptions(opts);
-    Ort::Session session(GlobalEnv(), model_path.c_str(), so);
-    return absl::OkStatus();
+    if (model.bytes.empty()) {
+      return std::make_unique<Ort::Session>(GlobalEnv(), model.path.c_str(), so);
+    }
+    if (!model.external_files.empty()) {
+      std::vector<std::string> names;
+      std::vector<char*> buffers;
+      std::vector<size_t> lengths;
+      for (const OrtModelSource::File& f : model.external_files) {
+        names.push_back(f.location);
+        buffers.push_back(const_cast<char*>(f.data));
+        lengths.push_back(f.size);
+      }
+      so.AddExternalInitializersFromFilesInMemory(names, buffers, lengths);
+    }
+    return std::make_unique<Ort::Session>(GlobalEnv(), model.bytes.data(), model.bytes.size(), so);
   } catch (const Ort::Exception& e) {
-    return FromOrt(e, absl::StrCat("loading ", model_path, " in ONNX Runtime"));
+    return FromOrt(e, what);
   } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("loading ", model_path, ": ", e.what()));
+    return absl::InternalError(absl::StrCat(what, ": ", e.what()));
   }
+}
+
+}  // namespace
+
+std::string OrtVersion() { return Ort::GetVersionString(); }
+
+absl::Status LoadInOrt(const std::string& model_path, const OrtRunOptions& opts) {
+  OrtModelSource source;
+  source.path = model_path;
+  return OpenSession(source, opts).status();
 }
 
 absl::StatusOr<std::vector<OrtTensor>> RunOrt(const std::string& model_path,
                                               const std::vector<OrtTensor>& inputs,
                                               const OrtRunOptions& opts) {
-  std::unique_ptr<Ort::Session> session;
-  try {
-    Ort::SessionOptions so = MakeSessionOptions(opts);
-    session = std::make_unique<Ort::Session>(GlobalEnv(), model_path.c_str(), so);
-  } catch (const Ort::Exception& e) {
-    return FromOrt(e, absl::StrCat("loading ", model_path, " in ONNX Runtime"));
-  } catch (const std::exception& e) {
-    return absl::InternalError(absl::StrCat("loading ", model_path, ": ", e.what()));
-  }
+  OrtModelSource source;
+  source.path = model_path;
+  return RunOrt(source, inputs, opts);
+}
+
+absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
+                                              const std::vector<OrtTensor>& inputs,
+                                              const OrtRunOptions& opts) {
+  absl::StatusOr<std::unique_ptr<Ort::Session>> opened = OpenSession(model, opts);
+  if (!opened.ok()) return opened.status();
+  std::unique_ptr<Ort::Session> session = std::move(*opened);
+  const std::string& model_path = model.path;
   try {
     Ort::AllocatorWithDefaultOptions alloc;
     Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
@@ -241,10 +268,37 @@ absl::StatusOr<std::vector<OrtTensor>> MakeRandomInputs(
       return absl::InvalidArgumentError(absl::StrCat("cannot parse ", model_path, " as ONNX"));
     }
   }
-  const onnx::GraphProto& g = model.graph();
+  return MakeRandomInputs(model.graph(), seed, default_dim, dim_overrides, int_high);
+}
+
+absl::StatusOr<std::vector<OrtTensor>> MakeRandomInputs(
+    const onnx::GraphProto& g, uint64_t seed, int64_t default_dim,
+    const std::map<std::string, int64_t>& dim_overrides, int64_t int_high) {
   std::set<std::string> inits;
-  for (const auto& t : g.initializer()) inits.insert(t.name());
+  std::unordered_map<std::string, const onnx::TensorProto*> tables;
+  for (const auto& t : g.initializer()) {
+    inits.insert(t.name());
+    tables[t.name()] = &t;
+  }
   for (const auto& t : g.sparse_initializer()) inits.insert(t.values().name());
+  // Ids for a graph input that indexes a constant table stay inside the table.
+  std::unordered_map<std::string, int64_t> id_limit;
+  for (const auto& node : g.node()) {
+    if (node.op_type() != "Gather" || node.input_size() < 2) continue;
+    auto table = tables.find(node.input(0));
+    if (table == tables.end()) continue;
+    int64_t axis = 0;
+    for (const auto& a : node.attribute()) {
+      if (a.name() == "axis") axis = a.i();
+    }
+    const int rank = table->second->dims_size();
+    if (axis < 0) axis += rank;
+    if (axis < 0 || axis >= rank) continue;
+    const int64_t size = table->second->dims(static_cast<int>(axis));
+    if (size <= 0) continue;
+    auto [it, inserted] = id_limit.emplace(node.input(1), size);
+    if (!inserted) it->second = std::min(it->second, size);
+  }
 
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uf(-1.0f, 1.0f);
@@ -286,7 +340,11 @@ absl::StatusOr<std::vector<OrtTensor>> MakeRandomInputs(
         break;
       case 6:
       case 7: {
-        const uint64_t hi = static_cast<uint64_t>(std::max<int64_t>(int_high, 1));
+        int64_t high = int_high;
+        if (auto lim = id_limit.find(vi.name()); lim != id_limit.end()) {
+          high = std::min(high, lim->second);
+        }
+        const uint64_t hi = static_cast<uint64_t>(std::max<int64_t>(high, 1));
         t.i.resize(n);
         for (auto& x : t.i) x = static_cast<int64_t>(rng() % hi);
         break;
@@ -362,4 +420,4 @@ double MaxAbsError(const std::vector<OrtTensor>& a, const std::vector<OrtTensor>
   return Reduce(a, b, [](std::pair<double, double> d) { return d.first; });
 }
 
-}  // namespace sq::testing
+}  // namespace sq
