@@ -15,7 +15,8 @@
 #   scaling  split on at THREADS over SCALING block counts (SCALING_RUNS runs each)
 #
 # Each sqctl run: `sqctl quantize IN -o OUT --bits BITS --granularity GRANULARITY --format
-# FORMAT --split on|off --threads T --report R.json` under `/usr/bin/time -v` (peak RSS =
+# FORMAT --split on|off --threads T --verify off --report R.json` (verification is timed
+# on its own: docs/benchmarks.md) under `/usr/bin/time -v` (peak RSS =
 # "Maximum resident set size"); its output is deleted after the run (KEEP_OUTPUTS=1 keeps
 # it). The floor: the input bytes read from a warm page cache (cat > /dev/null, twice, the
 # second timed) plus the output bytes written to the page cache (head -c N /dev/zero, twice,
@@ -120,7 +121,7 @@ run_sq() {
   sync  # untimed: start every run with no dirty pages of earlier runs pending
   if ! /usr/bin/time -v -o "$RUNS_DIR/$tag.$i.time" "$SQCTL" quantize "$in" -o "$out" \
       --bits "$BITS" --granularity "$GRANULARITY" --format "$FORMAT" --split "$split" \
-      --threads "$t" --report "$RUNS_DIR/$tag.$i.json" --quiet \
+      --threads "$t" --verify off --report "$RUNS_DIR/$tag.$i.json" --quiet \
       >"$RUNS_DIR/$tag.$i.log" 2>&1; then
     cat "$RUNS_DIR/$tag.$i.log" >&2
     die "sqctl failed ($tag #$i)"

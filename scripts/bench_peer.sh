@@ -121,10 +121,17 @@ for bits in $BITS_LIST; do
       [[ $split == on ]] && kind=split || kind=plain
       tag=sq-$target-$kind-$bits
       TAGS+=("$tag")
-      CMD[$tag]="$SQCTL quantize $MODEL -o OUT/model.onnx --bits $bits --granularity channel --target $target --split $split --threads $THREADS --report RUNS/$tag.IDX.json --quiet"
+      CMD[$tag]="$SQCTL quantize $MODEL -o OUT/model.onnx --bits $bits --granularity channel --target $target --split $split --threads $THREADS --verify off --report RUNS/$tag.IDX.json --quiet"
       INPUT[$tag]=$MODEL
     done
   done
+  # The same job as a user runs it: every default, verification in ONNX Runtime included.
+  if [[ $bits == 4 ]]; then
+    tag=sq-default-4
+    TAGS+=("$tag")
+    CMD[$tag]="$SQCTL quantize $MODEL -o OUT/model.onnx --bits 4 --threads $THREADS --report RUNS/$tag.IDX.json --quiet"
+    INPUT[$tag]=$MODEL
+  fi
 done
 
 input_files() { if [[ $1 == "$GGUF" ]]; then echo "$1"; else echo "$1" "$1.data"; fi; }
@@ -227,7 +234,8 @@ PYEOF
   echo "$(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo));" \
     "$THREADS threads; medians of $RUNS interleaved runs, warm page cache."
   echo "llama.cpp from $PEER_PKG's bundle ($(cat "$PEER_DIR/release.json" 2>/dev/null | tr -d ' \n' || true));" \
-    "sq: sqctl quantize --granularity channel --target T --split on|off (no verification)."
+    "sq: sqctl quantize --granularity channel --target T --split on|off --verify off;" \
+    "sq-default-4: sqctl quantize --bits 4 with every default (ort-cpu, split, verification on)."
   echo "Floor = warm read of the job's input + page-cache write of its output's size."
   echo
   if ((${#MED[@]})); then

@@ -19,6 +19,6 @@ if [[ "${SQ_SKIP_SANITIZE:-0}" != "1" ]]; then
         -DSQ_BUILD_SERVER=OFF >/dev/null
   ninja -C build-asan -j"$JOBS"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
-     LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp" \
+     LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp:print_suppressions=0" \
      ctest -j"$JOBS" --output-on-failure --timeout 900)
 fi

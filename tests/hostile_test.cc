@@ -13,6 +13,7 @@
 #include "gtest/gtest.h"
 #include "tests/support/hostile_corpus.h"
 #include "tests/support/model_builder.h"
+#include "tests/support/sanitizers.h"
 
 namespace sq {
 namespace {
@@ -54,7 +55,8 @@ TEST(HostileTest, EveryCaseGetsItsCodeAndLeavesNothingBehind) {
   // Bounded memory over the whole corpus (claims of terabytes are refused, not allocated).
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
-  EXPECT_LT(u.ru_maxrss, 1024 * 1024) << "peak RSS " << u.ru_maxrss / 1024 << " MB";
+  // (Verification in ONNX Runtime of the 100k-node case is the peak: ~360 MB unsanitized.)
+  EXPECT_LT(u.ru_maxrss, 1024 * 1024 * testing::kSanitizerMemoryFactor) << "peak RSS " << u.ru_maxrss / 1024 << " MB";
 }
 
 }  // namespace

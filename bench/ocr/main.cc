@@ -163,6 +163,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   }
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
   o.threads = threads;
+  o.verify = false;  // the bench runs its own evaluation in ONNX Runtime; timings exclude it
   o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kFolded;
   if (c.qdq && c.target != "qdq") {
     o.target = c.target == "portable" ? sq::Target::kPortable : sq::Target::kOrtCpu;
