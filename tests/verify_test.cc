@@ -9,6 +9,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 
@@ -316,6 +317,10 @@ TEST_F(VerifyTest, EveryQuantizeIsVerifiedAndReportedPerOutput) {
   EXPECT_EQ(r->verification.status, "passed");
   EXPECT_GT(r->verification.outputs.at(0).rel_l2, 1e-4);  // a quantized model differs
   EXPECT_LT(r->verification.outputs.at(0).rel_l2, 1.0);
+  // Loaded by path from a private folder of links beside the output, which is gone now.
+  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+    EXPECT_NE(e.path().filename().string().rfind(".sq-verify", 0), 0u) << "left: " << e.path();
+  }
 
   o.verify = false;
   r = QuantizeModelFile(Path("in.onnx"), Path("off.onnx"), o);
