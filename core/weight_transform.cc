@@ -562,8 +562,8 @@ bool ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
   const float neg_inf = -kInfF, pos_inf = kInfF;
   RunParallel(chunks, parallel_for, [&](int64_t cb, int64_t ce) {
     const int64_t e0 = cb * kSubChunk, e1 = std::min(n, ce * kSubChunk);
-    const auto [lo, hi] = slices.Range(e0, e1);
-    const int64_t width = hi - lo;
+    const auto range = slices.Range(e0, e1);  // (no structured binding: lambdas capture it)
+    const int64_t lo = range.first, width = range.second - range.first;
     std::vector<float> mn(static_cast<size_t>(nb * width), kInfF);
     std::vector<float> mx(static_cast<size_t>(nb * width), -kInfF);
     bool local_finite = true;
@@ -694,8 +694,8 @@ void ComputeRegionRanges(const float* data, int64_t n, const IndexMap& slices,
   std::mutex mu;
   RunParallel(chunks, parallel_for, [&](int64_t cb, int64_t ce) {
     const int64_t e0 = cb * kSubChunk, e1 = std::min(n, ce * kSubChunk);
-    const auto [lo, hi] = slices.Range(e0, e1);
-    const int64_t width = hi - lo;
+    const auto range = slices.Range(e0, e1);  // (no structured binding: lambdas capture it)
+    const int64_t lo = range.first, width = range.second - range.first;
     std::vector<float> mn(static_cast<size_t>(3 * width), kInfF);
     std::vector<float> mx(static_cast<size_t>(3 * width), -kInfF);
     std::vector<WindowValue> win;

@@ -15,6 +15,7 @@ APT_PACKAGES=(
   libabsl-dev libonnx-dev prometheus-cpp-dev libgtest-dev libgmock-dev
   libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev libzip-dev
   libfreetype-dev fonts-dejavu-core wamerican prometheus time libonnx-testdata
+  clang libclang-rt-14-dev
 )
 
 # SQ_SETUP_PARTS: which steps run (default all): apt (Debian packages), ort (ONNX Runtime

@@ -2,7 +2,10 @@
 # Builds sq and runs the whole test suite, from a fresh machine: installs what it needs
 # (scripts/setup.sh), builds in build/ (Release with debug info), runs every GoogleTest
 # through ctest, then repeats the engine's tests in an ASan+UBSan build (build-asan/).
-# Environment: SQ_SKIP_SANITIZE=1 skips the sanitizer pass; JOBS overrides parallelism.
+# Then builds the libFuzzer harnesses (clang) and runs each for a few seconds
+# (scripts/fuzz.sh all $SQ_FUZZ_SECONDS, default 10).
+# Environment: SQ_SKIP_SANITIZE=1 skips the sanitizer pass, SQ_SKIP_FUZZ=1 the fuzz smoke
+# run; JOBS overrides parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,4 +24,9 @@ if [[ "${SQ_SKIP_SANITIZE:-0}" != "1" ]]; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
      LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp:print_suppressions=0" \
      ctest -j"$JOBS" --output-on-failure --timeout 900)
+fi
+
+if [[ "${SQ_SKIP_FUZZ:-0}" != "1" ]]; then
+  # Every harness for a few seconds from its seeds (long runs: scripts/fuzz.sh TARGET SECONDS).
+  JOBS="$JOBS" scripts/fuzz.sh all "${SQ_FUZZ_SECONDS:-10}"
 fi

@@ -14,6 +14,7 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 
@@ -154,8 +155,14 @@ absl::Status ValidateRelativeName(absl::string_view name) {
   if (name.front() == '/') {
     return absl::InvalidArgumentError(absl::StrCat("absolute file name not allowed: ", name));
   }
-  if (name.find('\\') != absl::string_view::npos || name.find('\0') != absl::string_view::npos) {
-    return absl::InvalidArgumentError(absl::StrCat("bad character in file name: ", name));
+  // Control characters too: a newline would forge lines of the manifest (ManifestText), whose
+  // hash is the model id, and no file a model names needs one.
+  for (char c : name) {
+    const unsigned char u = static_cast<unsigned char>(c);
+    if (c == '\\' || u < 0x20 || u == 0x7f) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("bad character in file name: \"", absl::CHexEscape(name), "\""));
+    }
   }
   for (absl::string_view part : absl::StrSplit(name, '/')) {
     if (part.empty() || part == "." || part == "..") {

@@ -58,7 +58,8 @@ absl::StatusOr<std::string> Sha256OfFile(const std::string& path);
 absl::Status WriteFileAtomic(const std::string& path, absl::string_view content);
 absl::StatusOr<std::string> ReadFileToString(const std::string& path);
 
-// A relative path without "..", empty or "." components, backslashes or NULs.
+// A relative path without "..", empty or "." components, backslashes or control characters
+// (NUL, newline, ... DEL).
 absl::Status ValidateRelativeName(absl::string_view name);
 bool IsValidJobId(absl::string_view id);    // 32 lower-case hex digits
 bool IsValidModelId(absl::string_view id);  // 64 lower-case hex digits

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace sq::server {
@@ -130,6 +131,17 @@ TEST_F(ArtifactStoreTest, RejectsHostileNames) {
   EXPECT_EQ(store_->BeginUpload({{"a", 1, ""}, {"a", 1, ""}}).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(ValidateRelativeName("sub/dir/w.bin").ok());
+  // Found by fuzzing (upload_fuzz): a newline in a name forged a second manifest line, so a
+  // committed one-file model read back as two files (and its id could collide with another
+  // model's manifest). Control characters are refused, shown escaped.
+  auto forged = store_->BeginUpload({{"a\n0000 1 b.onnx", 1, ""}});
+  ASSERT_FALSE(forged.ok());
+  EXPECT_EQ(forged.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(forged.status().message()), ::testing::HasSubstr("a\\n0000"));
+  for (const char* name : {"tab\there", "bell\a", "del\x7f"}) {
+    EXPECT_FALSE(ValidateRelativeName(name).ok()) << name;
+  }
+  EXPECT_TRUE(ValidateRelativeName("caf\xc3\xa9/w.bin").ok());  // UTF-8 is a name like any other
 }
 
 TEST_F(ArtifactStoreTest, JobIdsAreRandomHex) {

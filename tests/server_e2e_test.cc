@@ -601,6 +601,22 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   EXPECT_EQ(c->Inspect("nope").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+TEST_F(ServerE2ETest, FileNamesWithControlCharactersAreRefused) {
+  // Found by fuzzing the upload stream: a newline in a file name forged manifest lines.
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  auto files = SqClient::ModelFiles(model_);
+  ASSERT_TRUE(files.ok());
+  files->push_back({model_, "w.bin\n" + std::string(64, '0') + " 1 forged.bin"});
+  auto up = c->Upload(*files);
+  ASSERT_FALSE(up.ok());
+  EXPECT_EQ(up.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(up.status().message(), "bad character in file name"));
+  EXPECT_TRUE(c->UploadModel(model_).ok());  // and the server serves on
+  EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
+}
+
 TEST_F(ServerE2ETest, HashMismatchIsInvalidArgument) {
   auto server = Start(Options(), std::make_shared<FakeEngine>());
   auto c = Connect(*server);
