@@ -4,7 +4,10 @@
 // (retried with backoff), and p50/p99 latency of the control calls.
 //
 //   sq_load [--clients 16] [--jobs 4] [--model M.onnx] [--server HOST:PORT --token T]
-//           [--workers 2] [--queue 64] [--fake]
+//           [--workers 2] [--queue 64] [--fake] [--require-refusals]
+// Exit 0 when no accepted job was lost (and, with --require-refusals, when the queue filled
+// at least once and every refusal was RESOURCE_EXHAUSTED with retry advice): the CI test
+// LoadTest.* runs it small; docs/reliability.md has the 32-client figures.
 // Without --server an in-process server on 127.0.0.1 (port 0) with a temporary artifact
 // directory is started (real engine, or --fake for the service overhead alone). Without
 // --model a small generated MatMul model is used.
@@ -93,7 +96,7 @@ double Percentile(std::vector<double> v, double p) {
 int main(int argc, char** argv) {
   int clients = 16, jobs_per_client = 4, workers = 2, queue = 64;
   std::string model, server_addr, token;
-  bool fake = false;
+  bool fake = false, require_refusals = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
@@ -105,9 +108,10 @@ int main(int argc, char** argv) {
     else if (a == "--server") server_addr = next();
     else if (a == "--token") token = next();
     else if (a == "--fake") fake = true;
+    else if (a == "--require-refusals") require_refusals = true;
     else {
       std::fprintf(stderr, "usage: sq_load [--clients N] [--jobs N] [--model M] [--server ADDR] [--token T] "
-                           "[--workers N] [--queue N] [--fake]\n");
+                           "[--workers N] [--queue N] [--fake] [--require-refusals]\n");
       return 2;
     }
   }
@@ -138,7 +142,7 @@ int main(int argc, char** argv) {
   }
 
   Latencies lat;
-  std::atomic<int> done{0}, lost{0}, refused{0}, failed_calls{0};
+  std::atomic<int> done{0}, lost{0}, refused{0}, failed_calls{0}, refusals_without_advice{0};
   absl::Time t0 = absl::Now();
   std::vector<std::thread> threads;
   for (int c = 0; c < clients; ++c) {
@@ -172,6 +176,7 @@ int main(int argc, char** argv) {
           lat.Add("SubmitJob", absl::Now() - t);
           if (job.ok() || job.status().code() != absl::StatusCode::kResourceExhausted || attempt > 200) break;
           ++refused;
+          if (job.status().message().find("retry") == absl::string_view::npos) ++refusals_without_advice;
           absl::SleepFor(absl::Milliseconds(50 + 10 * std::min(attempt, 20)));
         }
         if (!job.ok()) {
@@ -223,5 +228,10 @@ int main(int argc, char** argv) {
   server.reset();
   std::error_code ec;
   fs::remove_all(tmp, ec);
-  return lost.load() == 0 ? 0 : 1;
+  if (require_refusals && (refused.load() == 0 || refusals_without_advice.load() > 0)) {
+    std::printf("expected queue-full refusals with retry advice: %d refusals, %d without advice\n",
+                refused.load(), refusals_without_advice.load());
+    return 1;
+  }
+  return lost.load() == 0 && failed_calls.load() == 0 ? 0 : 1;
 }
