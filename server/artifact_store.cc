@@ -203,7 +203,7 @@ absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::st
   std::string abs = fs::absolute(root, ec).lexically_normal().string();
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad artifact directory ", root));
   if (!abs.empty() && abs.back() == '/') abs.pop_back();
-  for (const char* sub : {"models", "jobs", "tmp"}) {
+  for (const char* sub : {"models", "jobs", "tmp", "owners"}) {
     fs::create_directories(fs::path(abs) / sub, ec);
     if (ec) {
       return absl::FailedPreconditionError(
@@ -280,6 +280,28 @@ absl::StatusOr<std::unique_ptr<UploadSession>> ArtifactStore::BeginUpload(
   std::unique_ptr<UploadSession> session(new UploadSession(this, *std::move(dir), std::move(files)));
   if (absl::Status st = session->OpenCurrent(); !st.ok()) return st;
   return session;
+}
+
+namespace {
+std::string OwnerMark(const std::string& root, const std::string& model_id, const std::string& tenant) {
+  return absl::StrCat(root, "/owners/", model_id, "/", absl::BytesToHexString(tenant));
+}
+}  // namespace
+
+absl::Status ArtifactStore::AddModelOwner(const std::string& model_id, const std::string& tenant) {
+  if (!IsValidModelId(model_id) || tenant.empty()) {
+    return absl::InvalidArgumentError("AddModelOwner: bad model id or tenant");
+  }
+  std::error_code ec;
+  fs::create_directories(absl::StrCat(root_, "/owners/", model_id), ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot record the model's owner: ", ec.message()));
+  return WriteFileAtomic(OwnerMark(root_, model_id, tenant), "");
+}
+
+bool ArtifactStore::HasModelOwner(const std::string& model_id, const std::string& tenant) const {
+  if (!IsValidModelId(model_id) || tenant.empty()) return false;
+  struct stat st;
+  return ::stat(OwnerMark(root_, model_id, tenant).c_str(), &st) == 0;
 }
 
 bool ArtifactStore::HasModel(const std::string& model_id) const {

@@ -96,6 +96,11 @@ class ArtifactStore {
   // duplicates or negative sizes.
   absl::StatusOr<std::unique_ptr<UploadSession>> BeginUpload(std::vector<StoredFile> files);
   bool HasModel(const std::string& model_id) const;
+  // Per-tenant access: a tenant may use a stored model only once it has uploaded it itself
+  // (owners/<model id>/<hex tenant>), so that holding a model's id is not enough and a
+  // deduplicated upload does not tell one tenant what another uploaded.
+  absl::Status AddModelOwner(const std::string& model_id, const std::string& tenant);
+  bool HasModelOwner(const std::string& model_id, const std::string& tenant) const;
   // The stored files of a model (manifest order). NotFound if absent.
   absl::StatusOr<std::vector<StoredFile>> GetModelFiles(const std::string& model_id) const;
   // Absolute path of the model's .onnx file.

@@ -22,6 +22,12 @@ using google::protobuf::util::TimeUtil;
 
 namespace {
 
+// Idempotency keys are the tenant's own: the map is keyed by tenant and key.
+std::string IdempotencyMapKey(const std::string& owner, const std::string& key) {
+  return key.empty() ? "" : absl::StrCat(owner, "\n", key);
+}
+
+
 constexpr char kInterrupted[] = "interrupted: the server stopped before the job finished";
 
 google::protobuf::Timestamp Now() { return TimeUtil::GetCurrentTime(); }
@@ -103,7 +109,7 @@ void JobManager::Recover() {
     }
     if (!job->idempotency_key().empty()) {
       absl::MutexLock lock(&mu_);
-      idempotency_[job->idempotency_key()] = id;
+      idempotency_[IdempotencyMapKey(job->owner(), job->idempotency_key())] = id;
     }
   }
 }
@@ -140,14 +146,19 @@ absl::StatusOr<v1::Job> JobManager::ReadFromDisk(const std::string& job_id) {
   return job;
 }
 
-absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request) {
+absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
+                                           const std::string& owner) {
   if (draining_) return absl::UnavailableError("server is shutting down; not accepting jobs");
+  if (!owner.empty() && !store_->HasModelOwner(request.model_id(), owner)) {
+    // The same answer as for a model that does not exist: an id alone grants nothing.
+    return absl::NotFoundError(absl::StrCat("no model ", request.model_id()));
+  }
   auto files = store_->GetModelFiles(request.model_id());
   if (!files.ok()) return files.status();
   auto options = ToEngineOptions(request.options(), options_.default_job_threads);
   if (!options.ok()) return options.status();
 
-  const std::string& key = request.idempotency_key();
+  const std::string key = IdempotencyMapKey(owner, request.idempotency_key());
   if (!key.empty()) {
     std::string existing;
     {
@@ -160,7 +171,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request) 
       if (job.ok()) {
         if (job->model_id() != request.model_id()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              "idempotency key \"", key, "\" was already used for job ", existing,
+              "idempotency key \"", request.idempotency_key(), "\" was already used for job ", existing,
               " on another model"));
         }
         return job;
@@ -208,7 +219,8 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request) 
     *job.mutable_options() = ToWireOptions(*options);
     job.mutable_progress()->set_stage("queued");
     *job.mutable_create_time() = Now();
-    job.set_idempotency_key(key);
+    job.set_idempotency_key(request.idempotency_key());
+    job.set_owner(owner);
     absl::Status st = store_->WriteJobRecord(entry->id, ToJson(job));
     if (!st.ok()) {
       entry->lock.reset();
@@ -347,7 +359,7 @@ absl::Status JobManager::Delete(const std::string& job_id) {
     absl::MutexLock lock(&mu_);
     jobs_.erase(job_id);
     if (!job->idempotency_key().empty()) {
-      auto it = idempotency_.find(job->idempotency_key());
+      auto it = idempotency_.find(IdempotencyMapKey(job->owner(), job->idempotency_key()));
       if (it != idempotency_.end() && it->second == job_id) idempotency_.erase(it);
     }
   }

@@ -61,7 +61,9 @@ class JobManager {
 
   // NotFound (model), InvalidArgument (options, idempotency key reused for another model),
   // ResourceExhausted (queue full), Unavailable (draining).
-  absl::StatusOr<v1::Job> Submit(const v1::SubmitJobRequest& request);
+  // `owner`: the submitting tenant under per-tenant access ("" otherwise). A tenant may only
+  // use models it uploaded (NotFound otherwise); idempotency keys are scoped to the tenant.
+  absl::StatusOr<v1::Job> Submit(const v1::SubmitJobRequest& request, const std::string& owner = "");
   absl::StatusOr<v1::Job> Get(const std::string& job_id);
   std::vector<v1::Job> List(const std::vector<v1::JobState>& states);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);

@@ -12,6 +12,7 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
@@ -30,8 +31,9 @@ ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "Largest model upload (al
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain file; with --tls_key enables TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key file");
 ABSL_FLAG(std::string, auth_token_file, "",
-          "File whose first line is the bearer token clients must send; empty = no auth "
-          "(env SQ_TOKEN is used when this is empty and it is set)");
+          "Bearer tokens: one bare token (shared: every holder sees every job), or one "
+          "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
+          "comments. Empty = no auth (env SQ_TOKEN, a shared token, is used when it is set)");
 ABSL_FLAG(int, drain_grace_seconds, 60, "On SIGTERM, how long running jobs may take to finish");
 
 namespace {
@@ -72,7 +74,14 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "sq-server: cannot read --auth_token_file %s\n", token_file.c_str());
       return 2;
     }
-    options.auth_token = text->substr(0, text->find_first_of("\r\n"));
+    auto config = sq::server::ParseTokenFile(*text);
+    if (!config.ok()) {
+      std::fprintf(stderr, "sq-server: --auth_token_file %s: %s\n", token_file.c_str(),
+                   std::string(config.status().message()).c_str());
+      return 2;
+    }
+    options.auth_token = config->shared_token;
+    options.tenants = config->tenants;
   } else if (const char* t = std::getenv("SQ_TOKEN"); t && *t) {
     options.auth_token = t;
   }
@@ -98,7 +107,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "sq-server: serving sq.v1 on %s (port %d), metrics on %s, artifacts in %s%s%s\n",
                options.listen_address.c_str(), (*server)->port(),
                metrics_listen.empty() ? "(off)" : metrics_listen.c_str(), options.artifact_dir.c_str(),
-               options.auth_token.empty() ? "" : ", bearer auth on",
+               !options.tenants.empty() ? absl::StrCat(", bearer auth per tenant (", options.tenants.size(), " tenants)").c_str()
+               : options.auth_token.empty() ? "" : ", bearer auth on",
                options.tls_cert_file.empty() ? "" : ", TLS on");
 
   int sig = 0;

@@ -37,6 +37,7 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   so.max_upload_bytes = options.max_upload_bytes;
   so.chunk_bytes = options.chunk_bytes;
   so.auth_token = options.auth_token;
+  so.tenants = options.tenants;
   s->service_ = std::make_unique<SqService>(s->store_.get(), s->jobs_.get(), engine,
                                             s->metrics_.get(), s->control_pool_.get(), so);
 

@@ -17,6 +17,19 @@ namespace {
 using grpc::Status;
 using grpc::StatusCode;
 
+// Under per-tenant access a job of another tenant is answered exactly as a job that does not
+// exist (JobManager's "no job <id>"), so ids reveal nothing.
+Status CheckOwner(const v1::Job& job, const std::string& tenant) {
+  if (job.owner() == tenant) return Status::OK;
+  return Status(StatusCode::NOT_FOUND, absl::StrCat("no job ", job.job_id()));
+}
+
+// The same for models: a tenant uses only what it uploaded itself.
+Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, const std::string& tenant) {
+  if (tenant.empty() || store.HasModelOwner(model_id, tenant)) return Status::OK;
+  return Status(StatusCode::NOT_FOUND, absl::StrCat("no model ", model_id));
+}
+
 // ---- UploadModel --------------------------------------------------------------------------
 
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelRequest> {
@@ -24,7 +37,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
   UploadReactor(SqService* service, grpc::CallbackServerContext* context,
                 v1::UploadModelResponse* response)
       : service_(service), context_(context), response_(response) {
-    if (Status st = service_->auth().Check(*context); !st.ok()) {
+    if (Status st = service_->auth().Authenticate(*context, &tenant_); !st.ok()) {
       Reject(st);
       return;
     }
@@ -91,7 +104,8 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     }
     if (all_hashed) {
       std::string id = Sha256Hex(ManifestText(files));
-      if (service_->store()->HasModel(id)) {
+      if (service_->store()->HasModel(id) &&
+          (tenant_.empty() || service_->store()->HasModelOwner(id, tenant_))) {
         // Already stored: answer now, without reading the data again.
         response_->set_model_id(id);
         for (const StoredFile& f : files) {
@@ -131,6 +145,16 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       Reject(ToGrpc(result.status()));
       return;
     }
+    bool deduplicated = result->deduplicated;
+    if (!tenant_.empty()) {
+      // The tenant proved it holds these files by sending them: it may use the model now.
+      // "deduplicated" only when it had uploaded them before, never because another did.
+      deduplicated = deduplicated && service_->store()->HasModelOwner(result->model_id, tenant_);
+      if (absl::Status st = service_->store()->AddModelOwner(result->model_id, tenant_); !st.ok()) {
+        Reject(ToGrpc(st));
+        return;
+      }
+    }
     response_->set_model_id(result->model_id);
     for (const StoredFile& f : result->files) {
       v1::FileInfo* w = response_->add_files();
@@ -138,10 +162,10 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       w->set_size(f.size);
       w->set_sha256(f.sha256);
     }
-    response_->set_deduplicated(result->deduplicated);
+    response_->set_deduplicated(deduplicated);
     response_->set_bytes_received(received);
     if (service_->metrics()) {
-      service_->metrics()->Upload(result->deduplicated ? "deduplicated" : "stored");
+      service_->metrics()->Upload(deduplicated ? "deduplicated" : "stored");
     }
     Finish(Status::OK);
   }
@@ -159,6 +183,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
   v1::UploadModelResponse* const response_;
   v1::UploadModelRequest request_;
   std::unique_ptr<UploadSession> session_;
+  std::string tenant_;
 };
 
 // ---- WatchJob -----------------------------------------------------------------------------
@@ -167,9 +192,18 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobW
  public:
   WatchReactor(SqService* service, grpc::CallbackServerContext* context, std::string job_id)
       : service_(service), job_id_(std::move(job_id)) {
-    if (Status st = service_->auth().Check(*context); !st.ok()) {
+    std::string tenant;
+    if (Status st = service_->auth().Authenticate(*context, &tenant); !st.ok()) {
       FinishOnce(st);
       return;
+    }
+    if (service_->auth().per_tenant()) {
+      auto job = service_->jobs()->Get(job_id_);
+      Status st = job.ok() ? CheckOwner(*job, tenant) : ToGrpc(job.status());
+      if (!st.ok()) {
+        FinishOnce(st);
+        return;
+      }
     }
     registered_ = true;
     absl::Status st = service_->jobs()->AddWatcher(job_id_, this);  // delivers the state now
@@ -259,13 +293,18 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
   DownloadReactor(SqService* service, grpc::CallbackServerContext* context,
                   const v1::DownloadArtifactRequest& request)
       : service_(service) {
-    if (Status st = service_->auth().Check(*context); !st.ok()) {
+    std::string tenant;
+    if (Status st = service_->auth().Authenticate(*context, &tenant); !st.ok()) {
       Finish(st);
       return;
     }
     auto job = service_->jobs()->Get(request.job_id());
     if (!job.ok()) {
       Finish(ToGrpc(job.status()));
+      return;
+    }
+    if (Status st = CheckOwner(*job, tenant); !st.ok()) {
+      Finish(st);
       return;
     }
     if (job->state() != v1::JOB_STATE_SUCCEEDED) {
@@ -361,7 +400,7 @@ SqService::SqService(ArtifactStore* store, JobManager* jobs, std::shared_ptr<Eng
       metrics_(metrics),
       control_pool_(control_pool),
       options_(std::move(options)),
-      auth_(options_.auth_token) {}
+      auth_(options_.tenants.empty() ? BearerAuth(options_.auth_token) : BearerAuth(options_.tenants)) {}
 
 grpc::ServerReadReactor<v1::UploadModelRequest>* SqService::UploadModel(
     grpc::CallbackServerContext* context, v1::UploadModelResponse* response) {
@@ -372,7 +411,12 @@ grpc::ServerUnaryReactor* SqService::InspectModel(grpc::CallbackServerContext* c
                                                   const v1::InspectModelRequest* request,
                                                   v1::InspectModelResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  if (Status st = CheckModelOwner(*store_, request->model_id(), tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
@@ -402,11 +446,12 @@ grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* cont
                                                const v1::SubmitJobRequest* request,
                                                v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  auto job = jobs_->Submit(*request);
+  auto job = jobs_->Submit(*request, tenant);
   if (job.ok()) *response = std::move(*job);
   reactor->Finish(ToGrpc(job.status()));
   return reactor;
@@ -415,13 +460,22 @@ grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* cont
 grpc::ServerUnaryReactor* SqService::GetJob(grpc::CallbackServerContext* context,
                                             const v1::GetJobRequest* request, v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
   auto job = jobs_->Get(request->job_id());
-  if (job.ok()) *response = std::move(*job);
-  reactor->Finish(ToGrpc(job.status()));
+  if (!job.ok()) {
+    reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  if (Status st = CheckOwner(*job, tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  *response = std::move(*job);
+  reactor->Finish(Status::OK);
   return reactor;
 }
 
@@ -429,13 +483,16 @@ grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* conte
                                               const v1::ListJobsRequest* request,
                                               v1::ListJobsResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
   std::vector<v1::JobState> states;
   for (int s : request->states()) states.push_back(static_cast<v1::JobState>(s));
-  for (v1::Job& job : jobs_->List(states)) *response->add_jobs() = std::move(job);
+  for (v1::Job& job : jobs_->List(states)) {
+    if (job.owner() == tenant) *response->add_jobs() = std::move(job);
+  }
   reactor->Finish(Status::OK);
   return reactor;
 }
@@ -449,9 +506,16 @@ grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* cont
                                                const v1::CancelJobRequest* request,
                                                v1::Job* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
+  }
+  if (auto seen = jobs_->Get(request->job_id()); seen.ok()) {
+    if (Status st = CheckOwner(*seen, tenant); !st.ok()) {
+      reactor->Finish(st);
+      return reactor;
+    }
   }
   auto job = jobs_->Cancel(request->job_id());
   if (job.ok()) *response = std::move(*job);
@@ -463,9 +527,16 @@ grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* cont
                                                const v1::DeleteJobRequest* request,
                                                v1::DeleteJobResponse*) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
+  }
+  if (auto seen = jobs_->Get(request->job_id()); seen.ok()) {
+    if (Status st = CheckOwner(*seen, tenant); !st.ok()) {
+      reactor->Finish(st);
+      return reactor;
+    }
   }
   reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
   return reactor;
@@ -480,13 +551,18 @@ grpc::ServerUnaryReactor* SqService::GetReport(grpc::CallbackServerContext* cont
                                                const v1::GetReportRequest* request,
                                                v1::GetReportResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  if (Status st = auth_.Check(*context); !st.ok()) {
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
   auto job = jobs_->Get(request->job_id());
   if (!job.ok()) {
     reactor->Finish(ToGrpc(job.status()));
+    return reactor;
+  }
+  if (Status st = CheckOwner(*job, tenant); !st.ok()) {
+    reactor->Finish(st);
     return reactor;
   }
   if (job->state() != v1::JOB_STATE_SUCCEEDED) {

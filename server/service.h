@@ -21,7 +21,8 @@ namespace sq::server {
 struct ServiceOptions {
   int64_t max_upload_bytes = int64_t{8} << 30;
   int64_t chunk_bytes = 1 << 20;  // download chunk size
-  std::string auth_token;         // empty = no auth
+  std::string auth_token;         // shared token; empty = none
+  std::vector<Tenant> tenants;    // per-tenant tokens: each sees only its own jobs and models
 };
 
 class SqService final : public v1::SqService::CallbackService {

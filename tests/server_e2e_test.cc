@@ -701,6 +701,64 @@ TEST_F(ServerE2ETest, BearerTokenIsRequiredExceptForHealth) {
   EXPECT_TRUE(*health);
 }
 
+TEST_F(ServerE2ETest, EachTenantSeesAndTouchesOnlyItsOwnJobsAndModels) {
+  ServerOptions o = Options();
+  o.tenants = {{"alice", "alice-token-0123456789"}, {"bob", "bob-token-0123456789abc"}};
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  ASSERT_TRUE(server);
+  auto alice = Connect(*server, "alice-token-0123456789");
+  auto bob = Connect(*server, "bob-token-0123456789abc");
+  EXPECT_EQ(Connect(*server)->List().status().code(), absl::StatusCode::kUnauthenticated);
+  EXPECT_EQ(Connect(*server, "alice-token-012345678X")->List().status().code(),
+            absl::StatusCode::kUnauthenticated);
+
+  auto up = alice->UploadModel(model_);
+  ASSERT_TRUE(up.ok()) << up.status();
+  v1::Job job = SubmitOrDie(*alice, up->model_id(), "key-1");
+  EXPECT_EQ(job.owner(), "alice");
+  auto done = alice->Watch(job.job_id(), nullptr, absl::Seconds(30));
+  ASSERT_TRUE(done.ok() && done->state() == v1::JOB_STATE_SUCCEEDED);
+  const std::string id = job.job_id();
+
+  // Bob holds alice's ids and can do nothing with them: every answer is "not found".
+  const auto kNotFound = absl::StatusCode::kNotFound;
+  EXPECT_EQ(bob->Get(id).status().code(), kNotFound);
+  EXPECT_EQ(bob->Watch(id).status().code(), kNotFound);
+  EXPECT_EQ(bob->Cancel(id).status().code(), kNotFound);
+  EXPECT_EQ(bob->Delete(id).code(), kNotFound);
+  EXPECT_EQ(bob->Report(id).status().code(), kNotFound);
+  EXPECT_EQ(bob->Download(id, "", (dir_ / "stolen.onnx").string()).code(), kNotFound);
+  EXPECT_FALSE(fs::exists(dir_ / "stolen.onnx"));
+  EXPECT_EQ(bob->Inspect(up->model_id()).status().code(), kNotFound);
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  EXPECT_EQ(bob->Submit(req).status().code(), kNotFound);
+  auto bob_list = bob->List();
+  ASSERT_TRUE(bob_list.ok());
+  EXPECT_TRUE(bob_list->empty());
+
+  // Bob uploads the same files: not "deduplicated" (that would tell him alice has them), and
+  // now the model is his to use; his idempotency key is his own.
+  auto bob_up = bob->UploadModel(model_);
+  ASSERT_TRUE(bob_up.ok()) << bob_up.status();
+  EXPECT_FALSE(bob_up->deduplicated());
+  EXPECT_EQ(bob_up->model_id(), up->model_id());
+  v1::Job bob_job = SubmitOrDie(*bob, up->model_id(), "key-1");
+  EXPECT_NE(bob_job.job_id(), id);
+  EXPECT_EQ(bob_job.owner(), "bob");
+  auto again = alice->UploadModel(model_);
+  ASSERT_TRUE(again.ok());
+  EXPECT_TRUE(again->deduplicated());  // alice had uploaded it herself
+
+  auto alice_list = alice->List();
+  ASSERT_TRUE(alice_list.ok());
+  ASSERT_EQ(alice_list->size(), 1u);
+  EXPECT_EQ((*alice_list)[0].job_id(), id);
+  EXPECT_EQ(alice->Get(bob_job.job_id()).status().code(), kNotFound);
+  EXPECT_TRUE(alice->Report(id).ok());
+  EXPECT_TRUE(alice->Delete(id).ok());
+}
+
 TEST_F(ServerE2ETest, CancelStopsRunningAndQueuedJobs) {
   auto engine = std::make_shared<FakeEngine>(/*gated=*/true);
   ServerOptions o = Options();
