@@ -30,7 +30,7 @@ using client::SqClient;
 
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
-      "server", "token", "tls-ca", "o", "output", "bits", "granularity", "block-size", "split",
+      "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
       "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
       "target-opset", "threads", "idempotency-key", "verify", "verify-input"};
   return *flags;
@@ -210,6 +210,8 @@ absl::StatusOr<std::unique_ptr<SqClient>> Connect(const Args& a) {
   o.target = a.Get("server", env_server && *env_server ? env_server : "127.0.0.1:50051");
   o.token = a.Get("token", env_token ? env_token : "");
   o.tls_ca_file = a.Get("tls-ca");
+  o.tls_cert_file = a.Get("tls-cert");
+  o.tls_key_file = a.Get("tls-key");
   o.tls = a.Has("tls") || !o.tls_ca_file.empty();
   return SqClient::Create(o);
 }
@@ -529,7 +531,8 @@ std::string RemoteUsage() {
   report JOB [--json]               the per-layer report
   inspect MODEL                     upload and describe a model (ops, layers, estimates)
   health                            SERVING / NOT_SERVING
-  common: --server HOST:PORT --token T (or $SQ_TOKEN) --tls --tls-ca FILE --json
+  common: --server HOST:PORT --token T (or $SQ_TOKEN) --tls --tls-ca FILE
+          --tls-cert FILE --tls-key FILE (a client certificate, for mutual TLS) --json
   exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 server unavailable, 4 not found, 5 auth
 )";
 }

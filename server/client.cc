@@ -73,12 +73,23 @@ absl::StatusOr<std::unique_ptr<SqClient>> SqClient::Create(const ClientOptions& 
   std::unique_ptr<SqClient> c(new SqClient());
   c->options_ = options;
   std::shared_ptr<grpc::ChannelCredentials> creds;
-  if (options.tls || !options.tls_ca_file.empty()) {
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("a client certificate needs both --tls-cert and --tls-key");
+  }
+  if (options.tls || !options.tls_ca_file.empty() || !options.tls_cert_file.empty()) {
     grpc::SslCredentialsOptions ssl;
     if (!options.tls_ca_file.empty()) {
       auto pem = server::ReadFileToString(options.tls_ca_file);
       if (!pem.ok()) return absl::InvalidArgumentError("cannot read CA file " + options.tls_ca_file);
       ssl.pem_root_certs = *pem;
+    }
+    if (!options.tls_cert_file.empty()) {
+      auto cert = server::ReadFileToString(options.tls_cert_file);
+      if (!cert.ok()) return absl::InvalidArgumentError("cannot read client certificate " + options.tls_cert_file);
+      auto key = server::ReadFileToString(options.tls_key_file);
+      if (!key.ok()) return absl::InvalidArgumentError("cannot read client key " + options.tls_key_file);
+      ssl.pem_cert_chain = *cert;
+      ssl.pem_private_key = *key;
     }
     creds = grpc::SslCredentials(ssl);
   } else {

@@ -35,6 +35,8 @@ struct ClientOptions {
   std::string token;        // sent as "authorization: Bearer <token>" when set
   bool tls = false;         // TLS with the system roots, or tls_ca_file when set
   std::string tls_ca_file;  // PEM; implies tls
+  // PEM client certificate chain and key for servers that require them (mTLS); imply tls.
+  std::string tls_cert_file, tls_key_file;
   absl::Duration unary_timeout = absl::Seconds(60);
   int64_t chunk_bytes = 1 << 20;  // upload chunk size (< gRPC's 4 MB message limit)
 };

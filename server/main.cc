@@ -30,6 +30,9 @@ ABSL_FLAG(int, job_threads, 0, "Engine threads per job when the job asks for 0 (
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "Largest model upload (all files), bytes");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain file; with --tls_key enables TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key file");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle; set = mutual TLS: every client must present a certificate it signed "
+          "(needs --tls_cert/--tls_key)");
 ABSL_FLAG(std::string, auth_token_file, "",
           "Bearer tokens: one bare token (shared: every holder sees every job), or one "
           "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
@@ -67,6 +70,7 @@ int main(int argc, char** argv) {
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   std::string token_file = absl::GetFlag(FLAGS_auth_token_file);
   if (!token_file.empty()) {
     auto text = sq::server::ReadFileToString(token_file);
@@ -109,7 +113,8 @@ int main(int argc, char** argv) {
                metrics_listen.empty() ? "(off)" : metrics_listen.c_str(), options.artifact_dir.c_str(),
                !options.tenants.empty() ? absl::StrCat(", bearer auth per tenant (", options.tenants.size(), " tenants)").c_str()
                : options.auth_token.empty() ? "" : ", bearer auth on",
-               options.tls_cert_file.empty() ? "" : ", TLS on");
+               options.tls_cert_file.empty() ? ""
+               : options.tls_client_ca_file.empty() ? ", TLS on" : ", mutual TLS on");
 
   int sig = 0;
   sigwait(&signals, &sig);

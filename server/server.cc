@@ -12,6 +12,14 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
     const ServerOptions& options, std::shared_ptr<prometheus::Registry> registry,
     std::shared_ptr<EnginePort> engine) {
   if (!engine) engine = DefaultEngine();
+  // Options are checked before anything starts (a half-built server has workers to stop).
+  const bool tls = !options.tls_cert_file.empty() || !options.tls_key_file.empty();
+  if (tls && (options.tls_cert_file.empty() || options.tls_key_file.empty())) {
+    return absl::InvalidArgumentError("TLS needs both a certificate and a key file");
+  }
+  if (!tls && !options.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError("--tls_client_ca needs TLS (--tls_cert and --tls_key)");
+  }
   std::unique_ptr<SqServer> s(new SqServer());
   s->registry_ = std::move(registry);
   if (s->registry_) s->metrics_ = std::make_unique<ServerMetrics>(*s->registry_, engine->Version());
@@ -50,8 +58,16 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
     if (!cert.ok()) return absl::InvalidArgumentError("cannot read TLS certificate " + options.tls_cert_file);
     auto key = ReadFileToString(options.tls_key_file);
     if (!key.ok()) return absl::InvalidArgumentError("cannot read TLS key " + options.tls_key_file);
-    grpc::SslServerCredentialsOptions ssl;
+    grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
     ssl.pem_key_cert_pairs.push_back({*key, *cert});
+    if (!options.tls_client_ca_file.empty()) {
+      auto ca = ReadFileToString(options.tls_client_ca_file);
+      if (!ca.ok()) {
+        return absl::InvalidArgumentError("cannot read TLS client CA " + options.tls_client_ca_file);
+      }
+      ssl.pem_root_certs = *ca;
+      ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+    }
     creds = grpc::SslServerCredentials(ssl);
   } else {
     creds = grpc::InsecureServerCredentials();
@@ -73,19 +89,23 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
 void SqServer::Drain(absl::Duration grace) {
   if (drained_) return;
   drained_ = true;
-  jobs_->StopAccepting();  // before health flips: a NOT_SERVING server refuses new work
-  server_->GetHealthCheckService()->SetServingStatus(false);
-  jobs_->Drain(grace);
-  control_pool_->Join();  // pending InspectModel calls finish (or are refused)
+  // Each part may be missing when Start() failed half-way (a port in use, an unreadable
+  // certificate): what was started is stopped, nothing else is touched.
+  if (jobs_) jobs_->StopAccepting();  // before health flips: a NOT_SERVING server refuses new work
+  if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
+  if (jobs_) jobs_->Drain(grace);
+  if (control_pool_) control_pool_->Join();  // pending InspectModel calls finish (or are refused)
   // Streams still open (watchers of other servers' jobs, slow downloads) get a moment.
-  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
 }
 
-void SqServer::Wait() { server_->Wait(); }
+void SqServer::Wait() {
+  if (server_) server_->Wait();
+}
 
 SqServer::~SqServer() {
   Drain(absl::ZeroDuration());
-  server_->Wait();
+  Wait();
 }
 
 }  // namespace sq::server

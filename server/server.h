@@ -35,6 +35,8 @@ struct ServerOptions {
   std::string auth_token;                           // shared token; empty = none
   std::vector<Tenant> tenants;                      // per-tenant tokens (instead of auth_token)
   std::string tls_cert_file, tls_key_file;          // both set = TLS
+  // With TLS: PEM CA bundle; set = clients must present a certificate it signed (mTLS).
+  std::string tls_client_ca_file;
   int control_threads = 2;                          // InspectModel pool
 };
 

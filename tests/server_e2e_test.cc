@@ -1004,5 +1004,68 @@ TEST_F(ServerE2ETest, TlsWithACustomCa) {
       << absl::StatusCodeToString(code);
 }
 
+TEST_F(ServerE2ETest, MutualTlsRequiresAClientCertificateFromTheCa) {
+  if (std::system("openssl version >/dev/null 2>&1") != 0) GTEST_SKIP() << "openssl CLI absent";
+  auto f = [&](const char* name) { return (dir_ / name).string(); };
+  // A test CA; a server certificate and a client certificate it signs; a client certificate
+  // from another CA.
+  const std::string script = absl::StrCat(
+      "set -e; cd ", dir_.string(), "\n",
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=sq-test-ca -keyout ca.key -out ca.pem\n",
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=other-ca -keyout other.key -out other.pem\n",
+      "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > san.ext\n",
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr\n",
+      "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -extfile san.ext -out server.pem\n",
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=build-farm -keyout client.key -out client.csr\n",
+      "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 -out client.pem\n",
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=intruder -keyout intruder.key -out intruder.csr\n",
+      "openssl x509 -req -in intruder.csr -CA other.pem -CAkey other.key -CAcreateserial -days 1 -out intruder.pem\n");
+  std::ofstream(f("make.sh")) << script;
+  ASSERT_EQ(std::system(("bash " + f("make.sh") + " >/dev/null 2>&1").c_str()), 0);
+  ServerOptions o = Options();
+  o.tls_cert_file = f("server.pem");
+  o.tls_key_file = f("server.key");
+  o.tls_client_ca_file = f("ca.pem");
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  ASSERT_TRUE(server);
+  auto connect = [&](const std::string& cert, const std::string& key) {
+    client::ClientOptions co;
+    co.target = server->address();
+    co.tls_ca_file = f("ca.pem");
+    co.tls_cert_file = cert;
+    co.tls_key_file = key;
+    co.unary_timeout = absl::Seconds(5);
+    auto c = SqClient::Create(co);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  };
+  auto good = connect(f("client.pem"), f("client.key"));
+  EXPECT_TRUE(good->List().ok());
+  EXPECT_TRUE(good->UploadModel(model_).ok());
+  for (auto* bad : {connect("", "").release(), connect(f("intruder.pem"), f("intruder.key")).release()}) {
+    std::unique_ptr<SqClient> c(bad);
+    absl::StatusCode code = c->List().status().code();
+    EXPECT_TRUE(code == absl::StatusCode::kUnavailable || code == absl::StatusCode::kDeadlineExceeded)
+        << absl::StatusCodeToString(code);
+  }
+  client::ClientOptions half;
+  half.target = server->address();
+  half.tls_cert_file = f("client.pem");
+  EXPECT_EQ(SqClient::Create(half).status().code(), absl::StatusCode::kInvalidArgument);
+  ServerOptions plain = Options();
+  plain.tls_client_ca_file = f("ca.pem");
+  EXPECT_EQ(SqServer::Start(plain, nullptr, std::make_shared<FakeEngine>()).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // Files that cannot be read fail the start after the workers were made: they are stopped
+  // and the call returns (it used to dereference the server that was never built).
+  ServerOptions unreadable = Options();
+  unreadable.tls_cert_file = f("server.pem");
+  unreadable.tls_key_file = f("server.pem");
+  unreadable.tls_client_ca_file = f("missing-ca.pem");
+  auto failed = SqServer::Start(unreadable, nullptr, std::make_shared<FakeEngine>());
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(failed.status().message(), "missing-ca.pem"));
+}
+
 }  // namespace
 }  // namespace sq::server
