@@ -14,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "client/quantize_command.h"
 #include "core/file_util.h"
 #include "core/options.h"
 #include "google/protobuf/util/json_util.h"
@@ -537,13 +538,53 @@ std::string RemoteUsage() {
 )";
 }
 
+std::string RemoteCommandHelp(const std::string& command) {
+  static const auto* kHelp = new std::map<std::string, std::string>{
+      {"submit",
+       "usage: sqctl submit MODEL.onnx [options] [-o OUT.onnx] [--detach] [--idempotency-key K]\n\n"
+       "Uploads MODEL and the external data files it references (refusing any outside its\n"
+       "folder), submits a job, follows it and downloads the output to -o. --detach prints the\n"
+       "job id and returns at once. --idempotency-key K: a second submit with K returns the\n"
+       "first job. --verify-input FILE is uploaded with the model.\n\n"
+       "Engine options (the same as sqctl quantize):\n"},
+      {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"},
+      {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"},
+      {"list", "usage: sqctl list [--json]\n\nEvery job this token may see, newest first.\n"},
+      {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
+      {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
+      {"download",
+       "usage: sqctl download JOB -o OUT.onnx [--json]\n\nFetches a succeeded job's output and its "
+       "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"},
+      {"report", "usage: sqctl report JOB [--json]\n\nThe per-layer report (--json: the full JSON).\n"},
+      {"inspect",
+       "usage: sqctl inspect MODEL.onnx [--json]\n\nUploads a model and describes it: ops, "
+       "quantizable layers, estimated output sizes.\n"},
+      {"health", "usage: sqctl health [--json]\n\nSERVING (exit 0) or NOT_SERVING (exit 3).\n"},
+  };
+  auto it = kHelp->find(command);
+  std::string text = it == kHelp->end() ? RemoteUsage() : it->second;
+  if (command == "submit") {
+    // The engine options block of `sqctl quantize --help`, from its first option line on.
+    const std::string q = QuantizeUsage();
+    const size_t from = q.find("  --bits");
+    if (from != std::string::npos) text += q.substr(from);
+  }
+  return text +
+         "\nConnection: --server HOST:PORT (default $SQ_SERVER or 127.0.0.1:50051), --token T (or\n"
+         "$SQ_TOKEN), --tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mutual TLS).\n"
+         "Exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 server unavailable, 4 not found, 5 auth.\n";
+}
+
 int RunRemoteCommand(const std::string& command, const std::vector<std::string>& argv) {
+  // --help first: it must work whatever else is on the line.
+  for (const std::string& arg : argv) {
+    if (arg == "--help" || arg == "-h") {
+      std::fputs(RemoteCommandHelp(command).c_str(), stdout);
+      return kExitRemoteOk;
+    }
+  }
   Args a;
   if (absl::Status st = Parse(argv, &a); !st.ok()) return Usage(std::string(st.message()));
-  if (a.Has("help") || a.Has("h")) {
-    std::fputs(RemoteUsage().c_str(), stdout);
-    return kExitRemoteOk;
-  }
   auto connected = Connect(a);
   if (!connected.ok()) return Fail(connected.status());
   SqClient& c = **connected;

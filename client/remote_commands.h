@@ -29,6 +29,8 @@ bool IsRemoteCommand(const std::string& command);
 // `args` are the arguments after the command name. Returns the process exit code.
 int RunRemoteCommand(const std::string& command, const std::vector<std::string>& args);
 std::string RemoteUsage();
+// One server command's own usage (`sqctl COMMAND --help`).
+std::string RemoteCommandHelp(const std::string& command);
 
 }  // namespace sq::cli
 

@@ -40,7 +40,22 @@ int main(int argc, char** argv) {
     return sq::cli::kExitOk;
   }
   if (command == "version" || command == "--version") {
-    std::printf("sqctl %s\n", sq::Version());
+    const bool json = args.size() == 1 && args[0] == "--json";
+    if (!args.empty() && !json) {
+      std::fprintf(stderr, "sqctl: version takes only --json\n");
+      return sq::cli::kExitUsage;
+    }
+    if (json) {
+      std::printf("{\"sqctl\": \"%s\", \"remote\": %s}\n", sq::Version(),
+#ifdef SQCTL_WITH_REMOTE
+                  "true"
+#else
+                  "false"
+#endif
+      );
+    } else {
+      std::printf("sqctl %s\n", sq::Version());
+    }
     return sq::cli::kExitOk;
   }
   if (command == "quantize") return sq::cli::RunQuantize(args);

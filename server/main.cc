@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <iostream>
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -12,6 +13,11 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/flags/internal/program_name.h"
+#include "absl/flags/internal/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/match.h"
+#include "core/engine.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "prometheus/exposer.h"
@@ -50,7 +56,26 @@ std::string DefaultArtifactDir() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage("sq-server: SplitQuant quantization service (gRPC sq.v1)");
+  absl::SetProgramUsageMessage("SplitQuant quantization service (gRPC sq.v1)");
+  // --help lists this file's flags (Abseil matches the program's name otherwise, and
+  // "sq-server" is no file's name); --version prints the version.
+  absl::FlagsUsageConfig usage;
+  usage.contains_help_flags = [](absl::string_view path) { return absl::EndsWith(path, "server/main.cc"); };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  usage.version_string = [] { return absl::StrCat("sq-server ", sq::Version(), "\n"); };
+  absl::SetFlagsUsageConfig(usage);
+  // --help is a request, not an error: print the flags and exit 0 (Abseil would exit 1).
+  for (int i = 1; i < argc; ++i) {
+    const absl::string_view a = argv[i];
+    if (a == "--" ) break;
+    if (a == "--help" || a == "-h" || a == "-help") {
+      absl::flags_internal::SetProgramInvocationName(argv[0]);
+      absl::flags_internal::FlagsHelp(std::cout, "server/main.cc",
+                                      absl::flags_internal::HelpFormat::kHumanReadable,
+                                      absl::ProgramUsageMessage());
+      return 0;
+    }
+  }
   absl::ParseCommandLine(argc, argv);
 
   // Signals are taken synchronously by sigwait below; block them before any thread starts.

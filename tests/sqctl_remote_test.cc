@@ -12,6 +12,7 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -138,6 +139,45 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   while (fgets(buf, sizeof buf, p)) unreachable += buf;
   int status = pclose(p);
   EXPECT_EQ(WEXITSTATUS(status), kExitUnavailable) << unreachable;
+}
+
+// Runs a command line; returns its exit code and what it printed (stdout + stderr).
+int RunLine(const std::string& cmd, std::string* out) {
+  out->clear();
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) *out += buf;
+  int status = pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+TEST(SqctlHelpTest, EveryCommandHasItsOwnHelpAndVersionSpeaksJson) {
+  const std::string sqctl = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl");
+  std::string out;
+  for (const char* command : {"submit", "status", "watch", "list", "cancel", "delete", "download",
+                              "report", "inspect", "health"}) {
+    // Works without a server and whatever else is on the line.
+    ASSERT_EQ(RunLine(absl::StrCat(sqctl, " ", command, " --help --bits 99"), &out), 0) << command;
+    EXPECT_EQ(out.rfind(absl::StrCat("usage: sqctl ", command), 0), 0u) << out;
+    EXPECT_TRUE(absl::StrContains(out, "Exit codes")) << command;
+  }
+  ASSERT_EQ(RunLine(sqctl + " submit --help", &out), 0);
+  EXPECT_TRUE(absl::StrContains(out, "--verify on|off")) << "submit lists the engine options";
+  ASSERT_EQ(RunLine(sqctl + " version --json", &out), 0);
+  EXPECT_TRUE(absl::StrContains(out, "{\"sqctl\": \"")) << out;
+  EXPECT_EQ(RunLine(sqctl + " version --yaml", &out), 2);
+}
+
+TEST(SqServerFlagsTest, HelpListsTheFlagsAndVersionPrintsIt) {
+  const std::string server = absl::StrCat(SQ_BINARY_DIR, "/server/sq-server");
+  std::string out;
+  ASSERT_EQ(RunLine(server + " --help", &out), 0) << out;
+  for (const char* flag : {"--listen", "--artifact_dir", "--auth_token_file", "--tls_client_ca",
+                           "--max_upload_bytes", "--drain_grace_seconds"}) {
+    EXPECT_TRUE(absl::StrContains(out, flag)) << flag << " missing from --help:\n" << out;
+  }
+  ASSERT_EQ(RunLine(server + " --version", &out), 0);
+  EXPECT_TRUE(absl::StrContains(out, "sq-server 0.")) << out;
 }
 
 }  // namespace
