@@ -407,6 +407,7 @@ absl::Status GraphEditor::PlanGroup(
 
   TransformConfig& c = plan->config;
   c = LayerTransformConfig(g, options, plan->split, &plan->granularity_note);
+  c.keep_three_branches = plan->split;  // the graph gets three branches: the transform must make them
   const Granularity gran = c.granularity;
   c.storage_bits = storage.storage_bits >= options.bits ? storage.storage_bits : 8;
   switch (options.format) {

@@ -402,7 +402,9 @@ struct SplitPlan {
   std::array<int64_t, 3> counts{};
 };
 
-SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split) {
+// `keep_three`: the caller's graph already holds three branches (TransformConfig::
+// keep_three_branches), so they are made even when every unit is degenerate.
+SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split, bool keep_three) {
   SplitPlan plan;
   if (!want_split) return plan;
   const size_t u = cl.units.size();
@@ -416,9 +418,16 @@ SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split) {
     }
   }
   if (plan.degenerate_units == static_cast<int64_t>(u)) {
-    plan.not_split_reason = u == 1 ? "fewer than 3 distinct values"
-                                   : "every channel has fewer than 3 distinct values";
-    return plan;
+    if (!keep_three) {
+      plan.not_split_reason = u == 1 ? "fewer than 3 distinct values"
+                                     : "every channel has fewer than 3 distinct values";
+      return plan;
+    }
+    // The engine planned three branches (the layer has 3 distinct values somewhere), but
+    // clustering found fewer than 3 clusters in every unit: values whose squared distances
+    // overflow or vanish in floating point (found by fuzzing: rows spanning 1e-38 to 1e33).
+    // The three branches are made, everything in the middle one.
+    plan.not_split_reason = "fewer than 3 distinct clusters in every unit: the outer branches are empty";
   }
   plan.split = true;
   plan.t0.resize(u);
@@ -1262,7 +1271,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
     Clustering cl;
     cl.unit_size = n;
     cl.units.push_back(km);
-    plan = PlanSplit(cl, n, true);
+    plan = PlanSplit(cl, n, true, config.keep_three_branches);
     if (use_regions) {
       // The regions are the final clusters only if each threshold lies inside its window.
       const float t0 = plan.split ? plan.t0[0] : 0, t1 = plan.split ? plan.t1[0] : 0;
@@ -1294,7 +1303,7 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
     if (FirstNonFinite(weight.data, n, parallel_for) >= 0) return non_finite_error();
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
                                       QuantAwareCuts(config) ? &config.spec : nullptr);
-    plan = PlanSplit(cl, n, true);
+    plan = PlanSplit(cl, n, true, config.keep_three_branches);
     if (plan.split && ShrinksRanges(config)) shrink = cl.shrink;
   }
   if (config.split) {
@@ -1598,7 +1607,7 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
                                : KMeans1D(v));
       }
     }
-    const SplitPlan plan = PlanSplit(cl, n, true);
+    const SplitPlan plan = PlanSplit(cl, n, true, config.keep_three_branches);
     if (plan.split && ShrinksRanges(config)) unit_shrink = cl.shrink, unit_degenerate = plan.degenerate;
     result.not_split_reason = plan.not_split_reason;
     result.inertia = plan.inertia;

@@ -62,6 +62,10 @@ struct TransformConfig {
   Granularity granularity = Granularity::kChannel;
   int block_size = 32;
   bool split = true;
+  // With split: make three branches even when clustering finds fewer than 3 clusters in
+  // every unit (the outer ones are then empty). The engine sets it once its graph holds
+  // three branches; alone, such a tensor comes back unsplit with one branch.
+  bool keep_three_branches = false;
   bool cluster_per_channel = false;    // one k-means per output channel (else per tensor)
   WeightEncoding encoding = WeightEncoding::kCodes;
   int storage_bits = 8;                // kCodes only: 8, 4 or 2 (>= spec.bits)

@@ -448,6 +448,20 @@ TEST(WeightTransformTest, DegenerateInputs) {
   ASSERT_TRUE(rr.ok());
   EXPECT_EQ(split.bytes, ref.bytes);
 
+  // keep_three_branches (the engine's graph has them): the constant tensor gets three, with
+  // everything in the middle one; the fast path equals the reference.
+  TransformConfig keep;
+  keep.keep_three_branches = true;
+  Collected kept, kept_ref;
+  r = TransformWeight({constant.data(), {5, 10}, 0, 1}, keep, kept.Sink());
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r->num_branches, 3);
+  EXPECT_EQ(r->clusters[0].count + r->clusters[2].count, 0);
+  rr = TransformWeightReference({constant.data(), {5, 10}, 0, 1}, keep, kept_ref.Sink());
+  ASSERT_TRUE(rr.ok());
+  EXPECT_EQ(rr->num_branches, 3);
+  EXPECT_EQ(kept.bytes, kept_ref.bytes);
+
   // Empty tensor.
   Collected empty;
   r = TransformWeight({nullptr, {0, 4}, 1, 0}, TransformConfig(), empty.Sink());

@@ -283,6 +283,30 @@ std::vector<HostileCase> WriteHostileCorpus(const std::string& dir) {
     c.Model("100k nodes", m, StatusCode::kOk, "");
   }
   {
+    // Found by fuzzing (tests/fuzz model_fuzz): a Gemm weight whose rows span 1e-38 to 1e33
+    // (finite, but squared distances overflow). Planning saw 3 distinct values and planned
+    // three branches; k-means found fewer than 3 clusters, and the run failed INTERNAL
+    // ("planned 3 branches, transform made 1"). Valid: it must quantize.
+    onnx::ModelProto m = NewModel(17);
+    GraphBuilder b(m.mutable_graph());
+    b.Input("x", {1, 6});
+    // The fuzzer's 4x6 weight, four times over: 96 weights, above the default minimum size.
+    const std::vector<float> rows = {-0.022791951894760132f, 3.971723218730644e-38f, 0.04326296225190163f,
+                   7.70648477885033e+31f, 9.65247295925264e-37f, 2.536312665629075e-38f,
+                   2.6375182189852625e+33f, 2.4381174052068614e+24f, 4.242974628084705e+21f,
+                   140649232.0f, 2.604446534778875e+32f, 7.898272908817663e-33f,
+                   1.0168486433132348e-37f, 2.685217162785466e-38f, 1.5477958589267964e+23f,
+                   1.9066144929901955e-36f, 4.591899007716259e+27f, 2.5964586691845247e-35f,
+                   1.744312313693768e+28f, 2.7965665808382587e-38f, -0.03173983097076416f,
+                   0.15518055856227875f, 1.013980689824209e-37f, 2.2805063932729442e-36f};
+    std::vector<float> w2;
+    for (int k = 0; k < 4; ++k) w2.insert(w2.end(), rows.begin(), rows.end());
+    b.Initializer("w2", {16, 6}, w2);
+    testing::AttrInt(b.Node("Gemm", {"x", "w2"}, {"y"}, "fc2"), "transB", 1);
+    b.Output("y");
+    c.Model("weights spanning 1e-38 to 1e33", m, StatusCode::kOk, "");
+  }
+  {
     auto m = Base();
     m.mutable_graph()->mutable_node(0)->set_name("mm\xff\xfe\xc3(");
     m.mutable_graph()->mutable_initializer(0)->set_name("W\x80");
