@@ -6,6 +6,7 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,12 +14,19 @@
 #include <limits.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <random>
+#include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "absl/algorithm/container.h"
+#include "absl/strings/ascii.h"
 
 namespace sq {
 
@@ -289,6 +297,74 @@ absl::StatusOr<std::string> Sha256File(const std::string& path) {
   EVP_MD_CTX_free(ctx);
   if (!status.ok()) return status;
   return Hex(digest, len);
+}
+
+namespace {
+
+// "quota period" (cgroup v2 cpu.max) or two files (v1) -> CPUs rounded up; 0 = unlimited.
+int QuotaCpus(int64_t quota, int64_t period) {
+  if (quota <= 0 || period <= 0) return 0;
+  return static_cast<int>((quota + period - 1) / period);
+}
+
+}  // namespace
+
+int CgroupCpuLimit(const std::string& cgroup_root, const std::string& proc_self_cgroup) {
+  int best = 0;
+  auto take = [&best](int cpus) {
+    if (cpus > 0 && (best == 0 || cpus < best)) best = cpus;
+  };
+  for (absl::string_view line : absl::StrSplit(proc_self_cgroup, '\n', absl::SkipEmpty())) {
+    std::vector<absl::string_view> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
+    if (f.size() != 3) continue;
+    if (f[0] == "0" && f[1].empty()) {
+      // cgroup v2: every level from the process's cgroup up to the root may cap it.
+      std::string path(f[2]);
+      while (true) {
+        auto text = ReadFileToString(cgroup_root + (path == "/" ? "" : path) + "/cpu.max");
+        if (text.ok()) {
+          std::vector<absl::string_view> q = absl::StrSplit(absl::StripAsciiWhitespace(*text), ' ');
+          int64_t quota = 0, period = 0;
+          if (q.size() == 2 && q[0] != "max" && absl::SimpleAtoi(q[0], &quota) &&
+              absl::SimpleAtoi(q[1], &period)) {
+            take(QuotaCpus(quota, period));
+          }
+        }
+        if (path.empty() || path == "/") break;
+        const size_t slash = path.rfind('/');
+        path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
+      }
+    } else if (absl::c_linear_search(std::vector<absl::string_view>(absl::StrSplit(f[1], ',')),
+                                     absl::string_view("cpu"))) {
+      // cgroup v1: the cpu controller's folder, mounted as cpu (or cpu,cpuacct).
+      for (const char* dir : {"/cpu", "/cpu,cpuacct"}) {
+        const std::string base = cgroup_root + dir + (f[2] == "/" ? "" : std::string(f[2]));
+        auto q = ReadFileToString(base + "/cpu.cfs_quota_us");
+        auto p = ReadFileToString(base + "/cpu.cfs_period_us");
+        int64_t quota = 0, period = 0;
+        if (q.ok() && p.ok() && absl::SimpleAtoi(absl::StripAsciiWhitespace(*q), &quota) &&
+            absl::SimpleAtoi(absl::StripAsciiWhitespace(*p), &period)) {
+          take(QuotaCpus(quota, period));
+          break;
+        }
+      }
+    }
+  }
+  return best;
+}
+
+int AvailableCpus() {
+  int cpus = static_cast<int>(std::thread::hardware_concurrency());
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    const int affinity = CPU_COUNT(&set);
+    if (affinity > 0 && (cpus <= 0 || affinity < cpus)) cpus = affinity;
+  }
+  if (auto self = ReadFileToString("/proc/self/cgroup"); self.ok()) {
+    const int quota = CgroupCpuLimit("/sys/fs/cgroup", *self);
+    if (quota > 0 && (cpus <= 0 || quota < cpus)) cpus = quota;
+  }
+  return std::max(1, cpus);
 }
 
 int64_t PeakRssBytes() {

@@ -84,6 +84,15 @@ std::string Sha256Hex(const void* data, size_t size);
 
 // Peak resident set size of this process so far, in bytes.
 int64_t PeakRssBytes();
+// CPUs this process may use: the smallest of the machine's count, the affinity mask and
+// the cgroup CPU quota rounded up (a container limited to 1.5 CPUs gets 2 threads, not the
+// node's 64). At least 1.
+int AvailableCpus();
+// The cgroup CPU quota in CPUs, rounded up, read under `cgroup_root` (normally
+// /sys/fs/cgroup) for the process whose /proc/self/cgroup text is `proc_self_cgroup`:
+// cgroup v2 `cpu.max` along the process's path from its leaf to the root (the smallest
+// applies), else cgroup v1 `cpu/cpu.cfs_quota_us` / `cpu.cfs_period_us`. 0 = no quota.
+int CgroupCpuLimit(const std::string& cgroup_root, const std::string& proc_self_cgroup);
 // Resident memory of this process now (bytes, /proc/self/statm); 0 if unreadable.
 int64_t CurrentRssBytes();
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "core/engine.h"
 #include "core/quantizer.h"
+#include "core/file_util.h"
 #include "core/status_macros.h"
 #include "core/transform/budget.h"
 #include "core/transform/index_map.h"
@@ -19,8 +20,8 @@
 namespace sq {
 
 int EffectiveThreads(const QuantizeOptions& options) {
-  return std::max(1, options.threads > 0 ? options.threads
-                                         : static_cast<int>(std::thread::hardware_concurrency()));
+  // Not the node's core count: a container limited to 2 CPUs runs 2 threads.
+  return std::max(1, options.threads > 0 ? options.threads : AvailableCpus());
 }
 
 namespace {
