@@ -148,7 +148,10 @@ absl::StatusOr<v1::Job> JobManager::ReadFromDisk(const std::string& job_id) {
 
 absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
                                            const std::string& owner) {
-  if (draining_) return absl::UnavailableError("server is shutting down; not accepting jobs");
+  if (draining_) {
+    if (metrics_) metrics_->JobRejected("draining");
+    return absl::UnavailableError("server is shutting down; not accepting jobs");
+  }
   if (!owner.empty() && !store_->HasModelOwner(request.model_id(), owner)) {
     // The same answer as for a model that does not exist: an id alone grants nothing.
     return absl::NotFoundError(absl::StrCat("no model ", request.model_id()));
@@ -281,6 +284,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
       entry->lock.reset();
     }
     (void)store_->DeleteJob(entry->id);
+    if (metrics_) metrics_->JobRejected(absl::IsResourceExhausted(st) ? "queue_full" : "draining");
     return st;
   }
   if (metrics_) metrics_->JobSubmitted();

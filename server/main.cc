@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "sq-server: %s\n", server.status().ToString().c_str());
     return 3;
   }
+  if (exposer) exposer->RegisterCollectable((*server)->process_metrics());
   std::fprintf(stderr, "sq-server: serving sq.v1 on %s (port %d), metrics on %s, artifacts in %s%s%s\n",
                options.listen_address.c_str(), (*server)->port(),
                metrics_listen.empty() ? "(off)" : metrics_listen.c_str(), options.artifact_dir.c_str(),

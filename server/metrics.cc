@@ -92,7 +92,13 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                          .Name("sq_verifications_total")
                          .Help("Artifacts checked in ONNX Runtime before delivery, by result (passed, "
                                "skipped, off, failed: the job failed because its artifact does not run).")
-                         .Register(registry)) {
+                         .Register(registry)),
+      rejected_(BuildCounter()
+                    .Name("sq_jobs_rejected_total")
+                    .Help("SubmitJob calls refused before a job existed, by reason (queue_full: "
+                          "RESOURCE_EXHAUSTED, retry later; draining: the server is stopping).")
+                    .Register(registry)) {
+  for (const char* reason : {"queue_full", "draining"}) rejected_.Add({{"reason", reason}});
   BuildGauge()
       .Name("sq_build_info")
       .Help("Build information; the value is always 1.")
@@ -115,6 +121,7 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
 }
 
 void ServerMetrics::JobSubmitted() { submitted_.Increment(); }
+void ServerMetrics::JobRejected(const std::string& reason) { rejected_.Add({{"reason", reason}}).Increment(); }
 
 void ServerMetrics::JobFinished(const std::string& outcome, double seconds) {
   finished_.Add({{"outcome", outcome}}).Increment();

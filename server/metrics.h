@@ -25,6 +25,9 @@ class ServerMetrics {
   ServerMetrics(prometheus::Registry& registry, const std::string& version);
 
   void JobSubmitted();
+  // A SubmitJob refused before it became a job: "queue_full" (RESOURCE_EXHAUSTED) or
+  // "draining" (UNAVAILABLE).
+  void JobRejected(const std::string& reason);
   // outcome: "succeeded", "failed", "cancelled".
   void JobFinished(const std::string& outcome, double seconds);
   void QueueWait(double seconds);
@@ -62,6 +65,7 @@ class ServerMetrics {
   prometheus::Family<prometheus::Histogram>& sqnr_;
   prometheus::Family<prometheus::Counter>& uploads_;
   prometheus::Family<prometheus::Counter>& verifications_;
+  prometheus::Family<prometheus::Counter>& rejected_;
 };
 
 }  // namespace sq::server

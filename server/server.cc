@@ -27,6 +27,7 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   auto store = ArtifactStore::Open(options.artifact_dir);
   if (!store.ok()) return store.status();
   s->store_ = std::move(*store);
+  s->process_metrics_ = std::make_shared<ProcessMetrics>(s->store_->root());
 
   JobQueue::Options control;
   control.workers = std::max(1, options.control_threads);

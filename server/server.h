@@ -20,6 +20,7 @@
 #include "server/engine_port.h"
 #include "server/job_manager.h"
 #include "server/metrics.h"
+#include "server/process_metrics.h"
 #include "server/service.h"
 
 namespace sq::server {
@@ -56,12 +57,16 @@ class SqServer {
 
   JobManager& jobs() { return *jobs_; }
   ArtifactStore& store() { return *store_; }
+  // process_* and the artifact volume's space, read at scrape time: register it on the
+  // metrics Exposer beside the registry.
+  std::shared_ptr<ProcessMetrics> process_metrics() const { return process_metrics_; }
 
  private:
   SqServer() = default;
   std::shared_ptr<prometheus::Registry> registry_;
   std::unique_ptr<ServerMetrics> metrics_;
   std::unique_ptr<ArtifactStore> store_;
+  std::shared_ptr<ProcessMetrics> process_metrics_;
   std::unique_ptr<JobQueue> control_pool_;
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<SqService> service_;

@@ -90,6 +90,7 @@ TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
   o.artifact_dir = (dir / "artifacts").string();
   auto server = SqServer::Start(o, registry, std::make_shared<testing::FakeEngine>(false, 4));
   ASSERT_TRUE(server.ok()) << server.status();
+  exposer.RegisterCollectable((*server)->process_metrics());
   client::ClientOptions co;
   co.target = (*server)->address();
   auto c = client::SqClient::Create(co);
@@ -121,6 +122,18 @@ TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
   EXPECT_TRUE(absl::StrContains(text, "sq_stage_duration_seconds_count{stage=\"verify\"} 1"));
   EXPECT_TRUE(absl::StrContains(text, "sq_verifications_total{result=\"passed\"} 1"));
   EXPECT_TRUE(absl::StrContains(text, "sq_verifications_total{result=\"failed\"} 0"));
+  EXPECT_TRUE(absl::StrContains(text, "sq_jobs_rejected_total{reason=\"queue_full\"} 0"));
+  // The standard process family (read at scrape time) and the artifact volume's space.
+  for (const char* name : {"process_resident_memory_bytes", "process_cpu_seconds_total",
+                           "process_open_fds", "process_max_fds", "process_start_time_seconds",
+                           "process_virtual_memory_bytes"}) {
+    EXPECT_TRUE(absl::StrContains(text, absl::StrCat("# TYPE ", name))) << name;
+    EXPECT_FALSE(absl::StrContains(text, absl::StrCat(name, " 0\n"))) << name << " reads 0";
+  }
+  for (const char* kind : {"used", "free", "total"}) {
+    EXPECT_TRUE(absl::StrContains(text, absl::StrCat("sq_artifact_volume_bytes{kind=\"", kind, "\"}")))
+        << kind;
+  }
   EXPECT_FALSE(absl::StrContains(text, job->job_id()));  // never an id as a label
   EXPECT_FALSE(absl::StrContains(text, up->model_id()));
 
