@@ -20,7 +20,15 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
     return Invalid("bits", absl::StrCat("must be in 2..8, got ", options.bits));
   }
   if (!options.verify && !options.verify_input.empty()) {
-    return absl::InvalidArgumentError("--verify-input is given but --verify is off");
+    return Invalid("verify_input", "is given but verify is off");
+  }
+  // Checked here, at submit, not when the job reaches layer discovery.
+  for (size_t i = 0; i < options.exclude_name_patterns.size(); ++i) {
+    RE2 re(options.exclude_name_patterns[i], RE2::Quiet);
+    if (!re.ok()) {
+      return Invalid(absl::StrCat("exclude_name_patterns[", i, "]"),
+                     absl::StrCat("bad regex '", options.exclude_name_patterns[i], "': ", re.error()));
+    }
   }
   // Enum fields can carry any integer when built from a wire message by a cast.
   if (ToString(options.granularity)[0] == '?') return Invalid("granularity", "unknown value");

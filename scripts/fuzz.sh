@@ -36,9 +36,14 @@ JOBS=${JOBS:-$(nproc)}
 SQ_CACHE="${SQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sq}"
 command -v clang++ >/dev/null 2>&1 || { echo "fuzz: clang++ not found (apt-get install clang)" >&2; exit 1; }
 
-CXX=clang++ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQ_FUZZ=ON \
-  -DSQ_BUILD_TESTS=OFF >/dev/null
-ninja -C "$BUILD" -j"$JOBS" sq_fuzz_seeds "${run[@]/%/_fuzz}" >/dev/null
+mkdir -p "$BUILD"
+if ! { CXX=clang++ cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSQ_FUZZ=ON \
+         -DSQ_BUILD_TESTS=OFF &&
+       ninja -C "$BUILD" -j"$JOBS" sq_fuzz_seeds "${run[@]/%/_fuzz}"; } >"$BUILD/build.log" 2>&1; then
+  echo "fuzz: building the harnesses failed ($BUILD/build.log):" >&2
+  grep -E "error|FAILED" "$BUILD/build.log" | head -20 >&2
+  exit 1
+fi
 rm -rf "$BUILD/seeds"
 "$BUILD/tests/fuzz/sq_fuzz_seeds" "$BUILD/seeds" >/dev/null
 

@@ -575,6 +575,13 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   EXPECT_TRUE(absl::StrContains(bad_override.status().message(), "layer_overrides[0]"))
       << bad_override.status();
   req.mutable_options()->clear_layer_overrides();
+  // A bad exclusion regex is refused at submit, naming the field (it used to fail the job).
+  req.mutable_options()->add_exclude_name_patterns("(");
+  auto bad_exclude = c->Submit(req);
+  EXPECT_EQ(bad_exclude.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(bad_exclude.status().message(), "exclude_name_patterns[0]"))
+      << bad_exclude.status();
+  req.mutable_options()->clear_exclude_name_patterns();
   req.mutable_options()->set_split_mode(static_cast<v1::SplitMode>(42));
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
   req.mutable_options()->clear_split_mode();

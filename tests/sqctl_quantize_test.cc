@@ -126,7 +126,7 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
                         Case{{"m.onnx", "-o", "o", "--bpw-budget", "small"}, "--bpw-budget"},
                         Case{{"m.onnx", "-o", "o", "--verify", "maybe"}, "--verify wants on or off"},
                         Case{{"m.onnx", "-o", "o", "--verify", "off", "--verify-input", "x.npz"},
-                             "--verify-input is given but --verify is off"},
+                             "verify_input: is given but verify is off"},
                         Case{{"m.onnx", "-o", "o", "--format", "split", "--split", "off"}, "split"}}) {
     auto a = ParseQuantizeArgs(c.args);
     EXPECT_EQ(a.status().code(), absl::StatusCode::kInvalidArgument) << c.message;

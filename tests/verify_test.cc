@@ -352,7 +352,7 @@ TEST_F(VerifyTest, UserInputsAreUsedAndBadOnesFailBeforeAnyWork) {
   o.verify_input = Path("x.npy");
   r = QuantizeModelFile(Path("in.onnx"), Path("bad.onnx"), o);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(r.status().message(), HasSubstr("--verify-input is given but --verify is off"));
+  EXPECT_THAT(r.status().message(), HasSubstr("option verify_input: is given but verify is off"));
 }
 
 TEST_F(VerifyTest, AnInputModelOrtCannotRunMakesVerificationSkippedNotFailed) {
