@@ -381,11 +381,12 @@ absl::Status SqClient::DownloadAll(const v1::Job& job, const std::string& dest,
   return absl::OkStatus();
 }
 
-absl::StatusOr<bool> SqClient::Health() {
+absl::StatusOr<bool> SqClient::Health(const std::string& service) {
   auto stub = grpc::health::v1::Health::NewStub(channel_);
   grpc::ClientContext context;
   Prepare(&context, absl::Seconds(10));
   grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
   grpc::health::v1::HealthCheckResponse response;
   absl::Status st = FromGrpc(stub->Check(&context, request, &response));
   if (!st.ok()) return st;

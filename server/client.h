@@ -89,7 +89,8 @@ class SqClient {
                            const ProgressFn& progress = nullptr);
 
   // grpc.health.v1 Check of the whole server: true = SERVING.
-  absl::StatusOr<bool> Health();
+  // grpc.health.v1 Check of the whole server ("") or of one service ("sq.v1.SqService").
+  absl::StatusOr<bool> Health(const std::string& service = "");
 
   v1::SqService::Stub& stub() { return *stub_; }
   std::shared_ptr<grpc::Channel> channel() const { return channel_; }

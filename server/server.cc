@@ -83,6 +83,9 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));
   }
+  // Overall health ("") and by service name, as Kubernetes' gRPC probe and grpc_health_probe
+  // -service=sq.v1.SqService ask; Drain flips both.
+  s->server_->GetHealthCheckService()->SetServingStatus(v1::SqService::service_full_name(), true);
   s->server_->GetHealthCheckService()->SetServingStatus(true);
   return s;
 }

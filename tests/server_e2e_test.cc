@@ -706,6 +706,11 @@ TEST_F(ServerE2ETest, BearerTokenIsRequiredExceptForHealth) {
   auto health = none->Health();
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_TRUE(*health);
+  // By service name too (grpc_health_probe -service, Kubernetes grpc probes with a service).
+  auto by_name = none->Health("sq.v1.SqService");
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_TRUE(*by_name);
+  EXPECT_EQ(none->Health("no.such.Service").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST_F(ServerE2ETest, EachTenantSeesAndTouchesOnlyItsOwnJobsAndModels) {
@@ -955,6 +960,9 @@ TEST_F(ServerE2ETest, DrainingReportsNotServingAndLetsRunningJobsFinish) {
   } while (health.ok() && *health && absl::Now() < deadline);
   ASSERT_TRUE(health.ok()) << health.status();
   EXPECT_FALSE(*health);  // NOT_SERVING while draining
+  auto by_name = c->Health("sq.v1.SqService");
+  ASSERT_TRUE(by_name.ok()) << by_name.status();
+  EXPECT_FALSE(*by_name);  // by service name too
   v1::SubmitJobRequest req;
   req.set_model_id(up->model_id());
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kUnavailable);
