@@ -15,6 +15,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/convert.h"
+#include "server/log.h"
 
 namespace sq::server {
 namespace fs = std::filesystem;
@@ -51,7 +52,7 @@ absl::StatusOr<v1::Job> FromJson(const std::string& text) {
 }
 
 void LogError(const absl::Status& st, absl::string_view what) {
-  std::fprintf(stderr, "sq-server: %s: %s\n", std::string(what).c_str(), st.ToString().c_str());
+  LogEvent("error", "error", {{"what", std::string(what)}, {"status", st.ToString()}});
 }
 
 const char* Outcome(v1::JobState s) {
@@ -272,6 +273,9 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     Finish(entry, v1::JOB_STATE_FAILED, static_cast<int>(absl::StatusCode::kUnavailable),
            "server shut down before the job started; submit it again");
   };
+  LogEvent("info", "job_submitted",
+           {{"job", entry->id}, {"model", request.model_id()}, {"owner", owner},
+            {"bits", entry->options.bits}, {"target", ToString(entry->options.target)}});
   absl::Status st = queue_->Submit(std::move(task));
   if (!st.ok()) {
     {
@@ -285,6 +289,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     }
     (void)store_->DeleteJob(entry->id);
     if (metrics_) metrics_->JobRejected(absl::IsResourceExhausted(st) ? "queue_full" : "draining");
+    LogEvent("warning", "job_rejected", {{"job", entry->id}, {"status", st.ToString()}});
     return st;
   }
   if (metrics_) metrics_->JobSubmitted();
@@ -457,6 +462,14 @@ void JobManager::Finish(const std::shared_ptr<Entry>& entry, v1::JobState state,
     if (ran) seconds = absl::ToDoubleSeconds(absl::Now() - entry->started);
   }
   if (metrics_) metrics_->JobFinished(Outcome(state), seconds);
+  {
+    nlohmann::json f = {{"job", entry->id}, {"state", Outcome(state)}, {"seconds", seconds}};
+    if (state != v1::JOB_STATE_SUCCEEDED) {
+      f["code"] = code;
+      f["error"] = message;
+    }
+    LogEvent(state == v1::JOB_STATE_FAILED ? "warning" : "info", "job_finished", std::move(f));
+  }
   // Finished jobs live on in the directory only, so memory stays bounded however long the
   // server runs; reads fall back to job.json.
   absl::MutexLock lock(&mu_);
@@ -480,6 +493,8 @@ void JobManager::Run(const std::shared_ptr<Entry>& e) {
     return;
   }
   e->started = absl::Now();
+  LogEvent("info", "job_started",
+           {{"job", e->id}, {"queue_wait_seconds", absl::ToDoubleSeconds(e->started - e->enqueued)}});
   if (metrics_) {
     metrics_->QueueWait(absl::ToDoubleSeconds(e->started - e->enqueued));
     metrics_->SetRunningJobs(++running_jobs_);

@@ -43,6 +43,7 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "Bearer tokens: one bare token (shared: every holder sees every job), or one "
           "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
           "comments. Empty = no auth (env SQ_TOKEN, a shared token, is used when it is set)");
+ABSL_FLAG(bool, log_rpcs, true, "Log one JSON line per RPC (method, code, ms, peer) on stderr");
 ABSL_FLAG(int, drain_grace_seconds, 60, "On SIGTERM, how long running jobs may take to finish");
 
 namespace {
@@ -96,6 +97,7 @@ int main(int argc, char** argv) {
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.log_rpcs = absl::GetFlag(FLAGS_log_rpcs);
   std::string token_file = absl::GetFlag(FLAGS_auth_token_file);
   if (!token_file.empty()) {
     auto text = sq::server::ReadFileToString(token_file);

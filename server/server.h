@@ -39,6 +39,7 @@ struct ServerOptions {
   // With TLS: PEM CA bundle; set = clients must present a certificate it signed (mTLS).
   std::string tls_client_ca_file;
   int control_threads = 2;                          // InspectModel pool
+  bool log_rpcs = true;                             // one "rpc" log line per call (server/log.h)
 };
 
 class SqServer {
