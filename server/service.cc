@@ -24,6 +24,15 @@ Status CheckOwner(const v1::Job& job, const std::string& tenant) {
   return Status(StatusCode::NOT_FOUND, absl::StrCat("no job ", job.job_id()));
 }
 
+// The job `id`, when the caller's tenant may see it.
+Status GetVisibleJob(JobManager* jobs, const std::string& id, const std::string& tenant, v1::Job* out) {
+  auto job = jobs->Get(id);
+  if (!job.ok()) return ToGrpc(job.status());
+  if (Status st = CheckOwner(*job, tenant); !st.ok()) return st;
+  *out = std::move(*job);
+  return Status::OK;
+}
+
 // The same for models: a tenant uses only what it uploaded itself.
 Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, const std::string& tenant) {
   if (tenant.empty() || store.HasModelOwner(model_id, tenant)) return Status::OK;
@@ -298,12 +307,8 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
       Finish(st);
       return;
     }
-    auto job = service_->jobs()->Get(request.job_id());
-    if (!job.ok()) {
-      Finish(ToGrpc(job.status()));
-      return;
-    }
-    if (Status st = CheckOwner(*job, tenant); !st.ok()) {
+    auto job = std::make_unique<v1::Job>();
+    if (Status st = GetVisibleJob(service_->jobs(), request.job_id(), tenant, job.get()); !st.ok()) {
       Finish(st);
       return;
     }
@@ -465,17 +470,7 @@ grpc::ServerUnaryReactor* SqService::GetJob(grpc::CallbackServerContext* context
     reactor->Finish(st);
     return reactor;
   }
-  auto job = jobs_->Get(request->job_id());
-  if (!job.ok()) {
-    reactor->Finish(ToGrpc(job.status()));
-    return reactor;
-  }
-  if (Status st = CheckOwner(*job, tenant); !st.ok()) {
-    reactor->Finish(st);
-    return reactor;
-  }
-  *response = std::move(*job);
-  reactor->Finish(Status::OK);
+  reactor->Finish(GetVisibleJob(jobs_, request->job_id(), tenant, response));
   return reactor;
 }
 
@@ -556,12 +551,8 @@ grpc::ServerUnaryReactor* SqService::GetReport(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  auto job = jobs_->Get(request->job_id());
-  if (!job.ok()) {
-    reactor->Finish(ToGrpc(job.status()));
-    return reactor;
-  }
-  if (Status st = CheckOwner(*job, tenant); !st.ok()) {
+  auto job = std::make_unique<v1::Job>();
+  if (Status st = GetVisibleJob(jobs_, request->job_id(), tenant, job.get()); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
