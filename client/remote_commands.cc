@@ -11,6 +11,7 @@
 #include <set>
 
 #include "absl/status/status.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -33,7 +34,7 @@ const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
       "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
-      "target-opset", "threads", "idempotency-key", "verify", "verify-input"};
+      "target-opset", "threads", "idempotency-key", "verify", "verify-input", "limit", "state"};
   return *flags;
 }
 const std::set<std::string>& BoolFlags() {
@@ -490,7 +491,22 @@ int RunInspect(SqClient& c, const Args& a) {
 
 int RunList(SqClient& c, const Args& a) {
   if (int rc = NeedPositional(a, 0, "no arguments: sqctl list"); rc >= 0) return rc;
-  auto jobs = c.List();
+  std::vector<v1::JobState> states;
+  if (auto it = a.values.find("state"); it != a.values.end()) {
+    for (const std::string& name : it->second) {
+      v1::JobState s;
+      if (!v1::JobState_Parse("JOB_STATE_" + absl::AsciiStrToUpper(name), &s) ||
+          s == v1::JOB_STATE_UNSPECIFIED) {
+        return Usage("--state wants queued, running, succeeded, failed or cancelled, got '" + name + "'");
+      }
+      states.push_back(s);
+    }
+  }
+  int64_t limit = 0;
+  if (a.Has("limit") && (!absl::SimpleAtoi(a.Get("limit"), &limit) || limit < 1)) {
+    return Usage("--limit wants a positive count, got '" + a.Get("limit") + "'");
+  }
+  auto jobs = c.List(states, static_cast<int>(limit));
   if (!jobs.ok()) return Fail(jobs.status());
   if (a.Has("json")) {
     v1::ListJobsResponse r;
@@ -549,7 +565,10 @@ std::string RemoteCommandHelp(const std::string& command) {
        "Engine options (the same as sqctl quantize):\n"},
       {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"},
       {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"},
-      {"list", "usage: sqctl list [--json]\n\nEvery job this token may see, newest first.\n"},
+      {"list",
+       "usage: sqctl list [--state S]... [--limit N] [--json]\n\nJobs this token may see, newest "
+       "first (all pages); --state queued|running|succeeded|failed|cancelled (repeatable)\n"
+       "filters, --limit N stops after N.\n"},
       {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
       {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
       {"download",

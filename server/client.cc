@@ -243,13 +243,25 @@ absl::StatusOr<v1::Job> SqClient::Get(const std::string& job_id) {
   return job;
 }
 
-absl::StatusOr<std::vector<v1::Job>> SqClient::List() {
-  grpc::ClientContext context;
-  Prepare(&context, options_.unary_timeout);
-  v1::ListJobsResponse response;
-  absl::Status st = FromGrpc(stub_->ListJobs(&context, v1::ListJobsRequest(), &response));
-  if (!st.ok()) return st;
-  return std::vector<v1::Job>(response.jobs().begin(), response.jobs().end());
+absl::StatusOr<std::vector<v1::Job>> SqClient::List(const std::vector<v1::JobState>& states,
+                                                     int limit, int page_size) {
+  std::vector<v1::Job> jobs;
+  v1::ListJobsRequest request;
+  for (v1::JobState s : states) request.add_states(s);
+  request.set_page_size(page_size);
+  do {
+    grpc::ClientContext context;
+    Prepare(&context, options_.unary_timeout);
+    v1::ListJobsResponse response;
+    absl::Status st = FromGrpc(stub_->ListJobs(&context, request, &response));
+    if (!st.ok()) return st;
+    for (v1::Job& j : *response.mutable_jobs()) {
+      if (limit > 0 && static_cast<int>(jobs.size()) >= limit) return jobs;
+      jobs.push_back(std::move(j));
+    }
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty() && (limit <= 0 || static_cast<int>(jobs.size()) < limit));
+  return jobs;
 }
 
 absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job_id) {

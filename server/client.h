@@ -69,7 +69,10 @@ class SqClient {
   absl::StatusOr<v1::InspectModelResponse> Inspect(const std::string& model_id);
   absl::StatusOr<v1::Job> Submit(const v1::SubmitJobRequest& request);
   absl::StatusOr<v1::Job> Get(const std::string& job_id);
-  absl::StatusOr<std::vector<v1::Job>> List();
+  // Every job this token may see, newest first, following pages; `states` filters, `limit` > 0
+  // stops after that many; `page_size` 0 = the server's default.
+  absl::StatusOr<std::vector<v1::Job>> List(const std::vector<v1::JobState>& states = {},
+                                            int limit = 0, int page_size = 0);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
   absl::Status Delete(const std::string& job_id);
   absl::StatusOr<v1::GetReportResponse> Report(const std::string& job_id);

@@ -4,9 +4,15 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
+#include <optional>
+#include <vector>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "server/convert.h"
@@ -483,10 +489,49 @@ grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* conte
     reactor->Finish(st);
     return reactor;
   }
+  // Pages follow JobManager::List's order (newest first, then by id); a token names the
+  // last job returned by its creation time and id, so new jobs shift nothing.
+  struct Position {
+    int64_t seconds = 0;
+    int32_t nanos = 0;
+    std::string id;
+  };
+  std::optional<Position> after;
+  if (!request->page_token().empty()) {
+    std::string raw;
+    std::vector<std::string> f;
+    if (absl::WebSafeBase64Unescape(request->page_token(), &raw)) f = absl::StrSplit(raw, ':');
+    Position p;
+    if (f.size() != 4 || f[0] != "v1" || !absl::SimpleAtoi(f[1], &p.seconds) ||
+        !absl::SimpleAtoi(f[2], &p.nanos) || !IsValidJobId(f[3])) {
+      reactor->Finish(Status(StatusCode::INVALID_ARGUMENT, "page_token is not one this server gave"));
+      return reactor;
+    }
+    p.id = f[3];
+    after = p;
+  }
+  const int page = request->page_size() <= 0 ? 100 : std::min(request->page_size(), 1000);
+  auto comes_after = [&](const v1::Job& j) {
+    const auto& t = j.create_time();
+    if (t.seconds() != after->seconds) return t.seconds() < after->seconds;
+    if (t.nanos() != after->nanos) return t.nanos() < after->nanos;
+    return j.job_id() > after->id;
+  };
   std::vector<v1::JobState> states;
   for (int s : request->states()) states.push_back(static_cast<v1::JobState>(s));
+  bool more = false;
   for (v1::Job& job : jobs_->List(states)) {
-    if (job.owner() == tenant) *response->add_jobs() = std::move(job);
+    if (job.owner() != tenant || (after && !comes_after(job))) continue;
+    if (response->jobs_size() == page) {
+      more = true;
+      break;
+    }
+    *response->add_jobs() = std::move(job);
+  }
+  if (more) {
+    const v1::Job& last = response->jobs(response->jobs_size() - 1);
+    response->set_next_page_token(absl::WebSafeBase64Escape(absl::StrCat(
+        "v1:", last.create_time().seconds(), ":", last.create_time().nanos(), ":", last.job_id())));
   }
   reactor->Finish(Status::OK);
   return reactor;

@@ -624,6 +624,55 @@ TEST_F(ServerE2ETest, FileNamesWithControlCharactersAreRefused) {
   EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
 }
 
+TEST_F(ServerE2ETest, ListJobsPagesNeverRepeatOrSkipWhileJobsArrive) {
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok());
+  std::vector<std::string> ids;
+  for (int k = 0; k < 7; ++k) ids.push_back(SubmitOrDie(*c, up->model_id()).job_id());
+  auto page = [&](int size, const std::string& token) {
+    grpc::ClientContext ctx;
+    c->Prepare(&ctx, absl::Seconds(10));
+    v1::ListJobsRequest req;
+    req.set_page_size(size);
+    req.set_page_token(token);
+    v1::ListJobsResponse resp;
+    EXPECT_TRUE(c->stub().ListJobs(&ctx, req, &resp).ok());
+    return resp;
+  };
+  v1::ListJobsResponse first = page(3, "");
+  ASSERT_EQ(first.jobs_size(), 3);
+  ASSERT_FALSE(first.next_page_token().empty());
+  for (int k = 0; k < 2; ++k) SubmitOrDie(*c, up->model_id());  // newer jobs arrive meanwhile
+  std::vector<std::string> seen;
+  for (const auto& j : first.jobs()) seen.push_back(j.job_id());
+  for (std::string token = first.next_page_token(); !token.empty();) {
+    v1::ListJobsResponse next = page(3, token);
+    for (const auto& j : next.jobs()) seen.push_back(j.job_id());
+    token = next.next_page_token();
+  }
+  // The original 7, newest first, each once: the 2 newer ones belong before page one.
+  std::vector<std::string> want(ids.rbegin(), ids.rend());
+  std::vector<std::string> sorted_seen = seen, sorted_want = want;
+  std::sort(sorted_seen.begin(), sorted_seen.end());
+  std::sort(sorted_want.begin(), sorted_want.end());
+  EXPECT_EQ(sorted_seen, sorted_want);
+  // The client follows pages; a limit stops early; a forged token is refused.
+  auto all = c->List({}, 0, 2);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 9u);
+  auto four = c->List({}, 4, 3);
+  ASSERT_TRUE(four.ok());
+  EXPECT_EQ(four->size(), 4u);
+  grpc::ClientContext ctx;
+  c->Prepare(&ctx, absl::Seconds(10));
+  v1::ListJobsRequest bad;
+  bad.set_page_token("not-a-token");
+  v1::ListJobsResponse resp;
+  EXPECT_EQ(c->stub().ListJobs(&ctx, bad, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
 TEST_F(ServerE2ETest, HashMismatchIsInvalidArgument) {
   auto server = Start(Options(), std::make_shared<FakeEngine>());
   auto c = Connect(*server);

@@ -117,6 +117,11 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   ASSERT_EQ(list["jobs"].size(), 1u);
   EXPECT_EQ(list["jobs"][0]["state"], "JOB_STATE_SUCCEEDED");
   const std::string job = list["jobs"][0]["job_id"];
+  ASSERT_EQ(Sqctl("list --state failed --state cancelled --json", &out), kExitOk) << out;
+  EXPECT_TRUE(nlohmann::json::parse(out)["jobs"].empty()) << out;
+  ASSERT_EQ(Sqctl("list --state succeeded --limit 1 --json", &out), kExitOk) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["jobs"].size(), 1u);
+  EXPECT_EQ(Sqctl("list --state done", &out), 2) << out;
 
   ASSERT_EQ(Sqctl("status " + job, &out), kExitOk) << out;
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
