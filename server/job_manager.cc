@@ -31,7 +31,11 @@ std::string IdempotencyMapKey(const std::string& owner, const std::string& key) 
 
 constexpr char kInterrupted[] = "interrupted: the server stopped before the job finished";
 
-google::protobuf::Timestamp Now() { return TimeUtil::GetCurrentTime(); }
+// Full precision (protobuf's GetCurrentTime gave whole seconds here): ListJobs orders and
+// pages by creation time, and jobs submitted within one second must keep their order.
+google::protobuf::Timestamp Now() {
+  return TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(absl::Now()));
+}
 
 std::string ToJson(const v1::Job& job) {
   std::string out;

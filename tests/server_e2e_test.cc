@@ -658,6 +658,7 @@ TEST_F(ServerE2ETest, ListJobsPagesNeverRepeatOrSkipWhileJobsArrive) {
   std::sort(sorted_seen.begin(), sorted_seen.end());
   std::sort(sorted_want.begin(), sorted_want.end());
   EXPECT_EQ(sorted_seen, sorted_want);
+  EXPECT_EQ(seen, want);  // and in submission order, newest first (creation times to the ns)
   // The client follows pages; a limit stops early; a forged token is refused.
   auto all = c->List({}, 0, 2);
   ASSERT_TRUE(all.ok());
