@@ -19,13 +19,22 @@ ninja -C build -j"$(nproc)" sqctl $( [[ -f server/main.cc ]] && echo sq-server )
 SQCTL=build/client/sqctl
 if [[ -x build/server/sq-server ]]; then
   export XDG_STATE_HOME="${XDG_STATE_HOME:-$PWD/$OUT_DIR/state}"
-  build/server/sq-server &
+  # The server's JSON log lines (one per job event and RPC) go to a file, not the terminal.
+  build/server/sq-server 2>"$OUT_DIR/server.log" &
   server=$!
   trap 'kill -TERM $server 2>/dev/null; wait $server 2>/dev/null || true' EXIT
   for _ in $(seq 1 50); do "$SQCTL" health >/dev/null 2>&1 && break; sleep 0.2; done
   "$SQCTL" health
   "$SQCTL" submit "$MODEL" --bits 4 --granularity channel -o "$OUT_DIR/rec-int4.onnx"
   "$SQCTL" list
+  job=$("$SQCTL" list --limit 1 | awk 'NR == 2 { print $1 }')
+  if [[ -n $job ]]; then
+    # The report's summary (verification in ONNX Runtime included); the full one is saved.
+    "$SQCTL" report "$job" >"$OUT_DIR/rec-int4.report.txt"
+    sed -n '1,9p' "$OUT_DIR/rec-int4.report.txt"
+    echo "report: $OUT_DIR/rec-int4.report.txt"
+  fi
+  echo "server log: $OUT_DIR/server.log"
 else
   "$SQCTL" quantize "$MODEL" -o "$OUT_DIR/rec-int4.onnx" --bits 4 --granularity channel \
     --report "$OUT_DIR/rec-int4.report.json"
