@@ -212,13 +212,9 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobW
       FinishOnce(st);
       return;
     }
-    if (service_->auth().per_tenant()) {
-      auto job = service_->jobs()->Get(job_id_);
-      Status st = job.ok() ? CheckOwner(*job, tenant) : ToGrpc(job.status());
-      if (!st.ok()) {
-        FinishOnce(st);
-        return;
-      }
+    if (Status st = service_->CheckJobVisible(job_id_, tenant); !st.ok()) {
+      FinishOnce(st);
+      return;
     }
     registered_ = true;
     absl::Status st = service_->jobs()->AddWatcher(job_id_, this);  // delivers the state now
@@ -413,6 +409,12 @@ SqService::SqService(ArtifactStore* store, JobManager* jobs, std::shared_ptr<Eng
       options_(std::move(options)),
       auth_(options_.tenants.empty() ? BearerAuth(options_.auth_token) : BearerAuth(options_.tenants)) {}
 
+grpc::Status SqService::CheckJobVisible(const std::string& job_id, const std::string& tenant) const {
+  if (!auth_.per_tenant()) return Status::OK;  // one namespace: every caller sees every job
+  v1::Job job;
+  return GetVisibleJob(jobs_, job_id, tenant, &job);
+}
+
 grpc::ServerReadReactor<v1::UploadModelRequest>* SqService::UploadModel(
     grpc::CallbackServerContext* context, v1::UploadModelResponse* response) {
   return new UploadReactor(this, context, response);
@@ -551,11 +553,9 @@ grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  if (auto seen = jobs_->Get(request->job_id()); seen.ok()) {
-    if (Status st = CheckOwner(*seen, tenant); !st.ok()) {
-      reactor->Finish(st);
-      return reactor;
-    }
+  if (Status st = CheckJobVisible(request->job_id(), tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
   }
   auto job = jobs_->Cancel(request->job_id());
   if (job.ok()) *response = std::move(*job);
@@ -572,11 +572,9 @@ grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  if (auto seen = jobs_->Get(request->job_id()); seen.ok()) {
-    if (Status st = CheckOwner(*seen, tenant); !st.ok()) {
-      reactor->Finish(st);
-      return reactor;
-    }
+  if (Status st = CheckJobVisible(request->job_id(), tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
   }
   reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
   return reactor;

@@ -60,6 +60,9 @@ class SqService final : public v1::SqService::CallbackService {
 
   ArtifactStore* store() const { return store_; }
   JobManager* jobs() const { return jobs_; }
+  // Under per-tenant access: NOT_FOUND when `job_id` is another tenant's (exactly as for an
+  // unknown id, which gets GetJob's answer). Without it: OK (the RPC answers unknown ids).
+  grpc::Status CheckJobVisible(const std::string& job_id, const std::string& tenant) const;
   ServerMetrics* metrics() const { return metrics_; }
   const ServiceOptions& options() const { return options_; }
   const BearerAuth& auth() const { return auth_; }

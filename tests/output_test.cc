@@ -25,6 +25,14 @@ class OutputTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("sq-output"); }
   std::string Path(const std::string& name) { return dir_ + "/" + name; }
+  // Entries of the test folder whose name contains `part` (outputs and their temporaries).
+  int EntriesNamed(const std::string& part) {
+    int n = 0;
+    for (const auto& e : std::filesystem::directory_iterator(dir_)) {
+      n += e.path().filename().string().find(part) != std::string::npos;
+    }
+    return n;
+  }
 
   // y = x @ W with a 32x32 weight (4 KiB) and a 4-element bias-like tensor, saved with
   // the weight in external data when `external`.
@@ -157,12 +165,7 @@ TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {
   }
   EXPECT_FALSE(Exists(Path("out.onnx")));
   EXPECT_FALSE(Exists(Path("out.onnx.data")));
-  int entries = 0;
-  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
-    const std::string name = e.path().filename().string();
-    entries += name.find("out.onnx") != std::string::npos ? 1 : 0;
-  }
-  EXPECT_EQ(entries, 0) << "a temporary was left behind";
+  EXPECT_EQ(EntriesNamed("out.onnx"), 0) << "a temporary was left behind";
 }
 
 TEST_F(OutputTest, ACheckThatFailsAtCommitLeavesNothing) {
@@ -193,10 +196,7 @@ TEST_F(OutputTest, ACheckThatFailsAtCommitLeavesNothing) {
   out->reset();
   EXPECT_FALSE(Exists(Path("out.onnx")));
   EXPECT_FALSE(Exists(Path("out.onnx.data")));
-  for (const auto& e : std::filesystem::directory_iterator(dir_)) {
-    EXPECT_EQ(e.path().filename().string().find("out.onnx"), std::string::npos)
-        << "left behind: " << e.path();
-  }
+  EXPECT_EQ(EntriesNamed("out.onnx"), 0) << "a temporary was left behind";
 }
 
 }  // namespace

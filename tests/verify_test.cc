@@ -285,6 +285,30 @@ TEST_F(VerifyTest, AnArtifactThatDoesNotRunIsAVerificationFailure) {
   EXPECT_FALSE(IsVerificationFailure(absl::InternalError("disk")));
 }
 
+TEST_F(VerifyTest, LargeModelsAreSampledAsDocumented) {
+  ASSERT_TRUE(testing::SaveModel(MatMulModel(), Path("in.onnx")).ok());
+  auto inputs = PrepareVerifyInputs(MatMulModel().graph(), QuantizeOptions{});
+  ASSERT_TRUE(inputs.ok());
+  const std::string bytes = MatMulModel().SerializeAsString();
+  ArtifactImage image;
+  image.name = "out.onnx";
+  image.model_bytes = bytes;
+  // An input over kVerifyReferenceMaxBytes: no FP32 reference, the artifact still runs.
+  image.total_bytes = static_cast<int64_t>(bytes.size());
+  Verification v;
+  ASSERT_TRUE(VerifyArtifact(Path("in.onnx"), kVerifyReferenceMaxBytes + 1, image, *inputs, 1, &v).ok());
+  EXPECT_EQ(v.status, "passed");
+  EXPECT_FALSE(v.reference_ran);
+  EXPECT_THAT(v.note, HasSubstr("not run; the artifact loads, runs and gives finite outputs"));
+  ASSERT_EQ(v.outputs.size(), 1u);
+  EXPECT_EQ(v.outputs[0].shape, (std::vector<int64_t>{1, 24}));
+  // An artifact over kVerifyArtifactMaxBytes is not loaded at all.
+  image.total_bytes = kVerifyArtifactMaxBytes + 1;
+  ASSERT_TRUE(VerifyArtifact(Path("in.onnx"), 4096, image, *inputs, 1, &v).ok());
+  EXPECT_EQ(v.status, "skipped");
+  EXPECT_THAT(v.note, HasSubstr("not loaded"));
+}
+
 TEST_F(VerifyTest, EveryQuantizeIsVerifiedAndReportedPerOutput) {
   ASSERT_TRUE(testing::SaveModel(EmbeddingModel(), Path("in.onnx")).ok());
   QuantizeOptions o;
