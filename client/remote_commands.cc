@@ -20,7 +20,7 @@
 #include "core/options.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
-#include "server/client.h"
+#include "client/lib/client.h"
 
 namespace sq::cli {
 namespace {

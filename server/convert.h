@@ -8,7 +8,7 @@
 #include "core/engine.h"
 #include "core/options.h"
 #include "grpcpp/support/status.h"
-#include "server/client.h"
+#include "proto/job_state.h"
 #include "sq/v1/sq.pb.h"
 
 namespace sq::server {
@@ -23,8 +23,8 @@ v1::InspectModelResponse ToWire(const ModelInfo& info);
 grpc::Status ToGrpc(const absl::Status& status);
 absl::Status FromGrpc(const grpc::Status& status);
 
-using ::sq::client::IsTerminal;
-using ::sq::client::StateName;
+using ::sq::v1::IsTerminal;
+using ::sq::v1::StateName;
 
 }  // namespace sq::server
 

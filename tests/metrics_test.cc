@@ -17,7 +17,7 @@
 #include "gtest/gtest.h"
 #include "prometheus/exposer.h"
 #include "prometheus/text_serializer.h"
-#include "server/client.h"
+#include "client/lib/client.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
 

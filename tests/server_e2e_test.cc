@@ -13,7 +13,7 @@
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "server/artifact_store.h"
-#include "server/client.h"
+#include "client/lib/client.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
 #include "tests/support/hostile_corpus.h"

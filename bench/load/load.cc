@@ -29,7 +29,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "onnx/onnx_pb.h"
-#include "server/client.h"
+#include "client/lib/client.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
 

@@ -8,8 +8,8 @@
 // (UNAUTHENTICATED, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, ...).
 //
 // Thread-safety: one SqClient may be used from several threads at once.
-#ifndef SQ_SERVER_CLIENT_H_
-#define SQ_SERVER_CLIENT_H_
+#ifndef SQ_CLIENT_LIB_CLIENT_H_
+#define SQ_CLIENT_LIB_CLIENT_H_
 
 #include <cstdint>
 #include <functional>
@@ -22,13 +22,13 @@
 #include "absl/time/time.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/client_context.h"
+#include "proto/job_state.h"
 #include "sq/v1/sq.grpc.pb.h"
 
 namespace sq::client {
 
-// Wire-level job-state helpers shared by the server and sqctl.
-bool IsTerminal(v1::JobState state);          // SUCCEEDED, FAILED or CANCELLED
-const char* StateName(v1::JobState state);    // "QUEUED", ..., "UNSPECIFIED"
+using ::sq::v1::IsTerminal;
+using ::sq::v1::StateName;
 
 struct ClientOptions {
   std::string target = "127.0.0.1:50051";
@@ -109,4 +109,4 @@ class SqClient {
 
 }  // namespace sq::client
 
-#endif  // SQ_SERVER_CLIENT_H_
+#endif  // SQ_CLIENT_LIB_CLIENT_H_
