@@ -26,7 +26,7 @@ ENV DEBIAN_FRONTEND=noninteractive
 COPY scripts/setup.sh /tmp/setup.sh
 RUN set -eux; \
     pkgs="$(bash -c 'eval "$(sed -n "/^APT_PACKAGES=(/,/^)/p" /tmp/setup.sh)"; printf "%s\n" "${APT_PACKAGES[@]}"' \
-            | grep -vxE 'ccache|prometheus|time|wamerican|fonts-dejavu-core|clang|libclang-rt-14-dev')"; \
+            | grep -vxE 'ccache|prometheus|time|wamerican|fonts-dejavu-core|clang|libclang-rt-14-dev|python3-grpcio|python3-protobuf')"; \
     test -n "$pkgs"; \
     apt-get update; \
     apt-get install -y --no-install-recommends $pkgs nodejs npm; \

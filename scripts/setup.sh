@@ -16,6 +16,7 @@ APT_PACKAGES=(
   libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev libzip-dev
   libfreetype-dev fonts-dejavu-core wamerican prometheus time libonnx-testdata
   clang libclang-rt-14-dev
+  python3-grpcio python3-protobuf
 )
 
 # SQ_SETUP_PARTS: which steps run (default all): apt (Debian packages), ort (ONNX Runtime
