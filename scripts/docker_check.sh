@@ -5,8 +5,10 @@
 #
 #   scripts/docker_check.sh        exit 0 when every check passes
 #
-# Tools: python3 with PyYAML, node + npm (dockerfilelint), promtool (Debian `prometheus`,
-# installed by scripts/setup.sh), docker-compose 1.29 (Debian `docker-compose`).
+# Tools: python3 with PyYAML, node + npm (dockerfilelint; kubernetes-models and its KEDA and
+# prometheus-operator packages, the Kubernetes JSON schemas, installed into the same kind of
+# cache), promtool (Debian `prometheus`, installed by scripts/setup.sh), docker-compose 1.29
+# (Debian `docker-compose`); kubectl only if present (`kubectl kustomize`).
 # Cross-checks against the code: metric names used by the dashboard and the alerts must be
 # registered in server/metrics.cc, and the sq-server flags used by the Dockerfile, compose
 # and Kubernetes files must be defined in server/ (ABSL_FLAG) -- each once that code exists.
@@ -17,6 +19,8 @@ cd "$ROOT"
 SQ_CACHE="${SQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sq}"
 NPM_DIR="$SQ_CACHE/npm"
 DOCKERFILELINT_VERSION=1.8.0
+K8S_NPM_DIR="$SQ_CACHE/npm-k8s"
+K8S_MODELS="kubernetes-models@5.1.0 @kubernetes-models/keda@2.0.0 @kubernetes-models/prometheus-operator@6.0.0"
 
 failures=0
 pass() { printf '  ok    %s\n' "$1"; }
@@ -102,7 +106,9 @@ for f in files:
 print(f"parsed {len(docs)} YAML files", file=sys.stderr)
 
 k8s = {}
-for f in sorted(glob.glob("deploy/k8s/*.yaml")):
+for f in sorted(glob.glob("deploy/k8s/**/*.yaml", recursive=True)):
+    if f.endswith("-values.yaml"):  # Helm values (autoscaling/), not Kubernetes objects
+        continue
     for d in docs.get(f, []):
         if "kind" not in d:
             errors.append(f"{f}: document without kind")
@@ -116,6 +122,8 @@ kust = docs.get("deploy/k8s/kustomization.yaml", [{}])[0]
 for r in kust.get("resources", []):
     if not glob.glob(f"deploy/k8s/{r}"):
         errors.append(f"kustomization.yaml lists missing {r}")
+    if r.startswith(("autoscaling/", "monitoring/")):
+        errors.append(f"kustomization.yaml lists {r}, which needs CRDs or add-ons (apply it on its own)")
 
 def dur_s(v):
     m = re.fullmatch(r"(\d+)(s|m)", v)
@@ -165,11 +173,166 @@ else:
         if ("PersistentVolumeClaim", cl) not in k8s:
             errors.append(f"PVC {cl} not defined")
 
+    # Scale-out (docs/deploy.md): several replicas share one ReadWriteMany artifact volume and
+    # replace each other one at a time; a budget and the autoscalers agree with that.
+    replicas = dep["spec"].get("replicas", 1)
+    strategy = dep["spec"].get("strategy", {})
+    for cl in claims:
+        pvc = k8s.get(("PersistentVolumeClaim", cl), (None, {}))[1] or {}
+        modes = pvc.get("spec", {}).get("accessModes", [])
+        if replicas > 1 and "ReadWriteMany" not in modes:
+            errors.append(f"{replicas} replicas share PVC {cl}, which is not ReadWriteMany ({modes})")
+        if strategy.get("type") == "RollingUpdate" and "ReadWriteMany" not in modes:
+            errors.append(f"RollingUpdate needs PVC {cl} ReadWriteMany (old and new pod mount it at once)")
+    if replicas > 1:
+        ru = strategy.get("rollingUpdate", {})
+        if strategy.get("type") != "RollingUpdate" or ru.get("maxUnavailable") not in (0, "0%"):
+            errors.append("several replicas: strategy must be RollingUpdate with maxUnavailable 0")
+    pdbs = [d for (kind, _), (_, d) in k8s.items() if kind == "PodDisruptionBudget"]
+    if replicas > 1 and len(pdbs) != 1:
+        errors.append(f"{len(pdbs)} PodDisruptionBudgets for sq (want 1)")
+    for pdb in pdbs:
+        psel = pdb["spec"]["selector"]["matchLabels"]
+        if any(labels.get(k) != v for k, v in psel.items()):
+            errors.append("PodDisruptionBudget selector does not match the pod labels")
+        if not isinstance(pdb["spec"].get("minAvailable"), int) or pdb["spec"]["minAvailable"] >= replicas:
+            errors.append(f"PodDisruptionBudget minAvailable {pdb['spec'].get('minAvailable')} leaves no "
+                          f"disruption to {replicas} replicas")
+    # Autoscalers (autoscaling/): scale this Deployment, never below what the budget needs.
+    budget = max([p["spec"].get("minAvailable", 0) for p in pdbs] or [0])
+    for (kind, name), (f, d) in k8s.items():
+        if kind not in ("ScaledObject", "HorizontalPodAutoscaler"):
+            continue
+        ref = d["spec"]["scaleTargetRef"]
+        if (ref.get("kind", "Deployment"), ref["name"]) != ("Deployment", dep["metadata"]["name"]):
+            errors.append(f"{f}: scales {ref}, not Deployment {dep['metadata']['name']}")
+        lo = d["spec"].get("minReplicaCount" if kind == "ScaledObject" else "minReplicas", 1)
+        hi = d["spec"].get("maxReplicaCount" if kind == "ScaledObject" else "maxReplicas", 100)
+        if lo <= budget or lo > hi:
+            errors.append(f"{f}: min replicas {lo} must exceed the budget's minAvailable {budget} and not exceed max {hi}")
+        if lo != replicas:
+            errors.append(f"{f}: min replicas {lo} differs from the Deployment's replicas {replicas}")
+    hpa = k8s.get(("HorizontalPodAutoscaler", "sq"), (None, None))[1]
+    values = docs.get("deploy/k8s/autoscaling/prometheus-adapter-values.yaml", [None])[0]
+    if hpa and values:
+        served = {r["name"]["as"] for r in values["rules"]["custom"]}
+        for m in hpa["spec"]["metrics"]:
+            name = m.get(m["type"].lower(), {}).get("metric", {}).get("name")
+            if name not in served:
+                errors.append(f"HPA metric {name} is not served by prometheus-adapter-values.yaml ({served})")
+    # The monitors scrape the port the pod and the Service name `metrics`.
+    for (kind, name), (f, d) in k8s.items():
+        if kind == "PodMonitor":
+            bad = [e["port"] for e in d["spec"]["podMetricsEndpoints"] if e["port"] not in ports]
+        elif kind == "ServiceMonitor":
+            bad = [e["port"] for e in d["spec"]["endpoints"] if e["port"] not in svc_ports]
+            ssel = d["spec"]["selector"]["matchLabels"]
+            if any(svc["metadata"].get("labels", {}).get(k) != v for k, v in ssel.items()):
+                errors.append(f"{f}: selector does not match the Service's labels")
+        else:
+            continue
+        if bad:
+            errors.append(f"{f}: scrapes port(s) {bad} that sq does not name")
+
 for e in errors:
     print(e)
 sys.exit(1 if errors else 0)
 PY
 run "YAML parses; Kubernetes manifests are consistent" python3 "$tmp/k8s.py"
+
+echo "Kubernetes schemas (offline)"
+# Every object under deploy/k8s/ (and what `kubectl kustomize` makes of the base, where
+# kubectl exists) against the JSON schemas of its kind: Kubernetes' own OpenAPI (npm
+# kubernetes-models) and the CRDs of KEDA and the Prometheus Operator. The compiled
+# validators check types, required fields, enums and formats; fields a schema does not
+# define (typos) are found by recording which keys the validator reads.
+if [[ ! -d "$K8S_NPM_DIR/node_modules/kubernetes-models" ]] && need npm "install Node.js/npm"; then
+  mkdir -p "$K8S_NPM_DIR"
+  # shellcheck disable=SC2086  # K8S_MODELS is a list of package specs
+  npm install --prefix "$K8S_NPM_DIR" --no-audit --no-fund --silent $K8S_MODELS \
+    >"$tmp/npm-k8s.log" 2>&1 || { fail "npm install $K8S_MODELS"; sed 's/^/        /' "$tmp/npm-k8s.log"; }
+fi
+cat >"$tmp/k8s_json.py" <<'PY'
+import glob, json, sys
+import yaml
+out = []
+if len(sys.argv) > 1:  # a multi-document stream (kubectl kustomize) on stdin
+    out = [{"file": sys.argv[1], "doc": d} for d in yaml.safe_load_all(sys.stdin) if d]
+else:
+    for f in sorted(glob.glob("deploy/k8s/**/*.yaml", recursive=True)):
+        if f.endswith(("kustomization.yaml", "-values.yaml")):
+            continue
+        out += [{"file": f, "doc": d} for d in yaml.safe_load_all(open(f)) if d]
+json.dump(out, sys.stdout)
+PY
+cat >"$tmp/k8s_schema.mjs" <<'JS'
+// node k8s_schema.mjs DOCS.json: DOCS is [{file, doc}]; exit 1 on any error.
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { pathToFileURL } from "node:url";
+const modules = process.env.K8S_NPM_DIR + "/node_modules/";
+const packages = { "keda.sh": "@kubernetes-models/keda", "monitoring.coreos.com": "@kubernetes-models/prometheus-operator" };
+// Wraps every object in a Proxy that records the keys a validator reads.
+function track(value, path, seen) {
+  if (value === null || typeof value !== "object") return value;
+  const read = new Set();
+  seen.push({ path, value, read });
+  const copy = Array.isArray(value) ? [] : {};
+  for (const k of Object.keys(value)) copy[k] = track(value[k], `${path}/${k}`, seen);
+  const note = (k) => { if (typeof k === "string") read.add(k); };
+  return new Proxy(copy, {
+    get(t, k, r) { note(k); return Reflect.get(t, k, r); },
+    has(t, k) { note(k); return Reflect.has(t, k); },
+    ownKeys(t) { Reflect.ownKeys(t).forEach(note); return Reflect.ownKeys(t); },
+  });
+}
+async function load(pkg, sub) {  // the package's export "./<sub>", from the cache folder
+  const dir = modules + pkg;
+  const meta = JSON.parse(readFileSync(dir + "/package.json", "utf8"));
+  const entry = meta.exports?.["./" + sub];
+  const file = typeof entry === "string" ? entry : entry?.import ?? entry?.default;
+  return file ? import(pathToFileURL(dir + "/" + file).href) : {};
+}
+let errors = 0, checked = 0;
+const fail = (msg) => { console.log(msg); errors++; };
+for (const { file, doc } of JSON.parse(readFileSync(process.argv[2], "utf8"))) {
+  const where = `${file}: ${doc.kind}/${doc.metadata?.name}`;
+  const [group, version] = doc.apiVersion.includes("/") ? doc.apiVersion.split("/") : ["", doc.apiVersion];
+  const pkg = packages[group] ?? "kubernetes-models";
+  const sub = packages[group] ? `${group}/${version}` : group ? `${group}/${version}` : version;
+  let Model;
+  try { Model = (await load(pkg, sub))[doc.kind]; } catch (e) { fail(`${where}: ${e.message}`); continue; }
+  if (!Model) { fail(`${where}: no schema for ${doc.apiVersion} ${doc.kind} in ${pkg}`); continue; }
+  const seen = [];
+  const proxy = track(doc, "", seen);
+  try { Model.prototype.validate.call(proxy); } catch (e) { fail(`${where}: ${e.message}`); continue; }
+  for (const { path, value, read } of seen) {
+    if (Array.isArray(value) || read.size === 0) continue;  // free-form objects: nothing read
+    for (const k of Object.keys(value)) if (!read.has(k)) fail(`${where}: ${path}/${k} is not a field of its schema`);
+  }
+  checked++;
+}
+console.error(`${checked} objects valid`);
+process.exit(errors ? 1 : 0);
+JS
+if [[ -d "$K8S_NPM_DIR/node_modules/kubernetes-models" ]] && need node "install Node.js"; then
+  run "deploy/k8s/**/*.yaml match their Kubernetes, KEDA and Prometheus Operator schemas" \
+    bash -c "python3 '$tmp/k8s_json.py' > '$tmp/k8s_docs.json' && K8S_NPM_DIR='$K8S_NPM_DIR' node '$tmp/k8s_schema.mjs' '$tmp/k8s_docs.json'"
+  if command -v kubectl >/dev/null 2>&1; then
+    run "kubectl kustomize deploy/k8s builds, and its output matches the schemas" \
+      bash -c "kubectl kustomize deploy/k8s | python3 '$tmp/k8s_json.py' 'kubectl kustomize deploy/k8s' > '$tmp/k8s_kust.json' && K8S_NPM_DIR='$K8S_NPM_DIR' node '$tmp/k8s_schema.mjs' '$tmp/k8s_kust.json'"
+  else
+    echo "  skip  kubectl kustomize (no kubectl)"
+  fi
+fi
+
+echo "Autoscaling queries"
+run "autoscaling_queries.rules.yml is up to date with deploy/k8s/autoscaling/queries.py" \
+  bash -c "python3 deploy/k8s/autoscaling/queries.py '$tmp/autoscaling_queries.rules.yml' && diff -u deploy/k8s/autoscaling/autoscaling_queries.rules.yml '$tmp/autoscaling_queries.rules.yml'"
+if command -v promtool >/dev/null 2>&1; then
+  run "promtool test rules deploy/k8s/autoscaling/autoscaling_test.yml (both label schemes)" \
+    promtool test rules deploy/k8s/autoscaling/autoscaling_test.yml
+fi
 
 echo "Cross-checks against server/"
 if [[ -f server/metrics.cc ]]; then
@@ -177,15 +340,21 @@ if [[ -f server/metrics.cc ]]; then
 import re, sys
 registered = set(re.findall(r'\.Name\("([a-z_:]+)"\)', open("server/metrics.cc").read()))
 used = {}
-for f in ("deploy/grafana/dashboards/sq.json", "deploy/prometheus/alerts.yml"):
+import glob
+for f in ["deploy/grafana/dashboards/sq.json", "deploy/prometheus/alerts.yml"] + sorted(
+        glob.glob("deploy/k8s/autoscaling/*.yaml")):
     for m in re.findall(r'\b(sq_[a-z0-9_]+)', open(f).read()):
         used.setdefault(re.sub(r'_(bucket|sum|count)$', '', m), f)
+# Names prometheus-adapter serves (derived from sq's metrics, never scraped themselves).
+import yaml
+values = yaml.safe_load(open("deploy/k8s/autoscaling/prometheus-adapter-values.yaml"))
+registered |= {r["name"]["as"] for r in values["rules"]["custom"]}
 missing = sorted(m for m in used if m not in registered and re.sub(r'_(bucket|sum|count)$', '', m) not in registered)
 for m in missing:
     print(f"{used[m]} uses {m}, not registered in server/metrics.cc")
 sys.exit(1 if missing else 0)
 PY
-  run "dashboard and alerts use only metrics registered in server/metrics.cc" python3 "$tmp/metrics.py"
+  run "dashboard, alerts and autoscaling use only metrics registered in server/metrics.cc" python3 "$tmp/metrics.py"
 else
   echo "  skip  server/metrics.cc not present"
 fi
