@@ -527,7 +527,7 @@ int RunList(SqClient& c, const Args& a) {
 
 bool IsRemoteCommand(const std::string& command) {
   static const std::set<std::string> kCommands{"submit", "status", "watch", "list", "cancel", "delete",
-                                               "download", "report", "inspect", "health"};
+                                               "delete-model", "download", "report", "inspect", "health"};
   return kCommands.count(command) > 0;
 }
 
@@ -544,6 +544,7 @@ std::string RemoteUsage() {
   list                              all jobs, newest first
   cancel JOB                        stop a queued or running job
   delete JOB                        remove a finished job and its artifacts
+  delete-model MODEL_ID             remove an uploaded model (finished jobs keep their output)
   download JOB -o FILE              fetch the output (resumes from FILE.partial)
   report JOB [--json]               the per-layer report
   inspect MODEL                     upload and describe a model (ops, layers, estimates)
@@ -571,6 +572,11 @@ std::string RemoteCommandHelp(const std::string& command) {
        "filters, --limit N stops after N.\n"},
       {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
       {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
+      {"delete-model",
+       "usage: sqctl delete-model MODEL_ID [--json]\n\nRemoves an uploaded model (the id submit and "
+       "inspect print). Refused while a\nqueued or running job of yours uses it; finished jobs keep "
+       "their artifacts. Under per-tenant\ntokens it removes your access; the files go once no tenant "
+       "holds the model.\n"},
       {"download",
        "usage: sqctl download JOB -o OUT.onnx [--json]\n\nFetches a succeeded job's output and its "
        "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"},
@@ -618,6 +624,13 @@ int RunRemoteCommand(const std::string& command, const std::vector<std::string>&
     std::printf("%s\n", json ? (*serving ? "{\"status\": \"SERVING\"}" : "{\"status\": \"NOT_SERVING\"}")
                              : (*serving ? "SERVING" : "NOT_SERVING"));
     return *serving ? kExitRemoteOk : kExitUnavailable;
+  }
+  if (command == "delete-model") {
+    if (int rc = NeedPositional(a, 1, "one model id: sqctl delete-model MODEL_ID"); rc >= 0) return rc;
+    if (absl::Status st = c.DeleteModel(a.positional[0]); !st.ok()) return Fail(st);
+    if (json) std::printf("{\"deleted_model\": \"%s\"}\n", a.positional[0].c_str());
+    else std::printf("deleted model %s\n", a.positional[0].c_str());
+    return kExitRemoteOk;
   }
   if (int rc = NeedPositional(a, 1, absl::StrCat("one job id: sqctl ", command, " JOB").c_str()); rc >= 0) return rc;
   const std::string& id = a.positional[0];

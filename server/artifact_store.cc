@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -335,6 +336,91 @@ std::string ArtifactStore::ModelPath(const std::string& model_id, const StoredFi
   return absl::StrCat(root_, "/models/", model_id, "/files/", main.name);
 }
 
+std::vector<std::string> ArtifactStore::ListModelIds() const {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (fs::directory_iterator it(root_ + "/models", ec), end; !ec && it != end; it.increment(ec)) {
+    std::string name = it->path().filename().string();
+    if (IsValidModelId(name)) ids.push_back(std::move(name));
+  }
+  std::sort(ids.begin(), ids.end());
+  return ids;
+}
+
+void ArtifactStore::TouchModel(const std::string& model_id) const {
+  if (!IsValidModelId(model_id)) return;
+  std::string path = absl::StrCat(root_, "/models/", model_id, "/last_used");
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return;
+  (void)::futimens(fd, nullptr);  // now
+  ::close(fd);
+}
+
+absl::StatusOr<absl::Time> ArtifactStore::ModelLastUsed(const std::string& model_id) const {
+  if (!IsValidModelId(model_id)) return absl::NotFoundError("no model " + model_id);
+  std::string dir = absl::StrCat(root_, "/models/", model_id);
+  struct stat st;
+  if (::stat((dir + "/last_used").c_str(), &st) == 0 || ::stat((dir + "/manifest.txt").c_str(), &st) == 0) {
+    return absl::TimeFromTimespec(st.st_mtim);
+  }
+  return absl::NotFoundError("no model " + model_id);
+}
+
+absl::Status ArtifactStore::RemoveModelOwner(const std::string& model_id, const std::string& tenant) {
+  if (!IsValidModelId(model_id) || tenant.empty()) return absl::NotFoundError("no model " + model_id);
+  if (::unlink(OwnerMark(root_, model_id, tenant).c_str()) != 0 && errno != ENOENT) {
+    return ErrnoStatus(errno, "unlink", OwnerMark(root_, model_id, tenant));
+  }
+  return absl::OkStatus();
+}
+
+bool ArtifactStore::HasAnyModelOwner(const std::string& model_id) const {
+  if (!IsValidModelId(model_id)) return false;
+  std::error_code ec;
+  fs::directory_iterator it(absl::StrCat(root_, "/owners/", model_id), ec);
+  return !ec && it != fs::directory_iterator();
+}
+
+absl::Status ArtifactStore::DeleteModel(const std::string& model_id) {
+  if (!IsValidModelId(model_id)) return absl::NotFoundError("no model " + model_id);
+  std::string suffix = NewJobId().substr(0, 8);
+  std::string dest = absl::StrCat(root_, "/tmp/deleted-model-", model_id.substr(0, 16), "-", suffix);
+  if (::rename(absl::StrCat(root_, "/models/", model_id).c_str(), dest.c_str()) != 0) {
+    if (errno == ENOENT) return absl::NotFoundError("no model " + model_id);
+    return ErrnoStatus(errno, "rename", absl::StrCat(root_, "/models/", model_id));
+  }
+  RemoveTree(dest);
+  std::string owners = absl::StrCat(root_, "/owners/", model_id);
+  std::string owners_dest = absl::StrCat(root_, "/tmp/deleted-owners-", model_id.substr(0, 16), "-", suffix);
+  if (::rename(owners.c_str(), owners_dest.c_str()) == 0) RemoveTree(owners_dest);
+  return absl::OkStatus();
+}
+
+namespace {
+int64_t TreeBytes(const std::string& path) {
+  int64_t total = 0;
+  std::error_code ec;
+  for (fs::recursive_directory_iterator it(path, ec), end; !ec && it != end; it.increment(ec)) {
+    std::error_code e2;
+    if (it->is_regular_file(e2)) {
+      auto n = it->file_size(e2);
+      if (!e2) total += static_cast<int64_t>(n);
+    }
+  }
+  return total;
+}
+}  // namespace
+
+int64_t ArtifactStore::ModelBytes(const std::string& model_id) const {
+  if (!IsValidModelId(model_id)) return 0;
+  return TreeBytes(absl::StrCat(root_, "/models/", model_id));
+}
+
+int64_t ArtifactStore::JobBytes(const std::string& job_id) const {
+  if (!IsValidJobId(job_id)) return 0;
+  return TreeBytes(JobDir(job_id));
+}
+
 std::string ArtifactStore::JobDir(const std::string& job_id) const {
   return absl::StrCat(root_, "/jobs/", job_id);
 }
@@ -361,6 +447,23 @@ absl::StatusOr<std::unique_ptr<JobLock>> ArtifactStore::TryLockJob(const std::st
     int err = errno;
     ::close(fd);
     if (err == EWOULDBLOCK) return absl::FailedPreconditionError("job is owned by a live server");
+    return ErrnoStatus(err, "flock", path);
+  }
+  return std::make_unique<JobLock>(fd);
+}
+
+absl::StatusOr<std::unique_ptr<JobLock>> ArtifactStore::HoldJobShared(const std::string& job_id) const {
+  if (!IsValidJobId(job_id)) return absl::NotFoundError("no job " + job_id);
+  std::string path = JobDir(job_id) + "/lock";
+  int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+  if (fd < 0) {
+    if (errno == ENOENT) return absl::NotFoundError("no job " + job_id);
+    return ErrnoStatus(errno, "open", path);
+  }
+  if (::flock(fd, LOCK_SH | LOCK_NB) != 0) {
+    int err = errno;
+    ::close(fd);
+    if (err == EWOULDBLOCK) return absl::FailedPreconditionError("job " + job_id + " is being changed or deleted");
     return ErrnoStatus(err, "flock", path);
   }
   return std::make_unique<JobLock>(fd);

@@ -4,6 +4,8 @@
 //   <root>/models/<model_id>/manifest.txt    "<sha256> <size> <name>\n" per file; the
 //                                            model id is the SHA-256 of this text
 //   <root>/models/<model_id>/files/<name>    the uploaded files (.onnx first in manifest)
+//   <root>/models/<model_id>/last_used       its mtime: the last upload or submit using it
+//   <root>/owners/<model_id>/<hex tenant>    per-tenant access marks
 //   <root>/jobs/<job_id>/job.json            the job's state (sq.v1.Job as JSON)
 //   <root>/jobs/<job_id>/lock                flock()ed by the server that owns the job
 //   <root>/jobs/<job_id>/cancel              present when a cancel was requested
@@ -105,6 +107,24 @@ class ArtifactStore {
   absl::StatusOr<std::vector<StoredFile>> GetModelFiles(const std::string& model_id) const;
   // Absolute path of the model's .onnx file.
   std::string ModelPath(const std::string& model_id, const StoredFile& main) const;
+  // Ids of all stored models.
+  std::vector<std::string> ListModelIds() const;
+  // Records that the model was used now (an upload that found it stored, a submit), which
+  // is what retention measures a model's age from. Best effort.
+  void TouchModel(const std::string& model_id) const;
+  // When the model was last used (its upload when never touched since). NotFound if absent.
+  absl::StatusOr<absl::Time> ModelLastUsed(const std::string& model_id) const;
+  // Removes a tenant's access mark; the model itself stays.
+  absl::Status RemoveModelOwner(const std::string& model_id, const std::string& tenant);
+  // Whether any tenant still holds an access mark on the model.
+  bool HasAnyModelOwner(const std::string& model_id) const;
+  // Removes the model's files and access marks: renamed into tmp/ first (so the model
+  // vanishes at once and a concurrent upload of the same files simply stores it again),
+  // then deleted. NotFound if absent. Jobs that used it keep their artifacts.
+  absl::Status DeleteModel(const std::string& model_id);
+  // Bytes stored for a model / a job (sum of its regular files' sizes); 0 when absent.
+  int64_t ModelBytes(const std::string& model_id) const;
+  int64_t JobBytes(const std::string& job_id) const;
 
   // ---- jobs ----
   std::string JobDir(const std::string& job_id) const;
@@ -113,6 +133,10 @@ class ArtifactStore {
   // Takes the lock of an existing job without waiting. FailedPrecondition if another
   // holder has it, NotFound if the job does not exist.
   absl::StatusOr<std::unique_ptr<JobLock>> TryLockJob(const std::string& job_id) const;
+  // A shared hold on a finished job's lock, taken by every download for as long as it
+  // streams, so that retention (which needs TryLockJob) never deletes what any server
+  // sharing the directory is sending. FailedPrecondition while an exclusive holder has it.
+  absl::StatusOr<std::unique_ptr<JobLock>> HoldJobShared(const std::string& job_id) const;
   absl::Status WriteJobRecord(const std::string& job_id, absl::string_view json);
   absl::StatusOr<std::string> ReadJobRecord(const std::string& job_id) const;
   // Ids of all jobs that have a record.

@@ -162,6 +162,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     return absl::NotFoundError(absl::StrCat("no model ", request.model_id()));
   }
   auto files = store_->GetModelFiles(request.model_id());
+  if (files.ok()) store_->TouchModel(request.model_id());  // retention counts age from here
   if (!files.ok()) return files.status();
   auto options = ToEngineOptions(request.options(), options_.default_job_threads);
   if (!options.ok()) return options.status();
@@ -361,7 +362,7 @@ absl::StatusOr<v1::Job> JobManager::Cancel(const std::string& job_id) {
   return job;
 }
 
-absl::Status JobManager::Delete(const std::string& job_id) {
+absl::Status JobManager::Delete(const std::string& job_id, absl::string_view reason) {
   auto job = Get(job_id);
   if (!job.ok()) return job.status();
   if (!IsTerminal(job->state())) {
@@ -376,7 +377,46 @@ absl::Status JobManager::Delete(const std::string& job_id) {
       if (it != idempotency_.end() && it->second == job_id) idempotency_.erase(it);
     }
   }
-  return store_->DeleteJob(job_id);
+  const int64_t bytes = store_->JobBytes(job_id);
+  if (absl::Status st = store_->DeleteJob(job_id); !st.ok()) return st;
+  if (metrics_) metrics_->Removed("job", std::string(reason), bytes);
+  LogEvent("info", "job_deleted", {{"job", job_id}, {"reason", std::string(reason)}, {"bytes", bytes}});
+  return absl::OkStatus();
+}
+
+std::vector<v1::Job> JobManager::ActiveJobsOfModel(const std::string& model_id) {
+  std::vector<v1::Job> active;
+  for (v1::Job& job : List({v1::JOB_STATE_QUEUED, v1::JOB_STATE_RUNNING})) {
+    if (job.model_id() == model_id) active.push_back(std::move(job));
+  }
+  return active;
+}
+
+absl::Status JobManager::DeleteModel(const std::string& model_id, const std::string& tenant,
+                                     absl::string_view reason) {
+  if (!store_->HasModel(model_id) || (!tenant.empty() && !store_->HasModelOwner(model_id, tenant))) {
+    return absl::NotFoundError(absl::StrCat("no model ", model_id));
+  }
+  std::vector<v1::Job> active = ActiveJobsOfModel(model_id);
+  for (const v1::Job& job : active) {
+    if (job.owner() != tenant) continue;  // another tenant's job: keeps the files, not our refusal
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model ", model_id, " is used by job ", job.job_id(), " (", StateName(job.state()),
+        "); cancel it or wait for it before deleting the model"));
+  }
+  if (!tenant.empty()) {
+    if (absl::Status st = store_->RemoveModelOwner(model_id, tenant); !st.ok()) return st;
+    // Another tenant still holds it, or a job uses it: the files stay until neither does
+    // (retention removes them then).
+    if (store_->HasAnyModelOwner(model_id) || !active.empty()) return absl::OkStatus();
+  }
+  const int64_t bytes = store_->ModelBytes(model_id);
+  absl::Status st = store_->DeleteModel(model_id);
+  if (absl::IsNotFound(st)) return absl::OkStatus();  // another server removed it meanwhile
+  if (!st.ok()) return st;
+  if (metrics_) metrics_->Removed("model", std::string(reason), bytes);
+  LogEvent("info", "model_deleted", {{"model", model_id}, {"reason", std::string(reason)}, {"bytes", bytes}});
+  return absl::OkStatus();
 }
 
 absl::Status JobManager::AddWatcher(const std::string& job_id, JobWatcher* watcher) {

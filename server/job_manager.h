@@ -67,8 +67,17 @@ class JobManager {
   absl::StatusOr<v1::Job> Get(const std::string& job_id);
   std::vector<v1::Job> List(const std::vector<v1::JobState>& states);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
-  // FailedPrecondition unless the job is terminal.
-  absl::Status Delete(const std::string& job_id);
+  // FailedPrecondition unless the job is terminal. `reason` labels the removal in the
+  // metrics and the log: "request" (DeleteJob) or "retention".
+  absl::Status Delete(const std::string& job_id, absl::string_view reason = "request");
+  // Removes a stored model. NotFound when absent (or, under per-tenant access, not the
+  // tenant's); FailedPrecondition while a queued or running job of the caller uses it.
+  // Under per-tenant access it removes the tenant's access, and the files once no tenant
+  // holds the model and no job uses it. Finished jobs keep their artifacts.
+  absl::Status DeleteModel(const std::string& model_id, const std::string& tenant = "",
+                           absl::string_view reason = "request");
+  // Queued and running jobs (of any server sharing the directory) of a model.
+  std::vector<v1::Job> ActiveJobsOfModel(const std::string& model_id);
 
   // Registers `watcher` and delivers the current state to it before returning.
   absl::Status AddWatcher(const std::string& job_id, JobWatcher* watcher);

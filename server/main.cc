@@ -44,6 +44,12 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
           "comments. Empty = no auth (env SQ_TOKEN, a shared token, is used when it is set)");
 ABSL_FLAG(bool, log_rpcs, true, "Log one JSON line per RPC (method, code, ms, peer) on stderr");
+ABSL_FLAG(absl::Duration, retention_age, absl::ZeroDuration(),
+          "Remove finished jobs and unused models older than this (e.g. 168h); 0 = keep forever");
+ABSL_FLAG(std::string, retention_bytes, "0",
+          "Remove the oldest finished jobs and unused models while the artifact directory holds "
+          "more than this (e.g. 50G; K/M/G/T are binary); 0 = no limit");
+ABSL_FLAG(absl::Duration, retention_interval, absl::Minutes(5), "Time between retention sweeps");
 ABSL_FLAG(int, drain_grace_seconds, 60, "On SIGTERM, how long running jobs may take to finish");
 
 namespace {
@@ -98,6 +104,18 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.log_rpcs = absl::GetFlag(FLAGS_log_rpcs);
+  options.retention.max_age = absl::GetFlag(FLAGS_retention_age);
+  options.retention.interval = absl::GetFlag(FLAGS_retention_interval);
+  if (auto bytes = sq::server::ParseByteSize(absl::GetFlag(FLAGS_retention_bytes)); bytes.ok()) {
+    options.retention.max_bytes = *bytes;
+  } else {
+    std::fprintf(stderr, "sq-server: --retention_bytes: %s\n", std::string(bytes.status().message()).c_str());
+    return 2;
+  }
+  if (options.retention.max_age < absl::ZeroDuration() || options.retention.interval <= absl::ZeroDuration()) {
+    std::fprintf(stderr, "sq-server: --retention_age must be >= 0 and --retention_interval > 0\n");
+    return 2;
+  }
   std::string token_file = absl::GetFlag(FLAGS_auth_token_file);
   if (!token_file.empty()) {
     auto text = sq::server::ReadFileToString(token_file);

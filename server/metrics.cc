@@ -97,8 +97,28 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                     .Name("sq_jobs_rejected_total")
                     .Help("SubmitJob calls refused before a job existed, by reason (queue_full: "
                           "RESOURCE_EXHAUSTED, retry later; draining: the server is stopping).")
-                    .Register(registry)) {
+                    .Register(registry)),
+      removed_(BuildCounter()
+                   .Name("sq_removed_total")
+                   .Help("Jobs and models removed from the artifact directory, by kind (job, model) "
+                         "and reason (retention: the sweeper; request: DeleteJob/DeleteModel).")
+                   .Register(registry)),
+      removed_bytes_(BuildCounter()
+                         .Name("sq_removed_bytes_total")
+                         .Help("Bytes freed in the artifact directory, by kind and reason.")
+                         .Register(registry)),
+      sweeps_(BuildCounter()
+                  .Name("sq_retention_sweeps_total")
+                  .Help("Retention sweeps run by this server (--retention_age / --retention_bytes).")
+                  .Register(registry)
+                  .Add({})) {
   for (const char* reason : {"queue_full", "draining"}) rejected_.Add({{"reason", reason}});
+  for (const char* kind : {"job", "model"}) {
+    for (const char* reason : {"retention", "request"}) {
+      removed_.Add({{"kind", kind}, {"reason", reason}});
+      removed_bytes_.Add({{"kind", kind}, {"reason", reason}});
+    }
+  }
   BuildGauge()
       .Name("sq_build_info")
       .Help("Build information; the value is always 1.")
@@ -127,6 +147,13 @@ void ServerMetrics::JobFinished(const std::string& outcome, double seconds) {
   finished_.Add({{"outcome", outcome}}).Increment();
   job_duration_.Add({{"outcome", outcome}}, DurationBuckets()).Observe(seconds);
 }
+
+void ServerMetrics::Removed(const std::string& kind, const std::string& reason, int64_t bytes) {
+  removed_.Add({{"kind", kind}, {"reason", reason}}).Increment();
+  removed_bytes_.Add({{"kind", kind}, {"reason", reason}}).Increment(static_cast<double>(bytes));
+}
+
+void ServerMetrics::RetentionSweep() { sweeps_.Increment(); }
 
 void ServerMetrics::QueueWait(double seconds) { queue_wait_.Observe(seconds); }
 void ServerMetrics::SetQueueDepth(int n) { queue_depth_.Set(n); }

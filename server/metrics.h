@@ -46,6 +46,11 @@ class ServerMetrics {
   // One job's verification in ONNX Runtime: "passed", "skipped", "off" or "failed" (its
   // time is sq_stage_duration_seconds{stage="verify"}).
   void Verification(const std::string& result);
+  // Something removed from the artifact directory: kind "job" or "model", reason
+  // "retention" (the sweeper) or "request" (DeleteJob / DeleteModel); bytes it held.
+  void Removed(const std::string& kind, const std::string& reason, int64_t bytes);
+  // One retention sweep finished.
+  void RetentionSweep();
 
  private:
   prometheus::Family<prometheus::Counter>& submitted_family_;
@@ -66,6 +71,9 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& uploads_;
   prometheus::Family<prometheus::Counter>& verifications_;
   prometheus::Family<prometheus::Counter>& rejected_;
+  prometheus::Family<prometheus::Counter>& removed_;
+  prometheus::Family<prometheus::Counter>& removed_bytes_;
+  prometheus::Counter& sweeps_;
 };
 
 }  // namespace sq::server

@@ -42,6 +42,8 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   jm.default_job_threads = options.default_job_threads;
   s->jobs_ = std::make_unique<JobManager>(s->store_.get(), engine, s->metrics_.get(), jm);
   s->jobs_->Recover();
+  s->retention_ = std::make_unique<RetentionSweeper>(s->store_.get(), s->jobs_.get(), s->metrics_.get(),
+                                                     options.retention);
 
   ServiceOptions so;
   so.max_upload_bytes = options.max_upload_bytes;
@@ -93,6 +95,7 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   // -service=sq.v1.SqService ask; Drain flips both.
   s->server_->GetHealthCheckService()->SetServingStatus(v1::SqService::service_full_name(), true);
   s->server_->GetHealthCheckService()->SetServingStatus(true);
+  s->retention_->Start();
   return s;
 }
 
@@ -101,6 +104,7 @@ void SqServer::Drain(absl::Duration grace) {
   drained_ = true;
   // Each part may be missing when Start() failed half-way (a port in use, an unreadable
   // certificate): what was started is stopped, nothing else is touched.
+  if (retention_) retention_->Stop();
   if (jobs_) jobs_->StopAccepting();  // before health flips: a NOT_SERVING server refuses new work
   if (server_) server_->GetHealthCheckService()->SetServingStatus(false);
   if (jobs_) jobs_->Drain(grace);

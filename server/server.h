@@ -4,7 +4,8 @@
 //
 // Lifecycle: Start() -> serving; Drain(grace) -> health NOT_SERVING, new uploads and jobs
 // refused with UNAVAILABLE, queued jobs failed, running jobs given `grace` to finish then
-// cancelled, then the gRPC server stops. The destructor drains with zero grace.
+// cancelled, then the gRPC server stops. The destructor drains with zero grace. With a
+// retention policy a sweeper removes old jobs and models in the background (retention.h).
 #ifndef SQ_SERVER_SERVER_H_
 #define SQ_SERVER_SERVER_H_
 
@@ -21,6 +22,7 @@
 #include "server/job_manager.h"
 #include "server/metrics.h"
 #include "server/process_metrics.h"
+#include "server/retention.h"
 #include "server/service.h"
 
 namespace sq::server {
@@ -40,6 +42,7 @@ struct ServerOptions {
   std::string tls_client_ca_file;
   int control_threads = 2;                          // InspectModel pool
   bool log_rpcs = true;                             // one "rpc" log line per call (server/log.h)
+  RetentionPolicy retention;                        // default: keep everything
 };
 
 class SqServer {
@@ -57,6 +60,7 @@ class SqServer {
   void Wait();  // blocks until the gRPC server has stopped
 
   JobManager& jobs() { return *jobs_; }
+  RetentionSweeper& retention() { return *retention_; }
   ArtifactStore& store() { return *store_; }
   // process_* and the artifact volume's space, read at scrape time: register it on the
   // metrics Exposer beside the registry.
@@ -70,6 +74,7 @@ class SqServer {
   std::shared_ptr<ProcessMetrics> process_metrics_;
   std::unique_ptr<JobQueue> control_pool_;
   std::unique_ptr<JobManager> jobs_;
+  std::unique_ptr<RetentionSweeper> retention_;
   std::unique_ptr<SqService> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "core/utf8.h"
 #include "server/convert.h"
 
 namespace sq::server {
@@ -122,6 +123,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       if (service_->store()->HasModel(id) &&
           (tenant_.empty() || service_->store()->HasModelOwner(id, tenant_))) {
         // Already stored: answer now, without reading the data again.
+        service_->store()->TouchModel(id);
         response_->set_model_id(id);
         for (const StoredFile& f : files) {
           v1::FileInfo* w = response_->add_files();
@@ -161,6 +163,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       return;
     }
     bool deduplicated = result->deduplicated;
+    if (deduplicated) service_->store()->TouchModel(result->model_id);
     if (!tenant_.empty()) {
       // The tenant proved it holds these files by sending them: it may use the model now.
       // "deduplicated" only when it had uploaded them before, never because another did.
@@ -330,6 +333,14 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
       return;
     }
     info_ = *file;
+    // A shared hold on the job for as long as this stream lives: retention on any server
+    // sharing the directory skips the job until it is released.
+    auto hold = service_->store()->HoldJobShared(job->job_id());
+    if (!hold.ok()) {
+      Finish(Status(StatusCode::NOT_FOUND, absl::StrCat("job ", job->job_id(), " is being deleted")));
+      return;
+    }
+    hold_ = std::move(*hold);
     std::string path = service_->store()->JobDir(job->job_id()) + "/out/" + info_.name();
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) {
@@ -361,7 +372,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
 
   void OnDone() override {
     if (fd_ >= 0) ::close(fd_);
-    delete this;
+    delete this;  // releases hold_
   }
 
  private:
@@ -390,6 +401,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
 
   SqService* const service_;
   v1::FileInfo info_;
+  std::unique_ptr<JobLock> hold_;
   int fd_ = -1;
   int64_t position_ = 0;
   bool first_ = true;
@@ -577,6 +589,25 @@ grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* cont
     return reactor;
   }
   reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::DeleteModel(grpc::CallbackServerContext* context,
+                                                 const v1::DeleteModelRequest* request,
+                                                 v1::DeleteModelResponse*) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  if (!IsValidModelId(request->model_id())) {
+    reactor->Finish(Status(StatusCode::INVALID_ARGUMENT,
+                           absl::StrCat("model_id \"", ToValidUtf8(request->model_id()),
+                                        "\" is not 64 lower-case hex digits")));
+    return reactor;
+  }
+  reactor->Finish(ToGrpc(jobs_->DeleteModel(request->model_id(), tenant)));
   return reactor;
 }
 

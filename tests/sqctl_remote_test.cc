@@ -129,6 +129,14 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_THAT(out, HasSubstr("\"kmeans\": \"reference\""));
   EXPECT_THAT(out, HasSubstr("\"boundaries\": \"quant\""));
 
+  // The uploaded model can be removed; the finished job keeps its artifact.
+  const std::string model_id = list["jobs"][0]["model_id"];
+  ASSERT_EQ(Sqctl("delete-model " + model_id + " --json", &out), kExitOk) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["deleted_model"], model_id);
+  EXPECT_EQ(Sqctl("delete-model " + model_id, &out), kExitNotFound) << out;
+  EXPECT_EQ(Sqctl("delete-model", &out), 2) << out;
+  ASSERT_EQ(Sqctl(absl::StrCat("download ", job, " -o ", dir_, "/again.onnx"), &out), kExitOk) << out;
+
   // A detached submit prints just the job id.
   ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach"), &out), kExitOk) << out;
   EXPECT_TRUE(std::regex_search(out, std::regex("[0-9a-f]{32}"))) << out;
@@ -159,8 +167,8 @@ int RunLine(const std::string& cmd, std::string* out) {
 TEST(SqctlHelpTest, EveryCommandHasItsOwnHelpAndVersionSpeaksJson) {
   const std::string sqctl = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl");
   std::string out;
-  for (const char* command : {"submit", "status", "watch", "list", "cancel", "delete", "download",
-                              "report", "inspect", "health"}) {
+  for (const char* command : {"submit", "status", "watch", "list", "cancel", "delete", "delete-model",
+                              "download", "report", "inspect", "health"}) {
     // Works without a server and whatever else is on the line.
     ASSERT_EQ(RunLine(absl::StrCat(sqctl, " ", command, " --help --bits 99"), &out), 0) << command;
     EXPECT_EQ(out.rfind(absl::StrCat("usage: sqctl ", command), 0), 0u) << out;
@@ -178,7 +186,8 @@ TEST(SqServerFlagsTest, HelpListsTheFlagsAndVersionPrintsIt) {
   std::string out;
   ASSERT_EQ(RunLine(server + " --help", &out), 0) << out;
   for (const char* flag : {"--listen", "--artifact_dir", "--auth_token_file", "--tls_client_ca",
-                           "--max_upload_bytes", "--drain_grace_seconds"}) {
+                           "--max_upload_bytes", "--drain_grace_seconds", "--retention_age",
+                           "--retention_bytes", "--retention_interval"}) {
     EXPECT_TRUE(absl::StrContains(out, flag)) << flag << " missing from --help:\n" << out;
   }
   ASSERT_EQ(RunLine(server + " --version", &out), 0);

@@ -261,6 +261,15 @@ absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job_id) {
   return job;
 }
 
+absl::Status SqClient::DeleteModel(const std::string& model_id) {
+  grpc::ClientContext context;
+  Prepare(&context, options_.unary_timeout);
+  v1::DeleteModelRequest request;
+  request.set_model_id(model_id);
+  v1::DeleteModelResponse response;
+  return FromGrpc(stub_->DeleteModel(&context, request, &response));
+}
+
 absl::Status SqClient::Delete(const std::string& job_id) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
