@@ -27,6 +27,8 @@ namespace {
 // How old an unlocked entry of tmp/ must be before the sweep removes it: the instant
 // between a temporary directory's mkdir and its flock, with a wide margin.
 const absl::Duration kTempGrace = absl::Seconds(2);
+// The file in every tmp/ folder whose flock() marks the folder as in use.
+constexpr char kTempLockName[] = ".lock";
 
 absl::Status ErrnoStatus(int err, absl::string_view what, absl::string_view path) {
   std::string msg = absl::StrCat(what, " ", path, ": ", std::strerror(err));
@@ -204,7 +206,7 @@ absl::StatusOr<std::unique_ptr<ArtifactStore>> ArtifactStore::Open(const std::st
   std::string abs = fs::absolute(root, ec).lexically_normal().string();
   if (ec) return absl::InvalidArgumentError(absl::StrCat("bad artifact directory ", root));
   if (!abs.empty() && abs.back() == '/') abs.pop_back();
-  for (const char* sub : {"models", "jobs", "tmp", "owners"}) {
+  for (const char* sub : {"models", "jobs", "tmp", "owners", "keys"}) {
     fs::create_directories(fs::path(abs) / sub, ec);
     if (ec) {
       return absl::FailedPreconditionError(
@@ -228,10 +230,20 @@ int ArtifactStore::SweepTemp(absl::Duration grace) const {
     std::error_code ec2;
     auto t = fs::last_write_time(entry.path(), ec2);
     if (ec2 || now - t < grace_chrono) continue;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (::lstat(path.c_str(), &st) != 0) continue;
+    if (!S_ISDIR(st.st_mode)) {  // a symlink or stray file: never followed, just removed
+      ::unlink(path.c_str());
+      ++removed;
+      continue;
+    }
+    // The holder's lock is on a regular file inside (see MakeTempDir). A folder without
+    // one past the grace period was left between mkdir and lock, or is a deletion in
+    // progress: either way nobody will use it again.
+    int fd = ::open((path + "/" + kTempLockName).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
-      if (errno == ELOOP) {  // a symlink: never followed, just removed
-        ::unlink(path.c_str());
+      if (errno == ENOENT) {
+        RemoveTree(path);
         ++removed;
       }
       continue;
@@ -249,7 +261,9 @@ absl::StatusOr<ArtifactStore::TempDir> ArtifactStore::MakeTempDir(absl::string_v
   TempDir out;
   out.path = absl::StrCat(root_, "/tmp/", prefix, "-", NewJobId());
   if (::mkdir(out.path.c_str(), 0755) != 0) return ErrnoStatus(errno, "mkdir", out.path);
-  int fd = ::open(out.path.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  // A regular file opened for writing, not the folder: flock() on a directory is local to
+  // one node on NFS, a lock on a writable regular file reaches every server sharing it.
+  int fd = ::open((out.path + "/" + kTempLockName).c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
   if (fd < 0 || ::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     absl::Status st = ErrnoStatus(errno, "lock", out.path);
     if (fd >= 0) ::close(fd);
@@ -492,6 +506,46 @@ std::vector<std::string> ArtifactStore::ListJobIds() const {
   return ids;
 }
 
+namespace {
+std::string KeyPath(const std::string& root, const std::string& key) {
+  return absl::StrCat(root, "/keys/", Sha256Hex(key));
+}
+}  // namespace
+
+absl::Status ArtifactStore::ClaimIdempotencyKey(const std::string& key, const std::string& job_id) {
+  std::error_code ec;
+  fs::create_directories(root_ + "/keys", ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create keys/: ", ec.message()));
+  const std::string path = KeyPath(root_, key);
+  // Written complete under a private name, then link()ed: link fails with EEXIST when
+  // another claim (on any server) got there first, and nobody ever reads a partial file.
+  const std::string temp = absl::StrCat(root_, "/keys/.claim-", job_id);
+  if (absl::Status st = WriteFileAtomic(temp, job_id); !st.ok()) return st;
+  int rc = ::link(temp.c_str(), path.c_str());
+  int err = errno;
+  ::unlink(temp.c_str());
+  if (rc == 0) {
+    SyncDir(root_ + "/keys");
+    return absl::OkStatus();
+  }
+  if (err != EEXIST) return ErrnoStatus(err, "link", path);
+  auto holder = ReadFileToString(path);
+  if (!holder.ok()) return absl::UnavailableError("idempotency key changed hands; retry");
+  return absl::AlreadyExistsError(*holder);
+}
+
+absl::StatusOr<std::string> ArtifactStore::LookupIdempotencyKey(const std::string& key) const {
+  auto holder = ReadFileToString(KeyPath(root_, key));
+  if (!holder.ok() || !IsValidJobId(*holder)) return absl::NotFoundError("no such key");
+  return holder;
+}
+
+void ArtifactStore::ReleaseIdempotencyKey(const std::string& key, const std::string& job_id) {
+  const std::string path = KeyPath(root_, key);
+  auto holder = ReadFileToString(path);
+  if (holder.ok() && *holder == job_id) ::unlink(path.c_str());
+}
+
 absl::Status ArtifactStore::RequestCancel(const std::string& job_id) {
   return WriteFileAtomic(JobDir(job_id) + "/cancel", "cancel\n");
 }
@@ -627,6 +681,7 @@ absl::StatusOr<UploadSession::Result> UploadSession::Commit() {
     Abort();
     return ErrnoStatus(err, "rename", dest);
   }
+  ::unlink((dest + "/" + kTempLockName).c_str());  // the upload's mark, not part of the model
   SyncDir(store_->root() + "/models");
   temp_dir_.clear();
   temp_lock_.reset();

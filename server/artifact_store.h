@@ -11,6 +11,7 @@
 //   <root>/jobs/<job_id>/cancel              present when a cancel was requested
 //   <root>/jobs/<job_id>/out/...             output model (+ external data)
 //   <root>/jobs/<job_id>/report.{json,txt}   the engine's report
+//   <root>/keys/<sha256 of tenant + key>     a SubmitJob idempotency key: the job id it made
 //   <root>/tmp/                              uploads in progress, deletions; emptied on Open
 //
 // Every file becomes visible only complete: written to a temporary name in the same
@@ -141,6 +142,14 @@ class ArtifactStore {
   absl::StatusOr<std::string> ReadJobRecord(const std::string& job_id) const;
   // Ids of all jobs that have a record.
   std::vector<std::string> ListJobIds() const;
+  // Idempotency keys, shared by every server on the directory. `key` is the tenant-scoped
+  // key (any bytes; stored under its SHA-256). Claim records `job_id` for it atomically:
+  // AlreadyExists with the message set to the job id that holds it when another claim won.
+  absl::Status ClaimIdempotencyKey(const std::string& key, const std::string& job_id);
+  // The job id holding `key`; NotFound when none.
+  absl::StatusOr<std::string> LookupIdempotencyKey(const std::string& key) const;
+  // Frees `key` if `job_id` still holds it.
+  void ReleaseIdempotencyKey(const std::string& key, const std::string& job_id);
   absl::Status RequestCancel(const std::string& job_id);
   bool CancelRequested(const std::string& job_id) const;
   // Removes the job's folder: renamed into tmp/ first (so it vanishes at once), then deleted.

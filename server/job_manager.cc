@@ -23,7 +23,7 @@ using google::protobuf::util::TimeUtil;
 
 namespace {
 
-// Idempotency keys are the tenant's own: the map is keyed by tenant and key.
+// Idempotency keys are the tenant's own: stored under tenant and key (ArtifactStore keys/).
 std::string IdempotencyMapKey(const std::string& owner, const std::string& key) {
   return key.empty() ? "" : absl::StrCat(owner, "\n", key);
 }
@@ -112,10 +112,6 @@ void JobManager::Recover() {
       LogError(job.status(), "recovering job " + id);
       continue;
     }
-    if (!job->idempotency_key().empty()) {
-      absl::MutexLock lock(&mu_);
-      idempotency_[IdempotencyMapKey(job->owner(), job->idempotency_key())] = id;
-    }
   }
 }
 
@@ -168,24 +164,22 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
   if (!options.ok()) return options.status();
 
   const std::string key = IdempotencyMapKey(owner, request.idempotency_key());
-  if (!key.empty()) {
-    std::string existing;
-    {
-      absl::MutexLock lock(&mu_);
-      auto it = idempotency_.find(key);
-      if (it != idempotency_.end()) existing = it->second;
+  // The job a key already made, on any server sharing the directory.
+  auto job_of_key = [&](const std::string& existing) -> absl::StatusOr<v1::Job> {
+    auto job = Get(existing);
+    if (!job.ok()) return job.status();
+    if (job->model_id() != request.model_id()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "idempotency key \"", request.idempotency_key(), "\" was already used for job ", existing,
+          " on another model"));
     }
-    if (!existing.empty()) {
-      auto job = Get(existing);
-      if (job.ok()) {
-        if (job->model_id() != request.model_id()) {
-          return absl::InvalidArgumentError(absl::StrCat(
-              "idempotency key \"", request.idempotency_key(), "\" was already used for job ", existing,
-              " on another model"));
-        }
-        return job;
-      }
-      // The earlier job was deleted: the key is free again.
+    return job;
+  };
+  if (!key.empty()) {
+    if (auto existing = store_->LookupIdempotencyKey(key); existing.ok()) {
+      auto job = job_of_key(*existing);
+      if (!absl::IsNotFound(job.status())) return job;
+      store_->ReleaseIdempotencyKey(key, *existing);  // its job was deleted: the key is free
     }
   }
 
@@ -239,26 +233,22 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     snapshot = job;
   }
   entry->enqueued = absl::Now();
-  std::string other;  // a concurrent Submit with the same key that won the race
+  if (!key.empty()) {
+    // A concurrent Submit with the same key (here or on another server) may have won.
+    absl::Status claim = store_->ClaimIdempotencyKey(key, entry->id);
+    if (!claim.ok()) {
+      {
+        absl::MutexLock l(&entry->mu);
+        entry->lock.reset();
+      }
+      (void)store_->DeleteJob(entry->id);
+      if (absl::IsAlreadyExists(claim)) return job_of_key(std::string(claim.message()));
+      return claim;
+    }
+  }
   {
     absl::MutexLock lock(&mu_);
-    if (!key.empty()) {
-      auto it = idempotency_.find(key);
-      if (it != idempotency_.end()) {
-        other = it->second;
-      } else {
-        idempotency_[key] = entry->id;
-      }
-    }
-    if (other.empty()) jobs_[entry->id] = entry;
-  }
-  if (!other.empty()) {
-    {
-      absl::MutexLock l(&entry->mu);
-      entry->lock.reset();
-    }
-    (void)store_->DeleteJob(entry->id);
-    return Get(other);
+    jobs_[entry->id] = entry;
   }
   JobQueue::Task task;
   task.run = [this, entry] {
@@ -286,8 +276,8 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     {
       absl::MutexLock lock(&mu_);
       jobs_.erase(entry->id);
-      if (!key.empty()) idempotency_.erase(key);
     }
+    if (!key.empty()) store_->ReleaseIdempotencyKey(key, entry->id);
     {
       absl::MutexLock l(&entry->mu);
       entry->lock.reset();
@@ -372,10 +362,9 @@ absl::Status JobManager::Delete(const std::string& job_id, absl::string_view rea
   {
     absl::MutexLock lock(&mu_);
     jobs_.erase(job_id);
-    if (!job->idempotency_key().empty()) {
-      auto it = idempotency_.find(IdempotencyMapKey(job->owner(), job->idempotency_key()));
-      if (it != idempotency_.end() && it->second == job_id) idempotency_.erase(it);
-    }
+  }
+  if (!job->idempotency_key().empty()) {
+    store_->ReleaseIdempotencyKey(IdempotencyMapKey(job->owner(), job->idempotency_key()), job_id);
   }
   const int64_t bytes = store_->JobBytes(job_id);
   if (absl::Status st = store_->DeleteJob(job_id); !st.ok()) return st;

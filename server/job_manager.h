@@ -55,8 +55,8 @@ class JobManager {
   JobManager(const JobManager&) = delete;
   JobManager& operator=(const JobManager&) = delete;
 
-  // Marks unowned unfinished jobs in the directory FAILED "interrupted" and loads
-  // idempotency keys. Call once before serving.
+  // Marks unowned unfinished jobs in the directory FAILED "interrupted". Call once before
+  // serving. (Idempotency keys live in the directory, shared by every server on it.)
   void Recover();
 
   // NotFound (model), InvalidArgument (options, idempotency key reused for another model),
@@ -118,7 +118,6 @@ class JobManager {
 
   absl::Mutex mu_;
   std::map<std::string, std::shared_ptr<Entry>> jobs_ ABSL_GUARDED_BY(mu_);
-  std::map<std::string, std::string> idempotency_ ABSL_GUARDED_BY(mu_);  // key -> job id
 
   // Watchers of jobs owned by another server (followed by polling job.json).
   absl::Mutex remote_mu_;

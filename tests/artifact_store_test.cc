@@ -224,10 +224,16 @@ TEST_F(ArtifactStoreTest, SweepRemovesUploadsAbandonedByACrashAndKeepsLiveOnes) 
   size_t after = 0;
   for (const auto& e : fs::directory_iterator(root_ / "tmp")) after += e.is_directory();
   EXPECT_EQ(after, 1u);
+  // The mark is a lock on a regular file inside the folder (flock on a directory does not
+  // reach other NFS clients), and it does not travel into the stored model.
+  for (const auto& e : fs::directory_iterator(root_ / "tmp")) {
+    EXPECT_TRUE(fs::is_regular_file(e.path() / ".lock")) << e.path();
+  }
   ASSERT_TRUE((*live)->Append("cd").ok());
   auto done = (*live)->Commit();
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_EQ(CountEntries(root_ / "tmp"), 0u);
+  EXPECT_FALSE(fs::exists(root_ / "models" / done->model_id / ".lock"));
 }
 
 }  // namespace

@@ -437,12 +437,9 @@ TEST_F(ScaleOutTest, RollingUpdateSurgeAndDrainLoseNoJobAndRunNoneTwice) {
 
 // A client that retries SubmitJob with the same idempotency key (its first call timed out)
 // reaches another replica through the Service: it must get the same job, not a second one.
-// DISABLED: known gap. JobManager keeps idempotency keys in memory, loaded from the
-// directory only by Recover() at start-up, so a replica does not know a key another replica
-// took after it started, and the retry makes a second job (seen: two job ids, List() == 2).
-// Enable once keys are claimed in the shared directory (e.g. an O_EXCL-created file per
-// tenant+key naming the job, which every replica checks before creating one).
-TEST_F(ScaleOutTest, DISABLED_IdempotencyKeyRetriedOnAnotherServerGivesTheSameJob) {
+// Keys are claimed in the shared directory (keys/, a link() that only one claim wins), so
+// every replica sees a key the moment another takes it.
+TEST_F(ScaleOutTest, IdempotencyKeyRetriedOnAnotherServerGivesTheSameJob) {
   StartReplica("a", std::make_shared<FakeEngine>());
   StartReplica("b", std::make_shared<FakeEngine>());
   ASSERT_EQ(replicas_.size(), 2u);
