@@ -12,6 +12,7 @@ Flags, output and exit codes follow sqctl (docs/api.md, "sqctl remote commands")
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Callable, List, NoReturn, Optional, Sequence
@@ -270,6 +271,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_int_in(1, 1 << 31))
     command("cancel", "stop a queued or running job").add_argument("job", metavar="JOB")
     command("delete", "remove a finished job and its artifacts").add_argument("job", metavar="JOB")
+    command("delete-model", "remove an uploaded model (finished jobs keep their output)").add_argument(
+        "model_id", metavar="MODEL_ID")
     p = command("download", "fetch a succeeded job's output (resumes from FILE.partial, "
                 "checks SHA-256)")
     p.add_argument("job", metavar="JOB")
@@ -373,6 +376,10 @@ def run(a: argparse.Namespace) -> int:
         if cmd == "cancel":
             job = c.cancel(a.job)
             print(to_json(job.proto) if a.json else f"{a.job} {progress_line(job)}")
+            return EXIT_OK
+        if cmd == "delete-model":
+            c.delete_model(a.model_id)
+            print(json.dumps({"deleted_model": a.model_id}) if a.json else f"deleted model {a.model_id}")
             return EXIT_OK
         if cmd == "delete":
             c.delete(a.job)

@@ -514,6 +514,12 @@ class Client:
     def delete(self, job_id: str) -> None:
         self._unary("DeleteJob", sq_pb2.DeleteJobRequest(job_id=job_id))
 
+    def delete_model(self, model_id: str) -> None:
+        """Removes an uploaded model; finished jobs keep their artifacts. FailedPrecondition
+        while a queued or running job of the caller uses it, NotFound when it is not stored
+        (or, under per-tenant tokens, not the caller's)."""
+        self._unary("DeleteModel", sq_pb2.DeleteModelRequest(model_id=model_id))
+
     def report(self, job_id: str) -> Report:
         r = self._unary("GetReport", sq_pb2.GetReportRequest(job_id=job_id))
         try:

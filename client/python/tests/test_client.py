@@ -168,6 +168,19 @@ class ClientTest(unittest.TestCase):
         with self.assertRaises(NotFound):
             self.client.get(queued.id)
 
+    def test_delete_model_keeps_finished_artifacts(self) -> None:
+        model = matmul_chain(self.tmp / "to_delete.onnx", layers=2, width=16, seed=11)
+        job = self.client.submit(model, bits=4).wait(timeout=60, check=True)
+        self.client.delete_model(job.model_id)
+        with self.assertRaises(NotFound):
+            self.client.delete_model(job.model_id)
+        with self.assertRaises(NotFound):
+            self.client.submit_model(job.model_id)
+        job.download(self.tmp / "kept.onnx")  # the finished job still delivers
+        self.assertTrue((self.tmp / "kept.onnx").exists())
+        with self.assertRaises(InvalidArgument):
+            self.client.delete_model("not-an-id")
+
     def test_bad_options_are_invalid_argument(self) -> None:
         with self.assertRaisesRegex(InvalidArgument, "bits") as e:
             self.client.submit(MODEL, bits=9)  # checked by the server
