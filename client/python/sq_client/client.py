@@ -243,7 +243,8 @@ class Job:
                 sq_pb2.WatchJobRequest(job_id=self.id), metadata=self._client._metadata,
                 timeout=remaining)
             try:
-                for proto in stream:
+                for message in stream:
+                    proto = message.job
                     self.proto = proto
                     delays = policy.delays()  # progress: the next failure starts afresh
                     yield Job(self._client, proto)
@@ -483,10 +484,10 @@ class Client:
         sent, so a retry after UNAVAILABLE cannot create a second job."""
         request = sq_pb2.SubmitJobRequest(model_id=model_id, options=options.to_proto(),
                                           idempotency_key=idempotency_key or uuid.uuid4().hex)
-        return Job(self, self._unary("SubmitJob", request))
+        return Job(self, self._unary("SubmitJob", request).job)
 
     def get(self, job_id: str) -> Job:
-        return Job(self, self._unary("GetJob", sq_pb2.GetJobRequest(job_id=job_id)))
+        return Job(self, self._unary("GetJob", sq_pb2.GetJobRequest(job_id=job_id)).job)
 
     def job(self, job_id: str) -> Job:
         """A handle on an existing job (reads its state once)."""
@@ -509,7 +510,7 @@ class Client:
             request.page_token = response.next_page_token
 
     def cancel(self, job_id: str) -> Job:
-        return Job(self, self._unary("CancelJob", sq_pb2.CancelJobRequest(job_id=job_id)))
+        return Job(self, self._unary("CancelJob", sq_pb2.CancelJobRequest(job_id=job_id)).job)
 
     def delete(self, job_id: str) -> None:
         self._unary("DeleteJob", sq_pb2.DeleteJobRequest(job_id=job_id))
