@@ -87,6 +87,10 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   }
   builder.AddListeningPort(options.listen_address, creds, &s->port_);
   builder.RegisterService(s->service_.get());
+  s->reflection_v1_ = std::make_unique<ReflectionV1Service>(std::vector<std::string>{
+      "sq.v1.SqService", "grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection",
+      "grpc.reflection.v1alpha.ServerReflection"});
+  builder.RegisterService(s->reflection_v1_.get());
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", options.listen_address));

@@ -1,5 +1,6 @@
 // SqServer: the whole service assembled: artifact store, job manager (queue + workers),
-// the sq.v1 service, gRPC's health service and server reflection. main() builds one from
+// the sq.v1 service, gRPC's health service and server reflection (v1alpha from gRPC, v1
+// from reflection_v1.h). main() builds one from
 // flags; tests build one in-process on 127.0.0.1 port 0.
 //
 // Lifecycle: Start() -> serving; Drain(grace) -> health NOT_SERVING, new uploads and jobs
@@ -22,6 +23,7 @@
 #include "server/job_manager.h"
 #include "server/metrics.h"
 #include "server/process_metrics.h"
+#include "server/reflection_v1.h"
 #include "server/retention.h"
 #include "server/service.h"
 
@@ -76,6 +78,7 @@ class SqServer {
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<RetentionSweeper> retention_;
   std::unique_ptr<SqService> service_;
+  std::unique_ptr<ReflectionV1Service> reflection_v1_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   bool drained_ = false;

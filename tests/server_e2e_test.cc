@@ -7,9 +7,13 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "absl/strings/match.h"
+#include "google/protobuf/descriptor.pb.h"
+#include "grpc/reflection/v1/reflection.grpc.pb.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "server/artifact_store.h"
@@ -1130,6 +1134,61 @@ TEST_F(ServerE2ETest, MutualTlsRequiresAClientCertificateFromTheCa) {
   auto failed = SqServer::Start(unreadable, nullptr, std::make_shared<FakeEngine>());
   EXPECT_EQ(failed.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(failed.status().message(), "missing-ca.pem"));
+}
+
+// Server reflection answers in both protocol versions (gRPC 1.51 serves v1alpha; v1, which
+// current grpcurl and grpc_cli ask first, is server/reflection_v1). The two carry the same
+// messages, so one set of message types talks to both.
+TEST_F(ServerE2ETest, ReflectionAnswersInV1AndV1Alpha) {
+  namespace refl = grpc::reflection::v1;
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  ASSERT_TRUE(server);
+  auto channel = grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials());
+  for (const char* method : {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+                             "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"}) {
+    SCOPED_TRACE(method);
+    grpc::ClientContext context;
+    std::unique_ptr<grpc::ClientReaderWriter<refl::ServerReflectionRequest, refl::ServerReflectionResponse>>
+        stream(grpc::internal::ClientReaderWriterFactory<refl::ServerReflectionRequest,
+                                                         refl::ServerReflectionResponse>::
+                   Create(channel.get(),
+                          grpc::internal::RpcMethod(method, grpc::internal::RpcMethod::BIDI_STREAMING),
+                          &context));
+    refl::ServerReflectionRequest request;
+    refl::ServerReflectionResponse response;
+
+    request.set_list_services("");
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    std::set<std::string> services;
+    for (const auto& svc : response.list_services_response().service()) services.insert(svc.name());
+    EXPECT_TRUE(services.count("sq.v1.SqService"));
+    EXPECT_TRUE(services.count("grpc.health.v1.Health"));
+
+    request.set_file_containing_symbol("sq.v1.SqService");
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    std::set<std::string> files;
+    for (const std::string& bytes : response.file_descriptor_response().file_descriptor_proto()) {
+      google::protobuf::FileDescriptorProto file;
+      ASSERT_TRUE(file.ParseFromString(bytes));
+      files.insert(file.name());
+      if (file.name() == "sq/v1/sq.proto") {
+        ASSERT_EQ(file.service_size(), 1);
+        EXPECT_EQ(file.service(0).name(), "SqService");
+      }
+    }
+    EXPECT_TRUE(files.count("sq/v1/sq.proto"));
+    EXPECT_TRUE(files.count("google/protobuf/timestamp.proto")) << "dependencies come along";
+
+    request.set_file_containing_symbol("no.such.Symbol");
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_EQ(response.error_response().error_code(), static_cast<int>(grpc::StatusCode::NOT_FOUND));
+
+    stream->WritesDone();
+    EXPECT_TRUE(stream->Finish().ok());
+  }
 }
 
 }  // namespace
