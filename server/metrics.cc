@@ -1,5 +1,10 @@
 #include "server/metrics.h"
 
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "core/file_util.h"
 
 namespace sq::server {
@@ -13,6 +18,11 @@ using prometheus::Histogram;
 // Jobs take from well under a second (tiny models) to tens of minutes (LLMs).
 Histogram::BucketBoundaries DurationBuckets() {
   return {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600};
+}
+
+// RPCs: health checks in a millisecond, a watch or a large download for minutes.
+Histogram::BucketBoundaries RpcBuckets() {
+  return {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800};
 }
 
 }  // namespace
@@ -111,7 +121,15 @@ ServerMetrics::ServerMetrics(prometheus::Registry& registry, const std::string& 
                   .Name("sq_retention_sweeps_total")
                   .Help("Retention sweeps run by this server (--retention_age / --retention_bytes).")
                   .Register(registry)
-                  .Add({})) {
+                  .Add({})),
+      rpc_handled_(BuildCounter()
+                       .Name("grpc_server_handled_total")
+                       .Help("RPCs completed on the server, by service, method and status code.")
+                       .Register(registry)),
+      rpc_seconds_(BuildHistogram()
+                       .Name("grpc_server_handling_seconds")
+                       .Help("Time from an RPC's start to its status, by service and method.")
+                       .Register(registry)) {
   for (const char* reason : {"queue_full", "draining"}) rejected_.Add({{"reason", reason}});
   for (const char* kind : {"job", "model"}) {
     for (const char* reason : {"retention", "request"}) {
@@ -154,6 +172,65 @@ void ServerMetrics::Removed(const std::string& kind, const std::string& reason, 
 }
 
 void ServerMetrics::RetentionSweep() { sweeps_.Increment(); }
+
+void ServerMetrics::RpcHandled(const std::string& full_method, int code, double seconds) {
+  // "/package.Service/Method"; only this server's services become label values, so a
+  // client cannot create series by calling made-up methods.
+  absl::string_view m = full_method;
+  std::string service = "unknown", method = "unknown";
+  const size_t slash = m.rfind('/');
+  if (absl::StartsWith(m, "/") && slash != absl::string_view::npos && slash > 1) {
+    absl::string_view svc = m.substr(1, slash - 1);
+    if (svc == "sq.v1.SqService" || svc == "grpc.health.v1.Health" ||
+        svc == "grpc.reflection.v1.ServerReflection" || svc == "grpc.reflection.v1alpha.ServerReflection") {
+      service = std::string(svc);
+      method = std::string(m.substr(slash + 1));
+    }
+  }
+  const std::string code_name = absl::StatusCodeToString(static_cast<absl::StatusCode>(code));
+  rpc_handled_.Add({{"grpc_service", service}, {"grpc_method", method}, {"grpc_code", code_name}}).Increment();
+  rpc_seconds_.Add({{"grpc_service", service}, {"grpc_method", method}}, RpcBuckets()).Observe(seconds);
+}
+
+namespace {
+
+class RpcMetricsInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  RpcMetricsInterceptor(grpc::experimental::ServerRpcInfo* info, ServerMetrics* metrics)
+      : info_(info), metrics_(metrics), start_(absl::Now()) {}
+
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    if (methods->QueryInterceptionHookPoint(grpc::experimental::InterceptionHookPoints::PRE_SEND_STATUS)) {
+      metrics_->RpcHandled(info_->method() ? info_->method() : "",
+                           static_cast<int>(methods->GetSendStatus().error_code()),
+                           absl::ToDoubleSeconds(absl::Now() - start_));
+    }
+    methods->Proceed();
+  }
+
+ private:
+  grpc::experimental::ServerRpcInfo* const info_;
+  ServerMetrics* const metrics_;
+  const absl::Time start_;
+};
+
+class RpcMetricsFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit RpcMetricsFactory(ServerMetrics* metrics) : metrics_(metrics) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(grpc::experimental::ServerRpcInfo* info) override {
+    return new RpcMetricsInterceptor(info, metrics_);
+  }
+
+ private:
+  ServerMetrics* const metrics_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> RpcMetricsInterceptorFactory(
+    ServerMetrics* metrics) {
+  return std::make_unique<RpcMetricsFactory>(metrics);
+}
 
 void ServerMetrics::QueueWait(double seconds) { queue_wait_.Observe(seconds); }
 void ServerMetrics::SetQueueDepth(int n) { queue_depth_.Set(n); }

@@ -11,6 +11,7 @@
 #include <memory>
 #include <string>
 
+#include "grpcpp/support/server_interceptor.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
 #include "prometheus/gauge.h"
@@ -51,6 +52,11 @@ class ServerMetrics {
   void Removed(const std::string& kind, const std::string& reason, int64_t bytes);
   // One retention sweep finished.
   void RetentionSweep();
+  // One RPC finished: its full method name ("/sq.v1.SqService/GetJob"), status code and
+  // wall time (streams: from start to status). grpc_server_handled_total and
+  // grpc_server_handling_seconds, named as in the go-grpc-prometheus convention; methods
+  // of services this server does not serve count as grpc_service="unknown".
+  void RpcHandled(const std::string& full_method, int code, double seconds);
 
  private:
   prometheus::Family<prometheus::Counter>& submitted_family_;
@@ -74,7 +80,14 @@ class ServerMetrics {
   prometheus::Family<prometheus::Counter>& removed_;
   prometheus::Family<prometheus::Counter>& removed_bytes_;
   prometheus::Counter& sweeps_;
+  prometheus::Family<prometheus::Counter>& rpc_handled_;
+  prometheus::Family<prometheus::Histogram>& rpc_seconds_;
 };
+
+// A gRPC server interceptor recording every call in `metrics` (RpcHandled), which must
+// outlive the server.
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> RpcMetricsInterceptorFactory(
+    ServerMetrics* metrics);
 
 }  // namespace sq::server
 

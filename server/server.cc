@@ -80,11 +80,10 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  if (options.log_rpcs) {
-    std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
-    creators.push_back(RpcLogInterceptorFactory());
-    builder.experimental().SetInterceptorCreators(std::move(creators));
-  }
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  if (s->metrics_) creators.push_back(RpcMetricsInterceptorFactory(s->metrics_.get()));
+  if (options.log_rpcs) creators.push_back(RpcLogInterceptorFactory());
+  if (!creators.empty()) builder.experimental().SetInterceptorCreators(std::move(creators));
   builder.AddListeningPort(options.listen_address, creds, &s->port_);
   builder.RegisterService(s->service_.get());
   s->reflection_v1_ = std::make_unique<ReflectionV1Service>(std::vector<std::string>{

@@ -14,6 +14,8 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
 #include "gtest/gtest.h"
 #include "prometheus/exposer.h"
 #include "prometheus/text_serializer.h"
@@ -134,6 +136,27 @@ TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
     EXPECT_TRUE(absl::StrContains(text, absl::StrCat("sq_artifact_volume_bytes{kind=\"", kind, "\"}")))
         << kind;
   }
+  // Per-RPC metrics (interceptor): one SubmitJob OK, a NOT_FOUND GetJob, a made-up method
+  // that must not become a label value.
+  EXPECT_EQ((*c)->Get("0123456789abcdef0123456789abcdef").status().code(), absl::StatusCode::kNotFound);
+  {
+    grpc::ClientContext ctx;
+    v1::GetJobRequest in;
+    v1::GetJobResponse out;
+    auto channel = grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials());
+    grpc::Status st = grpc::internal::BlockingUnaryCall(
+        channel.get(), grpc::internal::RpcMethod("/evil.Service/Made-up-method", grpc::internal::RpcMethod::NORMAL_RPC),
+        &ctx, in, &out);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  }
+  text = HttpGet(metrics_port, "/metrics");
+  EXPECT_TRUE(absl::StrContains(
+      text, "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"SubmitJob\",grpc_service=\"sq.v1.SqService\"} 1"))
+      << text;
+  EXPECT_TRUE(absl::StrContains(
+      text, "grpc_server_handled_total{grpc_code=\"NOT_FOUND\",grpc_method=\"GetJob\",grpc_service=\"sq.v1.SqService\"} 1"));
+  EXPECT_TRUE(absl::StrContains(text, "grpc_server_handling_seconds_count{grpc_method=\"DownloadArtifact\",grpc_service=\"sq.v1.SqService\"} 1"));
+  EXPECT_FALSE(absl::StrContains(text, "evil")) << "a client's method name became a label value";
   EXPECT_FALSE(absl::StrContains(text, job->job_id()));  // never an id as a label
   EXPECT_FALSE(absl::StrContains(text, up->model_id()));
 
