@@ -15,6 +15,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "client/quantize_command.h"
 #include "core/file_util.h"
 #include "core/options.h"
@@ -34,7 +35,7 @@ const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
       "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
-      "target-opset", "threads", "idempotency-key", "verify", "verify-input", "limit", "state"};
+      "target-opset", "threads", "idempotency-key", "verify", "verify-input", "limit", "state", "timeout"};
   return *flags;
 }
 const std::set<std::string>& BoolFlags() {
@@ -205,8 +206,25 @@ client::ProgressFn Bar(const std::string& label, bool quiet) {
   };
 }
 
+// --timeout: "90s", "10m", "1h30m" or plain seconds; zero = none. The deadline of every
+// unary call, and how long submit and watch wait for the job (which goes on on the server
+// regardless). Downloads are not bounded (they resume).
+absl::StatusOr<absl::Duration> Timeout(const Args& a) {
+  if (!a.Has("timeout")) return absl::ZeroDuration();
+  const std::string v = a.Get("timeout");
+  absl::Duration d;
+  double seconds;
+  if (absl::SimpleAtod(v, &seconds) && seconds >= 0 && seconds < 1e9) return absl::Seconds(seconds);
+  if (absl::ParseDuration(v, &d) && d >= absl::ZeroDuration()) return d;
+  return absl::InvalidArgumentError(
+      absl::StrCat("--timeout wants a duration such as 90s or 10m, got '", v, "'"));
+}
+
 absl::StatusOr<std::unique_ptr<SqClient>> Connect(const Args& a) {
   client::ClientOptions o;
+  auto timeout = Timeout(a);
+  if (!timeout.ok()) return timeout.status();
+  if (*timeout > absl::ZeroDuration()) o.unary_timeout = *timeout;
   const char* env_server = std::getenv("SQ_SERVER");
   const char* env_token = std::getenv("SQ_TOKEN");
   o.target = a.Get("server", env_server && *env_server ? env_server : "127.0.0.1:50051");
@@ -380,7 +398,8 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
 }
 
 // Follows a job to its end, showing progress on a terminal (one line per change otherwise).
-absl::StatusOr<v1::Job> Follow(SqClient& c, const std::string& id, bool quiet) {
+absl::StatusOr<v1::Job> Follow(SqClient& c, const std::string& id, bool quiet,
+                               absl::Duration timeout) {
   const bool tty = isatty(STDERR_FILENO);
   std::string last;
   auto job = c.Watch(id, [&](const v1::Job& j) {
@@ -396,7 +415,12 @@ absl::StatusOr<v1::Job> Follow(SqClient& c, const std::string& id, bool quiet) {
       std::fprintf(stderr, "%s\n", line.c_str());
     }
     std::fflush(stderr);
-  });
+  }, timeout);
+  if (absl::IsDeadlineExceeded(job.status())) {
+    if (tty && !quiet) std::fputc('\n', stderr);
+    return absl::DeadlineExceededError(absl::StrCat(
+        "job ", id, " did not finish within --timeout; it goes on on the server (sqctl watch ", id, ")"));
+  }
   return job;
 }
 
@@ -442,7 +466,7 @@ int RunSubmit(SqClient& c, const Args& a) {
     return kExitRemoteOk;
   }
   if (!quiet) std::fprintf(stderr, "job %s\n", job->job_id().c_str());
-  auto done = Follow(c, job->job_id(), quiet);
+  auto done = Follow(c, job->job_id(), quiet, *Timeout(a));
   if (!done.ok()) return Fail(done.status());
   if (int rc = JobOutcome(*done); rc != kExitRemoteOk) return rc;
   if (!output.empty()) {
@@ -551,6 +575,7 @@ std::string RemoteUsage() {
   health                            SERVING / NOT_SERVING
   common: --server HOST:PORT --token T (or $SQ_TOKEN) --tls --tls-ca FILE
           --tls-cert FILE --tls-key FILE (a client certificate, for mutual TLS) --json
+          --timeout D (90s, 10m: each call, and how long submit/watch wait for the job)
   exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 server unavailable, 4 not found, 5 auth
 )";
 }
@@ -596,7 +621,9 @@ std::string RemoteCommandHelp(const std::string& command) {
   }
   return text +
          "\nConnection: --server HOST:PORT (default $SQ_SERVER or 127.0.0.1:50051), --token T (or\n"
-         "$SQ_TOKEN), --tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mutual TLS).\n"
+         "$SQ_TOKEN), --tls, --tls-ca FILE, --tls-cert FILE --tls-key FILE (mutual TLS),\n"
+         "--timeout D (90s, 10m; each call's deadline, and how long submit/watch wait for the job,\n"
+         "which goes on on the server; past it: exit 3).\n"
          "Exit codes: 0 ok, 1 job failed/cancelled, 2 usage, 3 server unavailable, 4 not found, 5 auth.\n";
 }
 
@@ -642,7 +669,7 @@ int RunRemoteCommand(const std::string& command, const std::vector<std::string>&
     return kExitRemoteOk;
   }
   if (command == "watch") {
-    auto job = Follow(c, id, json);
+    auto job = Follow(c, id, json, *Timeout(a));
     if (!job.ok()) return Fail(job.status());
     if (json) std::printf("%s\n", ToJson(*job).c_str());
     return JobOutcome(*job);

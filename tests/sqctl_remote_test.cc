@@ -137,6 +137,32 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_EQ(Sqctl("delete-model", &out), 2) << out;
   ASSERT_EQ(Sqctl(absl::StrCat("download ", job, " -o ", dir_, "/again.onnx"), &out), kExitOk) << out;
 
+  // --timeout: a bad value is a usage error; a watch that outlasts it exits 3 and says the
+  // job goes on, which a later watch sees finish.
+  EXPECT_EQ(Sqctl("status " + job + " --timeout soon", &out), 2) << out;
+  ASSERT_EQ(Sqctl("status " + job + " --timeout 30s", &out), kExitOk) << out;
+  {
+    onnx::ModelProto big = sq::testing::NewModel(17);
+    sq::testing::GraphBuilder bg(big.mutable_graph());
+    bg.Input("x", {-1, 1024});
+    std::string prev = "x";
+    for (int l = 0; l < 6; ++l) {
+      const std::string w = "w" + std::to_string(l), y = "y" + std::to_string(l);
+      bg.Initializer(w, {1024, 1024}, sq::testing::TestWeights(1024 * 1024, 100 + l));
+      bg.Node("MatMul", {prev, w}, {y}, "fc" + std::to_string(l));
+      prev = y;
+    }
+    bg.Output(prev);
+    const std::string big_path = dir_ + "/big.onnx";
+    ASSERT_TRUE(sq::testing::SaveModel(big, big_path).ok());
+    ASSERT_EQ(Sqctl(absl::StrCat("submit ", big_path, " --bits 4 --threads 1 --detach"), &out), kExitOk) << out;
+    const std::string slow = out.substr(0, 32);
+    EXPECT_EQ(Sqctl("watch " + slow + " --timeout 0.1", &out), kExitUnavailable) << out;
+    EXPECT_THAT(out, HasSubstr("goes on on the server"));
+    ASSERT_EQ(Sqctl("watch " + slow, &out), kExitOk) << out;
+    EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  }
+
   // A detached submit prints just the job id.
   ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach"), &out), kExitOk) << out;
   EXPECT_TRUE(std::regex_search(out, std::regex("[0-9a-f]{32}"))) << out;
