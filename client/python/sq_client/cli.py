@@ -15,13 +15,13 @@ import argparse
 import json
 import os
 import sys
-from typing import Callable, List, NoReturn, Optional, Sequence
+from typing import Callable, Iterator, List, NoReturn, Optional, Sequence
 
 import grpc
 from google.protobuf import json_format
 
 from .client import DEFAULT_TARGET, Client, Job, JobState, ProgressFn
-from .errors import FailedPrecondition, InvalidArgument, SqError
+from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, SqError
 from .options import (CLUSTER_SCOPES, FORMATS, FORMS, GRANULARITIES, SPLIT_MODES, TARGETS,
                       QuantizeOptions)
 
@@ -121,25 +121,49 @@ def bar(label: str, quiet: bool) -> Optional[ProgressFn]:
     return show
 
 
-def follow(job: Job, quiet: bool) -> Job:
+def _duration(text: str) -> float:
+    """--timeout: seconds ("90", "2.5") or a number with s, m or h ("90s", "10m", "1h")."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"--timeout wants a duration such as 90s or 10m, got {text!r}")
+    return value
+
+
+def follow(job: Job, quiet: bool, timeout: Optional[float] = None) -> Job:
     """Watches to the end, printing each state change on stderr (one line per change when
-    stderr is not a terminal; per-layer progress only on a terminal)."""
+    stderr is not a terminal; per-layer progress only on a terminal). Past `timeout`
+    seconds: DeadlineExceeded saying the job goes on."""
     tty = sys.stderr.isatty()
     last = ""
-    for snap in job.watch():
-        if quiet:
-            continue
-        line = progress_line(snap)
-        if line == last:
-            continue
-        last = line
-        if tty:
-            sys.stderr.write(f"\r{line}\033[K" + ("\n" if snap.done else ""))
-        elif not (snap.state == JobState.RUNNING and snap.progress.layer_count > 0
-                  and snap.progress.stage == "transform"):
-            sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+    try:
+        for snap in _watch_lines(job, timeout):
+            if quiet:
+                continue
+            line = progress_line(snap)
+            if line == last:
+                continue
+            last = line
+            if tty:
+                sys.stderr.write(f"\r{line}\033[K" + ("\n" if snap.done else ""))
+            elif not (snap.state == JobState.RUNNING and snap.progress.layer_count > 0
+                      and snap.progress.stage == "transform"):
+                sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+    except DeadlineExceeded:
+        raise DeadlineExceeded(f"job {job.id} did not finish within --timeout; it goes on on the "
+                               f"server (python3 -m sq_client watch {job.id})") from None
     return job
+
+
+def _watch_lines(job: Job, timeout: Optional[float]) -> Iterator[Job]:
+    """job.watch() with the CLI's timeout (0 or None = no limit)."""
+    return job.watch(timeout or None)
 
 
 def job_outcome(job: Job) -> int:
@@ -184,6 +208,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-key", metavar="FILE", help="client key (mutual TLS)")
     g.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    g.add_argument("--timeout", type=_duration, default=0.0, metavar="D",
+                   help="90s, 10m or seconds: each call's deadline, and how long submit/watch "
+                        "wait for the job (it goes on on the server; past it: exit 3)")
 
 
 def _engine(p: argparse.ArgumentParser) -> None:
@@ -295,7 +322,7 @@ def run_submit(c: Client, a: argparse.Namespace) -> int:
         return EXIT_OK
     if not quiet:
         print(f"job {job.id}", file=sys.stderr)
-    follow(job, quiet)
+    follow(job, quiet, a.timeout)
     rc = job_outcome(job)
     if rc != EXIT_OK:
         return rc
@@ -347,7 +374,7 @@ def run_inspect(c: Client, a: argparse.Namespace) -> int:
 
 def run(a: argparse.Namespace) -> int:
     client = Client(a.server, a.token or None, tls=a.tls or bool(a.tls_ca), tls_ca=a.tls_ca,
-                    tls_cert=a.tls_cert, tls_key=a.tls_key)
+                    tls_cert=a.tls_cert, tls_key=a.tls_key, **({"timeout": a.timeout} if a.timeout else {}))
     with client as c:
         cmd = a.command
         if cmd == "submit":
@@ -369,7 +396,7 @@ def run(a: argparse.Namespace) -> int:
                 print_job(job)
             return EXIT_OK
         if cmd == "watch":
-            job = follow(c.get(a.job), a.json or a.quiet)
+            job = follow(c.get(a.job), a.json or a.quiet, a.timeout)
             if a.json:
                 print(to_json(job.proto))
             return job_outcome(job)
@@ -397,7 +424,6 @@ def run(a: argparse.Namespace) -> int:
         if cmd == "report":
             report = c.report(a.job)
             if a.json:
-                import json
                 print(json.dumps(report.data, indent=2))
             else:
                 sys.stdout.write(report.summary)

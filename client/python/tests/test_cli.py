@@ -98,6 +98,20 @@ class CliTest(unittest.TestCase):
         for b in blockers:
             self.ok("cancel", b.id, *self.s)
 
+    def test_timeout_and_delete_model(self) -> None:
+        big = matmul_chain(self.work / "slow.onnx", layers=24, width=512, seed=9)
+        job_id = self.ok("submit", str(big), "--threads", "1", *self.s, "--detach").stdout.strip()
+        r = sq("watch", job_id, *self.s, "--timeout", "0.1")
+        self.assertEqual(r.returncode, 3, r.stderr)
+        self.assertIn("goes on on the server", r.stderr)
+        self.assertEqual(sq("status", job_id, *self.s, "--timeout", "soon").returncode, 2)
+        done = json.loads(self.ok("watch", job_id, *self.s, "--json", "--timeout", "10m").stdout)
+        self.assertEqual(done["state"], "JOB_STATE_SUCCEEDED")
+        model_id = done["model_id"]
+        self.assertEqual(json.loads(self.ok("delete-model", model_id, *self.s, "--json").stdout),
+                         {"deleted_model": model_id})
+        self.assertEqual(sq("delete-model", model_id, *self.s).returncode, 4)
+
     def test_exit_codes(self) -> None:
         def rc(*args: str) -> int:
             return sq(*args).returncode
