@@ -500,6 +500,11 @@ const char* const kRemovedExperimentalOps[] = {
     "ATen",  "Affine",    "ConstantFill", "Crop",  "DynamicSlice", "GRUUnit", "GivenTensorFill",
     "ImageScaler", "ParametricSoftplus", "Scale", "ScaledTanh"};
 
+// Ops that took numpy-incompatible `broadcast` / `axis` attributes until opset 6 and
+// multidirectional (numpy) broadcasting from opset 7.
+const char* const kLegacyBroadcastOps[] = {"Add", "Sub", "Mul", "Div", "Pow", "And",
+                                           "Or",  "Xor", "Equal", "Greater", "Less"};
+
 const char* const kReduce18Ops[] = {"ReduceMax",  "ReduceMin",    "ReduceMean",
                                     "ReduceProd", "ReduceL1",     "ReduceL2",
                                     "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare"};
@@ -540,6 +545,31 @@ std::string CheckNode(const NodeProto& n, int from, int to, const ModelInfo& inf
     if (IsRefAttr(n, a)) {
       return absl::StrCat("attribute '", a, "' refers to a function attribute");
     }
+  }
+  if (crosses(7) && IsOneOf(op, std::begin(kLegacyBroadcastOps), std::end(kLegacyBroadcastOps)) &&
+      AttrInt(n, "broadcast", 0) != 0 && FindAttr(n, "axis") != nullptr) {
+    // B is aligned to A at `axis`; at opset 7 numpy aligns trailing dimensions, which
+    // needs both ranks to carry (B gets trailing 1s by an Unsqueeze).
+    if (in_function || n.input_size() < 2 || !info.rank.count(n.input(0)) || !info.rank.count(n.input(1))) {
+      return "opset-6 broadcast along an axis on inputs of unknown rank cannot be carried to "
+             "opset 7's numpy broadcasting";
+    }
+    const int big = info.rank.at(n.input(0)), small = info.rank.at(n.input(1));
+    int64_t axis = AttrInt(n, "axis", 0);
+    if (axis < 0) axis += big;
+    if (axis < 0 || axis + small > big) return "opset-6 broadcast axis out of range";
+  }
+  if (crosses(7) && op == "PRelu") {
+    // PRelu-6 shared a size-1 slope or took one of X's shape; 7 broadcasts numpy-style,
+    // which agrees only for a scalar slope or equal ranks.
+    const bool known = !in_function && n.input_size() > 1 && info.rank.count(n.input(0)) &&
+                       info.rank.count(n.input(1));
+    if (!known || (info.rank.at(n.input(1)) != 0 && info.rank.at(n.input(1)) != info.rank.at(n.input(0)))) {
+      return "PRelu-6 slope whose broadcast differs at opset 7 (not a scalar, not X's rank)";
+    }
+  }
+  if (crosses(7) && op == "Upsample") {
+    return "experimental Upsample-1 (height_scale/width_scale) has no rewrite to Upsample-7";
   }
   if (crosses(10) && IsOneOf(op, std::begin(kRemovedExperimentalOps),
                              std::end(kRemovedExperimentalOps))) {
@@ -584,6 +614,7 @@ struct GraphSink {
   bool is_main = false;         // constants become initializers (else Constant nodes)
   bool in_function = false;     // value names are function-local: no rank information
   int64_t ir_version = 8;
+  int target = 0;               // the opset being converted to (forms of inserted nodes)
   ModelInfo* info = nullptr;
   int* counter = nullptr;
   std::vector<NodeProto> pre;   // nodes to insert before the current node
@@ -651,6 +682,50 @@ void ApplyBoundary(NodeProto* n, int v, GraphSink* sink) {
   const std::string op = n->op_type();
   ModelInfo& info = *sink->info;
   switch (v) {
+    case 7:
+      if (op == "Gemm") {
+        RemoveAttr(n, "broadcast");  // C broadcasts unidirectionally at 7; equal shapes still work
+      } else if (op == "BatchNormalization" || op == "Dropout") {
+        RemoveAttr(n, "is_test");
+      } else if (op == "RNN" || op == "GRU" || op == "LSTM") {
+        RemoveAttr(n, "output_sequence");  // Y is optional by presence from 7 on
+      } else if (IsOneOf(op, std::begin(kLegacyBroadcastOps), std::end(kLegacyBroadcastOps))) {
+        const bool broadcast = AttrInt(*n, "broadcast", 0) != 0;
+        const bool has_axis = FindAttr(*n, "axis") != nullptr;
+        const int64_t axis_attr = AttrInt(*n, "axis", 0);
+        RemoveAttr(n, "broadcast");
+        RemoveAttr(n, "axis");
+        // No axis: B matched A's trailing dimensions, which numpy does too. With an axis,
+        // B's dimensions start there: append 1s so numpy aligns them the same way
+        // (CheckNode made sure both ranks are known).
+        if (broadcast && has_axis && n->input_size() >= 2) {
+          const int big = info.rank.at(n->input(0)), small = info.rank.at(n->input(1));
+          const int64_t axis = axis_attr < 0 ? axis_attr + big : axis_attr;
+          const int64_t ones = big - axis - small;
+          if (ones > 0) {
+            std::vector<int64_t> axes;
+            for (int64_t k = 0; k < ones; ++k) axes.push_back(small + k);
+            NodeProto u;
+            u.set_op_type("Unsqueeze");
+            u.set_name(sink->Unique(BaseName(*n, "align")));
+            u.add_input(n->input(1));
+            const std::string out = sink->Unique(BaseName(*n, "aligned"));
+            u.add_output(out);
+            if (sink->target >= 13) {
+              u.add_input(sink->AddConst(BaseName(*n, "align_axes"), Int64Tensor(axes)));
+            } else {
+              AttributeProto* a = u.add_attribute();
+              a->set_name("axes");
+              a->set_type(AttributeProto::INTS);
+              for (int64_t x : axes) a->add_ints(x);
+            }
+            info.rank[out] = static_cast<int>(small + ones);
+            sink->pre.push_back(std::move(u));
+            SetInput(n, 1, out);
+          }
+        }
+      }
+      break;
     case 9:
       if (op == "BatchNormalization") RemoveAttr(n, "spatial");
       if (op == "Upsample") {
@@ -845,6 +920,7 @@ struct Converter {
       sink.graph = graph;
       sink.is_main = is_main;
       sink.ir_version = ir_version;
+      sink.target = to;
       sink.info = info;
       sink.counter = &counter;
       sink.in_function = in_function;

@@ -1,7 +1,9 @@
 // Raising a model's default-domain ("" / "ai.onnx") opset, correctly.
 //
-// Relabelling the opset import is not enough: between opsets 7 and 25 several operators
-// changed signature (attributes became inputs: Slice 10, Clip/Pad 11, Squeeze/Unsqueeze/
+// Relabelling the opset import is not enough: between opsets 6 and 25 several operators
+// changed signature (at 7 the element-wise ops dropped their `broadcast`/`axis` attributes
+// for numpy broadcasting, Gemm its `broadcast`, BatchNormalization/Dropout `is_test`),
+// others too (attributes became inputs: Slice 10, Clip/Pad 11, Squeeze/Unsqueeze/
 // Split/ReduceSum 13, other Reduce* 18, TopK 10, Dropout 12, ...) or semantics (Softmax,
 // LogSoftmax, Hardmax at 13 stopped coercing to 2-D; Upsample was replaced by Resize).
 // ConvertOpset rewrites each such node, in the main graph and every subgraph, so the
@@ -23,7 +25,7 @@
 
 namespace sq {
 
-inline constexpr int kMinSupportedOpset = 7;
+inline constexpr int kMinSupportedOpset = 6;
 inline constexpr int kMaxSupportedOpset = 25;
 
 // Default-domain opset of the model (0 if it imports none).

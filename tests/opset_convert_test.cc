@@ -511,6 +511,54 @@ TEST(OpsetConvert, BatchNormalization) {
   EXPECT_EQ(m5.graph().node(0).output_size(), 1);
 }
 
+TEST(OpsetConvert, Opset6BroadcastAttributesBecomeNumpyBroadcasting) {
+  // Add-6 with broadcast=1, axis=1: b[3] aligned to x's dimension 1 ("bias per channel",
+  // what early PyTorch exports wrote). At 7+ numpy aligns trailing dimensions, so b must
+  // become [3,1,1]. Expected values computed here: ORT has no Add-6 kernel.
+  auto add = Node("Add", {"x", "b"}, {"y"});
+  AttrI(&add, "broadcast", 1);
+  AttrI(&add, "axis", 1);
+  auto m = Model(6, {add}, {{"x", 1, {2, 3, 4, 5}}}, {{"y"}}, {FloatInit("b", {3}, {10, 20, 30})});
+  OrtTensor x{"x", {2, 3, 4, 5}, 1, {}, {}};
+  for (int k = 0; k < 120; ++k) x.f.push_back(0.25f * k);
+  for (int target : {7, 12, 13, 21}) {
+    SCOPED_TRACE(target);
+    onnx::ModelProto c = m;
+    EXPECT_TRUE(UnconvertibleOps(c, target).empty()) << ::testing::PrintToString(UnconvertibleOps(c, target));
+    ASSERT_TRUE(ConvertOpset(&c, target).ok());
+    EXPECT_FALSE(HasDefaultNodeAttr(c.graph(), "Add", "broadcast"));
+    EXPECT_FALSE(HasDefaultNodeAttr(c.graph(), "Add", "axis"));
+    auto got = RunModel(c, {x}, "add6");
+    ASSERT_TRUE(got.ok()) << got.status() << "\n" << c.graph().DebugString();
+    ASSERT_EQ((*got)[0].f.size(), 120u);
+    for (int k = 0; k < 120; ++k) EXPECT_EQ((*got)[0].f[k], 0.25f * k + 10.0f * (1 + (k / 20) % 3)) << k;
+  }
+  // Already trailing (axis = rank difference) or no axis: the attributes just go.
+  auto mul = Node("Mul", {"x", "s"}, {"y"});
+  AttrI(&mul, "broadcast", 1);
+  auto m2 = Model(6, {mul}, {{"x", 1, {2, 3}}}, {{"y"}}, {FloatInit("s", {3}, {1, 2, 3})});
+  ASSERT_TRUE(ConvertOpset(&m2, 13).ok());
+  EXPECT_EQ(m2.graph().node_size(), 1);
+  EXPECT_FALSE(HasDefaultNodeAttr(m2.graph(), "Mul", "broadcast"));
+  // Gemm-6's broadcast and BatchNormalization-6's is_test are dropped.
+  auto gemm = Node("Gemm", {"a", "w", "c"}, {"y"});
+  AttrI(&gemm, "broadcast", 1);
+  auto m3 = Model(6, {gemm}, {{"a", 1, {2, 3}}}, {{"y"}},
+                  {FloatInit("w", {3, 2}, {1, 0, 0, 1, 1, 1}), FloatInit("c", {2}, {5, 7})});
+  ASSERT_TRUE(ConvertOpset(&m3, 13).ok());
+  EXPECT_FALSE(HasDefaultNodeAttr(m3.graph(), "Gemm", "broadcast"));
+  OrtTensor a{"a", {2, 3}, 1, {1, 2, 3, 4, 5, 6}, {}};
+  auto gy = RunModel(m3, {a}, "gemm6");
+  ASSERT_TRUE(gy.ok()) << gy.status();
+  EXPECT_EQ((*gy)[0].f, (std::vector<float>{1 + 3 + 5, 2 + 3 + 7, 4 + 6 + 5, 5 + 6 + 7}));
+  // An axis broadcast on an input of unknown rank cannot be carried: named, not guessed.
+  auto m4 = Model(6, {add}, {{"x", 1, {}, /*no_shape=*/true}}, {{"y"}}, {FloatInit("b", {3}, {1, 2, 3})});
+  auto problems = UnconvertibleOps(m4, 13);
+  ASSERT_EQ(problems.size(), 1u);
+  EXPECT_NE(problems[0].find("unknown rank"), std::string::npos) << problems[0];
+  EXPECT_EQ(ConvertOpset(&m4, 13).code(), absl::StatusCode::kUnimplemented);
+}
+
 TEST(OpsetConvert, ScatterToScatterElements) {
   auto n = Node("Scatter", {"x", "idx", "upd"}, {"y"});
   AttrI(&n, "axis", 1);
