@@ -10,6 +10,7 @@
 # environment: -e SQ_TOKEN=...
 #
 # Works with the classic builder too (DOCKER_BUILDKIT=0): no BuildKit-only syntax.
+# scripts/docker_smoke.sh builds, runs and checks it end to end (docs/deploy.md, "Image").
 # Both stages use Debian bookworm, so the runtime libraries are exactly the ones the
 # binaries were linked against.
 
