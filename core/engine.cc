@@ -18,6 +18,7 @@
 #include "core/plan.h"
 #include "core/transform_stage.h"
 #include "core/verify/verify.h"
+#include "core/unstack.h"
 #include "core/validate.h"
 #include "core/weight_transform.h"
 
@@ -222,6 +223,11 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
 
   // --- discovery ----------------------------------------------------------------------
   progress("discover");
+  SQ_ASSIGN_OR_RETURN(std::vector<UnstackedWeight> unstacked, UnstackBatchedMatMuls(model.get(), options));
+  for (const UnstackedWeight& u : unstacked) {
+    report.batched_weights_unstacked.push_back(
+        absl::StrCat(u.weight, " (", u.node, "): ", u.matrices, " matrices"));
+  }
   SQ_ASSIGN_OR_RETURN(std::vector<WeightGroup> groups, DiscoverLayers(&proto, options));
   report.layers_found = static_cast<int>(groups.size());
   GraphEditor editor(&proto);
@@ -285,6 +291,7 @@ absl::StatusOr<ModelInfo> InspectModelFile(const std::string& input_path) {
   info.uses_external_data = model->uses_external_data();
   info.unsupported_ops = UnconvertibleOps(proto, std::max(21, info.opset));
   QuantizeOptions defaults;
+  SQ_RETURN_IF_ERROR(UnstackBatchedMatMuls(model.get(), defaults).status());  // as quantize does
   SQ_ASSIGN_OR_RETURN(std::vector<WeightGroup> groups, DiscoverLayers(&proto, defaults));
   std::map<int, int64_t> quantized_bytes;
   int64_t weight_bytes = 0;

@@ -1002,6 +1002,10 @@ std::vector<std::string> NodeProblems(const ModelProto& model, int target,
 
 }  // namespace
 
+std::unordered_map<std::string, int> ValueRanks(const onnx::ModelProto& model) {
+  return AnalyzeModel(model).rank;
+}
+
 int DefaultDomainOpset(const onnx::ModelProto& model) {
   for (const auto& op : model.opset_import()) {
     if (IsDefaultDomain(op.domain())) return static_cast<int>(op.version());

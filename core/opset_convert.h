@@ -18,6 +18,7 @@
 #define SQ_CORE_OPSET_CONVERT_H_
 
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -30,6 +31,10 @@ inline constexpr int kMaxSupportedOpset = 25;
 
 // Default-domain opset of the model (0 if it imports none).
 int DefaultDomainOpset(const onnx::ModelProto& model);
+
+// The rank of every value whose rank the model declares or ONNX shape inference (on a copy
+// without weight payloads) finds, in the main graph and its subgraphs.
+std::unordered_map<std::string, int> ValueRanks(const onnx::ModelProto& model);
 
 absl::Status ConvertOpset(onnx::ModelProto* model, int target_opset);
 

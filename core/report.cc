@@ -166,6 +166,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"model_weight_elements", r.model_weight_elements},
                       {"warnings", r.warnings},
                       {"initializer_inputs_promoted", r.initializer_inputs_promoted},
+                      {"batched_weights_unstacked", r.batched_weights_unstacked},
                       {"verification", verification},
                       {"layers", layers}};
   if (r.options.bpw_budget > 0) {
@@ -246,6 +247,10 @@ std::string ReportSummary(const ModelReport& r) {
     absl::StrAppend(&out, "  ", r.initializer_inputs_promoted.size(),
                     " initializer(s) listed as graph inputs (IR < 4) became weights and left the "
                     "inputs\n");
+  }
+  if (!r.batched_weights_unstacked.empty()) {
+    absl::StrAppend(&out, "  ", r.batched_weights_unstacked.size(),
+                    " batched MatMul weight(s) became one 2-D layer per matrix\n");
   }
   for (const auto& w : r.warnings) absl::StrAppend(&out, "  warning: ", w, "\n");
   absl::StrAppend(&out, absl::StrFormat("  %-40s %-13s %-16s %5s %9s %9s  %s\n", "layer", "op",

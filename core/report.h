@@ -130,6 +130,9 @@ struct ModelReport {
   std::vector<std::string> warnings;
   // Initializers that were also graph inputs (IR < 4 models) and became weights.
   std::vector<std::string> initializer_inputs_promoted;
+  // Batched MatMul weights ([1.., B, K, N]) unstacked into B 2-D layers (core/unstack.h):
+  // "<weight> (<node>): <B> matrices".
+  std::vector<std::string> batched_weights_unstacked;
   std::vector<LayerReport> layers;
   // --bpw-budget only: every layer's sensitivity, most sensitive first (what the budget
   // achieved is quantized_bits_per_weight: the engine holds each layer to its count).
