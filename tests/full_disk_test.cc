@@ -13,11 +13,10 @@
 #include <filesystem>
 #include <fstream>
 #include <cstring>
-#include <random>
 
 #include "client/lib/client.h"
 #include "gtest/gtest.h"
-#include "onnx/onnx_pb.h"
+#include "tests/support/model_builder.h"
 #include "server/server.h"
 
 namespace sq::server {
@@ -26,40 +25,7 @@ namespace fs = std::filesystem;
 
 // x[1,n] -> MatMul(W[n,n]) -> y: n*n*4 bytes of weights.
 std::string WriteModel(const fs::path& path, int n, uint32_t seed) {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(13);
-  auto* g = m.mutable_graph();
-  g->set_name("m");
-  auto value = [n](onnx::ValueInfoProto* v, const char* name) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    t->mutable_shape()->add_dim()->set_dim_value(1);
-    t->mutable_shape()->add_dim()->set_dim_value(n);
-  };
-  value(g->add_input(), "x");
-  value(g->add_output(), "y");
-  auto* w = g->add_initializer();
-  w->set_name("w");
-  w->set_data_type(onnx::TensorProto::FLOAT);
-  w->add_dims(n);
-  w->add_dims(n);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  std::string raw(static_cast<size_t>(n) * n * 4, '\0');
-  for (size_t i = 0; i < raw.size() / 4; ++i) {
-    float v = normal(rng);
-    std::memcpy(&raw[i * 4], &v, 4);
-  }
-  w->set_raw_data(raw);
-  auto* node = g->add_node();
-  node->set_op_type("MatMul");
-  node->add_input("x");
-  node->add_input("w");
-  node->add_output("y");
-  std::ofstream f(path, std::ios::binary);
-  m.SerializeToOstream(&f);
+  EXPECT_TRUE(::sq::testing::WriteMatMulChain(path.string(), 1, n, seed).ok());
   return path.string();
 }
 

@@ -7,11 +7,10 @@
 
 #include <filesystem>
 #include <fstream>
-#include <random>
 
 #include "client/lib/client.h"
 #include "gtest/gtest.h"
-#include "onnx/onnx_pb.h"
+#include "tests/support/model_builder.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
 #include "server/server.h"
@@ -39,36 +38,7 @@ TEST(ParseByteSizeTest, AcceptsBinarySuffixesAndRejectsGarbage) {
 
 // x[1,16] -> MatMul(W) -> y: `seed` makes different models (different ids).
 std::string WriteModel(const fs::path& path, uint32_t seed) {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  auto* opset = m.add_opset_import();
-  opset->set_version(13);
-  auto* g = m.mutable_graph();
-  g->set_name("m");
-  auto value = [](onnx::ValueInfoProto* v, const char* name) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    t->mutable_shape()->add_dim()->set_dim_value(1);
-    t->mutable_shape()->add_dim()->set_dim_value(16);
-  };
-  value(g->add_input(), "x");
-  value(g->add_output(), "y");
-  auto* w = g->add_initializer();
-  w->set_name("w");
-  w->set_data_type(onnx::TensorProto::FLOAT);
-  w->add_dims(16);
-  w->add_dims(16);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  for (int i = 0; i < 256; ++i) w->add_float_data(normal(rng));
-  auto* n = g->add_node();
-  n->set_op_type("MatMul");
-  n->add_input("x");
-  n->add_input("w");
-  n->add_output("y");
-  std::ofstream f(path, std::ios::binary);
-  m.SerializeToOstream(&f);
+  EXPECT_TRUE(::sq::testing::WriteMatMulChain(path.string(), 1, 16, seed).ok());
   return path.string();
 }
 

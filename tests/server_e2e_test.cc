@@ -15,6 +15,7 @@
 #include "grpc/reflection/v1/reflection.grpc.pb.h"
 #include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
+#include "tests/support/model_builder.h"
 #include "onnx/onnx_pb.h"
 #include "server/artifact_store.h"
 #include "client/lib/client.h"
@@ -33,49 +34,9 @@ namespace fs = std::filesystem;
 using client::SqClient;
 using testing::FakeEngine;
 
-// x[1,dim] -> MatMul(W0) -> MatMul(W1) ... -> y[1,dim]
+// x[1,dim] -> MatMul(W0) -> MatMul(W1) ... -> y[1,dim] (tests/support/model_builder.h).
 void WriteTinyModel(const std::string& path, int layers = 2, int dim = 64, uint32_t seed = 1) {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.set_producer_name("sq_server_e2e_test");
-  auto* opset = m.add_opset_import();
-  opset->set_domain("");
-  opset->set_version(13);
-  auto* g = m.mutable_graph();
-  g->set_name("tiny");
-  auto add_value = [&](onnx::ValueInfoProto* v, const std::string& name) {
-    v->set_name(name);
-    auto* t = v->mutable_type()->mutable_tensor_type();
-    t->set_elem_type(onnx::TensorProto::FLOAT);
-    t->mutable_shape()->add_dim()->set_dim_value(1);
-    t->mutable_shape()->add_dim()->set_dim_value(dim);
-  };
-  add_value(g->add_input(), "x");
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  std::string prev = "x";
-  for (int l = 0; l < layers; ++l) {
-    auto* w = g->add_initializer();
-    w->set_name("w" + std::to_string(l));
-    w->set_data_type(onnx::TensorProto::FLOAT);
-    w->add_dims(dim);
-    w->add_dims(dim);
-    for (int i = 0; i < dim * dim; ++i) {
-      // A few outliers: the distribution SplitQuant is for.
-      w->add_float_data(i % 97 == 0 ? 1.5f : normal(rng));
-    }
-    auto* n = g->add_node();
-    n->set_op_type("MatMul");
-    n->set_name("mm" + std::to_string(l));
-    n->add_input(prev);
-    n->add_input(w->name());
-    std::string out = l + 1 == layers ? "y" : "h" + std::to_string(l);
-    n->add_output(out);
-    prev = out;
-  }
-  add_value(g->add_output(), "y");
-  std::ofstream f(path, std::ios::binary);
-  ASSERT_TRUE(m.SerializeToOstream(&f));
+  ASSERT_TRUE(::sq::testing::WriteMatMulChain(path, layers, dim, seed).ok());
 }
 
 size_t CountEntries(const fs::path& dir) {
@@ -282,9 +243,13 @@ TEST_F(ServerE2ETest, ExternalDataFilesTravelWithTheModel) {
   std::ofstream data(dir_ / "tiny.weights", std::ios::binary);
   int64_t offset = 0;
   for (auto& t : *m.mutable_graph()->mutable_initializer()) {
-    std::string bytes(reinterpret_cast<const char*>(t.float_data().data()), t.float_data_size() * 4);
+    std::string bytes = t.raw_data().empty()
+                            ? std::string(reinterpret_cast<const char*>(t.float_data().data()),
+                                          t.float_data_size() * 4)
+                            : t.raw_data();
     data.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     t.clear_float_data();
+    t.clear_raw_data();
     t.set_data_location(onnx::TensorProto::EXTERNAL);
     auto add = [&](const char* k, const std::string& v) {
       auto* e = t.add_external_data();

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 
@@ -178,6 +179,26 @@ std::string MakeTempDir(const std::string& prefix) {
   buf.push_back('\0');
   char* dir = mkdtemp(buf.data());
   return dir ? std::string(dir) : std::string();
+}
+
+absl::Status WriteMatMulChain(const std::string& path, int layers, int dim, uint32_t seed) {
+  onnx::ModelProto m = NewModel(13);
+  m.set_producer_name("sq_tests");
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {1, dim});
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  std::string prev = "x";
+  for (int l = 0; l < layers; ++l) {
+    std::vector<float> w(static_cast<size_t>(dim) * dim);
+    for (size_t i = 0; i < w.size(); ++i) w[i] = i % 97 == 0 ? 1.5f : normal(rng);
+    const std::string name = g.Initializer("w" + std::to_string(l), {dim, dim}, w);
+    const std::string out = l + 1 == layers ? "y" : "h" + std::to_string(l);
+    g.Node("MatMul", {prev, name}, {out}, "mm" + std::to_string(l));
+    prev = out;
+  }
+  g.Output("y");
+  return SaveModel(m, path);
 }
 
 }  // namespace sq::testing

@@ -47,6 +47,10 @@ onnx::ModelProto NewModel(int opset = 17, int64_t ir_version = 8);
 std::vector<float> TestWeights(int64_t n, uint64_t seed, float scale = 0.1f);
 
 absl::Status SaveModel(const onnx::ModelProto& model, const std::string& path);
+// The service tests' model: x[1,dim] -> MatMul(w0) -> ... -> MatMul(w<layers-1>) -> y[1,dim]
+// (nodes mm0.., opset 13), weights N(0, 0.1) from `seed` with every 97th at 1.5 — the
+// outliers SplitQuant is for. Different seeds give different models (different ids).
+absl::Status WriteMatMulChain(const std::string& path, int layers = 2, int dim = 64, uint32_t seed = 1);
 // Moves every initializer of at least `min_bytes` (main graph) to `location` next to the
 // model (offsets aligned to 64), then saves.
 absl::Status SaveModelWithExternalData(onnx::ModelProto model, const std::string& path,
