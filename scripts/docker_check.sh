@@ -339,11 +339,13 @@ if [[ -f server/metrics.cc ]]; then
   cat >"$tmp/metrics.py" <<'PY'
 import re, sys
 registered = set(re.findall(r'\.Name\("([a-z_:]+)"\)', open("server/metrics.cc").read()))
+# Families built at scrape time (server/process_metrics.cc) name themselves directly.
+registered |= set(re.findall(r'\.name = "([a-z_:]+)"', open("server/process_metrics.cc").read()))
 used = {}
 import glob
 for f in ["deploy/grafana/dashboards/sq.json", "deploy/prometheus/alerts.yml"] + sorted(
         glob.glob("deploy/k8s/autoscaling/*.yaml")):
-    for m in re.findall(r'\b(sq_[a-z0-9_]+)', open(f).read()):
+    for m in re.findall(r'\b((?:sq|grpc_server)_[a-z0-9_]+)', open(f).read()):
         used.setdefault(re.sub(r'_(bucket|sum|count)$', '', m), f)
 # Names prometheus-adapter serves (derived from sq's metrics, never scraped themselves).
 import yaml
@@ -351,7 +353,7 @@ values = yaml.safe_load(open("deploy/k8s/autoscaling/prometheus-adapter-values.y
 registered |= {r["name"]["as"] for r in values["rules"]["custom"]}
 missing = sorted(m for m in used if m not in registered and re.sub(r'_(bucket|sum|count)$', '', m) not in registered)
 for m in missing:
-    print(f"{used[m]} uses {m}, not registered in server/metrics.cc")
+    print(f"{used[m]} uses {m}, not registered in server/metrics.cc or process_metrics.cc")
 sys.exit(1 if missing else 0)
 PY
   run "dashboard, alerts and autoscaling use only metrics registered in server/metrics.cc" python3 "$tmp/metrics.py"

@@ -32,6 +32,10 @@ M = {
     "ratio": "sq_compression_ratio",  # histogram
     "sqnr": "sq_layer_sqnr_decibels",  # histogram, label: method = split | plain
     "build_info": "sq_build_info",  # label: version
+    "rpcs": "grpc_server_handled_total",  # labels: grpc_service, grpc_method, grpc_code
+    "rpc_seconds": "grpc_server_handling_seconds",  # histogram, labels: grpc_service, grpc_method
+    "volume": "sq_artifact_volume_bytes",  # label: kind = used | free | total
+    "removed": "sq_removed_bytes_total",  # labels: kind = job | model, reason = retention | request
 }
 # Not exported by sq-server itself (yet): resident memory under the standard
 # process-collector name, and container / volume metrics from the kubelet (cAdvisor).
@@ -263,6 +267,35 @@ def build():
         ), unit="bytes", desc="Used and total bytes of the artifact volume (--artifact_dir), from "
         "the kubelet's volume stats (Kubernetes). UploadModel and jobs fail with "
         "RESOURCE_EXHAUSTED when it is full."), 12, 8)
+
+    L.add(timeseries(
+        "Artifact directory (as the server sees it) and what retention frees", targets(
+            (f'sum by (instance) ({M["volume"]}{{{SEL}, kind="used"}})', "{{instance}} used"),
+            (f'sum by (instance) ({M["volume"]}{{{SEL}, kind="free"}})', "{{instance}} free"),
+            (f'sum by (reason, kind) (increase({M["removed"]}{{{SEL}}}[$__interval]))', "removed: {{kind}} ({{reason}})"),
+        ), unit="bytes", desc="statvfs of --artifact_dir read at scrape time (any deployment), "
+        "and bytes removed by the retention sweeper (--retention_age / --retention_bytes) or by "
+        "DeleteJob / DeleteModel."), 12, 8)
+
+    # --- RPCs -----------------------------------------------------------------------------
+    L.row("RPCs")
+    L.add(timeseries(
+        "RPCs by method", targets(
+            (f'sum by (grpc_method) (rate({M["rpcs"]}{{{SEL}}}[{RI}]))', "{{grpc_method}}"),
+        ), unit="reqps", stack=True, desc="Completed RPCs per second (grpc_server_handled_total)."), 8, 8)
+    L.add(timeseries(
+        "RPC errors by method and code", targets(
+            (f'sum by (grpc_method, grpc_code) (rate({M["rpcs"]}{{{SEL}, grpc_code!="OK"}}[{RI}]))',
+             "{{grpc_method}} {{grpc_code}}"),
+        ), unit="reqps", desc="Non-OK statuses: RESOURCE_EXHAUSTED is a full queue or volume, "
+        "UNAUTHENTICATED a bad token, NOT_FOUND an unknown id."), 8, 8)
+    L.add(timeseries(
+        "Unary RPC latency p99", targets(
+            (f'histogram_quantile(0.99, sum by (le, grpc_method) (rate({M["rpc_seconds"]}_bucket'
+             f'{{{SEL}, grpc_method!~"WatchJob|DownloadArtifact|UploadModel|ServerReflectionInfo"}}[{RI}])))',
+             "{{grpc_method}}"),
+        ), unit="s", desc="Control calls must not wait behind job work; streams are left out "
+        "(they last as long as the job or the transfer)."), 8, 8)
 
     # --- transfers ------------------------------------------------------------------------
     L.row("Transfers")
