@@ -216,7 +216,7 @@ TEST_F(RetentionTest, SizeCapRemovesOldestFirstUntilUnderTheCap) {
 TEST_F(RetentionTest, ServerSweepsInTheBackgroundAndCountsWhatItRemoved) {
   auto registry = std::make_shared<prometheus::Registry>();
   ServerOptions o = Options();
-  o.retention = RetentionPolicy{absl::Milliseconds(200), 0, absl::Milliseconds(50)};
+  o.retention = RetentionPolicy{absl::Seconds(1), 0, absl::Milliseconds(50)};
   auto server = Start(o, std::make_shared<FakeEngine>(), registry);
   auto c = Connect(*server);
   v1::Job job = RunToEnd(*c, Upload(*c, 1));
