@@ -547,11 +547,34 @@ int RunList(SqClient& c, const Args& a) {
   return kExitRemoteOk;
 }
 
+int RunModels(SqClient& c, const Args& a) {
+  if (int rc = NeedPositional(a, 0, "no arguments: sqctl models"); rc >= 0) return rc;
+  int64_t limit = 0;
+  if (a.Has("limit") && (!absl::SimpleAtoi(a.Get("limit"), &limit) || limit < 1)) {
+    return Usage("--limit wants a positive count, got '" + a.Get("limit") + "'");
+  }
+  auto models = c.ListModels(static_cast<int>(limit));
+  if (!models.ok()) return Fail(models.status());
+  if (a.Has("json")) {
+    v1::ListModelsResponse r;
+    for (const auto& m : *models) *r.add_models() = m;
+    std::printf("%s\n", ToJson(r).c_str());
+    return kExitRemoteOk;
+  }
+  std::printf("%-64s  %10s  %-20s  %s\n", "MODEL", "MB", "LAST USED", "FILE");
+  for (const auto& m : *models) {
+    std::string used = google::protobuf::util::TimeUtil::ToString(m.last_use_time()).substr(0, 19);
+    std::printf("%-64s  %10.1f  %-20s  %s\n", m.model_id().c_str(), m.size_bytes() / 1e6, used.c_str(),
+                m.files_size() > 0 ? m.files(0).name().c_str() : "");
+  }
+  return kExitRemoteOk;
+}
+
 }  // namespace
 
 bool IsRemoteCommand(const std::string& command) {
   static const std::set<std::string> kCommands{"submit", "status", "watch", "list", "cancel", "delete",
-                                               "delete-model", "download", "report", "inspect", "health"};
+                                               "models", "delete-model", "download", "report", "inspect", "health"};
   return kCommands.count(command) > 0;
 }
 
@@ -568,6 +591,7 @@ std::string RemoteUsage() {
   list                              all jobs, newest first
   cancel JOB                        stop a queued or running job
   delete JOB                        remove a finished job and its artifacts
+  models [--limit N]                stored models: id, size, last use, file
   delete-model MODEL_ID             remove an uploaded model (finished jobs keep their output)
   download JOB -o FILE              fetch the output (resumes from FILE.partial)
   report JOB [--json]               the per-layer report
@@ -597,6 +621,10 @@ std::string RemoteCommandHelp(const std::string& command) {
        "filters, --limit N stops after N.\n"},
       {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
       {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
+      {"models",
+       "usage: sqctl models [--limit N] [--json]\n\nThe stored models you may use (under per-tenant "
+       "tokens: those you uploaded),\nby id: size, last use (retention counts a model's age from it), "
+       "main file.\n"},
       {"delete-model",
        "usage: sqctl delete-model MODEL_ID [--json]\n\nRemoves an uploaded model (the id submit and "
        "inspect print). Refused while a\nqueued or running job of yours uses it; finished jobs keep "
@@ -645,6 +673,7 @@ int RunRemoteCommand(const std::string& command, const std::vector<std::string>&
   if (command == "submit") return RunSubmit(c, a);
   if (command == "inspect") return RunInspect(c, a);
   if (command == "list") return RunList(c, a);
+  if (command == "models") return RunModels(c, a);
   if (command == "health") {
     auto serving = c.Health();
     if (!serving.ok()) return Fail(serving.status());

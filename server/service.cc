@@ -11,12 +11,14 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "core/utf8.h"
 #include "google/protobuf/util/json_util.h"
+#include "google/protobuf/util/time_util.h"
 #include "server/convert.h"
 
 namespace sq::server {
@@ -590,6 +592,54 @@ grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* cont
     return reactor;
   }
   reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* SqService::ListModels(grpc::CallbackServerContext* context,
+                                                const v1::ListModelsRequest* request,
+                                                v1::ListModelsResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  std::string tenant;
+  if (Status st = auth_.Authenticate(*context, &tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  // Ids are immutable and listed in order: a token names the last id returned.
+  std::string after;
+  if (!request->page_token().empty()) {
+    std::string raw;
+    if (!absl::WebSafeBase64Unescape(request->page_token(), &raw) || !absl::StartsWith(raw, "m1:") ||
+        !IsValidModelId(raw.substr(3))) {
+      reactor->Finish(Status(StatusCode::INVALID_ARGUMENT, "page_token is not one this server gave"));
+      return reactor;
+    }
+    after = raw.substr(3);
+  }
+  const int page = request->page_size() <= 0 ? 100 : std::min(request->page_size(), 1000);
+  for (const std::string& id : store_->ListModelIds()) {  // sorted
+    if (id <= after || (!tenant.empty() && !store_->HasModelOwner(id, tenant))) continue;
+    auto files = store_->GetModelFiles(id);
+    auto used = store_->ModelLastUsed(id);
+    if (!files.ok() || !used.ok()) continue;  // removed meanwhile
+    if (response->models_size() == page) {
+      const std::string& last = response->models(page - 1).model_id();
+      std::string token;
+      absl::WebSafeBase64Escape(absl::StrCat("m1:", last), &token);
+      response->set_next_page_token(token);
+      break;
+    }
+    v1::Model* m = response->add_models();
+    m->set_model_id(id);
+    for (const StoredFile& f : *files) {
+      v1::FileInfo* w = m->add_files();
+      w->set_name(ToValidUtf8(f.name));
+      w->set_size(f.size);
+      w->set_sha256(f.sha256);
+    }
+    m->set_size_bytes(store_->ModelBytes(id));
+    *m->mutable_last_use_time() = google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(*used));
+  }
+  reactor->Finish(Status::OK);
   return reactor;
 }
 

@@ -5,10 +5,13 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <set>
 #include <fstream>
 
 #include "client/lib/client.h"
+#include "grpcpp/create_channel.h"
 #include "gtest/gtest.h"
 #include "tests/support/model_builder.h"
 #include "prometheus/registry.h"
@@ -262,6 +265,40 @@ TEST_F(RetentionTest, DeleteModelRefusesWhileAJobUsesItAndKeepsFinishedArtifacts
   const std::string text = prometheus::TextSerializer().Serialize(registry->Collect());
   EXPECT_NE(text.find("sq_removed_total{kind=\"model\",reason=\"request\"} 1"), std::string::npos) << text;
   EXPECT_NE(text.find("sq_removed_total{kind=\"job\",reason=\"request\"} 1"), std::string::npos);
+}
+
+TEST_F(RetentionTest, ListModelsPagesByIdAndShowsEachTenantItsOwn) {
+  ServerOptions o = Options();
+  o.tenants = {{"alice", "alice-token-0123456789"}, {"bob", "bob-token-0123456789abc"}};
+  auto server = Start(o, std::make_shared<FakeEngine>());
+  auto alice = Connect(*server, "alice-token-0123456789");
+  auto bob = Connect(*server, "bob-token-0123456789abc");
+  std::set<std::string> mine;
+  for (uint32_t seed = 1; seed <= 5; ++seed) mine.insert(Upload(*alice, seed));
+  const std::string bobs = Upload(*bob, 9);
+  // Pages of two: every model once, in id order, none of bob's.
+  auto listed = alice->ListModels(/*limit=*/0, /*page_size=*/2);
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  std::vector<std::string> ids;
+  for (const auto& m : *listed) {
+    ids.push_back(m.model_id());
+    EXPECT_EQ(m.files_size(), 1);
+    EXPECT_GT(m.size_bytes(), 1000);
+    EXPECT_NEAR(absl::ToDoubleSeconds(absl::Now() - absl::FromUnixSeconds(m.last_use_time().seconds())), 0, 60);
+  }
+  EXPECT_EQ(std::set<std::string>(ids.begin(), ids.end()), mine);
+  EXPECT_TRUE(std::is_sorted(ids.begin(), ids.end()));
+  EXPECT_EQ(bob->ListModels()->size(), 1u);
+  EXPECT_EQ((*bob->ListModels())[0].model_id(), bobs);
+  EXPECT_EQ(alice->ListModels(/*limit=*/3)->size(), 3u);
+  // A forged token is refused.
+  grpc::ClientContext ctx;
+  ctx.AddMetadata("authorization", "Bearer alice-token-0123456789");
+  v1::ListModelsRequest req;
+  req.set_page_token("bm90LWEtdG9rZW4");
+  v1::ListModelsResponse resp;
+  auto stub = v1::SqService::NewStub(grpc::CreateChannel(server->address(), grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(stub->ListModels(&ctx, req, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 TEST_F(RetentionTest, UnderTenantsDeleteModelRemovesAccessThenTheFiles) {

@@ -131,6 +131,13 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
 
   // The uploaded model can be removed; the finished job keeps its artifact.
   const std::string model_id = list["jobs"][0]["model_id"];
+  ASSERT_EQ(Sqctl("models --json", &out), kExitOk) << out;
+  nlohmann::json models = nlohmann::json::parse(out)["models"];
+  ASSERT_EQ(models.size(), 1u) << out;
+  EXPECT_EQ(models[0]["model_id"], model_id);
+  EXPECT_EQ(models[0]["files"][0]["name"], "m.onnx");
+  ASSERT_EQ(Sqctl("models", &out), kExitOk) << out;
+  EXPECT_THAT(out, HasSubstr(model_id));
   ASSERT_EQ(Sqctl("delete-model " + model_id + " --json", &out), kExitOk) << out;
   EXPECT_EQ(nlohmann::json::parse(out)["deleted_model"], model_id);
   EXPECT_EQ(Sqctl("delete-model " + model_id, &out), kExitNotFound) << out;
@@ -193,7 +200,7 @@ int RunLine(const std::string& cmd, std::string* out) {
 TEST(SqctlHelpTest, EveryCommandHasItsOwnHelpAndVersionSpeaksJson) {
   const std::string sqctl = absl::StrCat(SQ_BINARY_DIR, "/client/sqctl");
   std::string out;
-  for (const char* command : {"submit", "status", "watch", "list", "cancel", "delete", "delete-model",
+  for (const char* command : {"submit", "status", "watch", "list", "cancel", "delete", "models", "delete-model",
                               "download", "report", "inspect", "health"}) {
     // Works without a server and whatever else is on the line.
     ASSERT_EQ(RunLine(absl::StrCat(sqctl, " ", command, " --help --bits 99"), &out), 0) << command;

@@ -261,6 +261,25 @@ absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job_id) {
   return std::move(*response.mutable_job());
 }
 
+absl::StatusOr<std::vector<v1::Model>> SqClient::ListModels(int limit, int page_size) {
+  std::vector<v1::Model> models;
+  v1::ListModelsRequest request;
+  request.set_page_size(page_size);
+  do {
+    grpc::ClientContext context;
+    Prepare(&context, options_.unary_timeout);
+    v1::ListModelsResponse response;
+    absl::Status st = FromGrpc(stub_->ListModels(&context, request, &response));
+    if (!st.ok()) return st;
+    for (v1::Model& m : *response.mutable_models()) {
+      if (limit > 0 && static_cast<int>(models.size()) >= limit) return models;
+      models.push_back(std::move(m));
+    }
+    request.set_page_token(response.next_page_token());
+  } while (!request.page_token().empty() && (limit <= 0 || static_cast<int>(models.size()) < limit));
+  return models;
+}
+
 absl::Status SqClient::DeleteModel(const std::string& model_id) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);

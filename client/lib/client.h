@@ -75,6 +75,8 @@ class SqClient {
                                             int limit = 0, int page_size = 0);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
   absl::Status Delete(const std::string& job_id);
+  // Stored models the token may use, by id, following pages (limit > 0 stops after that many).
+  absl::StatusOr<std::vector<v1::Model>> ListModels(int limit = 0, int page_size = 0);
   // DeleteModel: NOT_FOUND, FAILED_PRECONDITION (a queued or running job uses it).
   absl::Status DeleteModel(const std::string& model_id);
   absl::StatusOr<v1::GetReportResponse> Report(const std::string& job_id);

@@ -10,7 +10,7 @@
 `python3 -m sq_client --help` is the command-line client (the commands of sqctl). The
 sq.v1 stubs are generated at build time (see client/python/README.md).
 """
-from .client import (Client, DownloadResult, FileInfo, Job, JobState, Report, RetryPolicy,
+from .client import (Client, DownloadResult, FileInfo, Job, JobState, Report, RetryPolicy, StoredModel,
                      UploadResult, sha256_of_file)
 from .errors import (Cancelled, DataLoss, DeadlineExceeded, FailedPrecondition, Internal,
                      InvalidArgument, JobFailed, NotFound, OutOfRange, PermissionDenied,
@@ -20,7 +20,7 @@ from .options import QuantizeOptions
 
 __all__ = [
     "Client", "DownloadResult", "FileInfo", "Job", "JobState", "Report", "RetryPolicy",
-    "UploadResult", "sha256_of_file", "LocalFile", "model_files", "QuantizeOptions",
+    "StoredModel", "UploadResult", "sha256_of_file", "LocalFile", "model_files", "QuantizeOptions",
     "SqError", "Cancelled", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "Internal",
     "InvalidArgument", "JobFailed", "NotFound", "OutOfRange", "PermissionDenied",
     "ResourceExhausted", "Unauthenticated", "Unavailable",

@@ -298,6 +298,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=_int_in(1, 1 << 31))
     command("cancel", "stop a queued or running job").add_argument("job", metavar="JOB")
     command("delete", "remove a finished job and its artifacts").add_argument("job", metavar="JOB")
+    command("models", "stored models: id, size, last use, file").add_argument(
+        "--limit", type=_int_in(1, 1 << 31))
     command("delete-model", "remove an uploaded model (finished jobs keep their output)").add_argument(
         "model_id", metavar="MODEL_ID")
     p = command("download", "fetch a succeeded job's output (resumes from FILE.partial, "
@@ -352,6 +354,22 @@ def run_list(c: Client, a: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_models(c: Client, a: argparse.Namespace) -> int:
+    models = c.list_models(limit=a.limit or 0)
+    if a.json:
+        print(json.dumps({"models": [
+            {"model_id": m.model_id, "size_bytes": m.size_bytes,
+             "last_use_time": m.last_use_time.isoformat() if m.last_use_time else None,
+             "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files]}
+            for m in models]}, indent=2))
+        return EXIT_OK
+    print(f"{'MODEL':<64}  {'MB':>10}  {'LAST USED':<20}  FILE")
+    for m in models:
+        used = m.last_use_time.strftime("%Y-%m-%dT%H:%M:%S") if m.last_use_time else ""
+        print(f"{m.model_id:<64}  {m.size_bytes / 1e6:>10.1f}  {used:<20}  {m.files[0].name if m.files else ''}")
+    return EXIT_OK
+
+
 def run_inspect(c: Client, a: argparse.Namespace) -> int:
     up = c.upload(a.model, progress=bar("upload", a.json or a.quiet))
     info = c.inspect(up.model_id)
@@ -381,6 +399,8 @@ def run(a: argparse.Namespace) -> int:
             return run_submit(c, a)
         if cmd == "list":
             return run_list(c, a)
+        if cmd == "models":
+            return run_models(c, a)
         if cmd == "inspect":
             return run_inspect(c, a)
         if cmd == "health":

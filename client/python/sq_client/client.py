@@ -125,6 +125,22 @@ class UploadResult:
 
 
 @dataclass(frozen=True)
+class StoredModel:
+    """A model the server holds (ListModels): id, files, bytes stored, last upload or submit
+    (what retention counts its age from)."""
+
+    model_id: str
+    files: Tuple[FileInfo, ...]
+    size_bytes: int
+    last_use_time: Optional[_dt.datetime]
+
+    @classmethod
+    def from_proto(cls, p: Any) -> "StoredModel":
+        used = p.last_use_time.ToDatetime(tzinfo=_dt.timezone.utc) if p.HasField("last_use_time") else None
+        return cls(p.model_id, tuple(FileInfo.from_proto(f) for f in p.files), p.size_bytes, used)
+
+
+@dataclass(frozen=True)
 class DownloadResult:
     """One downloaded artifact: where it is, where the transfer started, what was received."""
 
@@ -514,6 +530,21 @@ class Client:
 
     def delete(self, job_id: str) -> None:
         self._unary("DeleteJob", sq_pb2.DeleteJobRequest(job_id=job_id))
+
+    def list_models(self, limit: int = 0, page_size: int = 0) -> List[StoredModel]:
+        """Stored models this token may use (under per-tenant tokens: those it uploaded), by
+        id, following pages. `limit` > 0 stops after that many."""
+        request = sq_pb2.ListModelsRequest(page_size=page_size)
+        models: List[StoredModel] = []
+        while True:
+            response = self._unary("ListModels", request)
+            for p in response.models:
+                if limit > 0 and len(models) >= limit:
+                    return models
+                models.append(StoredModel.from_proto(p))
+            if not response.next_page_token or (limit > 0 and len(models) >= limit):
+                return models
+            request.page_token = response.next_page_token
 
     def delete_model(self, model_id: str) -> None:
         """Removes an uploaded model; finished jobs keep their artifacts. FailedPrecondition

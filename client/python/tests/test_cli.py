@@ -108,6 +108,9 @@ class CliTest(unittest.TestCase):
         done = json.loads(self.ok("watch", job_id, *self.s, "--json", "--timeout", "10m").stdout)
         self.assertEqual(done["state"], "JOB_STATE_SUCCEEDED")
         model_id = done["model_id"]
+        listed = json.loads(self.ok("models", *self.s, "--json").stdout)["models"]
+        self.assertIn(model_id, [m["model_id"] for m in listed])
+        self.assertIn(model_id, self.ok("models", *self.s).stdout)
         self.assertEqual(json.loads(self.ok("delete-model", model_id, *self.s, "--json").stdout),
                          {"deleted_model": model_id})
         self.assertEqual(sq("delete-model", model_id, *self.s).returncode, 4)

@@ -171,7 +171,13 @@ class ClientTest(unittest.TestCase):
     def test_delete_model_keeps_finished_artifacts(self) -> None:
         model = matmul_chain(self.tmp / "to_delete.onnx", layers=2, width=16, seed=11)
         job = self.client.submit(model, bits=4).wait(timeout=60, check=True)
+        stored = {m.model_id: m for m in self.client.list_models(page_size=1)}
+        self.assertIn(job.model_id, stored)
+        self.assertEqual(stored[job.model_id].files[0].name, "to_delete.onnx")
+        self.assertGreater(stored[job.model_id].size_bytes, 0)
+        self.assertIsNotNone(stored[job.model_id].last_use_time)
         self.client.delete_model(job.model_id)
+        self.assertNotIn(job.model_id, [m.model_id for m in self.client.list_models()])
         with self.assertRaises(NotFound):
             self.client.delete_model(job.model_id)
         with self.assertRaises(NotFound):
