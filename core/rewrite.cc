@@ -328,11 +328,9 @@ absl::StatusOr<StoragePlan> ChooseModelStorage(const QuantizeOptions& options, i
   return plan;
 }
 
-GraphEditor::GraphEditor(onnx::ModelProto* model) : model_(model) {
-  CollectNames(model->graph());
-}
+GraphEditor::GraphEditor(onnx::ModelProto* model) : model_(model), names_(model->graph()) {}
 
-void GraphEditor::CollectNames(const onnx::GraphProto& g) {
+void UniqueNames::Collect(const onnx::GraphProto& g) {
   for (const auto& v : g.input()) names_.insert(v.name());
   for (const auto& v : g.output()) names_.insert(v.name());
   for (const auto& v : g.value_info()) names_.insert(v.name());
@@ -342,18 +340,20 @@ void GraphEditor::CollectNames(const onnx::GraphProto& g) {
     for (const auto& o : n.output()) names_.insert(o);
     for (const auto& i : n.input()) names_.insert(i);
     for (const auto& a : n.attribute()) {
-      if (a.has_g()) CollectNames(a.g());
-      for (const auto& sg : a.graphs()) CollectNames(sg);
+      if (a.has_g()) Collect(a.g());
+      for (const auto& sg : a.graphs()) Collect(sg);
     }
   }
 }
 
-std::string GraphEditor::UniqueName(const std::string& base) {
+std::string UniqueNames::Make(const std::string& base) {
   std::string name = base;
   for (int i = 1; names_.count(name); ++i) name = absl::StrCat(base, "_", i);
   names_.insert(name);
   return name;
 }
+
+std::string GraphEditor::UniqueName(const std::string& base) { return names_.Make(base); }
 
 onnx::TensorProto* GraphEditor::NewInitializer(onnx::GraphProto* g, const std::string& name,
                                                int32_t data_type,

@@ -140,6 +140,19 @@ struct GroupPlan {
 };
 
 // Names and edits collected while planning; applied at the end.
+// Fresh value/node names for a model: every name used anywhere in a graph and its
+// subgraphs (inputs, outputs, value_info, initializers, nodes and their values) is taken;
+// Make(base) returns `base`, or `base_1`, `base_2`, ... and takes it.
+class UniqueNames {
+ public:
+  explicit UniqueNames(const onnx::GraphProto& graph) { Collect(graph); }
+  std::string Make(const std::string& base);
+
+ private:
+  void Collect(const onnx::GraphProto& g);
+  std::set<std::string> names_;
+};
+
 class GraphEditor {
  public:
   explicit GraphEditor(onnx::ModelProto* model);
@@ -160,7 +173,6 @@ class GraphEditor {
  private:
   onnx::TensorProto* NewInitializer(onnx::GraphProto* g, const std::string& name,
                                     int32_t data_type, const std::vector<int64_t>& dims);
-  void CollectNames(const onnx::GraphProto& g);
   // Targets ort-cpu / portable: the compact decode chain (returns the decoded weight's
   // name) and the MatMulNBits replacement of every use.
   std::string PlanCompact(GroupPlan* plan, const QuantizeOptions& options);
@@ -191,7 +203,7 @@ class GraphEditor {
                         const std::string& name_base, std::vector<onnx::NodeProto>* nodes);
 
   onnx::ModelProto* model_;
-  std::set<std::string> names_;
+  UniqueNames names_;
   std::map<onnx::GraphProto*, std::vector<onnx::NodeProto>> front_nodes_;
   std::map<const onnx::NodeProto*, std::vector<onnx::NodeProto>> replacements_;
   std::set<const onnx::TensorProto*> maybe_unused_;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/opset_convert.h"
+#include "core/rewrite.h"
 #include "re2/re2.h"
 
 namespace sq {
@@ -29,34 +30,6 @@ void CountReads(const onnx::GraphProto& g, std::map<std::string, int>* reads) {
   }
   for (const auto& o : g.output()) ++(*reads)[o.name()];
 }
-
-class Namer {
- public:
-  explicit Namer(const onnx::GraphProto& g) { Collect(g); }
-  std::string Unique(const std::string& base) {
-    std::string name = base;
-    for (int k = 1; used_.count(name); ++k) name = absl::StrCat(base, "_", k);
-    used_.insert(name);
-    return name;
-  }
-
- private:
-  void Collect(const onnx::GraphProto& g) {
-    for (const auto& n : g.node()) {
-      used_.insert(n.name());
-      for (const auto& v : n.output()) used_.insert(v);
-      for (const auto& v : n.input()) used_.insert(v);
-      for (const auto& a : n.attribute()) {
-        if (a.has_g()) Collect(a.g());
-        for (const auto& sg : a.graphs()) Collect(sg);
-      }
-    }
-    for (const auto& t : g.initializer()) used_.insert(t.name());
-    for (const auto& v : g.input()) used_.insert(v.name());
-    for (const auto& v : g.output()) used_.insert(v.name());
-  }
-  std::set<std::string> used_;
-};
 
 onnx::TensorProto Int64s(const std::string& name, const std::vector<int64_t>& v) {
   onnx::TensorProto t;
@@ -126,7 +99,7 @@ absl::StatusOr<std::vector<UnstackedWeight>> UnstackBatchedMatMuls(LoadedModel* 
   for (const auto& v : g->input()) graph_inputs.insert(v.name());
   const std::unordered_map<std::string, int> ranks = ValueRanks(proto);
   const int opset = DefaultDomainOpset(proto);
-  Namer namer(*g);
+  UniqueNames namer(*g);
 
   google::protobuf::RepeatedPtrField<onnx::NodeProto> out;
   std::set<std::string> remove_inits;
@@ -158,19 +131,19 @@ absl::StatusOr<std::vector<UnstackedWeight>> UnstackBatchedMatMuls(LoadedModel* 
     if (rx >= 3) {
       onnx::NodeProto split;
       split.set_op_type("Split");
-      split.set_name(namer.Unique(base + "/split"));
+      split.set_name(namer.Make(base + "/split"));
       split.add_input(n.input(0));
       AddIntAttr(&split, "axis", rx - 3);
       const std::vector<int64_t> ones(static_cast<size_t>(b_count), 1);
       if (opset >= 13) {
-        const std::string sizes = namer.Unique(base + "/split_sizes");
+        const std::string sizes = namer.Make(base + "/split_sizes");
         new_inits.push_back(Int64s(sizes, ones));
         split.add_input(sizes);
       } else {
         AddIntsAttr(&split, "split", ones);
       }
       for (int64_t b = 0; b < b_count; ++b) {
-        slices.push_back(namer.Unique(absl::StrCat(base, "/x", b)));
+        slices.push_back(namer.Make(absl::StrCat(base, "/x", b)));
         split.add_output(slices.back());
       }
       added.push_back(std::move(split));
@@ -183,16 +156,16 @@ absl::StatusOr<std::vector<UnstackedWeight>> UnstackBatchedMatMuls(LoadedModel* 
     for (int a = 0; a < out_rank - product_rank; ++a) lift.push_back(a);
     std::string lift_axes;
     if (!lift.empty() && opset >= 13) {
-      lift_axes = namer.Unique(base + "/lift_axes");
+      lift_axes = namer.Make(base + "/lift_axes");
       new_inits.push_back(Int64s(lift_axes, lift));
     }
     onnx::NodeProto concat;
     concat.set_op_type("Concat");
-    concat.set_name(namer.Unique(base + "/concat"));
+    concat.set_name(namer.Make(base + "/concat"));
     AddIntAttr(&concat, "axis", out_rank - 3);
     for (int64_t b = 0; b < b_count; ++b) {
       onnx::TensorProto m;
-      m.set_name(namer.Unique(absl::StrCat(w->name(), "/m", b)));
+      m.set_name(namer.Make(absl::StrCat(w->name(), "/m", b)));
       m.set_data_type(onnx::TensorProto::FLOAT);
       m.add_dims(k);
       m.add_dims(c);
@@ -200,21 +173,21 @@ absl::StatusOr<std::vector<UnstackedWeight>> UnstackBatchedMatMuls(LoadedModel* 
                                  static_cast<size_t>(k * c) * sizeof(float)));
       onnx::NodeProto mm;
       mm.set_op_type("MatMul");
-      mm.set_name(namer.Unique(absl::StrCat(base, "/m", b)));
+      mm.set_name(namer.Make(absl::StrCat(base, "/m", b)));
       mm.add_input(slices[static_cast<size_t>(b)]);
       mm.add_input(m.name());
-      std::string product = namer.Unique(absl::StrCat(base, "/y", b));
+      std::string product = namer.Make(absl::StrCat(base, "/y", b));
       mm.add_output(product);
       added.push_back(std::move(mm));
       new_inits.push_back(std::move(m));
       if (!lift.empty()) {
         onnx::NodeProto u;
         u.set_op_type("Unsqueeze");
-        u.set_name(namer.Unique(absl::StrCat(base, "/lift", b)));
+        u.set_name(namer.Make(absl::StrCat(base, "/lift", b)));
         u.add_input(product);
         if (opset >= 13) u.add_input(lift_axes);
         else AddIntsAttr(&u, "axes", lift);
-        product = namer.Unique(absl::StrCat(base, "/y", b, "_lifted"));
+        product = namer.Make(absl::StrCat(base, "/y", b, "_lifted"));
         u.add_output(product);
         added.push_back(std::move(u));
       }

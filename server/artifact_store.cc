@@ -397,16 +397,11 @@ bool ArtifactStore::HasAnyModelOwner(const std::string& model_id) const {
 
 absl::Status ArtifactStore::DeleteModel(const std::string& model_id) {
   if (!IsValidModelId(model_id)) return absl::NotFoundError("no model " + model_id);
-  std::string suffix = NewJobId().substr(0, 8);
-  std::string dest = absl::StrCat(root_, "/tmp/deleted-model-", model_id.substr(0, 16), "-", suffix);
-  if (::rename(absl::StrCat(root_, "/models/", model_id).c_str(), dest.c_str()) != 0) {
-    if (errno == ENOENT) return absl::NotFoundError("no model " + model_id);
-    return ErrnoStatus(errno, "rename", absl::StrCat(root_, "/models/", model_id));
-  }
-  RemoveTree(dest);
-  std::string owners = absl::StrCat(root_, "/owners/", model_id);
-  std::string owners_dest = absl::StrCat(root_, "/tmp/deleted-owners-", model_id.substr(0, 16), "-", suffix);
-  if (::rename(owners.c_str(), owners_dest.c_str()) == 0) RemoveTree(owners_dest);
+  const std::string tag = model_id.substr(0, 16);
+  absl::Status st = RemoveByRename(absl::StrCat(root_, "/models/", model_id), "deleted-model-" + tag);
+  if (absl::IsNotFound(st)) return absl::NotFoundError("no model " + model_id);
+  if (!st.ok()) return st;
+  (void)RemoveByRename(absl::StrCat(root_, "/owners/", model_id), "deleted-owners-" + tag);  // may have none
   return absl::OkStatus();
 }
 
@@ -513,13 +508,11 @@ std::string KeyPath(const std::string& root, const std::string& key) {
 }  // namespace
 
 absl::Status ArtifactStore::ClaimIdempotencyKey(const std::string& key, const std::string& job_id) {
-  std::error_code ec;
-  fs::create_directories(root_ + "/keys", ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create keys/: ", ec.message()));
   const std::string path = KeyPath(root_, key);
-  // Written complete under a private name, then link()ed: link fails with EEXIST when
-  // another claim (on any server) got there first, and nobody ever reads a partial file.
-  const std::string temp = absl::StrCat(root_, "/keys/.claim-", job_id);
+  // Written complete under a private name in tmp/ (which the sweep empties should this
+  // server die here), then link()ed: link fails with EEXIST when another claim (on any
+  // server) got there first, and nobody ever reads a partial file.
+  const std::string temp = absl::StrCat(root_, "/tmp/claim-", job_id);
   if (absl::Status st = WriteFileAtomic(temp, job_id); !st.ok()) return st;
   int rc = ::link(temp.c_str(), path.c_str());
   int err = errno;
@@ -557,11 +550,13 @@ bool ArtifactStore::CancelRequested(const std::string& job_id) const {
 
 absl::Status ArtifactStore::DeleteJob(const std::string& job_id) {
   if (!IsValidJobId(job_id)) return absl::NotFoundError("no job " + job_id);
-  std::string dest = absl::StrCat(root_, "/tmp/deleted-", job_id, "-", NewJobId().substr(0, 8));
-  if (::rename(JobDir(job_id).c_str(), dest.c_str()) != 0) {
-    if (errno == ENOENT) return absl::NotFoundError("no job " + job_id);
-    return ErrnoStatus(errno, "rename", JobDir(job_id));
-  }
+  absl::Status st = RemoveByRename(JobDir(job_id), "deleted-" + job_id);
+  return absl::IsNotFound(st) ? absl::NotFoundError("no job " + job_id) : st;
+}
+
+absl::Status ArtifactStore::RemoveByRename(const std::string& path, const std::string& tag) const {
+  const std::string dest = absl::StrCat(root_, "/tmp/", tag, "-", NewJobId().substr(0, 8));
+  if (::rename(path.c_str(), dest.c_str()) != 0) return ErrnoStatus(errno, "rename", path);
   RemoveTree(dest);
   return absl::OkStatus();
 }

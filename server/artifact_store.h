@@ -171,6 +171,9 @@ class ArtifactStore {
 
  private:
   explicit ArtifactStore(std::string root) : root_(std::move(root)) {}
+  // Renames `path` into tmp/<tag>-<random> (so it vanishes at once, and a crash leaves it to
+  // SweepTemp), then deletes it. NotFound when `path` does not exist.
+  absl::Status RemoveByRename(const std::string& path, const std::string& tag) const;
   std::string root_;
 };
 

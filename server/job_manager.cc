@@ -158,10 +158,12 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     return absl::NotFoundError(absl::StrCat("no model ", request.model_id()));
   }
   auto files = store_->GetModelFiles(request.model_id());
-  if (files.ok()) store_->TouchModel(request.model_id());  // retention counts age from here
   if (!files.ok()) return files.status();
   auto options = ToEngineOptions(request.options(), options_.default_job_threads);
   if (!options.ok()) return options.status();
+  // Before the job exists: retention counts the model's age from here, and a sweep that
+  // listed the model earlier sees the touch and keeps it (retention.h).
+  store_->TouchModel(request.model_id());
 
   const std::string key = IdempotencyMapKey(owner, request.idempotency_key());
   // The job a key already made, on any server sharing the directory.
@@ -399,10 +401,13 @@ absl::Status JobManager::DeleteModel(const std::string& model_id, const std::str
     // (retention removes them then).
     if (store_->HasAnyModelOwner(model_id) || !active.empty()) return absl::OkStatus();
   }
+  absl::Status st = RemoveModelFiles(model_id, reason);
+  return absl::IsNotFound(st) ? absl::OkStatus() : st;  // NotFound: another server removed it
+}
+
+absl::Status JobManager::RemoveModelFiles(const std::string& model_id, absl::string_view reason) {
   const int64_t bytes = store_->ModelBytes(model_id);
-  absl::Status st = store_->DeleteModel(model_id);
-  if (absl::IsNotFound(st)) return absl::OkStatus();  // another server removed it meanwhile
-  if (!st.ok()) return st;
+  if (absl::Status st = store_->DeleteModel(model_id); !st.ok()) return st;
   if (metrics_) metrics_->Removed("model", std::string(reason), bytes);
   LogEvent("info", "model_deleted", {{"model", model_id}, {"reason", std::string(reason)}, {"bytes", bytes}});
   return absl::OkStatus();

@@ -76,6 +76,10 @@ class JobManager {
   // holds the model and no job uses it. Finished jobs keep their artifacts.
   absl::Status DeleteModel(const std::string& model_id, const std::string& tenant = "",
                            absl::string_view reason = "request");
+  // Removes a model's files and access marks, counting the bytes in the metrics and the
+  // log under `reason`. For callers that know no queued or running job uses it (DeleteModel,
+  // retention's sweep). NotFound when it is gone already.
+  absl::Status RemoveModelFiles(const std::string& model_id, absl::string_view reason);
   // Queued and running jobs (of any server sharing the directory) of a model.
   std::vector<v1::Job> ActiveJobsOfModel(const std::string& model_id);
 

@@ -127,13 +127,14 @@ SweepResult RetentionSweeper::SweepOnce(absl::Time now) {
       }
       st = jobs_->Delete(item.id, "retention");
     } else {
-      // A submit since the listing touched the model (or queued a job on it): keep it.
+      // No job used it at the listing; a submit since then touched it before creating its
+      // job (JobManager::Submit): keep it then.
       auto used = store_->ModelLastUsed(item.id);
-      if (!used.ok() || *used != item.time || !jobs_->ActiveJobsOfModel(item.id).empty()) {
+      if (!used.ok() || *used != item.time) {
         ++result.in_use_skipped;
         continue;
       }
-      st = jobs_->DeleteModel(item.id, /*tenant=*/"", "retention");
+      st = jobs_->RemoveModelFiles(item.id, "retention");
     }
     if (!st.ok()) {
       ++result.in_use_skipped;  // removed by another server, or became busy

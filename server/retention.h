@@ -10,6 +10,12 @@
 // needs it exclusive — on every server sharing the directory). Several servers may sweep one
 // directory at once: a removal is a rename, so each item goes exactly once.
 //
+// Models in use are known from one listing of the jobs per sweep; a submit after it
+// touches its model before creating the job, and the sweep re-reads the model's last use
+// right before removing it. What is left is the instant between that re-read and the
+// rename: a job submitted exactly then fails when it starts (its model is gone; nothing
+// half-written), and the client uploads and submits again.
+//
 // Thread-safety: SweepOnce may be called from any thread; Start/Stop from one owner.
 #ifndef SQ_SERVER_RETENTION_H_
 #define SQ_SERVER_RETENTION_H_

@@ -43,6 +43,9 @@ Status GetVisibleJob(JobManager* jobs, const std::string& id, const std::string&
   return Status::OK;
 }
 
+// ListJobs / ListModels: 0 (unset) = 100 per page, at most 1000.
+int PageSize(int32_t requested) { return requested <= 0 ? 100 : std::min<int32_t>(requested, 1000); }
+
 // The same for models: a tenant uses only what it uploaded itself.
 Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, const std::string& tenant) {
   if (tenant.empty() || store.HasModelOwner(model_id, tenant)) return Status::OK;
@@ -527,7 +530,7 @@ grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* conte
     p.id = f[3];
     after = p;
   }
-  const int page = request->page_size() <= 0 ? 100 : std::min(request->page_size(), 1000);
+  const int page = PageSize(request->page_size());
   auto comes_after = [&](const v1::Job& j) {
     const auto& t = j.create_time();
     if (t.seconds() != after->seconds) return t.seconds() < after->seconds;
@@ -615,17 +618,15 @@ grpc::ServerUnaryReactor* SqService::ListModels(grpc::CallbackServerContext* con
     }
     after = raw.substr(3);
   }
-  const int page = request->page_size() <= 0 ? 100 : std::min(request->page_size(), 1000);
+  const int page = PageSize(request->page_size());
   for (const std::string& id : store_->ListModelIds()) {  // sorted
     if (id <= after || (!tenant.empty() && !store_->HasModelOwner(id, tenant))) continue;
     auto files = store_->GetModelFiles(id);
     auto used = store_->ModelLastUsed(id);
     if (!files.ok() || !used.ok()) continue;  // removed meanwhile
     if (response->models_size() == page) {
-      const std::string& last = response->models(page - 1).model_id();
-      std::string token;
-      absl::WebSafeBase64Escape(absl::StrCat("m1:", last), &token);
-      response->set_next_page_token(token);
+      response->set_next_page_token(
+          absl::WebSafeBase64Escape(absl::StrCat("m1:", response->models(page - 1).model_id())));
       break;
     }
     v1::Model* m = response->add_models();
