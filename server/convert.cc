@@ -4,13 +4,28 @@
 
 #include <string>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_replace.h"
 
 #include "core/file_util.h"
 #include "core/utf8.h"
 
 namespace sq::server {
+namespace {
+
+// The shortest decimal text that reads back (absl::SimpleAtof) as exactly `v`.
+std::string FloatText(float v) {
+  for (int digits = 6; digits < 9; ++digits) {
+    std::string text = absl::StrFormat("%.*g", digits, v);
+    float back = 0;
+    if (absl::SimpleAtof(text, &back) && back == v) return text;
+  }
+  return absl::StrFormat("%.9g", v);
+}
+
+}  // namespace
 
 absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, int default_threads) {
   QuantizeOptions o;
@@ -68,6 +83,15 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     case v1::TARGET_PORTABLE: target = "portable"; break;
     default: return absl::InvalidArgumentError("options.target: unknown value");
   }
+  switch (w.activations()) {
+    case v1::ACTIVATION_TYPE_UNSPECIFIED: break;
+    case v1::ACTIVATION_TYPE_INT8: o.activations = ActivationType::kInt8; break;
+    case v1::ACTIVATION_TYPE_UINT8: o.activations = ActivationType::kUint8; break;
+    default: return absl::InvalidArgumentError("options.activations: unknown value");
+  }
+  // As sqctl's --activations: a full-integer model is a QDQ model, so activations without
+  // a target or format mean target QDQ (another target is refused by ValidateOptions).
+  if (o.activations != ActivationType::kOff && !format && !target) target = "qdq";
   if (absl::Status s = ResolveTargetFlags(target, format, &o); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "options.target / options.format: ",
@@ -96,6 +120,30 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
   o.verify_input = w.verify_input();
   if (!o.verify && !o.verify_input.empty()) {
     return absl::InvalidArgumentError("options.verify_input is set but options.verify is false");
+  }
+  // File names among the model's uploaded files, as verify_input; JobManager::Submit
+  // resolves them.
+  o.calibration_inputs.assign(w.calibration_inputs().begin(), w.calibration_inputs().end());
+  switch (w.calibration_method()) {
+    case v1::CALIBRATION_METHOD_UNSPECIFIED: break;
+    case v1::CALIBRATION_METHOD_MINMAX: o.calibration_method = CalibrationMethod::kMinMax; break;
+    case v1::CALIBRATION_METHOD_PERCENTILE: o.calibration_method = CalibrationMethod::kPercentile; break;
+    default: return absl::InvalidArgumentError("options.calibration_method: unknown value");
+  }
+  if (w.has_calibration_percentile()) o.calibration_percentile = w.calibration_percentile();
+  for (int i = 0; i < w.input_ranges_size(); ++i) {
+    auto r = ParseInputRange(w.input_ranges(i));
+    if (!r.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("options.input_ranges[", i, "]: ", r.status().message()));
+    }
+    o.input_ranges.push_back(*std::move(r));
+  }
+  switch (w.split_activations()) {
+    case v1::ACTIVATION_SPLIT_UNSPECIFIED: break;
+    case v1::ACTIVATION_SPLIT_RANGE: o.split_activations = ActivationSplit::kRange; break;
+    case v1::ACTIVATION_SPLIT_POSITIONAL: o.split_activations = ActivationSplit::kPositional; break;
+    default: return absl::InvalidArgumentError("options.split_activations: unknown value");
   }
   absl::Status st = ValidateOptions(o);
   if (!st.ok()) return absl::InvalidArgumentError(std::string(st.message()));
@@ -155,6 +203,27 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   w.set_external_data(o.external_data);
   w.set_reference_kmeans(o.reference_kmeans);
   w.set_quant_aware_boundaries(o.quant_aware_boundaries);
+  switch (o.activations) {
+    case ActivationType::kOff: w.set_activations(v1::ACTIVATION_TYPE_UNSPECIFIED); break;
+    case ActivationType::kInt8: w.set_activations(v1::ACTIVATION_TYPE_INT8); break;
+    case ActivationType::kUint8: w.set_activations(v1::ACTIVATION_TYPE_UINT8); break;
+  }
+  // Names of uploaded files, as the request gave them (Submit converts the options before
+  // it resolves the names to stored paths).
+  for (const std::string& c : o.calibration_inputs) w.add_calibration_inputs(c);
+  switch (o.calibration_method) {
+    case CalibrationMethod::kMinMax: w.set_calibration_method(v1::CALIBRATION_METHOD_MINMAX); break;
+    case CalibrationMethod::kPercentile: w.set_calibration_method(v1::CALIBRATION_METHOD_PERCENTILE); break;
+  }
+  w.set_calibration_percentile(o.calibration_percentile);
+  for (const QuantizeOptions::InputRange& r : o.input_ranges) {
+    w.add_input_ranges(absl::StrCat(r.name, "=", FloatText(r.lo), ":", FloatText(r.hi)));
+  }
+  switch (o.split_activations) {
+    case ActivationSplit::kOff: w.set_split_activations(v1::ACTIVATION_SPLIT_UNSPECIFIED); break;
+    case ActivationSplit::kRange: w.set_split_activations(v1::ACTIVATION_SPLIT_RANGE); break;
+    case ActivationSplit::kPositional: w.set_split_activations(v1::ACTIVATION_SPLIT_POSITIONAL); break;
+  }
   return w;
 }
 

@@ -201,6 +201,20 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     }
     entry->options.verify_input = store_->ModelPath(request.model_id(), *found);
   }
+  // Calibration samples the same way: each name a file uploaded with the model.
+  for (size_t i = 0; i < options->calibration_inputs.size(); ++i) {
+    const std::string& name = options->calibration_inputs[i];
+    const StoredFile* found = nullptr;
+    for (size_t k = 1; k < files->size(); ++k) {
+      if ((*files)[k].name == name) found = &(*files)[k];
+    }
+    if (found == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "options.calibration_inputs[", i, "] \"", ToValidUtf8(name), "\" names no file uploaded with model ",
+          request.model_id(), " (upload it with the model: sqctl submit --calibration FILE)"));
+    }
+    entry->options.calibration_inputs[i] = store_->ModelPath(request.model_id(), *found);
+  }
   entry->input_path = store_->ModelPath(request.model_id(), (*files)[0]);
   std::string base = fs::path((*files)[0].name).filename().string();
   entry->output_name = base.empty() ? "model.onnx" : base;

@@ -18,6 +18,7 @@
 #include "tests/support/model_builder.h"
 #include "onnx/onnx_pb.h"
 #include "server/artifact_store.h"
+#include "server/convert.h"
 #include "client/lib/client.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
@@ -231,6 +232,99 @@ TEST_F(ServerE2ETest, VerificationRunsOnUploadedInputsAndIsReported) {
   auto off = c->Submit(req);
   EXPECT_EQ(off.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(off.status().message(), "verify"));
+}
+
+TEST_F(ServerE2ETest, CalibrationInputsNameFilesOfTheUpload) {
+  // A FakeEngine: this is about resolving names at submit, not about calibrating.
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  const std::string sample = (dir_ / "calib0.npy").string();
+  std::ofstream(sample) << "not read by the fake engine";
+  auto files = SqClient::ModelFiles(model_);
+  ASSERT_TRUE(files.ok());
+  files->push_back({sample, "calib0.npy"});
+  auto up = c->Upload(*files);
+  ASSERT_TRUE(up.ok()) << up.status();
+
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  req.mutable_options()->set_activations(v1::ACTIVATION_TYPE_INT8);  // target QDQ implied
+  req.mutable_options()->add_calibration_inputs("calib0.npy");
+  auto job = c->Submit(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->options().target(), v1::TARGET_QDQ);
+  ASSERT_EQ(job->options().calibration_inputs_size(), 1);
+  EXPECT_EQ(job->options().calibration_inputs(0), "calib0.npy");  // the name, not a path
+
+  for (const char* name : {"missing.npy", "tiny.onnx", "../calib0.npy"}) {
+    req.mutable_options()->set_calibration_inputs(0, name);
+    auto bad = c->Submit(req);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_TRUE(absl::StrContains(bad.status().message(), "options.calibration_inputs[0]")) << bad.status();
+    EXPECT_TRUE(absl::StrContains(bad.status().message(), name)) << bad.status();
+  }
+  req.mutable_options()->set_calibration_inputs(0, "calib0.npy");
+  req.mutable_options()->add_input_ranges("x=1");
+  auto range = c->Submit(req);
+  EXPECT_EQ(range.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(range.status().message(), "options.input_ranges[0]")) << range.status();
+  req.mutable_options()->clear_input_ranges();
+  req.mutable_options()->set_target(v1::TARGET_ORT_CPU);
+  auto target = c->Submit(req);
+  EXPECT_EQ(target.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(absl::StrContains(target.status().message(), "target")) << target.status();
+}
+
+TEST(ConvertTest, ActivationOptionsRoundTrip) {
+  v1::QuantizeOptions w;
+  w.set_activations(v1::ACTIVATION_TYPE_UINT8);
+  w.add_calibration_inputs("a.npz");
+  w.add_calibration_inputs("b.npy");
+  w.set_calibration_method(v1::CALIBRATION_METHOD_MINMAX);
+  w.set_calibration_percentile(99.5);
+  w.add_input_ranges("x=-1:1");
+  w.add_input_ranges("y=0:0.1");
+  w.set_split_activations(v1::ACTIVATION_SPLIT_RANGE);
+  auto o = ToEngineOptions(w, 1);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->activations, ActivationType::kUint8);
+  EXPECT_EQ(o->target, Target::kQdq);
+  EXPECT_EQ(o->calibration_inputs, (std::vector<std::string>{"a.npz", "b.npy"}));
+  EXPECT_EQ(o->calibration_method, CalibrationMethod::kMinMax);
+  EXPECT_DOUBLE_EQ(o->calibration_percentile, 99.5);
+  ASSERT_EQ(o->input_ranges.size(), 2u);
+  EXPECT_EQ(o->input_ranges[1].hi, 0.1f);
+  EXPECT_EQ(o->split_activations, ActivationSplit::kRange);
+  const v1::QuantizeOptions back = ToWireOptions(*o);
+  EXPECT_EQ(back.activations(), v1::ACTIVATION_TYPE_UINT8);
+  EXPECT_EQ(back.calibration_inputs_size(), 2);
+  EXPECT_EQ(back.calibration_inputs(1), "b.npy");
+  EXPECT_EQ(back.calibration_method(), v1::CALIBRATION_METHOD_MINMAX);
+  EXPECT_DOUBLE_EQ(back.calibration_percentile(), 99.5);
+  ASSERT_EQ(back.input_ranges_size(), 2);
+  EXPECT_EQ(back.input_ranges(0), "x=-1:1");
+  EXPECT_EQ(back.input_ranges(1), "y=0:0.1");
+  EXPECT_EQ(back.split_activations(), v1::ACTIVATION_SPLIT_RANGE);
+  auto again = ToEngineOptions(back, 1);
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->input_ranges[1].hi, o->input_ranges[1].hi);
+
+  // Defaults: off, percentile 99.99; unknown enum values and bad ranges name the field.
+  const v1::QuantizeOptions d = ToWireOptions(QuantizeOptions());
+  EXPECT_EQ(d.activations(), v1::ACTIVATION_TYPE_UNSPECIFIED);
+  EXPECT_EQ(d.calibration_method(), v1::CALIBRATION_METHOD_PERCENTILE);
+  EXPECT_DOUBLE_EQ(d.calibration_percentile(), 99.99);
+  EXPECT_EQ(d.split_activations(), v1::ACTIVATION_SPLIT_UNSPECIFIED);
+  v1::QuantizeOptions bad;
+  bad.set_activations(static_cast<v1::ActivationType>(9));
+  EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "options.activations"));
+  bad.Clear();
+  bad.add_input_ranges("x");
+  EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "options.input_ranges[0]"));
+  bad.Clear();
+  bad.add_calibration_inputs("a.npz");  // nothing reads them with activations off
+  EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "calibration_inputs"));
 }
 
 TEST_F(ServerE2ETest, ExternalDataFilesTravelWithTheModel) {
