@@ -101,6 +101,24 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --verify-input FILE        inputs for --verify: .npy (single-input models), .npz (arrays
                              named as the inputs) or .pb (ONNX TensorProto); default: seeded
                              random inputs shaped by the graph
+  --activations T            off (default) | int8 | uint8: full-integer QDQ output (for NPUs
+                             and integer kernels): static per-tensor activation ranges around
+                             every quantized layer; needs --target qdq (implied when neither
+                             --target nor --format is given)
+  --calibration PATH         a calibration sample for --activations: .npy (single-input
+                             models), .npz (arrays named as the inputs) or .pb, or a
+                             directory of them (one sample per file in name order, or per
+                             subdirectory of .pb files); repeatable; default: data-free
+                             ranges (give --input-range for the graph inputs)
+  --calibration-method M     percentile (default) | minmax
+  --calibration-percentile P percentile of --calibration-method percentile, in (50, 100]
+                             (default 99.99)
+  --input-range NAME=LO:HI   the value range of graph input NAME, for data-free ranges
+                             (repeatable)
+  --split-activations S      off (default) | range (channels grouped by their range) |
+                             positional (three equal runs): each elementwise activation
+                             (Relu, Clip, Sigmoid, ...) runs on three channel groups, each
+                             with its own scale; the FP32 function is unchanged
   --report FILE              write the JSON report
   --json                     print the JSON report instead of the summary
   --quiet                    print nothing on success
@@ -300,6 +318,42 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
       auto v = value();
       if (!v.ok()) return v.status();
       o.verify_input = *v;
+    } else if (flag == "activations") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto t = ParseActivationType(*v);
+      if (!t.ok()) return t.status();
+      o.activations = *t;
+    } else if (flag == "calibration") {
+      // A file or a directory, passed through: the engine expands directories.
+      auto v = value();
+      if (!v.ok()) return v.status();
+      o.calibration_inputs.push_back(*v);
+    } else if (flag == "calibration-method") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto m = ParseCalibrationMethod(*v);
+      if (!m.ok()) return m.status();
+      o.calibration_method = *m;
+    } else if (flag == "calibration-percentile") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      if (!absl::SimpleAtod(*v, &o.calibration_percentile)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--calibration-percentile wants a percentile in (50, 100], e.g. 99.99, got '", *v, "'"));
+      }
+    } else if (flag == "input-range") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto r = ParseInputRange(*v);
+      if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("--input-range: ", r.status().message()));
+      o.input_ranges.push_back(*std::move(r));
+    } else if (flag == "split-activations") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto m = ParseActivationSplit(*v);
+      if (!m.ok()) return m.status();
+      o.split_activations = *m;
     } else if (flag == "json") {
       s = boolean(&out.json);
     } else if (flag == "quiet" || flag == "q") {
@@ -310,6 +364,9 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
     if (!s.ok()) return s;
   }
   if (out.help) return out;
+  // A full-integer model is a QDQ model: --activations alone means --target qdq. With an
+  // explicit other target or format ValidateOptions refuses the pair, naming both.
+  if (o.activations != ActivationType::kOff && !target_flag && !format_flag) target_flag = "qdq";
   if (absl::Status s = ResolveTargetFlags(target_flag, format_flag, &o); !s.ok()) return s;
   if (positional.size() != 1) {
     return absl::InvalidArgumentError(positional.empty() ? "no input model given"

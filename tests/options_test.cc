@@ -248,5 +248,64 @@ TEST(OptionsTest, ParseErrorsListAcceptedValues) {
   EXPECT_NE(std::string(c.status().message()).find("auto, tensor, channel"), std::string::npos);
 }
 
+TEST(OptionsTest, ActivationOptionsParse) {
+  EXPECT_EQ(*ParseActivationType("off"), ActivationType::kOff);
+  EXPECT_EQ(*ParseActivationType("int8"), ActivationType::kInt8);
+  EXPECT_EQ(*ParseActivationType("uint8"), ActivationType::kUint8);
+  EXPECT_THAT(std::string(ParseActivationType("int4").status().message()), ::testing::HasSubstr("off, int8, uint8"));
+  EXPECT_EQ(*ParseCalibrationMethod("minmax"), CalibrationMethod::kMinMax);
+  EXPECT_EQ(*ParseCalibrationMethod("percentile"), CalibrationMethod::kPercentile);
+  EXPECT_FALSE(ParseCalibrationMethod("entropy").ok());
+  EXPECT_EQ(*ParseActivationSplit("off"), ActivationSplit::kOff);
+  EXPECT_EQ(*ParseActivationSplit("range"), ActivationSplit::kRange);
+  EXPECT_EQ(*ParseActivationSplit("positional"), ActivationSplit::kPositional);
+  EXPECT_FALSE(ParseActivationSplit("thirds").ok());
+  for (auto a : {ActivationType::kOff, ActivationType::kInt8, ActivationType::kUint8}) {
+    EXPECT_EQ(*ParseActivationType(ToString(a)), a);
+  }
+  for (auto m : {CalibrationMethod::kMinMax, CalibrationMethod::kPercentile}) {
+    EXPECT_EQ(*ParseCalibrationMethod(ToString(m)), m);
+  }
+  for (auto a : {ActivationSplit::kOff, ActivationSplit::kRange, ActivationSplit::kPositional}) {
+    EXPECT_EQ(*ParseActivationSplit(ToString(a)), a);
+  }
+}
+
+TEST(OptionsTest, InputRangeParse) {
+  auto r = ParseInputRange("pixel_values=-1:1.5");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->name, "pixel_values");
+  EXPECT_EQ(r->lo, -1.0f);
+  EXPECT_EQ(r->hi, 1.5f);
+  auto eq = ParseInputRange("a=b=0:255");  // the last '=' separates the range
+  ASSERT_TRUE(eq.ok()) << eq.status();
+  EXPECT_EQ(eq->name, "a=b");
+  for (const char* bad : {"x=1", "x", "=0:1", "x=0:1:2", "x=a:1", "x=1:0", "x=1:1", "x=0:inf", "x=nan:1"}) {
+    EXPECT_EQ(ParseInputRange(bad).status().code(), absl::StatusCode::kInvalidArgument) << bad;
+  }
+}
+
+TEST(OptionsTest, ActivationCombinationsRefused) {
+  QuantizeOptions o;
+  o.activations = ActivationType::kInt8;
+  ExpectInvalid(o, "target");  // the default target, ort-cpu
+  o.target = Target::kQdq;
+  EXPECT_TRUE(ValidateOptions(o).ok()) << ValidateOptions(o);
+  o.form = SplitForm::kFolded;
+  ExpectInvalid(o, "activations");
+  o.form = SplitForm::kAuto;
+  o.calibration_percentile = 50;
+  ExpectInvalid(o, "calibration_percentile");
+  o.calibration_percentile = 99.9;
+  o.input_ranges = {{"x", 0, 1}, {"x", -1, 1}};
+  ExpectInvalid(o, "input_ranges");
+
+  QuantizeOptions off;
+  off.calibration_inputs = {"sample.npz"};
+  ExpectInvalid(off, "calibration_inputs");
+  off.split_activations = ActivationSplit::kRange;  // the range split reads them too
+  EXPECT_TRUE(ValidateOptions(off).ok()) << ValidateOptions(off);
+}
+
 }  // namespace
 }  // namespace sq

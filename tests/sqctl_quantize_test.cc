@@ -5,6 +5,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "client/quantize_command.h"
@@ -134,6 +136,45 @@ TEST(ParseQuantizeArgsTest, RejectsBadCommandLines) {
   }
 }
 
+TEST(ParseQuantizeArgsTest, ActivationFlags) {
+  auto a = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--activations", "uint8", "--calibration", "s1.npz",
+                              "--calibration=dir", "--calibration-method", "minmax", "--calibration-percentile",
+                              "99.5", "--input-range", "x=0:255", "--input-range", "y=-1:1",
+                              "--split-activations", "positional"});
+  ASSERT_TRUE(a.ok()) << a.status();
+  const QuantizeOptions& o = a->options;
+  EXPECT_EQ(o.activations, ActivationType::kUint8);
+  EXPECT_EQ(o.format, OutputFormat::kQdq);
+  EXPECT_EQ(o.target, Target::kQdq);  // implied by --activations
+  EXPECT_EQ(o.calibration_inputs, (std::vector<std::string>{"s1.npz", "dir"}));
+  EXPECT_EQ(o.calibration_method, CalibrationMethod::kMinMax);
+  EXPECT_DOUBLE_EQ(o.calibration_percentile, 99.5);
+  ASSERT_EQ(o.input_ranges.size(), 2u);
+  EXPECT_EQ(o.input_ranges[1].name, "y");
+  EXPECT_EQ(o.input_ranges[1].lo, -1.0f);
+  EXPECT_EQ(o.split_activations, ActivationSplit::kPositional);
+  // Off implies nothing; an explicit other target is refused by the options' check.
+  auto off = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--activations", "off"});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->options.target, Target::kOrtCpu);
+  for (const auto& bad : std::vector<std::pair<std::vector<std::string>, const char*>>{
+           {{"--activations", "int8", "--target", "ort-cpu"}, "--target ort-cpu"},
+           {{"--activations", "int8", "--format", "fake"}, "--format fake"},
+           {{"--activations", "int4"}, "unknown activation type 'int4'"},
+           {{"--input-range", "x=1"}, "--input-range: input range 'x=1'"},
+           {{"--calibration-method", "kl"}, "unknown calibration method"},
+           {{"--calibration-percentile", "high"}, "--calibration-percentile"},
+           {{"--activations", "int8", "--calibration-percentile", "40"}, "calibration_percentile"},
+           {{"--split-activations", "yes"}, "unknown activation split"},
+           {{"--calibration", "s.npz"}, "calibration_inputs"}}) {
+    std::vector<std::string> args = {"m.onnx", "-o", "o.onnx"};
+    args.insert(args.end(), bad.first.begin(), bad.first.end());
+    auto r = ParseQuantizeArgs(args);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << bad.second;
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(bad.second));
+  }
+}
+
 // Runs the built sqctl binary; returns the exit code and captures stdout+stderr.
 int RunCommand(const std::string& cmd, std::string* output) {
   FILE* p = popen(cmd.c_str(), "r");
@@ -197,6 +238,12 @@ TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
 
   rc = RunSqctl("quantize --bits 1 x.onnx -o y.onnx", &out);
   EXPECT_EQ(rc, kExitUsage);
+  rc = RunSqctl("quantize --activations int4 x.onnx -o y.onnx", &out);
+  EXPECT_EQ(rc, kExitUsage) << out;
+  EXPECT_THAT(out, HasSubstr("unknown activation type 'int4'"));
+  rc = RunSqctl("quantize --activations int8 --input-range x=1 x.onnx -o y.onnx", &out);
+  EXPECT_EQ(rc, kExitUsage) << out;
+  EXPECT_THAT(out, HasSubstr("--input-range"));
   rc = RunSqctl("quantize --help", &out);
   EXPECT_EQ(rc, 0);
   EXPECT_THAT(out, HasSubstr("--granularity"));
