@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <optional>
@@ -35,7 +36,8 @@ const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
       "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
-      "target-opset", "threads", "idempotency-key", "verify", "verify-input", "limit", "state", "timeout"};
+      "target-opset", "threads", "idempotency-key", "verify", "verify-input", "activations", "calibration",
+      "calibration-method", "calibration-percentile", "input-range", "split-activations", "limit", "state", "timeout"};
   return *flags;
 }
 const std::set<std::string>& BoolFlags() {
@@ -236,6 +238,48 @@ absl::StatusOr<std::unique_ptr<SqClient>> Connect(const Args& a) {
   return SqClient::Create(o);
 }
 
+// submit's --calibration: a file is one sample; a directory gives its .npy/.npz/.pb files in
+// name order (what the engine reads of a directory). Each is uploaded with the model under
+// its file name. A subdirectory (the ONNX test-data layout, one sample of .pb files) cannot
+// be named as one uploaded file and is refused; sqctl quantize reads it locally.
+absl::StatusOr<std::vector<client::LocalFile>> CalibrationFiles(const Args& a) {
+  namespace fs = std::filesystem;
+  std::vector<client::LocalFile> out;
+  auto it = a.values.find("calibration");
+  if (it == a.values.end()) return out;
+  auto is_tensor_file = [](const fs::path& p) {
+    const std::string ext = absl::AsciiStrToLower(p.extension().string());
+    return ext == ".npy" || ext == ".npz" || ext == ".pb";
+  };
+  for (const std::string& path : it->second) {
+    std::error_code ec;
+    if (!fs::is_directory(path, ec)) {
+      if (!fs::is_regular_file(path, ec)) {
+        return absl::NotFoundError(absl::StrCat("--calibration ", path, " does not exist"));
+      }
+      out.push_back({path, BaseName(path)});
+      continue;
+    }
+    std::vector<fs::path> inside;
+    for (fs::directory_iterator d(path, ec), end; !ec && d != end; d.increment(ec)) {
+      if (d->is_directory()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "--calibration ", path, ": ", d->path().filename().string(),
+            " is a directory; sqctl submit uploads one sample per file (.npy, .npz, .pb), so "
+            "samples of .pb files in subdirectories need sqctl quantize"));
+      }
+      if (d->is_regular_file() && is_tensor_file(d->path())) inside.push_back(d->path());
+    }
+    if (ec) return absl::InvalidArgumentError(absl::StrCat("--calibration: cannot list ", path, ": ", ec.message()));
+    if (inside.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("--calibration ", path, " holds no .npy, .npz or .pb file"));
+    }
+    std::sort(inside.begin(), inside.end());
+    for (const fs::path& f : inside) out.push_back({f.string(), f.filename().string()});
+  }
+  return out;
+}
+
 absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   auto integer = [&](const char* flag, int64_t lo, int64_t hi, int64_t* out) -> absl::Status {
     std::string v = a.Get(flag);
@@ -284,6 +328,8 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     if (a.Has("format")) format = a.Get("format");
     if (a.Has("target")) target = a.Get("target");
     QuantizeOptions resolved;
+    // --activations alone means --target qdq, as for sqctl quantize.
+    if (!format && !target && a.Has("activations") && a.Get("activations") != "off") target = "qdq";
     if (absl::Status s = ResolveTargetFlags(target, format, &resolved); !s.ok()) return s;
     if (format || target) {
       switch (resolved.format) {
@@ -380,6 +426,55 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     // Uploaded beside the model under its file name (RunSubmit).
     o->set_verify_input(BaseName(a.Get("verify-input")));
   }
+  if (a.Has("activations")) {
+    auto t = ParseActivationType(a.Get("activations"));
+    if (!t.ok()) return t.status();
+    o->set_activations(*t == ActivationType::kInt8    ? v1::ACTIVATION_TYPE_INT8
+                       : *t == ActivationType::kUint8 ? v1::ACTIVATION_TYPE_UINT8
+                                                      : v1::ACTIVATION_TYPE_UNSPECIFIED);
+  }
+  if (a.Has("calibration-method")) {
+    auto m = ParseCalibrationMethod(a.Get("calibration-method"));
+    if (!m.ok()) return m.status();
+    o->set_calibration_method(*m == CalibrationMethod::kMinMax ? v1::CALIBRATION_METHOD_MINMAX
+                                                               : v1::CALIBRATION_METHOD_PERCENTILE);
+  }
+  if (a.Has("calibration-percentile")) {
+    double p = 0;
+    if (!absl::SimpleAtod(a.Get("calibration-percentile"), &p)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--calibration-percentile wants a percentile in (50, 100], e.g. 99.99, got '", a.Get("calibration-percentile"), "'"));
+    }
+    o->set_calibration_percentile(p);
+  }
+  if (auto it = a.values.find("input-range"); it != a.values.end()) {
+    for (const auto& v : it->second) {
+      // Checked here for a clear CLI error; the server validates again at submit.
+      if (auto r = ParseInputRange(v); !r.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat("--input-range: ", r.status().message()));
+      }
+      o->add_input_ranges(v);
+    }
+  }
+  if (a.Has("split-activations")) {
+    auto m = ParseActivationSplit(a.Get("split-activations"));
+    if (!m.ok()) return m.status();
+    o->set_split_activations(*m == ActivationSplit::kRange        ? v1::ACTIVATION_SPLIT_RANGE
+                             : *m == ActivationSplit::kPositional ? v1::ACTIVATION_SPLIT_POSITIONAL
+                                                                  : v1::ACTIVATION_SPLIT_UNSPECIFIED);
+  }
+  if (a.Has("calibration")) {
+    // Refused before anything is uploaded (the server would refuse it at submit).
+    if (o->activations() == v1::ACTIVATION_TYPE_UNSPECIFIED &&
+        o->split_activations() != v1::ACTIVATION_SPLIT_RANGE) {
+      return absl::InvalidArgumentError(
+          "--calibration is given but nothing reads it (--activations is off and --split-activations is not range)");
+    }
+    // Uploaded beside the model under their file names (RunSubmit).
+    auto files = CalibrationFiles(a);
+    if (!files.ok()) return files.status();
+    for (const client::LocalFile& f : *files) o->add_calibration_inputs(f.name);
+  }
   if (a.Has("kmeans")) {
     std::string k = a.Get("kmeans");
     if (k != "exact" && k != "reference") {
@@ -439,7 +534,9 @@ int NeedPositional(const Args& a, size_t n, const char* what) {
 int RunSubmit(SqClient& c, const Args& a) {
   if (int rc = NeedPositional(a, 1, "one model file: sqctl submit MODEL.onnx [options]"); rc >= 0) return rc;
   v1::SubmitJobRequest req;
-  if (absl::Status st = BuildOptions(a, req.mutable_options()); !st.ok()) return Usage(std::string(st.message()));
+  if (absl::Status st = BuildOptions(a, req.mutable_options()); !st.ok()) {
+    return absl::IsNotFound(st) ? Fail(st) : Usage(std::string(st.message()));  // a missing file: exit 4
+  }
   std::string output = a.Get("o", a.Get("output"));
   bool quiet = a.Has("quiet") || a.Has("q") || a.Has("json");
   auto files = SqClient::ModelFiles(a.positional[0]);
@@ -453,6 +550,26 @@ int RunSubmit(SqClient& c, const Args& a) {
       }
     }
     files->push_back(std::move(in));
+  }
+  {
+    // The calibration samples travel with the model too, each under its file name. A name
+    // met twice is one upload only when both are the same file (say, also --verify-input).
+    auto calibration = CalibrationFiles(a);
+    if (!calibration.ok()) return Fail(calibration.status());
+    const size_t model_files = files->size() - (a.Has("verify-input") ? 1 : 0);
+    for (client::LocalFile& f : *calibration) {
+      bool duplicate = false;
+      for (size_t k = 0; k < files->size(); ++k) {
+        if ((*files)[k].name != f.name) continue;
+        std::error_code ec;
+        if (k < model_files || !std::filesystem::equivalent((*files)[k].path, f.path, ec)) {
+          return Usage("--calibration " + f.path + ": its name " + f.name + " is taken by " + (*files)[k].path +
+                       " in the same upload; rename one");
+        }
+        duplicate = true;
+      }
+      if (!duplicate) files->push_back(std::move(f));
+    }
   }
   auto up = c.Upload(*files, Bar("upload", quiet));
   if (!up.ok()) return Fail(up.status());
@@ -585,7 +702,10 @@ std::string RemoteUsage() {
                                     --exclude-op --min-elements --target-opset --threads
                                     --cluster-scope --kmeans --boundaries --external-data
                                     --verify --verify-input (the file is uploaded with the
-                                    model); --idempotency-key K)
+                                    model) --activations --calibration (files, or a directory's
+                                    files, uploaded with the model; no subdirectories)
+                                    --calibration-method --calibration-percentile
+                                    --input-range --split-activations; --idempotency-key K)
   status JOB                        a job's state, progress, error, sizes
   watch JOB                         follow a job until it ends
   list                              all jobs, newest first
@@ -611,7 +731,9 @@ std::string RemoteCommandHelp(const std::string& command) {
        "Uploads MODEL and the external data files it references (refusing any outside its\n"
        "folder), submits a job, follows it and downloads the output to -o. --detach prints the\n"
        "job id and returns at once. --idempotency-key K: a second submit with K returns the\n"
-       "first job. --verify-input FILE is uploaded with the model.\n\n"
+       "first job. --verify-input FILE is uploaded with the model, and so is each --calibration\n"
+       "file (a directory: its .npy/.npz/.pb files, by name; subdirectories of .pb files are\n"
+       "refused here: use sqctl quantize for them).\n\n"
        "Engine options (the same as sqctl quantize):\n"},
       {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"},
       {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"},

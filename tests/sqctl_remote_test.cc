@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -185,6 +186,48 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   while (fgets(buf, sizeof buf, p)) unreachable += buf;
   int status = pclose(p);
   EXPECT_EQ(WEXITSTATUS(status), kExitUnavailable) << unreachable;
+}
+
+// A float32 .npy of shape (rows, cols), every value `value`.
+void WriteNpy(const std::string& path, int rows, int cols, float value) {
+  std::string header = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", rows, ", ", cols, "), }");
+  header.append(64 - (10 + header.size() + 1) % 64, ' ');
+  header += '\n';
+  std::ofstream f(path, std::ios::binary);
+  f << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size() & 0xff)
+    << static_cast<char>(header.size() >> 8) << header;
+  for (int i = 0; i < rows * cols; ++i) f.write(reinterpret_cast<const char*>(&value), sizeof value);
+}
+
+TEST_F(SqctlRemoteTest, SubmitUploadsCalibrationSamplesWithTheModel) {
+  const std::string model = dir_ + "/m.onnx";
+  ASSERT_TRUE(sq::testing::WriteMatMulChain(model, 1, 64, 3).ok());
+  const std::string calib = dir_ + "/calib";
+  std::filesystem::create_directories(calib);
+  WriteNpy(calib + "/s1.npy", 1, 64, 0.5f);
+  WriteNpy(calib + "/s0.npy", 1, 64, -0.25f);
+  std::ofstream(calib + "/README") << "not a sample";
+
+  // A directory is its .npy/.npz/.pb files, by name; --activations alone means target qdq.
+  std::string out;
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --activations int8 --calibration ", calib, " --detach --json"), &out),
+            kExitOk)
+      << out;
+  nlohmann::json job = nlohmann::json::parse(out);
+  EXPECT_EQ(job["options"]["activations"], "ACTIVATION_TYPE_INT8");
+  EXPECT_EQ(job["options"]["target"], "TARGET_QDQ");
+  EXPECT_EQ(job["options"]["calibration_inputs"], nlohmann::json::array({"s0.npy", "s1.npy"})) << out;
+  // Let it end before the server drains; how it ends is the engine's business, not sqctl's.
+  Sqctl(absl::StrCat("watch ", job["job_id"].get<std::string>()), &out);
+
+  // Refused before anything is uploaded: a subdirectory, calibration nothing reads, a bad range.
+  std::filesystem::create_directories(calib + "/test_data_set_0");
+  EXPECT_EQ(Sqctl(absl::StrCat("submit ", model, " --activations int8 --calibration ", calib), &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("test_data_set_0 is a directory"));
+  EXPECT_EQ(Sqctl(absl::StrCat("submit ", model, " --calibration ", calib, "/s0.npy"), &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("nothing reads it"));
+  EXPECT_EQ(Sqctl(absl::StrCat("submit ", model, " --activations int8 --input-range x=1"), &out), 2) << out;
+  EXPECT_THAT(out, HasSubstr("--input-range"));
 }
 
 // Runs a command line; returns its exit code and what it printed (stdout + stderr).
