@@ -22,8 +22,8 @@ from google.protobuf import json_format
 
 from .client import DEFAULT_TARGET, Client, Job, JobState, ProgressFn
 from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, SqError
-from .options import (CLUSTER_SCOPES, FORMATS, FORMS, GRANULARITIES, SPLIT_MODES, TARGETS,
-                      QuantizeOptions)
+from .options import (ACTIVATION_SPLITS, ACTIVATIONS, CALIBRATION_METHODS, CLUSTER_SCOPES, FORMATS,
+                      FORMS, GRANULARITIES, SPLIT_MODES, TARGETS, QuantizeOptions)
 
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_AUTH = 0, 1, 2, 3, 4, 5
 PROG = "sq_client"
@@ -240,6 +240,16 @@ def _engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--external-data", action="store_true", default=None)
     g.add_argument("--verify", choices=["on", "off"])
     g.add_argument("--verify-input", metavar="FILE", help="uploaded with the model")
+    g.add_argument("--activations", choices=list(ACTIVATIONS),
+                   help="full-integer QDQ output; implies --target qdq when no target/format is given")
+    g.add_argument("--calibration", action="append", default=[], metavar="PATH",
+                   help="a calibration sample (.npy/.npz/.pb) or a directory of them, uploaded "
+                   "with the model (repeatable; no subdirectories)")
+    g.add_argument("--calibration-method", choices=list(CALIBRATION_METHODS))
+    g.add_argument("--calibration-percentile", type=float, metavar="P", help="in (50, 100]")
+    g.add_argument("--input-range", action="append", default=[], metavar="NAME=LO:HI",
+                   help="a graph input's range for data-free ranges (repeatable)")
+    g.add_argument("--split-activations", choices=list(ACTIVATION_SPLITS))
     g.add_argument("--idempotency-key", metavar="K")
     g.add_argument("-o", "--output", metavar="OUT.onnx")
     g.add_argument("--detach", action="store_true", help="print the job id and return")
@@ -248,6 +258,8 @@ def _engine(p: argparse.ArgumentParser) -> None:
 def build_options(a: argparse.Namespace) -> QuantizeOptions:
     """QuantizeOptions from submit's flags; InvalidArgument for a conflict sqctl refuses."""
     fmt, target = a.format, a.target
+    if a.activations not in (None, "off") and fmt is None and target is None:
+        target = fmt = "qdq"  # a full-integer model is a QDQ model: --activations means --target qdq
     if fmt == "qdq" and target is None:
         target = "qdq"  # --format qdq is --target qdq
     if a.target is not None and a.format is not None and (a.format != "qdq" or a.target != "qdq"):
@@ -258,6 +270,9 @@ def build_options(a: argparse.Namespace) -> QuantizeOptions:
         fmt = "qdq"
     if a.verify_input and a.verify == "off":
         raise InvalidArgument("--verify-input is given but --verify is off")
+    if a.calibration and a.activations in (None, "off") and a.split_activations != "range":
+        raise InvalidArgument("--calibration is given but nothing reads it (--activations is off "
+                              "and --split-activations is not range)")
     split = {"true": "on", "false": "off"}.get(a.split, a.split)
     on_off = lambda v: None if v is None else v == "on"  # noqa: E731
     return QuantizeOptions(
@@ -272,7 +287,9 @@ def build_options(a: argparse.Namespace) -> QuantizeOptions:
         else a.initializer_inputs == "weights",
         ort_accuracy_level=a.ort_accuracy_level, nbits_min_elements=a.nbits_min_elements,
         quantize_gather=on_off(a.quantize_gather), bpw_budget=a.bpw_budget,
-        verify=on_off(a.verify))
+        verify=on_off(a.verify), activations=a.activations,
+        calibration_method=a.calibration_method, calibration_percentile=a.calibration_percentile,
+        input_ranges=tuple(a.input_range), split_activations=a.split_activations)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -318,6 +335,7 @@ def run_submit(c: Client, a: argparse.Namespace) -> int:
     options = build_options(a)
     quiet = a.quiet or a.json
     job = c.submit(a.model, bits=None, options=options, verify_input=a.verify_input,
+                   calibration=a.calibration,
                    idempotency_key=a.idempotency_key, progress=bar("upload", quiet))
     if a.detach:
         print(to_json(job.proto) if a.json else job.id)

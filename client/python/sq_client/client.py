@@ -34,7 +34,7 @@ from . import _wire
 from ._stubs import sq_pb2, sq_pb2_grpc
 from .errors import (DataLoss, FailedPrecondition, InvalidArgument, JobFailed, NotFound,
                      SqError, Unavailable, from_rpc_error)
-from .model_files import LocalFile, model_files, validate_relative_name
+from .model_files import LocalFile, calibration_files, model_files, validate_relative_name
 from .options import QuantizeOptions
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -466,6 +466,7 @@ class Client:
     def submit(self, path: "os.PathLike[str] | str", bits: Optional[int] = 4, *,
                options: Optional[QuantizeOptions] = None,
                verify_input: "os.PathLike[str] | str | None" = None,
+               calibration: "Sequence[os.PathLike[str] | str]" = (),
                idempotency_key: Optional[str] = None,
                progress: Optional[ProgressFn] = None, **fields: Any) -> Job:
         """Uploads the model at `path` (with its external data) and queues a job.
@@ -473,8 +474,11 @@ class Client:
         Options: `options`, or QuantizeOptions fields as keywords (granularity="block",
         target="qdq", ...), not both. `bits` applies unless `options` sets bits (None =
         the server's default). `verify_input`: a local .npy/.npz/.pb file uploaded with the
-        model and named in options.verify_input. Returns the QUEUED job; ResourceExhausted
-        when the server's queue is full.
+        model and named in options.verify_input. `calibration`: local calibration samples
+        (.npy/.npz/.pb files, or directories of them: their files in name order; a
+        subdirectory is refused), uploaded with the model and named in
+        options.calibration_inputs. Returns the QUEUED job; ResourceExhausted when the
+        server's queue is full.
         """
         if options is not None and fields:
             raise InvalidArgument("give QuantizeOptions or option keywords, not both")
@@ -491,6 +495,19 @@ class Client:
                 raise NotFound(f"verification input {vi} does not exist")
             extra.append(LocalFile(vi, vi.name))
             opts = _replace(opts, verify_input=vi.name)
+        if isinstance(calibration, (str, os.PathLike)):
+            calibration = (calibration,)
+        names: List[str] = []
+        for f in calibration_files(calibration):
+            same = [e for e in extra if e.name == f.name]
+            if same and not os.path.samefile(same[0].path, f.path):
+                raise InvalidArgument(f"calibration input {f.path}: its name {f.name} is taken by "
+                                      f"{same[0].path} in the same upload; rename one")
+            if not same:
+                extra.append(f)
+            names.append(f.name)
+        if names:
+            opts = _replace(opts, calibration_inputs=tuple(opts.calibration_inputs) + tuple(names))
         upload = self.upload(path, extra, progress)
         return self.submit_model(upload.model_id, opts, idempotency_key)
 

@@ -11,7 +11,7 @@ import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Set
+from typing import Iterable, List, Set
 
 from . import _wire
 from .errors import InvalidArgument, NotFound
@@ -167,3 +167,35 @@ def model_files(onnx_path: "os.PathLike[str] | str") -> List[LocalFile]:
         for location in sorted(locations):
             files.append(LocalFile(_resolve_inside(base, location, path), location))
     return files
+
+
+_TENSOR_SUFFIXES = (".npy", ".npz", ".pb")
+
+
+def calibration_files(paths: "Iterable[os.PathLike[str] | str]") -> List[LocalFile]:
+    """Calibration samples to upload, as sqctl submit --calibration finds them: a file is one
+    sample; a directory gives its .npy/.npz/.pb files in name order (what the engine reads
+    of a directory). Each goes under its file name. A subdirectory (the ONNX test-data
+    layout, one sample of .pb files) cannot be named as one uploaded file: InvalidArgument.
+    NotFound for a path that does not exist."""
+    out: List[LocalFile] = []
+    for given in paths:
+        p = Path(given)
+        if not p.is_dir():
+            if not p.is_file():
+                raise NotFound(f"calibration input {p} does not exist")
+            out.append(LocalFile(p, p.name))
+            continue
+        inside: List[Path] = []
+        for e in p.iterdir():
+            if e.is_dir():
+                raise InvalidArgument(
+                    f"calibration directory {p}: {e.name} is a directory; samples are uploaded one "
+                    "per file (.npy, .npz, .pb), so samples of .pb files in subdirectories need "
+                    "sqctl quantize")
+            if e.is_file() and e.suffix.lower() in _TENSOR_SUFFIXES:
+                inside.append(e)
+        if not inside:
+            raise InvalidArgument(f"calibration directory {p} holds no .npy, .npz or .pb file")
+        out.extend(LocalFile(e, e.name) for e in sorted(inside))
+    return out

@@ -31,6 +31,14 @@ TARGETS: Dict[str, int] = {
 CLUSTER_SCOPES: Dict[str, int] = {
     "auto": sq_pb2.CLUSTER_SCOPE_AUTO, "tensor": sq_pb2.CLUSTER_SCOPE_TENSOR,
     "channel": sq_pb2.CLUSTER_SCOPE_CHANNEL}
+ACTIVATIONS: Dict[str, int] = {
+    "off": sq_pb2.ACTIVATION_TYPE_UNSPECIFIED, "int8": sq_pb2.ACTIVATION_TYPE_INT8,
+    "uint8": sq_pb2.ACTIVATION_TYPE_UINT8}
+CALIBRATION_METHODS: Dict[str, int] = {
+    "minmax": sq_pb2.CALIBRATION_METHOD_MINMAX, "percentile": sq_pb2.CALIBRATION_METHOD_PERCENTILE}
+ACTIVATION_SPLITS: Dict[str, int] = {
+    "off": sq_pb2.ACTIVATION_SPLIT_UNSPECIFIED, "range": sq_pb2.ACTIVATION_SPLIT_RANGE,
+    "positional": sq_pb2.ACTIVATION_SPLIT_POSITIONAL}
 
 
 def _choice(flag: str, value: Optional[str], table: Dict[str, int]) -> Optional[int]:
@@ -72,6 +80,12 @@ class QuantizeOptions:
     bpw_budget: float = 0.0
     verify: Optional[bool] = None
     verify_input: str = ""                     # a file name of the upload, never a path
+    activations: Optional[str] = None          # off | int8 | uint8 (needs target qdq)
+    calibration_inputs: Sequence[str] = field(default_factory=tuple)  # file names of the upload
+    calibration_method: Optional[str] = None   # percentile | minmax
+    calibration_percentile: Optional[float] = None  # in (50, 100]; server default 99.99
+    input_ranges: Sequence[str] = field(default_factory=tuple)  # "NAME=LO:HI"
+    split_activations: Optional[str] = None    # off | range | positional
 
     def to_proto(self) -> "sq_pb2.QuantizeOptions":
         """The wire message. InvalidArgument for an unknown choice name."""
@@ -79,19 +93,24 @@ class QuantizeOptions:
         for name in ("bits", "block_size", "symmetric", "min_weight_elements", "target_opset",
                      "threads", "external_data", "reference_kmeans", "quant_aware_boundaries",
                      "initializer_inputs_are_weights", "ort_accuracy_level",
-                     "nbits_min_elements", "quantize_gather", "verify"):
+                     "nbits_min_elements", "quantize_gather", "verify",
+                     "calibration_percentile"):
             value = getattr(self, name)
             if value is not None:
                 setattr(o, name, value)
         wire_name = {"split": "split_mode"}
         for name, table in (("granularity", GRANULARITIES), ("split", SPLIT_MODES),
                             ("form", FORMS), ("format", FORMATS), ("target", TARGETS),
-                            ("cluster_scope", CLUSTER_SCOPES)):
+                            ("cluster_scope", CLUSTER_SCOPES), ("activations", ACTIVATIONS),
+                            ("calibration_method", CALIBRATION_METHODS),
+                            ("split_activations", ACTIVATION_SPLITS)):
             value = _choice(name, getattr(self, name), table)
             if value is not None:
                 setattr(o, wire_name.get(name, name), value)
         for name, wire in (("exclude", "exclude_name_patterns"), ("exclude_ops", "exclude_op_types"),
-                           ("layer_overrides", "layer_overrides")):
+                           ("layer_overrides", "layer_overrides"),
+                           ("calibration_inputs", "calibration_inputs"),
+                           ("input_ranges", "input_ranges")):
             values: Tuple[str, ...] = (getattr(self, name),) if isinstance(getattr(self, name), str) \
                 else tuple(getattr(self, name))
             getattr(o, wire).extend(values)

@@ -72,6 +72,16 @@ def matmul_chain(path: Path, layers: int = 1, width: int = 64, batch: int = 2, s
     return path
 
 
+def write_npy(path: Path, rows: Sequence[Sequence[float]]) -> Path:
+    """Writes a 2-D float32 .npy (format 1.0) without numpy."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (len(rows), len(rows[0]))
+    header += " " * (64 - (10 + len(header) + 1) % 64) + "\n"
+    values = [v for row in rows for v in row]
+    path.write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin1") +
+                     struct.pack(f"<{len(values)}f", *values))
+    return path
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now (the kernel's choice)."""
     with socket.socket() as s:

@@ -126,6 +126,13 @@ class CliTest(unittest.TestCase):
         r = sq("submit", str(self.model), "--layer", "(=bits:4", *self.s)        # server-side
         self.assertEqual(r.returncode, 2, r.stderr)
         self.assertIn("layer_overrides", r.stderr)
+        r = sq("submit", str(self.model), "--activations", "int8", "--input-range", "x=1", *self.s)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("input_ranges", r.stderr)
+        self.assertEqual(rc("submit", str(self.model), "--activations", "int4", *self.s), 2)
+        r = sq("submit", str(self.model), "--calibration", str(self.model), *self.s)
+        self.assertEqual(r.returncode, 2, r.stderr)
+        self.assertIn("nothing reads it", r.stderr)
         self.assertEqual(rc("frobnicate"), 2)
         self.assertEqual(rc("watch", *self.s), 2)
         r = sq("health", "--server", f"127.0.0.1:{free_port()}")

@@ -13,7 +13,9 @@ import sq_client
 from sq_client import (Client, DataLoss, FailedPrecondition, InvalidArgument, JobFailed, JobState,
                        NotFound, QuantizeOptions, RetryPolicy, Unauthenticated, Unavailable)
 
-from .support import SqServer, free_port, matmul_chain
+from sq_client._stubs import sq_pb2
+
+from .support import SqServer, free_port, matmul_chain, write_npy
 
 WORK: Path
 SERVER: SqServer
@@ -186,6 +188,29 @@ class ClientTest(unittest.TestCase):
         self.assertTrue((self.tmp / "kept.onnx").exists())
         with self.assertRaises(InvalidArgument):
             self.client.delete_model("not-an-id")
+
+    def test_calibration_samples_travel_with_the_model(self) -> None:
+        d = self.tmp / "calib"
+        d.mkdir()
+        for k, name in enumerate(("s1.npy", "s0.npy")):
+            write_npy(d / name, [[0.1 * k - 0.05] * 64] * 2)   # X is [2, 64]
+        (d / "notes.txt").write_text("not a sample")
+        job = self.client.submit(MODEL, activations="int8", calibration=[d],
+                                 calibration_method="minmax", input_ranges=["X=-1:1"])
+        options = job.proto.options
+        self.assertEqual(list(options.calibration_inputs), ["s0.npy", "s1.npy"])  # names, in order
+        self.assertEqual(options.activations, sq_pb2.ACTIVATION_TYPE_INT8)
+        self.assertEqual(options.target, sq_pb2.TARGET_QDQ)  # implied by the server
+        self.assertEqual(options.calibration_method, sq_pb2.CALIBRATION_METHOD_MINMAX)
+        self.assertEqual(list(options.input_ranges), ["X=-1:1"])
+        job.wait(timeout=120)  # its outcome is the engine's business
+        (d / "nested").mkdir()
+        with self.assertRaisesRegex(InvalidArgument, "nested is a directory"):
+            self.client.submit(MODEL, activations="int8", calibration=[d])
+        with self.assertRaisesRegex(InvalidArgument, r"input_ranges\[0\]"):
+            self.client.submit(MODEL, activations="int8", input_ranges=["X=1"])
+        with self.assertRaisesRegex(InvalidArgument, "activations"):
+            self.client.submit(MODEL, activations="int4")
 
     def test_bad_options_are_invalid_argument(self) -> None:
         with self.assertRaisesRegex(InvalidArgument, "bits") as e:
