@@ -1,9 +1,13 @@
 #include "core/options.h"
 
+#include <cmath>
+#include <set>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "core/status_macros.h"
 #include "re2/re2.h"
 
 namespace sq {
@@ -11,6 +15,52 @@ namespace {
 
 absl::Status Invalid(absl::string_view option, absl::string_view detail) {
   return absl::InvalidArgumentError(absl::StrCat("option ", option, ": ", detail));
+}
+
+absl::Status ValidateActivationOptions(const QuantizeOptions& options) {
+  if (ToString(options.activations)[0] == '?') return Invalid("activations", "unknown value");
+  if (ToString(options.calibration_method)[0] == '?') {
+    return Invalid("calibration_method", "unknown value");
+  }
+  if (ToString(options.split_activations)[0] == '?') {
+    return Invalid("split_activations", "unknown value");
+  }
+  if (!(options.calibration_percentile > 50 && options.calibration_percentile <= 100)) {
+    return Invalid("calibration_percentile",
+                   absl::StrCat("must be in (50, 100], got ", options.calibration_percentile));
+  }
+  if (options.activations != ActivationType::kOff) {
+    if (options.format != OutputFormat::kQdq || options.target != Target::kQdq) {
+      return Invalid("activations", absl::StrCat(
+          ToString(options.activations), " writes a full-integer QDQ model: it needs --target qdq, not ",
+          options.format == OutputFormat::kQdq
+              ? absl::StrCat("--target ", ToString(options.target))
+              : absl::StrCat("--format ", ToString(options.format))));
+    }
+    const SplitForm form = EffectiveForm(options);
+    if (form != SplitForm::kBranches) {
+      return Invalid("activations", absl::StrCat("integer kernels need each branch as its own op: --form ",
+                                                 ToString(form), " cannot be used with --activations"));
+    }
+  }
+  const bool uses_calibration = options.activations != ActivationType::kOff ||
+                                options.split_activations == ActivationSplit::kRange;
+  if (!options.calibration_inputs.empty() && !uses_calibration) {
+    return Invalid("calibration_inputs",
+                   "are given but nothing reads them (--activations is off and --split-activations is not range)");
+  }
+  std::set<std::string> seen;
+  for (const QuantizeOptions::InputRange& r : options.input_ranges) {
+    if (!std::isfinite(r.lo) || !std::isfinite(r.hi) || !(r.lo < r.hi)) {
+      return Invalid("input_ranges", absl::StrCat("range of '", r.name, "' must be finite with LO < HI, got ",
+                                                  r.lo, ":", r.hi));
+    }
+    if (r.name.empty()) return Invalid("input_ranges", "an entry has no tensor name");
+    if (!seen.insert(r.name).second) {
+      return Invalid("input_ranges", absl::StrCat("'", r.name, "' is given twice"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -114,6 +164,7 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
       return Invalid(name, "format split needs split on");
     }
   }
+  SQ_RETURN_IF_ERROR(ValidateActivationOptions(options));
   return absl::OkStatus();
 }
 
@@ -324,6 +375,70 @@ const char* ToString(SplitMode m) {
     case SplitMode::kAuto: return "auto";
   }
   return "?";
+}
+
+const char* ToString(ActivationType a) {
+  switch (a) {
+    case ActivationType::kOff: return "off";
+    case ActivationType::kInt8: return "int8";
+    case ActivationType::kUint8: return "uint8";
+  }
+  return "?";
+}
+
+const char* ToString(CalibrationMethod m) {
+  switch (m) {
+    case CalibrationMethod::kMinMax: return "minmax";
+    case CalibrationMethod::kPercentile: return "percentile";
+  }
+  return "?";
+}
+
+const char* ToString(ActivationSplit a) {
+  switch (a) {
+    case ActivationSplit::kOff: return "off";
+    case ActivationSplit::kRange: return "range";
+    case ActivationSplit::kPositional: return "positional";
+  }
+  return "?";
+}
+
+absl::StatusOr<ActivationType> ParseActivationType(absl::string_view s) {
+  if (s == "off") return ActivationType::kOff;
+  if (s == "int8") return ActivationType::kInt8;
+  if (s == "uint8") return ActivationType::kUint8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown activation type '", s, "'; accepted: off, int8, uint8"));
+}
+
+absl::StatusOr<CalibrationMethod> ParseCalibrationMethod(absl::string_view s) {
+  if (s == "minmax") return CalibrationMethod::kMinMax;
+  if (s == "percentile") return CalibrationMethod::kPercentile;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown calibration method '", s, "'; accepted: minmax, percentile"));
+}
+
+absl::StatusOr<ActivationSplit> ParseActivationSplit(absl::string_view s) {
+  if (s == "off" || s == "false") return ActivationSplit::kOff;
+  if (s == "range" || s == "on" || s == "true") return ActivationSplit::kRange;
+  if (s == "positional") return ActivationSplit::kPositional;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown activation split '", s, "'; accepted: off, range, positional"));
+}
+
+absl::StatusOr<QuantizeOptions::InputRange> ParseInputRange(absl::string_view spec) {
+  auto bad = [&](absl::string_view why) {
+    return absl::InvalidArgumentError(absl::StrCat("input range '", spec, "': ", why));
+  };
+  const size_t eq = spec.rfind('=');
+  if (eq == absl::string_view::npos || eq == 0) return bad("expected NAME=LO:HI");
+  QuantizeOptions::InputRange r;
+  r.name = std::string(spec.substr(0, eq));
+  std::vector<absl::string_view> lh = absl::StrSplit(spec.substr(eq + 1), ':');
+  if (lh.size() != 2) return bad("expected NAME=LO:HI");
+  if (!absl::SimpleAtof(lh[0], &r.lo) || !absl::SimpleAtof(lh[1], &r.hi)) return bad("LO and HI must be numbers");
+  if (!std::isfinite(r.lo) || !std::isfinite(r.hi) || !(r.lo < r.hi)) return bad("needs finite LO < HI");
+  return r;
 }
 
 const char* ToString(ClusterScope c) {

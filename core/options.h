@@ -54,6 +54,26 @@ enum class SplitForm {
               // than three branches at <= 6 bits, and two kernels instead of three)
 };
 
+// Static activation quantization (full-integer QDQ models for NPUs; core/activations/).
+enum class ActivationType {
+  kOff,    // weights only (default)
+  kInt8,   // per-tensor int8 activations, asymmetric (zero point in the range)
+  kUint8,  // per-tensor uint8 activations, asymmetric
+};
+// How a tensor's activation range is read off the calibration values.
+enum class CalibrationMethod {
+  kMinMax,      // the smallest and largest value seen
+  kPercentile,  // the `calibration_percentile` and 100 - it percentiles of every value seen
+};
+// SplitQuant's activation split: each elementwise activation (Relu, Clip, Sigmoid, Tanh,
+// LeakyRelu, HardSigmoid, HardSwish, SiLU and GELU patterns) runs on three channel groups
+// whose results are joined again, so that a per-tensor quantizer gives each group its own
+// scale. The FP32 function is unchanged.
+enum class ActivationSplit {
+  kOff,
+  kRange,       // channels grouped by their range (calibration, or the data-free estimate)
+  kPositional,  // three equal runs of channels in order (the paper's V1 code)
+};
 // Whether a layer is split.
 enum class SplitMode {
   kOff,   // plain linear quantization
@@ -169,6 +189,32 @@ struct QuantizeOptions {
   // Inputs for verification: a .npy, .npz or .pb file (core/verify/tensor_file.h); empty =
   // seeded random inputs shaped by the graph.
   std::string verify_input;
+
+  // --- Full-integer output (format qdq, target qdq; core/activations/) -----------------
+  // Off by default. On: QuantizeLinear/DequantizeLinear pairs with per-tensor static
+  // ranges on the activation inputs and outputs of every quantized Conv/ConvTranspose/
+  // MatMul/Gemm (each branch of a split layer), biases as int32 where the weight scale
+  // allows, so ONNX Runtime and NPU toolchains run the layers in integer kernels.
+  ActivationType activations = ActivationType::kOff;
+  // Calibration samples: each file is one set of graph inputs (.npy for a single-input
+  // model, .npz, or .pb; core/verify/tensor_file.h); a directory holds one sample per file
+  // (sorted by name) or per subdirectory of .pb files (the ONNX test-data layout). The FP32
+  // model with its quantized weights is run on them in ONNX Runtime. Empty: the data-free
+  // estimate (core/activations/data_free.h), which needs `input_ranges` for graph inputs.
+  std::vector<std::string> calibration_inputs;
+  CalibrationMethod calibration_method = CalibrationMethod::kPercentile;
+  double calibration_percentile = 99.99;  // in (50, 100]
+  // Declared ranges of graph inputs ("NAME=LO:HI" on the command line), used by the
+  // data-free estimate (and ignored with calibration data).
+  struct InputRange {
+    std::string name;
+    float lo = 0;
+    float hi = 0;
+  };
+  std::vector<InputRange> input_ranges;
+  // The activation split; any format (in format split the FP32 output carries it for
+  // toolchains that calibrate themselves).
+  ActivationSplit split_activations = ActivationSplit::kOff;
 };
 
 // Checks ranges and combinations; InvalidArgument naming the offending option. block_size
@@ -205,6 +251,14 @@ const char* ToString(SplitForm f);
 const char* ToString(Target t);
 const char* ToString(ClusterScope c);
 const char* ToString(SplitMode m);
+const char* ToString(ActivationType a);
+const char* ToString(CalibrationMethod m);
+const char* ToString(ActivationSplit a);
+absl::StatusOr<ActivationType> ParseActivationType(absl::string_view s);        // off|int8|uint8
+absl::StatusOr<CalibrationMethod> ParseCalibrationMethod(absl::string_view s);  // minmax|percentile
+absl::StatusOr<ActivationSplit> ParseActivationSplit(absl::string_view s);  // off|range|positional
+// 'NAME=LO:HI' with LO <= 0 <= HI not required but LO < HI, both finite.
+absl::StatusOr<QuantizeOptions::InputRange> ParseInputRange(absl::string_view spec);
 
 }  // namespace sq
 
