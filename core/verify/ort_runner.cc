@@ -213,15 +213,37 @@ absl::StatusOr<std::vector<OrtTensor>> RunOrt(const std::string& model_path,
   return RunOrt(source, inputs, opts);
 }
 
-absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
-                                              const std::vector<OrtTensor>& inputs,
-                                              const OrtRunOptions& opts) {
+struct OrtSession::Impl {
+  std::string name;
+  std::unique_ptr<Ort::Session> session;
+  std::vector<std::string> output_names;
+};
+
+OrtSession::OrtSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+OrtSession::~OrtSession() = default;
+
+absl::StatusOr<std::unique_ptr<OrtSession>> OrtSession::Open(const OrtModelSource& model,
+                                                             const OrtRunOptions& opts) {
   absl::StatusOr<std::unique_ptr<Ort::Session>> opened = OpenSession(model, opts);
   if (!opened.ok()) return opened.status();
-  std::unique_ptr<Ort::Session> session = std::move(*opened);
-  const std::string& model_path = model.path;
+  auto impl = std::make_unique<Impl>();
+  impl->name = model.path;
+  impl->session = std::move(*opened);
   try {
     Ort::AllocatorWithDefaultOptions alloc;
+    const size_t n_out = impl->session->GetOutputCount();
+    for (size_t k = 0; k < n_out; ++k) {
+      impl->output_names.push_back(impl->session->GetOutputNameAllocated(k, alloc).get());
+    }
+  } catch (const Ort::Exception& e) {
+    return FromOrt(e, absl::StrCat("loading ", model.path, " in ONNX Runtime"));
+  }
+  return std::unique_ptr<OrtSession>(new OrtSession(std::move(impl)));
+}
+
+absl::StatusOr<std::vector<OrtTensor>> OrtSession::Run(const std::vector<OrtTensor>& inputs) {
+  const std::string& model_path = impl_->name;
+  try {
     Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
     InputBuffers bufs;
     std::vector<Ort::Value> in_values;
@@ -233,20 +255,15 @@ absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
       in_values.push_back(std::move(*v));
       in_names.push_back(t.name.c_str());
     }
-    std::vector<std::string> out_names_s;
-    const size_t n_out = session->GetOutputCount();
-    for (size_t k = 0; k < n_out; ++k) {
-      out_names_s.push_back(session->GetOutputNameAllocated(k, alloc).get());
-    }
     std::vector<const char*> out_names;
-    for (const auto& s : out_names_s) out_names.push_back(s.c_str());
+    for (const auto& s : impl_->output_names) out_names.push_back(s.c_str());
     Ort::RunOptions run_opts;
     std::vector<Ort::Value> outs =
-        session->Run(run_opts, in_names.data(), in_values.data(), in_values.size(),
-                     out_names.data(), out_names.size());
+        impl_->session->Run(run_opts, in_names.data(), in_values.data(), in_values.size(),
+                            out_names.data(), out_names.size());
     std::vector<OrtTensor> result(outs.size());
     for (size_t k = 0; k < outs.size(); ++k) {
-      absl::Status s = ToOrtTensor(out_names_s[k], outs[k], &result[k]);
+      absl::Status s = ToOrtTensor(impl_->output_names[k], outs[k], &result[k]);
       if (!s.ok()) return s;
     }
     return result;
@@ -255,6 +272,14 @@ absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
   } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("running ", model_path, ": ", e.what()));
   }
+}
+
+absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
+                                              const std::vector<OrtTensor>& inputs,
+                                              const OrtRunOptions& opts) {
+  absl::StatusOr<std::unique_ptr<OrtSession>> session = OrtSession::Open(model, opts);
+  if (!session.ok()) return session.status();
+  return (*session)->Run(inputs);
 }
 
 absl::StatusOr<std::vector<OrtTensor>> MakeRandomInputs(

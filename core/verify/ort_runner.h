@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -58,6 +59,24 @@ absl::StatusOr<std::vector<OrtTensor>> RunOrt(const OrtModelSource& model,
 absl::StatusOr<std::vector<OrtTensor>> RunOrt(const std::string& model_path,
                                               const std::vector<OrtTensor>& inputs,
                                               const OrtRunOptions& = {});
+
+// One loaded model, run many times (calibration runs a model once per sample). Run is not
+// safe to call from several threads on the same object.
+class OrtSession {
+ public:
+  static absl::StatusOr<std::unique_ptr<OrtSession>> Open(const OrtModelSource& model,
+                                                          const OrtRunOptions& = {});
+  ~OrtSession();
+  OrtSession(const OrtSession&) = delete;
+  OrtSession& operator=(const OrtSession&) = delete;
+  // Every graph output, as RunOrt.
+  absl::StatusOr<std::vector<OrtTensor>> Run(const std::vector<OrtTensor>& inputs);
+
+ private:
+  struct Impl;
+  explicit OrtSession(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
 
 // "1.xx.y", the ONNX Runtime this process runs.
 std::string OrtVersion();
