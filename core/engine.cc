@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/activation_stage.h"
 #include "core/file_util.h"
 #include "core/layers.h"
 #include "core/model_io.h"
@@ -212,6 +213,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   report.input_opset = DefaultDomainOpset(proto);
   // The inputs stage "verify" will run with, chosen now so that a bad file fails at once.
   SQ_ASSIGN_OR_RETURN(VerifyInputs verify_inputs, PrepareVerifyInputs(proto.graph(), options));
+  // Likewise the calibration samples (full-integer output, range-grouped activation split).
+  SQ_ASSIGN_OR_RETURN(std::vector<CalibrationSample> calibration, PrepareCalibration(proto.graph(), options));
   clock.Mark("load");
   if (cancelled()) return kCancelled;
 
@@ -220,6 +223,14 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                                              [&] { progress("convert"); }, &proto));
   if (options.format == OutputFormat::kQdq) clock.Mark("convert");
   report.output_opset = DefaultDomainOpset(proto);
+
+  // --- activation split (FP32, before the layers it creates are discovered) ---------------
+  if (options.split_activations != ActivationSplit::kOff) {
+    progress("split-activations");
+    SQ_RETURN_IF_ERROR(SplitActivationsStage(*model, options, calibration, EffectiveThreads(options),
+                                             &report.activations));
+    clock.Mark("split-activations");
+  }
 
   // --- discovery ----------------------------------------------------------------------
   progress("discover");
@@ -251,6 +262,22 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   SQ_ASSIGN_OR_RETURN(std::vector<TransformResult> results,
                       RunTransformStage(*model, plans, *out, EffectiveThreads(options), transform_hooks));
   clock.Mark("transform");
+
+  // --- activations (full-integer output) ---------------------------------------------------
+  if (options.activations != ActivationType::kOff) {
+    progress("activations");
+    std::unique_ptr<MappedFile> data_map;
+    std::vector<OrtModelSource::File> external;
+    if (!out->data_temp_path().empty()) {
+      SQ_ASSIGN_OR_RETURN(data_map, MappedFile::Open(out->data_temp_path()));
+      external.push_back({out->data_location(), reinterpret_cast<const char*>(data_map->data()),
+                          static_cast<size_t>(data_map->size())});
+    }
+    SQ_RETURN_IF_ERROR(QuantizeActivationsStage(&proto, external, options, calibration,
+                                                EffectiveThreads(options), &report.activations));
+    clock.Mark("activations");
+    if (cancelled()) return kCancelled;
+  }
 
   // --- write, verify, publish -----------------------------------------------------------
   progress("write");

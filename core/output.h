@@ -53,6 +53,11 @@ class OutputFiles {
   // goes. Thread-safe for distinct i.
   absl::Status RunCopy(int i);
 
+  // The external data file as the transform left it (not yet visible): its temporary path
+  // and the location the model's tensors name; both empty when the weights are inline.
+  std::string data_temp_path() const { return data_file_ ? data_file_->temp_path() : std::string(); }
+  const std::string& data_location() const { return data_name_; }
+
   // Stage "write": serialises `proto`, writes and hashes both files and renames them into
   // place. Sets the report's output_bytes, output_sha256 and external-data fields.
   // `check` (stage "verify"), when given, sees the complete artifact before the renames; an

@@ -49,7 +49,21 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"quantize_gather", o.quantize_gather},
           {"bpw_budget", o.bpw_budget},
           {"verify", o.verify},
-          {"verify_input", o.verify_input.empty() ? "" : BaseName(o.verify_input)}};
+          {"verify_input", o.verify_input.empty() ? "" : BaseName(o.verify_input)},
+          {"activations", ToString(o.activations)},
+          {"calibration_inputs", [&] {
+             std::vector<std::string> v;
+             for (const auto& c : o.calibration_inputs) v.push_back(BaseName(c));
+             return v;
+           }()},
+          {"calibration_method", ToString(o.calibration_method)},
+          {"calibration_percentile", o.calibration_percentile},
+          {"input_ranges", [&] {
+             std::vector<std::string> v;
+             for (const auto& r : o.input_ranges) v.push_back(absl::StrCat(r.name, "=", r.lo, ":", r.hi));
+             return v;
+           }()},
+          {"split_activations", ToString(o.split_activations)}};
 }
 
 std::string HumanBytes(int64_t b) {
@@ -168,6 +182,17 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"initializer_inputs_promoted", r.initializer_inputs_promoted},
                       {"batched_weights_unstacked", r.batched_weights_unstacked},
                       {"verification", verification},
+                      {"activations", {{"type", r.activations.type},
+                                       {"ranges_from", r.activations.ranges_from},
+                                       {"quantized_ops", r.activations.quantized_ops},
+                                       {"tensors", r.activations.tensors},
+                                       {"int32_biases", r.activations.int32_biases},
+                                       {"float_biases", r.activations.float_biases},
+                                       {"split", r.activations.split},
+                                       {"activations_split", r.activations.activations_split},
+                                       {"consumers_split", r.activations.consumers_split},
+                                       {"split_notes", r.activations.split_notes},
+                                       {"seconds", std::round(r.activations.seconds * 1000) / 1000}}},
                       {"layers", layers}};
   if (r.options.bpw_budget > 0) {
     j["bpw_budget"] = {{"budget", r.options.bpw_budget},

@@ -104,6 +104,23 @@ struct Verification {
   std::vector<OutputAgreement> outputs;
 };
 
+// Full-integer output (--activations) and the activation split.
+struct ActivationReport {
+  std::string type = "off";          // off, int8, uint8
+  std::string ranges_from;           // "calibration: N samples (percentile 99.99)", "data-free (k 3.72)"
+  int quantized_ops = 0;             // layer ops (branches counted) with quantized activations
+  int tensors = 0;                   // Q/DQ pairs on activations
+  int int32_biases = 0;
+  int float_biases = 0;
+  // --split-activations: elementwise activations split, and the layer ops that read their
+  // groups separately (so each group keeps its own scale).
+  std::string split = "off";         // off, range, positional
+  int activations_split = 0;
+  int consumers_split = 0;
+  std::vector<std::string> split_notes;  // one per activation: "<node>: groups 12/20/32 (range)"
+  double seconds = 0;
+};
+
 struct ModelReport {
   std::string tool_version;
   std::string input_path;
@@ -138,6 +155,7 @@ struct ModelReport {
   // achieved is quantized_bits_per_weight: the engine holds each layer to its count).
   std::vector<SensitivityEntry> sensitivity;
   Verification verification;
+  ActivationReport activations;
 };
 
 std::string ReportToJson(const ModelReport& report, int indent = 2);

@@ -1,0 +1,131 @@
+#include "core/activation_stage.h"
+
+#include <chrono>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/activations/act_split.h"
+#include "core/activations/constants.h"
+#include "core/activations/data_free.h"
+#include "core/activations/qdq.h"
+#include "core/status_macros.h"
+
+namespace sq {
+namespace {
+
+double Since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+double TailMultiplier(const QuantizeOptions& o) {
+  return NormalQuantile(o.calibration_method == CalibrationMethod::kPercentile ? o.calibration_percentile : 100.0,
+                        4.5);
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<OrtModelSource::File>> ExternalFilesOf(const LoadedModel& model) {
+  std::vector<OrtModelSource::File> files;
+  std::set<std::string> seen;
+  for (const auto& t : model.proto().graph().initializer()) {
+    if (t.data_location() != onnx::TensorProto::EXTERNAL) continue;
+    std::string location;
+    for (const auto& kv : t.external_data()) {
+      if (kv.key() == "location") location = kv.value();
+    }
+    if (!seen.insert(location).second) continue;
+    SQ_ASSIGN_OR_RETURN(ExternalLocation where, model.ExternalLocationOf(t));
+    SQ_ASSIGN_OR_RETURN(const MappedFile* map, model.Map(where.path));
+    files.push_back({location, reinterpret_cast<const char*>(map->data()), static_cast<size_t>(map->size())});
+  }
+  return files;
+}
+
+absl::StatusOr<std::vector<CalibrationSample>> PrepareCalibration(const onnx::GraphProto& graph,
+                                                                  const QuantizeOptions& options) {
+  if (options.calibration_inputs.empty()) return std::vector<CalibrationSample>{};
+  return ReadCalibrationSet(options.calibration_inputs, graph);
+}
+
+absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& options,
+                                   const std::vector<CalibrationSample>& samples, int threads,
+                                   ActivationReport* report) {
+  const auto start = std::chrono::steady_clock::now();
+  report->split = ToString(options.split_activations);
+  onnx::GraphProto* graph = model.proto().mutable_graph();
+  std::map<std::string, TensorRange> ranges;
+  if (options.split_activations == ActivationSplit::kRange) {
+    const std::vector<ActivationSite> sites = FindActivationSites(*graph);
+    if (sites.empty()) return absl::OkStatus();
+    SQ_ASSIGN_OR_RETURN(std::vector<OrtModelSource::File> external, ExternalFilesOf(model));
+    if (!samples.empty()) {
+      CalibrationRequest request;
+      for (const ActivationSite& s : sites) {
+        request.channel_tensors.push_back(s.input);
+        request.channel_tensors.push_back(s.output);
+      }
+      request.method = CalibrationMethod::kMinMax;
+      request.threads = threads;
+      SQ_ASSIGN_OR_RETURN(ranges, CollectRanges(model.proto(), external, samples, request));
+    } else {
+      ConstantTable constants(*graph, external);
+      ranges = EstimateRanges(*graph, options.input_ranges, TailMultiplier(options), &constants);
+    }
+  }
+  auto read_weight = [&](const std::string& name, std::vector<int64_t>* dims) -> absl::StatusOr<std::vector<float>> {
+    for (const auto& t : graph->initializer()) {
+      if (t.name() != name) continue;
+      SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(model, t));
+      *dims = f.shape;
+      return std::vector<float>(f.data, f.data + f.size);
+    }
+    return absl::NotFoundError(absl::StrCat("no FP32 initializer '", name, "'"));
+  };
+  SQ_ASSIGN_OR_RETURN(ActSplitResult r, SplitActivations(&model.proto(), options.split_activations, ranges, read_weight));
+  report->activations_split = r.activations_split;
+  report->consumers_split = r.consumers_split;
+  report->split_notes = std::move(r.notes);
+  report->seconds += Since(start);
+  return absl::OkStatus();
+}
+
+absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
+                                      const std::vector<OrtModelSource::File>& external,
+                                      const QuantizeOptions& options,
+                                      const std::vector<CalibrationSample>& samples, int threads,
+                                      ActivationReport* report) {
+  const auto start = std::chrono::steady_clock::now();
+  report->type = ToString(options.activations);
+  onnx::GraphProto* graph = proto->mutable_graph();
+  const std::vector<std::string> tensors = ActivationTensors(*graph);
+  ConstantTable constants(*graph, external);
+  std::map<std::string, TensorRange> ranges;
+  if (!samples.empty()) {
+    CalibrationRequest request;
+    request.tensors = tensors;
+    request.method = options.calibration_method;
+    request.percentile = options.calibration_percentile;
+    request.threads = threads;
+    SQ_ASSIGN_OR_RETURN(ranges, CollectRanges(*proto, external, samples, request));
+    report->ranges_from = absl::StrCat(
+        "calibration: ", samples.size(), " sample", samples.size() == 1 ? "" : "s", ", ",
+        options.calibration_method == CalibrationMethod::kPercentile
+            ? absl::StrFormat("percentile %g", options.calibration_percentile)
+            : std::string("minmax"));
+  } else {
+    const double k = TailMultiplier(options);
+    ranges = EstimateRanges(*graph, options.input_ranges, k, &constants);
+    SQ_RETURN_IF_ERROR(RequireRanges(*graph, tensors, ranges));
+    report->ranges_from = absl::StrFormat("data-free estimate (k %.2f)", k);
+  }
+  SQ_ASSIGN_OR_RETURN(ActivationQdqResult r, InsertActivationQdq(graph, ranges, options.activations, &constants));
+  report->quantized_ops = r.quantized_ops;
+  report->tensors = r.tensors;
+  report->int32_biases = r.int32_biases;
+  report->float_biases = r.float_biases;
+  report->seconds += Since(start);
+  return absl::OkStatus();
+}
+
+}  // namespace sq
