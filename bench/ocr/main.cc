@@ -52,13 +52,18 @@ struct Config {
   bool qdq = false;          // a real quantized artifact (any target), not fake quant
   std::string target = "qdq";  // with qdq: qdq, ort (MatMulNBits accuracy_level 4), ort0
                                // (accuracy_level 0) or portable
+  // Full-integer (target qdq only): "" weights only, "a8" int8 activations from the
+  // calibration set, "a8df" int8 activations from the data-free estimate.
+  std::string act;
+  std::string act_split;  // "", "asr" (--split-activations range), "asp" (positional)
 };
 
 std::string ConfigName(const Config& c) {
   if (c.fp32) return "fp32";
   std::string g = c.granularity == "block" ? "block" + std::to_string(c.block_size) : c.granularity;
   return "int" + std::to_string(c.bits) + "-" + g + "-" + (c.symmetric ? "sym" : "asym") + "-" +
-         c.mode + (c.qdq ? "-" + c.target : "");
+         c.mode + (c.qdq ? "-" + c.target : "") + (c.act.empty() ? "" : "-" + c.act) +
+         (c.act_split.empty() ? "" : "-" + c.act_split);
 }
 
 bool ParseConfig(const std::string& name, Config* c) {
@@ -71,6 +76,11 @@ bool ParseConfig(const std::string& name, Config* c) {
   std::vector<std::string> p;
   std::stringstream ss(name);
   for (std::string t; std::getline(ss, t, '-');) p.push_back(t);
+  // Trailing full-integer tokens: -a8 / -a8df, then -asr / -asp.
+  while (p.size() > 5 && (p.back() == "asr" || p.back() == "asp" || p.back() == "a8" || p.back() == "a8df")) {
+    (p.back()[1] == 's' ? c->act_split : c->act) = p.back();
+    p.pop_back();
+  }
   if (p.size() < 4 || p.size() > 5 || p[0].rfind("int", 0) != 0) return false;
   c->bits = std::atoi(p[0].c_str() + 3);
   if (p[1] == "tensor" || p[1] == "channel") {
@@ -131,9 +141,12 @@ struct ModelQuant {
 std::string g_form = "folded";
 // Which values one k-means sees (engine option): auto (paper), tensor, channel.
 std::string g_cluster_scope = "auto";
+// Calibration samples (one .npy per line of a set disjoint from the test lines) for the
+// full-integer configs, per model.
+std::string g_calib_rec_dir, g_calib_cls_dir;
 
 ModelQuant Quantize(const Config& c, const std::string& in, const std::string& out,
-                    int threads) {
+                    int threads, const std::string& calib_dir) {
   ModelQuant q;
 #ifdef SQ_BENCH_OCR_NO_ENGINE
   q.error = "built without the engine (SQ_BENCH_OCR_NO_ENGINE)";
@@ -165,11 +178,28 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   o.threads = threads;
   o.verify = false;  // the bench runs its own evaluation in ONNX Runtime; timings exclude it
   o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kFolded;
+  // The engine's default target is ort-cpu: a -qdq config names target qdq explicitly.
+  if (c.qdq && c.target == "qdq") o.target = sq::Target::kQdq;
   if (c.qdq && c.target != "qdq") {
     o.target = c.target == "portable" ? sq::Target::kPortable : sq::Target::kOrtCpu;
     o.ort_accuracy_level = c.target == "ort0" ? 0 : 4;
     o.form = g_form == "branches" ? sq::SplitForm::kBranches : sq::SplitForm::kAuto;
   }
+  if (!c.act.empty()) {
+    o.activations = sq::ActivationType::kInt8;
+    o.form = sq::SplitForm::kBranches;  // each branch its own integer op
+    if (c.act == "a8") o.calibration_inputs = {calib_dir};
+    else o.input_ranges = {{"x", -1.0f, 1.0f}};  // both models' input: (pixel / 255 - 0.5) / 0.5
+  }
+  if (!c.act_split.empty()) {
+    o.split_activations = c.act_split == "asr" ? sq::ActivationSplit::kRange : sq::ActivationSplit::kPositional;
+    if (c.act.empty() && o.split_activations == sq::ActivationSplit::kRange) o.calibration_inputs = {calib_dir};
+  }
+  if (const char* m = std::getenv("SQ_BENCH_CALIBRATION"); m && *m) {
+    o.calibration_method = std::string(m) == "minmax" ? sq::CalibrationMethod::kMinMax
+                                                      : sq::CalibrationMethod::kPercentile;
+  }
+  if (const char* p = std::getenv("SQ_BENCH_PERCENTILE"); p && *p) o.calibration_percentile = std::atof(p);
   o.cluster_scope = g_cluster_scope == "tensor"    ? sq::ClusterScope::kTensor
                     : g_cluster_scope == "channel" ? sq::ClusterScope::kChannel
                                                    : sq::ClusterScope::kAuto;
@@ -202,6 +232,22 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   }
 #endif
   return q;
+}
+
+// A float32 tensor as NumPy .npy (format 1.0), for calibration samples.
+bool WriteNpy(const Tensor& t, const std::string& path) {
+  std::string shape;
+  for (size_t i = 0; i < t.shape.size(); ++i) shape += std::to_string(t.shape[i]) + (t.shape.size() == 1 || i + 1 < t.shape.size() ? "," : "");
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + shape + "), }";
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::ofstream f(path, std::ios::binary);
+  const uint16_t len = static_cast<uint16_t>(header.size());
+  f.write("\x93NUMPY\x01\x00", 8);
+  f.write(reinterpret_cast<const char*>(&len), 2);
+  f << header;
+  f.write(reinterpret_cast<const char*>(t.data.data()), static_cast<std::streamsize>(t.data.size() * 4));
+  return static_cast<bool>(f);
 }
 
 struct Row {
@@ -379,6 +425,7 @@ void Usage() {
                "  [--configs all|NAME[,NAME...]] [--out-json FILE] [--work-dir DIR]\n"
                "  [--ort-threads N] [--quant-threads N] [--models-dir DIR] [--fonts-dir DIR]\n"
                "  [--words FILE] [--no-clean-sanity] [--dump-dir DIR] [--show-errors N]\n"
+               "  [--calibration-lines N]\n"
                "  [--form folded|branches] [--cluster-scope auto|tensor|channel]\n"
                "  [--list-configs]\n");
 }
@@ -392,7 +439,7 @@ int main(int argc, char** argv) {
   std::string fonts_dir = "/usr/share/fonts/truetype/dejavu";
   std::string words = "/usr/share/dict/american-english";
   std::string dump_dir;
-  int lines = 300, ort_threads = 2, quant_threads = 2, show_errors = 0;
+  int lines = 300, ort_threads = 2, quant_threads = 2, show_errors = 0, calib_lines = 32;
   uint64_t seed = 1;
   bool clean_sanity = true;
   for (int i = 1; i < argc; ++i) {
@@ -406,6 +453,7 @@ int main(int argc, char** argv) {
     };
     if (a == "--variant") variant = next();
     else if (a == "--lines") lines = std::atoi(next().c_str());
+    else if (a == "--calibration-lines") calib_lines = std::atoi(next().c_str());
     else if (a == "--seed") seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--configs") configs_arg = next();
     else if (a == "--out-json") out_json = next();
@@ -499,6 +547,29 @@ int main(int argc, char** argv) {
     }
   }
 
+  // The calibration set: other lines (another seed), the same variant.
+  {
+    SetSpec cal = spec;
+    cal.lines = calib_lines;
+    cal.seed = seed + 1000003;
+    std::vector<TextLine> cal_set = renderer->RenderSet(cal);
+    g_calib_rec_dir = (fs::path(work_dir) / "calibration-rec").string();
+    g_calib_cls_dir = (fs::path(work_dir) / "calibration-cls").string();
+    fs::create_directories(g_calib_rec_dir);
+    fs::create_directories(g_calib_cls_dir);
+    for (size_t i = 0; i < cal_set.size(); ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "line%03zu.npy", i);
+      Tensor rec = PreprocessRec(cal_set[i].image);
+      Tensor cls;
+      AppendPreprocessedCls(cal_set[i].image, &cls);
+      if (!WriteNpy(rec, g_calib_rec_dir + "/" + name) || !WriteNpy(cls, g_calib_cls_dir + "/" + name)) {
+        std::fprintf(stderr, "cannot write calibration samples under %s\n", work_dir.c_str());
+        return 1;
+      }
+    }
+  }
+
   std::vector<Row> rows;
   auto eval_models = [&](Row& row, const std::string& rec, const std::string& cls,
                          const PreparedSet& ps) {
@@ -546,8 +617,8 @@ int main(int argc, char** argv) {
       fs::path dir = fs::path(work_dir) / c.name;
       fs::create_directories(dir);
       std::string rq = (dir / "rec.onnx").string(), cq = (dir / "cls.onnx").string();
-      row.rec_q = Quantize(c, rec_path, rq, quant_threads);
-      row.cls_q = row.rec_q.ok ? Quantize(c, cls_path, cq, quant_threads) : ModelQuant();
+      row.rec_q = Quantize(c, rec_path, rq, quant_threads, g_calib_rec_dir);
+      row.cls_q = row.rec_q.ok ? Quantize(c, cls_path, cq, quant_threads, g_calib_cls_dir) : ModelQuant();
       if (!row.rec_q.ok) row.error = "quantize rec: " + row.rec_q.error;
       else if (!row.cls_q.ok) row.error = "quantize cls: " + row.cls_q.error;
       else eval_models(row, rq, cq, prepared);
