@@ -1,6 +1,8 @@
 #include "core/activation_stage.h"
 
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -8,6 +10,7 @@
 #include "core/activations/act_split.h"
 #include "core/activations/constants.h"
 #include "core/activations/data_free.h"
+#include "core/activations/fold.h"
 #include "core/activations/qdq.h"
 #include "core/status_macros.h"
 
@@ -21,6 +24,30 @@ double Since(std::chrono::steady_clock::time_point t) {
 double TailMultiplier(const QuantizeOptions& o) {
   return NormalQuantile(o.calibration_method == CalibrationMethod::kPercentile ? o.calibration_percentile : 100.0,
                         4.5);
+}
+
+// FP32 values of a constant of the main graph (initializer or Constant node).
+std::function<absl::StatusOr<std::vector<float>>(const std::string&, std::vector<int64_t>*)> WeightReader(
+    const LoadedModel& model) {
+  const onnx::GraphProto* graph = &model.proto().graph();
+  return [graph, &model](const std::string& name, std::vector<int64_t>* dims) -> absl::StatusOr<std::vector<float>> {
+    const onnx::TensorProto* found = nullptr;
+    for (const auto& t : graph->initializer()) {
+      if (t.name() == name) found = &t;
+    }
+    for (const auto& n : graph->node()) {
+      if (found || n.op_type() != "Constant" || n.output_size() != 1 || n.output(0) != name) continue;
+      for (const auto& a : n.attribute()) {
+        if (a.name() == "value" && a.has_t()) found = &a.t();
+      }
+    }
+    if (found && found->data_type() == onnx::TensorProto::FLOAT) {
+      SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(model, *found));
+      *dims = f.shape;
+      return std::vector<float>(f.data, f.data + f.size);
+    }
+    return absl::NotFoundError(absl::StrCat("no FP32 initializer '", name, "'"));
+  };
 }
 
 }  // namespace
@@ -49,7 +76,8 @@ absl::StatusOr<std::vector<CalibrationSample>> PrepareCalibration(const onnx::Gr
 }
 
 absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& options,
-                                   const std::vector<CalibrationSample>& samples, int threads,
+                                   const std::vector<CalibrationSample>& samples,
+                                   const std::map<std::string, TensorRange>& seeds, int threads,
                                    ActivationReport* report) {
   const auto start = std::chrono::steady_clock::now();
   report->split = ToString(options.split_activations);
@@ -70,18 +98,10 @@ absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& op
       SQ_ASSIGN_OR_RETURN(ranges, CollectRanges(model.proto(), external, samples, request));
     } else {
       ConstantTable constants(*graph, external);
-      ranges = EstimateRanges(*graph, options.input_ranges, TailMultiplier(options), &constants);
+      ranges = EstimateRanges(*graph, options.input_ranges, TailMultiplier(options), &constants, seeds);
     }
   }
-  auto read_weight = [&](const std::string& name, std::vector<int64_t>* dims) -> absl::StatusOr<std::vector<float>> {
-    for (const auto& t : graph->initializer()) {
-      if (t.name() != name) continue;
-      SQ_ASSIGN_OR_RETURN(FloatTensor f, ReadFloatTensor(model, t));
-      *dims = f.shape;
-      return std::vector<float>(f.data, f.data + f.size);
-    }
-    return absl::NotFoundError(absl::StrCat("no FP32 initializer '", name, "'"));
-  };
+  auto read_weight = WeightReader(model);
   SQ_ASSIGN_OR_RETURN(ActSplitResult r, SplitActivations(&model.proto(), options.split_activations, ranges, read_weight));
   report->activations_split = r.activations_split;
   report->consumers_split = r.consumers_split;
@@ -90,10 +110,35 @@ absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& op
   return absl::OkStatus();
 }
 
+absl::Status FoldStage(LoadedModel& model, const QuantizeOptions& options,
+                       std::map<std::string, TensorRange>* seeds, ActivationReport* report) {
+  const auto start = std::chrono::steady_clock::now();
+  SQ_ASSIGN_OR_RETURN(FoldResult r, FoldAffineIntoLayers(model.proto().mutable_graph(), WeightReader(model)));
+  const double k = TailMultiplier(options);
+  for (const auto& [name, st] : r.output_stats) {
+    std::vector<float> lo(st.mean.size()), hi(st.mean.size());
+    for (size_t c = 0; c < lo.size(); ++c) {
+      lo[c] = static_cast<float>(st.mean[c] - k * st.sd[c]);
+      hi[c] = static_cast<float>(st.mean[c] + k * st.sd[c]);
+    }
+    TensorRange t;
+    t.lo = *std::min_element(lo.begin(), lo.end());
+    t.hi = *std::max_element(hi.begin(), hi.end());
+    t.channel_lo = std::move(lo);
+    t.channel_hi = std::move(hi);
+    (*seeds)[name] = std::move(t);
+  }
+  report->folded_batch_norms = r.batch_norms;
+  report->folded_affine = r.muls + r.adds;
+  report->seconds += Since(start);
+  return absl::OkStatus();
+}
+
 absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
                                       const std::vector<OrtModelSource::File>& external,
                                       const QuantizeOptions& options,
-                                      const std::vector<CalibrationSample>& samples, int threads,
+                                      const std::vector<CalibrationSample>& samples,
+                                      const std::map<std::string, TensorRange>& seeds, int threads,
                                       ActivationReport* report) {
   const auto start = std::chrono::steady_clock::now();
   report->type = ToString(options.activations);
@@ -115,7 +160,7 @@ absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
             : std::string("minmax"));
   } else {
     const double k = TailMultiplier(options);
-    ranges = EstimateRanges(*graph, options.input_ranges, k, &constants);
+    ranges = EstimateRanges(*graph, options.input_ranges, k, &constants, seeds);
     SQ_RETURN_IF_ERROR(RequireRanges(*graph, tensors, ranges));
     report->ranges_from = absl::StrFormat("data-free estimate (k %.2f)", k);
   }

@@ -2,6 +2,8 @@
 //
 //   "calibration" (after load)  the calibration samples read and checked against the graph,
 //                               so a bad file fails the run before any work
+//   "fold" (full-integer output, before discovery)  BatchNormalization and per-channel
+//                               affine ops folded into the layer before them
 //   "split-activations" (before discovery)  the activation split on the FP32 graph; the
 //                               layer ops it creates are discovered and quantized like the
 //                               model's own
@@ -12,6 +14,8 @@
 #ifndef SQ_CORE_ACTIVATION_STAGE_H_
 #define SQ_CORE_ACTIVATION_STAGE_H_
 
+#include <map>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -29,15 +33,24 @@ namespace sq {
 absl::StatusOr<std::vector<CalibrationSample>> PrepareCalibration(const onnx::GraphProto& graph,
                                                                   const QuantizeOptions& options);
 
+// Stage "fold" (full-integer output, before the activation split): BatchNormalization and
+// per-channel Mul/Add after a layer folded into its weight and bias (activations/fold.h).
+// `seeds` receives data-free ranges of the folded layers' outputs (from the norms' statistics).
+absl::Status FoldStage(LoadedModel& model, const QuantizeOptions& options,
+                       std::map<std::string, TensorRange>* seeds, ActivationReport* report);
+
 absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& options,
-                                   const std::vector<CalibrationSample>& samples, int threads,
+                                   const std::vector<CalibrationSample>& samples,
+                                   const std::map<std::string, TensorRange>& seeds, int threads,
                                    ActivationReport* report);
 
 // `external` maps the artifact's external data (by location) when it has any.
+// `seeds`: FoldStage's ranges, for the data-free estimate.
 absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
                                       const std::vector<OrtModelSource::File>& external,
                                       const QuantizeOptions& options,
-                                      const std::vector<CalibrationSample>& samples, int threads,
+                                      const std::vector<CalibrationSample>& samples,
+                                      const std::map<std::string, TensorRange>& seeds, int threads,
                                       ActivationReport* report);
 
 // The external data files of a loaded model as in-memory buffers (mapped), by location.

@@ -177,14 +177,25 @@ absl::StatusOr<StoragePlan> ConvertForStorage(const QuantizeOptions& options, in
   return storage;
 }
 
+// Full-integer output at 8 bits: weight codes symmetric (zero point 0). ONNX Runtime's
+// QLinearConv and NPU integer kernels take one zero weight zero point; with per-channel
+// asymmetric zero points ORT falls back to a path 30x slower on the OCR recognizer
+// (docs/accuracy.md, full-integer). Lower bits are not fused by ORT and stay asymmetric.
+QuantizeOptions ForIntegerKernels(const QuantizeOptions& requested) {
+  QuantizeOptions o = requested;
+  if (o.activations != ActivationType::kOff && o.bits == 8) o.symmetric = true;
+  return o;
+}
+
 }  // namespace
 
 const char* Version() { return SQ_VERSION; }
 
 absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
                                               const std::string& output_path,
-                                              const QuantizeOptions& options,
+                                              const QuantizeOptions& requested,
                                               const RunHooks& hooks) {
+  const QuantizeOptions options = ForIntegerKernels(requested);
   const auto run_start = std::chrono::steady_clock::now();
   ModelReport report;
   report.tool_version = Version();
@@ -224,10 +235,16 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   if (options.format == OutputFormat::kQdq) clock.Mark("convert");
   report.output_opset = DefaultDomainOpset(proto);
 
-  // --- activation split (FP32, before the layers it creates are discovered) ---------------
+  // --- fold, activation split (FP32, before the layers they touch are discovered) -------
+  std::map<std::string, TensorRange> folded_ranges;  // data-free ranges the norms gave
+  if (options.activations != ActivationType::kOff) {
+    progress("fold");
+    SQ_RETURN_IF_ERROR(FoldStage(*model, options, &folded_ranges, &report.activations));
+    clock.Mark("fold");
+  }
   if (options.split_activations != ActivationSplit::kOff) {
     progress("split-activations");
-    SQ_RETURN_IF_ERROR(SplitActivationsStage(*model, options, calibration, EffectiveThreads(options),
+    SQ_RETURN_IF_ERROR(SplitActivationsStage(*model, options, calibration, folded_ranges, EffectiveThreads(options),
                                              &report.activations));
     clock.Mark("split-activations");
   }
@@ -273,7 +290,7 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
       external.push_back({out->data_location(), reinterpret_cast<const char*>(data_map->data()),
                           static_cast<size_t>(data_map->size())});
     }
-    SQ_RETURN_IF_ERROR(QuantizeActivationsStage(&proto, external, options, calibration,
+    SQ_RETURN_IF_ERROR(QuantizeActivationsStage(&proto, external, options, calibration, folded_ranges,
                                                 EffectiveThreads(options), &report.activations));
     clock.Mark("activations");
     if (cancelled()) return kCancelled;

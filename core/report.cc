@@ -188,6 +188,8 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                                        {"tensors", r.activations.tensors},
                                        {"int32_biases", r.activations.int32_biases},
                                        {"float_biases", r.activations.float_biases},
+                                       {"folded_batch_norms", r.activations.folded_batch_norms},
+                                       {"folded_affine", r.activations.folded_affine},
                                        {"split", r.activations.split},
                                        {"activations_split", r.activations.activations_split},
                                        {"consumers_split", r.activations.consumers_split},

@@ -112,6 +112,9 @@ struct ActivationReport {
   int tensors = 0;                   // Q/DQ pairs on activations
   int int32_biases = 0;
   int float_biases = 0;
+  // Folded into the layer before them (full-integer output): BatchNormalization, Mul/Add.
+  int folded_batch_norms = 0;
+  int folded_affine = 0;
   // --split-activations: elementwise activations split, and the layer ops that read their
   // groups separately (so each group keeps its own scale).
   std::string split = "off";         // off, range, positional

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/rewrite.h"
+#include "core/status_macros.h"
 
 namespace sq {
 namespace {
@@ -103,53 +104,81 @@ std::vector<ActivationSite> FindActivationSites(const onnx::GraphProto& graph) {
         f.scalar_constants.count(n0.input(0))) {
       continue;
     }
-    const std::string x = n0.input(0);
-    // Grow from the first reader of x that belongs: every node after x's producer whose
-    // inputs are x, scalars or values of the site.
-    std::set<std::string> produced{x};
-    std::vector<int> region;
-    auto px = f.producer.find(x);
-    const int from = px == f.producer.end() ? 0 : px->second + 1;
-    bool has_core = false;
-    for (int k = from; k < graph.node_size(); ++k) {
-      if (used[k]) continue;
-      const auto& n = graph.node(k);
-      if (!IsDefaultDomain(n) || n.output_size() != 1 ||
-          !(CoreOps().count(n.op_type()) || GlueOps().count(n.op_type()))) {
-        continue;
-      }
-      bool inside = true, touches = false;
-      for (int i = 0; i < n.input_size(); ++i) {
-        const std::string& in = n.input(i);
-        if (in.empty()) continue;
-        if (produced.count(in)) {
-          touches = true;
-        } else if (!f.scalar_constants.count(in)) {
-          inside = false;
+    // Grows a site from x: every later node whose inputs are x, scalars or the site's values.
+    auto grow = [&](const std::string& x, std::vector<int>* region, std::vector<std::string>* leaving) {
+      region->clear();
+      leaving->clear();
+      std::set<std::string> produced{x};
+      auto px = f.producer.find(x);
+      const int from = px == f.producer.end() ? 0 : px->second + 1;
+      bool has_core = false;
+      for (int k = from; k < graph.node_size(); ++k) {
+        if (used[k]) continue;
+        const auto& n = graph.node(k);
+        if (!IsDefaultDomain(n) || n.output_size() != 1 ||
+            !(CoreOps().count(n.op_type()) || GlueOps().count(n.op_type()))) {
+          continue;
         }
+        bool inside = true, touches = false;
+        for (int i = 0; i < n.input_size(); ++i) {
+          const std::string& in = n.input(i);
+          if (in.empty()) continue;
+          if (produced.count(in)) {
+            touches = true;
+          } else if (!f.scalar_constants.count(in)) {
+            inside = false;
+          }
+        }
+        if (!inside || !touches) continue;
+        // A core op's data is its input 0 (Clip's bounds, PRelu's slope are not).
+        if (CoreOps().count(n.op_type()) && !produced.count(n.input(0))) continue;
+        region->push_back(k);
+        produced.insert(n.output(0));
+        has_core = has_core || CoreOps().count(n.op_type());
       }
-      // Clip's bounds and the like are inputs 1.. and must be scalars; the data is input 0.
-      if (!inside || !touches || !produced.count(n.input(0)) ) {
-        if (!(inside && touches && GlueOps().count(n.op_type()))) continue;
+      if (!has_core || region->empty()) return false;
+      std::set<int> in_region(region->begin(), region->end());
+      for (int k : *region) {
+        const std::string& o = graph.node(k).output(0);
+        bool leaves = f.graph_outputs.count(o) > 0 || f.subgraph_reads.count(o) > 0;
+        auto r = f.readers.find(o);
+        if (r != f.readers.end()) {
+          for (int reader : r->second) leaves = leaves || !in_region.count(reader);
+        }
+        if (leaves) leaving->push_back(o);
       }
-      region.push_back(k);
-      produced.insert(n.output(0));
-      has_core = has_core || CoreOps().count(n.op_type());
+      // Exactly one value may leave the site.
+      return leaving->size() == 1;
+    };
+    // The activation's true input may sit behind scalar glue (HardSwish as
+    // (x + 3) -> Clip -> * x -> / 6 starts at x, not at x + 3): walk back while that holds.
+    std::vector<std::string> roots{n0.input(0)};
+    for (std::string x = n0.input(0);;) {
+      auto p = f.producer.find(x);
+      if (p == f.producer.end() || used[p->second]) break;
+      const auto& pn = graph.node(p->second);
+      if (!IsDefaultDomain(pn) || !GlueOps().count(pn.op_type()) || pn.output_size() != 1) break;
+      std::string data;
+      int others = 0;
+      for (const auto& in : pn.input()) {
+        if (f.scalar_constants.count(in)) continue;
+        data = in;
+        ++others;
+      }
+      if (others != 1) break;
+      x = data;
+      roots.insert(roots.begin(), x);
     }
-    if (!has_core || region.empty()) continue;
-    // Exactly one value may leave the site.
-    std::set<int> in_region(region.begin(), region.end());
+    std::vector<int> region;
     std::vector<std::string> leaving;
-    for (int k : region) {
-      const std::string& o = graph.node(k).output(0);
-      bool leaves = f.graph_outputs.count(o) > 0 || f.subgraph_reads.count(o) > 0;
-      auto r = f.readers.find(o);
-      if (r != f.readers.end()) {
-        for (int reader : r->second) leaves = leaves || !in_region.count(reader);
+    std::string x;
+    for (const std::string& root : roots) {  // the widest site that works
+      if (grow(root, &region, &leaving)) {
+        x = root;
+        break;
       }
-      if (leaves) leaving.push_back(o);
     }
-    if (leaving.size() != 1) continue;
+    if (x.empty()) continue;
     for (int k : region) used[k] = true;
     ActivationSite s;
     s.input = x;
@@ -239,6 +268,9 @@ absl::StatusOr<ActSplitResult> SplitActivations(
     for (const auto& t : g->initializer()) {
       if (!inputs.count(t.name())) weights.insert(t.name());
     }
+    for (const auto& n : g->node()) {
+      if (n.op_type() == "Constant" && n.output_size() == 1) weights.insert(n.output(0));
+    }
   }
   std::map<std::string, int64_t> value_info_channels;
   std::map<std::string, int> value_info_rank;
@@ -294,16 +326,65 @@ absl::StatusOr<ActSplitResult> SplitActivations(
     return t.name();
   };
 
+  // Tensors available as three group tensors (a depthwise layer taken apart by an earlier
+  // site): a later site on such a tensor takes the parts and their grouping as they are.
+  struct Parts {
+    std::vector<std::vector<int64_t>> groups;
+    std::vector<std::string> names;
+  };
+  std::map<std::string, Parts> parts_of;
+  std::set<std::string> created;  // joins this rewrite made (dropped if nothing reads them)
+  auto join = [&](const std::vector<std::string>& parts, const std::string& out, bool in_order,
+                  const std::vector<int64_t>& inverse, const std::string& base, std::vector<onnx::NodeProto>* to) {
+    const std::string cat = in_order ? out : names.Make(out + "_joined");
+    onnx::NodeProto c = make_node("Concat", parts, {cat}, base + "_join");
+    int_attr(&c, "axis", 1);
+    created.insert(c.name());
+    to->push_back(c);
+    if (!in_order) {
+      const std::string inv = add_int_init(out + "_channel_order", inverse);
+      onnx::NodeProto back = make_node("Gather", {cat, inv}, {out}, base + "_reorder");
+      int_attr(&back, "axis", 1);
+      created.insert(back.name());
+      to->push_back(back);
+    }
+  };
+  auto depthwise = [&](const onnx::NodeProto& n, std::vector<int64_t>* dims, std::vector<float>* w) {
+    if (!IsDefaultDomain(n) || n.op_type() != "Conv" || n.input_size() < 2 || !weights.count(n.input(1))) return false;
+    absl::StatusOr<std::vector<float>> v = read_weight(n.input(1), dims);
+    if (!v.ok() || dims->size() < 3 || (*dims)[1] != 1 || IntAttr(n, "group", 1) != (*dims)[0]) return false;
+    *w = std::move(*v);
+    return true;
+  };
+  // A depthwise Conv on channels idx: W[idx], B[idx], group |idx|.
+  auto depthwise_part = [&](const onnx::NodeProto& n, const std::vector<int64_t>& dims, const std::vector<float>& w,
+                            const std::vector<int64_t>& idx, int gi, const std::string& input,
+                            const std::string& output) -> absl::StatusOr<onnx::NodeProto> {
+    const int64_t ng = static_cast<int64_t>(idx.size());
+    int64_t inner = 1;
+    for (size_t d = 1; d < dims.size(); ++d) inner *= dims[d];
+    std::vector<int64_t> wd = dims;
+    wd[0] = ng;
+    std::vector<float> wg(ng * inner);
+    for (int64_t j = 0; j < ng; ++j) std::copy_n(w.data() + idx[j] * inner, inner, wg.data() + j * inner);
+    onnx::NodeProto op = n;
+    op.set_name(names.Make(absl::StrCat(n.name().empty() ? n.op_type() : n.name(), "_group", gi)));
+    op.set_input(0, input);
+    op.set_input(1, add_float_init(absl::StrCat(n.input(1), "_group", gi), wd, wg));
+    op.set_output(0, output);
+    int_attr(&op, "group", ng);
+    if (op.input_size() > 2 && !op.input(2).empty()) {
+      std::vector<int64_t> bd;
+      absl::StatusOr<std::vector<float>> bias = read_weight(op.input(2), &bd);
+      if (!bias.ok()) return bias.status();
+      std::vector<float> bg(ng);
+      for (int64_t j = 0; j < ng; ++j) bg[j] = (*bias)[idx[j]];
+      op.set_input(2, add_float_init(absl::StrCat(n.input(2), "_group", gi), {ng}, bg));
+    }
+    return op;
+  };
+
   for (const ActivationSite& site : sites) {
-    // How each reader of Y can take the groups.
-    enum Kind { kOther, kConvSum, kConvDepthwise, kGemm, kMatMul };
-    struct Reader {
-      int node;
-      Kind kind = kOther;
-      std::vector<float> w;
-      std::vector<int64_t> dims;
-    };
-    std::vector<Reader> readers;
     int64_t channels = -1;
     bool conflict = false;
     auto agree = [&](int64_t c) {
@@ -311,40 +392,71 @@ absl::StatusOr<ActSplitResult> SplitActivations(
       if (channels < 0) channels = c;
       else if (channels != c) conflict = true;
     };
-    auto rd = f.readers.find(site.output);
-    if (rd != f.readers.end()) {
+    const Parts* inherited = nullptr;
+    if (auto it = parts_of.find(site.input); it != parts_of.end()) {
+      inherited = &it->second;
+      int64_t c = 0;
+      for (const auto& grp : inherited->groups) c += static_cast<int64_t>(grp.size());
+      agree(c);
+    }
+    // The producer of X, when it can make the groups itself: a group-1 Conv or a Gemm
+    // (rows of W), or a depthwise Conv (its channels), with constant weights, X read only
+    // by the site.
+    enum ProducerKind { kNone, kConv, kGemm, kDepthwise };
+    ProducerKind pkind = kNone;
+    int pnode = -1;
+    std::vector<int64_t> pdims;
+    std::vector<float> pw;
+    if (!inherited) {
+      auto pr = f.producer.find(site.input);
+      bool only_site = !f.graph_outputs.count(site.input) && !f.subgraph_reads.count(site.input);
+      if (auto rr = f.readers.find(site.input); rr != f.readers.end()) {
+        const std::set<int> mine(site.nodes.begin(), site.nodes.end());
+        for (int k : rr->second) only_site = only_site && mine.count(k);
+      }
+      if (pr != f.producer.end() && only_site && !replace.count(pr->second)) {
+        const onnx::NodeProto& n = g->node(pr->second);
+        if (depthwise(n, &pdims, &pw)) {
+          pkind = kDepthwise;
+          agree(pdims[0]);
+        } else if (IsDefaultDomain(n) && n.output_size() == 1 && n.input_size() >= 2 && weights.count(n.input(1)) &&
+                   (n.op_type() == "Conv" || n.op_type() == "Gemm")) {
+          absl::StatusOr<std::vector<float>> v = read_weight(n.input(1), &pdims);
+          if (v.ok() && n.op_type() == "Conv" && pdims.size() >= 3 && IntAttr(n, "group", 1) == 1) {
+            pkind = kConv;
+            agree(pdims[0]);
+          } else if (v.ok() && n.op_type() == "Gemm" && pdims.size() == 2 && IntAttr(n, "transA", 0) == 0) {
+            pkind = kGemm;
+            agree(IntAttr(n, "transB", 0) ? pdims[0] : pdims[1]);
+          }
+          if (pkind != kNone) pw = std::move(*v);
+        }
+        if (pkind != kNone) pnode = pr->second;
+      }
+    }
+    // Readers of Y that take the groups: depthwise Convs not yet taken apart.
+    struct Reader {
+      int node;
+      std::vector<int64_t> dims;
+      std::vector<float> w;
+    };
+    std::vector<Reader> split_readers;
+    bool need_join = f.graph_outputs.count(site.output) > 0 || f.subgraph_reads.count(site.output) > 0;
+    if (auto rd = f.readers.find(site.output); rd != f.readers.end()) {
       std::set<int> seen;
       for (int k : rd->second) {
         if (!seen.insert(k).second) continue;
         const onnx::NodeProto& n = g->node(k);
-        Reader r;
-        r.node = k;
         int uses = 0;
         for (const auto& in : n.input()) uses += in == site.output;
-        const bool weight_const = n.input_size() >= 2 && weights.count(n.input(1));
-        if (uses == 1 && n.input(0) == site.output && weight_const && IsDefaultDomain(n) &&
-            (n.op_type() == "Conv" || n.op_type() == "Gemm" || n.op_type() == "MatMul")) {
-          absl::StatusOr<std::vector<float>> w = read_weight(n.input(1), &r.dims);
-          if (w.ok()) {
-            r.w = std::move(*w);
-            const int64_t group = IntAttr(n, "group", 1);
-            if (n.op_type() == "Conv" && r.dims.size() >= 3 && group == 1) {
-              r.kind = kConvSum;
-              agree(r.dims[1]);
-            } else if (n.op_type() == "Conv" && r.dims.size() >= 3 && r.dims[1] == 1 && group == r.dims[0]) {
-              r.kind = kConvDepthwise;
-              agree(group);
-            } else if (n.op_type() == "Gemm" && r.dims.size() == 2 && IntAttr(n, "transA", 0) == 0) {
-              r.kind = kGemm;
-              agree(IntAttr(n, "transB", 0) ? r.dims[1] : r.dims[0]);
-            } else if (n.op_type() == "MatMul" && r.dims.size() == 2 && value_info_rank.count(site.output) &&
-                       value_info_rank[site.output] == 2) {
-              r.kind = kMatMul;
-              agree(r.dims[0]);
-            }
-          }
+        Reader r;
+        r.node = k;
+        if (uses == 1 && n.input(0) == site.output && !replace.count(k) && depthwise(n, &r.dims, &r.w)) {
+          agree(r.dims[0]);
+          split_readers.push_back(std::move(r));
+        } else {
+          need_join = true;
         }
-        readers.push_back(std::move(r));
       }
     }
     const TensorRange* range = nullptr;
@@ -361,14 +473,14 @@ absl::StatusOr<ActSplitResult> SplitActivations(
       result.notes.push_back(absl::StrCat(site.name, ": left whole (", conflict ? "channel counts disagree" : "channel count unknown or < 3", ")"));
       continue;
     }
-    if (mode == ActivationSplit::kRange && !range) {
+    if (!inherited && mode == ActivationSplit::kRange && !range) {
       result.notes.push_back(absl::StrCat(site.name, ": left whole (no per-channel ranges for ", site.input, ")"));
       continue;
     }
-    std::vector<std::vector<int64_t>> groups =
-        GroupChannels(channels, mode, range ? range->channel_lo : std::vector<float>{},
-                      range ? range->channel_hi : std::vector<float>{});
-    // Positions of channels after joining the groups, to restore the order.
+    const std::vector<std::vector<int64_t>> groups =
+        inherited ? inherited->groups
+                  : GroupChannels(channels, mode, range ? range->channel_lo : std::vector<float>{},
+                                  range ? range->channel_hi : std::vector<float>{});
     std::vector<int64_t> joined;
     for (const auto& grp : groups) joined.insert(joined.end(), grp.begin(), grp.end());
     bool in_order = true;
@@ -376,16 +488,81 @@ absl::StatusOr<ActSplitResult> SplitActivations(
     std::vector<int64_t> inverse(joined.size());
     for (size_t i = 0; i < joined.size(); ++i) inverse[joined[i]] = static_cast<int64_t>(i);
 
-    // The groups: Gather, then a copy of the site per group.
+    // X's groups: inherited parts, the producer's own, or Gathers.
+    std::vector<std::string> x_parts(3);
+    std::vector<onnx::NodeProto> producer_nodes;
     std::vector<onnx::NodeProto> site_nodes;
-    std::vector<std::string> y_groups;
+    std::string how;
     for (int gi = 0; gi < 3; ++gi) {
-      const std::string idx = add_int_init(absl::StrCat(site.input, "_group", gi, "_channels"), groups[gi]);
+      const std::vector<int64_t>& idx = groups[gi];
+      const int64_t ng = static_cast<int64_t>(idx.size());
+      if (inherited) {
+        x_parts[gi] = inherited->names[gi];
+        how = "groups of the layer before";
+        continue;
+      }
       const std::string xg = names.Make(absl::StrCat(site.input, "_group", gi));
-      onnx::NodeProto gather = make_node("Gather", {site.input, idx}, {xg}, absl::StrCat(site.name, "_group", gi, "_Gather"));
-      int_attr(&gather, "axis", 1);
-      site_nodes.push_back(gather);
-      std::map<std::string, std::string> rename{{site.input, xg}};
+      x_parts[gi] = xg;
+      if (pkind == kNone) {
+        const std::string ids = add_int_init(absl::StrCat(site.input, "_group", gi, "_channels"), idx);
+        onnx::NodeProto gather = make_node("Gather", {site.input, ids}, {xg}, absl::StrCat(site.name, "_group", gi, "_Gather"));
+        int_attr(&gather, "axis", 1);
+        site_nodes.push_back(gather);
+        how = "gathered";
+        continue;
+      }
+      const onnx::NodeProto& pn = g->node(pnode);
+      if (pkind == kDepthwise) {
+        const std::string ids = add_int_init(absl::StrCat(pn.input(0), "_group", gi, "_channels"), idx);
+        const std::string in_g = names.Make(absl::StrCat(pn.input(0), "_group", gi));
+        onnx::NodeProto gather = make_node("Gather", {pn.input(0), ids}, {in_g}, absl::StrCat(pn.name(), "_group", gi, "_Gather"));
+        int_attr(&gather, "axis", 1);
+        producer_nodes.push_back(gather);
+        SQ_ASSIGN_OR_RETURN(onnx::NodeProto dw, depthwise_part(pn, pdims, pw, idx, gi, in_g, xg));
+        producer_nodes.push_back(dw);
+        how = "made by the depthwise layer in groups";
+        continue;
+      }
+      // Conv / Gemm: the output channels idx of W (and of the bias).
+      onnx::NodeProto op = pn;
+      op.set_name(names.Make(absl::StrCat(pn.name().empty() ? pn.op_type() : pn.name(), "_group", gi)));
+      op.set_output(0, xg);
+      std::vector<int64_t> wd = pdims;
+      std::vector<float> wg;
+      const bool cols = pkind == kGemm && IntAttr(pn, "transB", 0) == 0;  // Gemm B [K, N]
+      if (!cols) {
+        const int64_t per = static_cast<int64_t>(pw.size()) / pdims[0];
+        wd[0] = ng;
+        wg.resize(ng * per);
+        for (int64_t j = 0; j < ng; ++j) std::copy_n(pw.data() + idx[j] * per, per, wg.data() + j * per);
+      } else {
+        const int64_t rows = pdims[0], n_cols = pdims[1];
+        wd = {rows, ng};
+        wg.resize(rows * ng);
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t j = 0; j < ng; ++j) wg[r * ng + j] = pw[r * n_cols + idx[j]];
+        }
+      }
+      op.set_input(1, add_float_init(absl::StrCat(pn.input(1), "_group", gi), wd, wg));
+      if (op.input_size() > 2 && !op.input(2).empty()) {
+        std::vector<int64_t> bd;
+        absl::StatusOr<std::vector<float>> bias = read_weight(op.input(2), &bd);
+        if (!bias.ok()) return bias.status();
+        if (bias->size() == static_cast<size_t>(channels)) {
+          std::vector<float> bg(ng);
+          for (int64_t j = 0; j < ng; ++j) bg[j] = (*bias)[idx[j]];
+          op.set_input(2, add_float_init(absl::StrCat(pn.input(2), "_group", gi), {ng}, bg));
+        } else if (bias->size() != 1) {
+          return absl::InternalError(absl::StrCat("activation split: bias of ", pn.name(), " is neither per channel nor scalar"));
+        }
+      }
+      producer_nodes.push_back(op);
+      how = "made by the layer before in groups";
+    }
+    // A copy of the activation per group.
+    std::vector<std::string> y_parts;
+    for (int gi = 0; gi < 3; ++gi) {
+      std::map<std::string, std::string> rename{{site.input, x_parts[gi]}};
       for (int k : site.nodes) {
         onnx::NodeProto copy = g->node(k);
         copy.set_name(names.Make(absl::StrCat(copy.name().empty() ? copy.op_type() : copy.name(), "_group", gi)));
@@ -398,117 +575,35 @@ absl::StatusOr<ActSplitResult> SplitActivations(
         copy.set_output(0, out);
         site_nodes.push_back(copy);
       }
-      y_groups.push_back(rename[site.output]);
+      y_parts.push_back(rename[site.output]);
     }
-    // Readers that take the groups apart.
-    bool need_join = f.graph_outputs.count(site.output) > 0 || f.subgraph_reads.count(site.output) > 0;
-    int split_readers = 0;
-    for (const Reader& r : readers) {
+    // Depthwise readers run per group; their outputs stay in groups for the next site.
+    for (const Reader& r : split_readers) {
       const onnx::NodeProto& n = g->node(r.node);
-      if (r.kind == kOther) {
-        need_join = true;
-        continue;
-      }
       std::vector<onnx::NodeProto> out_nodes;
-      std::vector<std::string> parts;
-      const std::string out = n.output(0);
+      Parts parts;
+      parts.groups = groups;
       for (int gi = 0; gi < 3; ++gi) {
-        const std::vector<int64_t>& idx = groups[gi];
-        const int64_t ng = static_cast<int64_t>(idx.size());
-        onnx::NodeProto op = n;
-        op.set_name(names.Make(absl::StrCat(n.name().empty() ? n.op_type() : n.name(), "_group", gi)));
-        op.set_input(0, y_groups[gi]);
-        const std::string part = names.Make(absl::StrCat(out, "_group", gi));
-        op.set_output(0, part);
-        std::vector<float> w;
-        std::vector<int64_t> wd = r.dims;
-        if (r.kind == kConvSum) {  // W[:, idx]
-          int64_t inner = 1;
-          for (size_t d = 2; d < r.dims.size(); ++d) inner *= r.dims[d];
-          const int64_t m = r.dims[0], c = r.dims[1];
-          wd[1] = ng;
-          w.resize(m * ng * inner);
-          for (int64_t o = 0; o < m; ++o) {
-            for (int64_t j = 0; j < ng; ++j) {
-              std::copy_n(r.w.data() + (o * c + idx[j]) * inner, inner, w.data() + (o * ng + j) * inner);
-            }
-          }
-          if (gi > 0 && op.input_size() > 2) op.mutable_input()->RemoveLast();
-        } else if (r.kind == kConvDepthwise) {  // W[idx], B[idx], group |idx|
-          int64_t inner = 1;
-          for (size_t d = 1; d < r.dims.size(); ++d) inner *= r.dims[d];
-          wd[0] = ng;
-          w.resize(ng * inner);
-          for (int64_t j = 0; j < ng; ++j) std::copy_n(r.w.data() + idx[j] * inner, inner, w.data() + j * inner);
-          int_attr(&op, "group", ng);
-          if (op.input_size() > 2 && !op.input(2).empty()) {
-            std::vector<int64_t> bd;
-            absl::StatusOr<std::vector<float>> b = read_weight(op.input(2), &bd);
-            if (!b.ok()) return b.status();
-            std::vector<float> bg(ng);
-            for (int64_t j = 0; j < ng; ++j) bg[j] = (*b)[idx[j]];
-            op.set_input(2, add_float_init(absl::StrCat(op.input(2), "_group", gi), {ng}, bg));
-          }
-        } else {  // Gemm / MatMul: rows idx of [C, K], or columns of transB [K, C]
-          const bool trans = r.kind == kGemm && IntAttr(n, "transB", 0) != 0;
-          const int64_t rows = r.dims[0], cols = r.dims[1];
-          if (!trans) {
-            wd = {ng, cols};
-            w.resize(ng * cols);
-            for (int64_t j = 0; j < ng; ++j) std::copy_n(r.w.data() + idx[j] * cols, cols, w.data() + j * cols);
-          } else {
-            wd = {rows, ng};
-            w.resize(rows * ng);
-            for (int64_t o = 0; o < rows; ++o) {
-              for (int64_t j = 0; j < ng; ++j) w[o * ng + j] = r.w[o * cols + idx[j]];
-            }
-          }
-          if (gi > 0 && op.input_size() > 2) op.mutable_input()->RemoveLast();
-        }
-        op.set_input(1, add_float_init(absl::StrCat(n.input(1), "_group", gi), wd, w));
-        out_nodes.push_back(op);
-        parts.push_back(part);
+        const std::string part = names.Make(absl::StrCat(n.output(0), "_group", gi));
+        SQ_ASSIGN_OR_RETURN(onnx::NodeProto dw, depthwise_part(n, r.dims, r.w, groups[gi], gi, y_parts[gi], part));
+        out_nodes.push_back(dw);
+        parts.names.push_back(part);
       }
-      if (r.kind == kConvDepthwise) {
-        const std::string cat = in_order ? out : names.Make(out + "_joined");
-        onnx::NodeProto c = make_node("Concat", parts, {cat}, absl::StrCat(n.name(), "_join"));
-        int_attr(&c, "axis", 1);
-        out_nodes.push_back(c);
-        if (!in_order) {
-          const std::string inv = add_int_init(out + "_channel_order", inverse);
-          onnx::NodeProto back = make_node("Gather", {cat, inv}, {out}, absl::StrCat(n.name(), "_reorder"));
-          int_attr(&back, "axis", 1);
-          out_nodes.push_back(back);
-        }
-      } else {
-        const std::string s01 = names.Make(out + "_partial");
-        out_nodes.push_back(make_node("Add", {parts[0], parts[1]}, {s01}, absl::StrCat(n.name(), "_sum01")));
-        out_nodes.push_back(make_node("Add", {s01, parts[2]}, {out}, absl::StrCat(n.name(), "_sum")));
-      }
+      join(parts.names, n.output(0), in_order, inverse, n.name(), &out_nodes);
+      parts_of[n.output(0)] = parts;
       replace[r.node] = std::move(out_nodes);
-      ++split_readers;
     }
-    if (need_join) {
-      const std::string cat = in_order ? site.output : names.Make(site.output + "_joined");
-      onnx::NodeProto c = make_node("Concat", y_groups, {cat}, site.name + "_join");
-      int_attr(&c, "axis", 1);
-      site_nodes.push_back(c);
-      if (!in_order) {
-        const std::string inv = add_int_init(site.output + "_channel_order", inverse);
-        onnx::NodeProto back = make_node("Gather", {cat, inv}, {site.output}, site.name + "_reorder");
-        int_attr(&back, "axis", 1);
-        site_nodes.push_back(back);
-      }
-    }
-    // The site's nodes go where its output was made; the others are dropped.
+    if (need_join) join(y_parts, site.output, in_order, inverse, site.name, &site_nodes);
     const int maker = f.producer.at(site.output);
     for (int k : site.nodes) replace[k] = {};
     replace[maker] = std::move(site_nodes);
+    if (pkind != kNone) replace[pnode] = std::move(producer_nodes);
     ++result.activations_split;
-    result.consumers_split += split_readers;
+    result.consumers_split += static_cast<int>(split_readers.size());
     result.notes.push_back(absl::StrCat(site.name, ": groups ", groups[0].size(), "/", groups[1].size(), "/",
-                                        groups[2].size(), " (", ToString(mode), "), ", split_readers,
-                                        " reader(s) split", need_join ? ", joined for the others" : ""));
+                                        groups[2].size(), " (", inherited ? "inherited" : ToString(mode), "; input ",
+                                        how, "), ", split_readers.size(), " depthwise reader(s) in groups",
+                                        need_join ? ", joined for the others" : ""));
   }
   if (replace.empty()) return result;
   std::vector<onnx::NodeProto> nodes;
@@ -518,6 +613,21 @@ absl::StatusOr<ActSplitResult> SplitActivations(
       nodes.push_back(g->node(k));
     } else {
       for (auto& n : r->second) nodes.push_back(std::move(n));
+    }
+  }
+  // Joins nothing reads (a later site took the groups) go.
+  for (bool dropped = true; dropped;) {
+    dropped = false;
+    std::set<std::string> wanted(f.graph_outputs.begin(), f.graph_outputs.end());
+    wanted.insert(f.subgraph_reads.begin(), f.subgraph_reads.end());
+    for (const auto& n : nodes) {
+      for (const auto& in : n.input()) wanted.insert(in);
+    }
+    for (size_t i = nodes.size(); i-- > 0;) {
+      if (created.count(nodes[i].name()) && !wanted.count(nodes[i].output(0))) {
+        nodes.erase(nodes.begin() + static_cast<std::ptrdiff_t>(i));
+        dropped = true;
+      }
     }
   }
   g->clear_node();
@@ -533,6 +643,14 @@ absl::StatusOr<ActSplitResult> SplitActivations(
   for (int i = inits->size() - 1; i >= 0; --i) {
     if (!read.count(inits->Get(i).name()) && weights.count(inits->Get(i).name())) {
       inits->DeleteSubrange(i, 1);
+    }
+  }
+  auto* all = g->mutable_node();
+  for (int i = all->size() - 1; i >= 0; --i) {
+    const onnx::NodeProto& n = all->Get(i);
+    if (n.op_type() == "Constant" && n.output_size() == 1 && !read.count(n.output(0)) &&
+        !f.subgraph_reads.count(n.output(0))) {
+      all->DeleteSubrange(i, 1);
     }
   }
   return result;

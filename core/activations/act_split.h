@@ -8,15 +8,20 @@
 // decomposed patterns built of those with Mul/Add/Sub/Div/Erf/Pow by scalars or by X
 // itself (SiLU x*sigmoid(x), GELU 0.5x(1+erf(x/sqrt2)) and its tanh form, x*relu6(x+3)/6).
 //
-// The rewrite. X_g = Gather(X, idx_g, axis 1) and a copy of the activation per group gives
-// Y_g. Y's readers then take the groups apart where they can, so the groups stay separate
-// tensors all the way into the next layer:
-//   Conv (group 1)       sum over g of Conv(Y_g, W[:, idx_g]) (the bias once)
-//   depthwise Conv       Conv(Y_g, W[idx_g], B[idx_g], group |idx_g|) per g, joined
-//   MatMul [N,C] x [C,K] / Gemm   sum over g of the product with W's rows idx_g
-// Any other reader gets Y back as Concat(Y_0, Y_1, Y_2) (and a Gather restoring the channel
-// order when the groups are not runs). New layer ops are discovered and quantized like the
-// model's own.
+// The rewrite. The groups are made as early and kept as long as the graph allows, so that
+// every quantized tensor along the way has its own per-group scale:
+//   - X's groups: when X is made only for the activation by a group-1 Conv or a Gemm with
+//     constant weights, that layer is cut by output channels (W[idx_g], B[idx_g]) and makes
+//     X_g itself; by a depthwise Conv, that layer runs per group on Gather(input, idx_g);
+//     when X is already in groups (a depthwise layer taken apart by the site before), those
+//     groups and their grouping are kept; otherwise X_g = Gather(X, idx_g, axis 1).
+//   - A copy of the activation per group gives Y_g.
+//   - A depthwise Conv reading Y runs per group on Y_g (W[idx_g], B[idx_g], group |idx_g|),
+//     and its outputs stay in groups for the next site.
+//   - Any other reader (a group-1 Conv, a Gemm, an Add, a graph output) gets Y back as
+//     Concat(Y_0, Y_1, Y_2) (and a Gather restoring the channel order when the groups are
+//     not runs): its input is one tensor again, with one scale.
+// New layer ops are discovered and quantized like the model's own.
 //
 // Grouping. kPositional: three runs of channels in order (sizes differ by at most one),
 // the paper's V1 code. kRange: channels sorted by the span of their range and cut into the

@@ -160,6 +160,7 @@ struct Acc {
   float hi = -std::numeric_limits<float>::infinity();
   std::vector<float> ch_lo, ch_hi;
   std::vector<int64_t> hist;
+  bool channels_vary = false;
 };
 
 constexpr int kBins = 2048;
@@ -301,9 +302,10 @@ absl::StatusOr<std::map<std::string, TensorRange>> CollectRanges(
               a.ch_lo.assign(c, std::numeric_limits<float>::infinity());
               a.ch_hi.assign(c, -std::numeric_limits<float>::infinity());
             }
-            if (static_cast<int64_t>(a.ch_lo.size()) != c) {
-              return absl::InvalidArgumentError(absl::StrCat(
-                  "calibration: tensor '", t.name, "' changes its channel count between samples"));
+            if (a.channels_vary || static_cast<int64_t>(a.ch_lo.size()) != c) {
+              // Axis 1 is not channels here (a sequence length that varies): no per-channel ranges.
+              a.channels_vary = true;
+              continue;
             }
             const int64_t outer = c * inner == 0 ? 0 : static_cast<int64_t>(t.f.size()) / (c * inner);
             for (int64_t o = 0; o < outer; ++o) {
@@ -345,7 +347,7 @@ absl::StatusOr<std::map<std::string, TensorRange>> CollectRanges(
     }
     r.lo = std::min(r.lo, 0.0f);
     r.hi = std::max(r.hi, 0.0f);
-    if (per_channel.count(name)) {
+    if (per_channel.count(name) && !a.channels_vary) {
       r.channel_lo = std::move(a.ch_lo);
       r.channel_hi = std::move(a.ch_hi);
       for (size_t c = 0; c < r.channel_lo.size(); ++c) {

@@ -97,7 +97,8 @@ double NormalQuantile(double percentile, double fallback) {
 
 std::map<std::string, TensorRange> EstimateRanges(const onnx::GraphProto& graph,
                                                   const std::vector<QuantizeOptions::InputRange>& inputs,
-                                                  double k, ConstantTable* constants) {
+                                                  double k, ConstantTable* constants,
+                                                  const std::map<std::string, TensorRange>& seeds) {
   std::map<std::string, Range> known;
   for (const QuantizeOptions::InputRange& r : inputs) known[r.name] = Span(r.lo, r.hi);
   // A constant's range: its values' span.
@@ -111,7 +112,7 @@ std::map<std::string, TensorRange> EstimateRanges(const onnx::GraphProto& graph,
     return &known[name];
   };
   // BatchNormalization's statistics describe its input.
-  std::map<std::string, Range> bn_input;
+  std::map<std::string, Range> bn_input(seeds.begin(), seeds.end());
   for (const auto& n : graph.node()) {
     if (n.op_type() != "BatchNormalization" || !IsDefaultDomain(n) || n.input_size() < 5) continue;
     const ConstantValue* mean = constants->Get(n.input(3));

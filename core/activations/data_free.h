@@ -36,10 +36,13 @@
 
 namespace sq {
 
-// Every tensor the rules reach. Never fails; see RequireRanges.
+// Every tensor the rules reach. Never fails; see RequireRanges. `seeds` are ranges known
+// from elsewhere (a BatchNormalization folded into its layer, activations/fold.h), used
+// for those tensors instead of the rules.
 std::map<std::string, TensorRange> EstimateRanges(const onnx::GraphProto& graph,
                                                   const std::vector<QuantizeOptions::InputRange>& inputs,
-                                                  double k, ConstantTable* constants);
+                                                  double k, ConstantTable* constants,
+                                                  const std::map<std::string, TensorRange>& seeds = {});
 
 // The Gaussian tail multiplier for a percentile in (50, 100); `fallback` at 100.
 double NormalQuantile(double percentile, double fallback = 4.5);

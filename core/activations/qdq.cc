@@ -137,6 +137,7 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
   // Biases: int32 codes through a DequantizeLinear placed first.
   std::vector<onnx::NodeProto> front;
   std::map<const onnx::NodeProto*, std::string> new_bias;
+  std::set<std::string> replaced;  // the FP32 biases rewritten
   for (const LayerOp& op : ops) {
     const onnx::NodeProto& n = *op.node;
     const bool has_bias = (n.op_type() == "Conv" || n.op_type() == "ConvTranspose" || n.op_type() == "Gemm") &&
@@ -195,6 +196,7 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
     axis->set_i(0);
     front.push_back(std::move(dq));
     new_bias[op.node] = out_name;
+    replaced.insert(n.input(2));
     ++result.int32_biases;
   }
 
@@ -263,6 +265,26 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
   }
   graph->clear_node();
   for (auto& n : nodes) *graph->add_node() = std::move(n);
+  // FP32 biases that only the rewritten layers read go (initializers or Constant nodes).
+  std::set<std::string> read;
+  for (const auto& n : graph->node()) {
+    for (const auto& in : n.input()) read.insert(in);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g() || a.graphs_size() > 0) read.insert(replaced.begin(), replaced.end());  // keep: subgraphs
+    }
+  }
+  for (const auto& vi : graph->output()) read.insert(vi.name());
+  auto* inits = graph->mutable_initializer();
+  for (int i = inits->size() - 1; i >= 0; --i) {
+    if (replaced.count(inits->Get(i).name()) && !read.count(inits->Get(i).name())) inits->DeleteSubrange(i, 1);
+  }
+  auto* all = graph->mutable_node();
+  for (int i = all->size() - 1; i >= 0; --i) {
+    const onnx::NodeProto& n = all->Get(i);
+    if (n.op_type() == "Constant" && n.output_size() == 1 && replaced.count(n.output(0)) && !read.count(n.output(0))) {
+      all->DeleteSubrange(i, 1);
+    }
+  }
   return result;
 }
 

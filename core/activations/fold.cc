@@ -1,0 +1,235 @@
+#include "core/activations/fold.h"
+
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "core/rewrite.h"
+
+namespace sq {
+namespace {
+
+bool IsDefaultDomain(const onnx::NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
+
+int64_t IntAttr(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
+  for (const auto& a : n.attribute()) {
+    if (a.name() == name) return a.i();
+  }
+  return fallback;
+}
+float FloatAttr(const onnx::NodeProto& n, const std::string& name, float fallback) {
+  for (const auto& a : n.attribute()) {
+    if (a.name() == name) return a.f();
+  }
+  return fallback;
+}
+
+// A constant broadcast along the output channels of a layer whose output has rank
+// `rank` (channel axis 1; unknown rank: any shape whose only non-1 dim is the channel's
+// when aligned right against [C, 1, ..., 1] or [.., C] for Gemm).
+bool PerChannel(const std::vector<float>& v, const std::vector<int64_t>& dims, int64_t channels,
+                bool gemm, std::vector<float>* out) {
+  if (v.size() == 1) {
+    out->assign(channels, v[0]);
+    return true;
+  }
+  if (static_cast<int64_t>(v.size()) != channels) return false;
+  // Where the channel dim sits, counted from the right.
+  int from_right = -1;
+  for (int i = static_cast<int>(dims.size()) - 1, k = 0; i >= 0; --i, ++k) {
+    if (dims[i] == channels) {
+      if (from_right >= 0) return false;
+      from_right = k;
+    } else if (dims[i] != 1) {
+      return false;
+    }
+  }
+  // Gemm output [N, C]: the channel is the last dim. Conv output [N, C, spatial...]: the
+  // constant is [C, 1, ..., 1] with as many trailing 1s as spatial dims; accept 1 or 2
+  // (1-D and 2-D convs, the common exports), and leave other layouts alone.
+  if (gemm ? from_right != 0 : (from_right != 1 && from_right != 2)) return false;
+  *out = v;
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<FoldResult> FoldAffineIntoLayers(
+    onnx::GraphProto* g,
+    const std::function<absl::StatusOr<std::vector<float>>(const std::string& name,
+                                                           std::vector<int64_t>* dims)>& read) {
+  FoldResult result;
+  UniqueNames names(*g);
+  std::set<std::string> graph_outputs;
+  for (const auto& vi : g->output()) graph_outputs.insert(vi.name());
+  for (bool changed = true; changed;) {
+    changed = false;
+    std::map<std::string, std::vector<int>> readers;
+    std::map<std::string, int> producer;
+    std::set<std::string> subgraph_values;
+    for (int k = 0; k < g->node_size(); ++k) {
+      const auto& n = g->node(k);
+      for (const auto& in : n.input()) readers[in].push_back(k);
+      for (const auto& o : n.output()) producer[o] = k;
+      for (const auto& a : n.attribute()) {
+        if (a.has_g() || a.graphs_size() > 0) subgraph_values.insert("*");
+      }
+    }
+    std::set<int> drop, touched;  // this pass: affine nodes folded away, layers rewritten
+    for (int k = 0; k < g->node_size(); ++k) {
+      if (drop.count(k) || touched.count(k)) continue;
+      const onnx::NodeProto& layer = g->node(k);
+      if (!IsDefaultDomain(layer) || layer.output_size() != 1 || layer.input_size() < 2) continue;
+      const std::string& op = layer.op_type();
+      const bool gemm = op == "Gemm";
+      if (!(op == "Conv" || gemm || (op == "ConvTranspose" && IntAttr(layer, "group", 1) == 1))) continue;
+      if (gemm && (IntAttr(layer, "transA", 0) != 0)) continue;
+      const std::string& y = layer.output(0);
+      auto rd = readers.find(y);
+      if (rd == readers.end() || rd->second.size() != 1 || graph_outputs.count(y) || !subgraph_values.empty()) continue;
+      if (drop.count(rd->second[0]) || touched.count(rd->second[0])) continue;
+      const onnx::NodeProto& next = g->node(rd->second[0]);
+      if (!IsDefaultDomain(next) || next.output_size() < 1) continue;
+      std::vector<int64_t> wd;
+      absl::StatusOr<std::vector<float>> w = read(layer.input(1), &wd);
+      if (!w.ok() || wd.size() < 2) continue;
+      // Output channels and how to scale one channel's weights.
+      const bool trans_b = gemm && IntAttr(layer, "transB", 0) != 0;
+      const int64_t channels = op == "Conv" ? wd[0] : op == "ConvTranspose" ? wd[1] : (trans_b ? wd[0] : wd[1]);
+      auto scale_weights = [&](const std::vector<float>& s) {
+        std::vector<float> out = *w;
+        const int64_t total = static_cast<int64_t>(out.size());
+        if (op == "Conv" || trans_b) {
+          const int64_t per = total / channels;
+          for (int64_t i = 0; i < total; ++i) out[i] *= s[i / per];
+        } else if (op == "ConvTranspose") {
+          int64_t inner = 1;
+          for (size_t d = 2; d < wd.size(); ++d) inner *= wd[d];
+          for (int64_t i = 0; i < total; ++i) out[i] *= s[(i / inner) % channels];
+        } else {  // Gemm [K, N]
+          for (int64_t i = 0; i < total; ++i) out[i] *= s[i % channels];
+        }
+        return out;
+      };
+      std::vector<float> bias(channels, 0.0f);
+      const bool has_bias = layer.input_size() > 2 && !layer.input(2).empty();
+      if (has_bias) {
+        std::vector<int64_t> bd;
+        absl::StatusOr<std::vector<float>> b = read(layer.input(2), &bd);
+        if (!b.ok() || b->size() != static_cast<size_t>(channels)) continue;
+        bias = *b;
+      }
+      if (gemm && (FloatAttr(layer, "alpha", 1.0f) != 1.0f || FloatAttr(layer, "beta", 1.0f) != 1.0f)) continue;
+      std::vector<float> new_w = *w, new_b = bias;
+      const std::string& nop = next.op_type();
+      if (nop == "BatchNormalization" && next.input_size() >= 5 && next.input(0) == y &&
+          next.output_size() == 1 && !gemm) {
+        std::vector<int64_t> d;
+        absl::StatusOr<std::vector<float>> gamma = read(next.input(1), &d), beta = read(next.input(2), &d),
+                                           mean = read(next.input(3), &d), var = read(next.input(4), &d);
+        if (!gamma.ok() || !beta.ok() || !mean.ok() || !var.ok()) continue;
+        if (gamma->size() != static_cast<size_t>(channels) || beta->size() != gamma->size() ||
+            mean->size() != gamma->size() || var->size() != gamma->size()) continue;
+        const float eps = FloatAttr(next, "epsilon", 1e-5f);
+        std::vector<float> s(channels);
+        for (int64_t c = 0; c < channels; ++c) {
+          s[c] = static_cast<float>((*gamma)[c] / std::sqrt(static_cast<double>((*var)[c]) + eps));
+          new_b[c] = static_cast<float>((static_cast<double>(bias[c]) - (*mean)[c]) * s[c] + (*beta)[c]);
+        }
+        new_w = scale_weights(s);
+        ++result.batch_norms;
+        FoldResult::Stats st;
+        st.mean = *beta;
+        st.sd.resize(channels);
+        for (int64_t c = 0; c < channels; ++c) st.sd[c] = std::abs((*gamma)[c]);
+        result.output_stats.erase(y);
+        result.output_stats[next.output(0)] = std::move(st);
+      } else if ((nop == "Mul" || nop == "Add") && next.input_size() == 2 && next.output_size() == 1) {
+        const std::string& other = next.input(0) == y ? next.input(1) : next.input(0);
+        if (other == y) continue;
+        std::vector<int64_t> d;
+        absl::StatusOr<std::vector<float>> c = read(other, &d);
+        if (!c.ok()) continue;
+        std::vector<float> per;
+        if (!PerChannel(*c, d, channels, gemm, &per)) continue;
+        auto st = result.output_stats.find(y);
+        if (nop == "Mul") {
+          for (int64_t i = 0; i < channels; ++i) new_b[i] = bias[i] * per[i];
+          new_w = scale_weights(per);
+          ++result.muls;
+          if (st != result.output_stats.end()) {
+            for (int64_t i = 0; i < channels; ++i) {
+              st->second.mean[i] *= per[i];
+              st->second.sd[i] *= std::abs(per[i]);
+            }
+          }
+        } else {
+          for (int64_t i = 0; i < channels; ++i) new_b[i] = bias[i] + per[i];
+          ++result.adds;
+          if (st != result.output_stats.end()) {
+            for (int64_t i = 0; i < channels; ++i) st->second.mean[i] += per[i];
+          }
+        }
+        if (st != result.output_stats.end()) {
+          FoldResult::Stats moved = std::move(st->second);
+          result.output_stats.erase(st);
+          result.output_stats[next.output(0)] = std::move(moved);
+        }
+      } else {
+        continue;
+      }
+      bool finite = true;
+      for (float v : new_w) finite = finite && std::isfinite(v);
+      for (float v : new_b) finite = finite && std::isfinite(v);
+      if (!finite) continue;
+      // The layer takes the new weight and bias and the affine op's output name.
+      onnx::NodeProto folded = layer;
+      auto add_init = [&](const std::string& base, const std::vector<int64_t>& dims, const std::vector<float>& v) {
+        onnx::TensorProto* t = g->add_initializer();
+        t->set_name(names.Make(base));
+        t->set_data_type(onnx::TensorProto::FLOAT);
+        for (int64_t x : dims) t->add_dims(x);
+        t->set_raw_data(v.data(), v.size() * sizeof(float));
+        return t->name();
+      };
+      folded.set_input(1, add_init(layer.input(1) + "_folded", wd, new_w));
+      const std::string b_name = add_init((has_bias ? layer.input(2) : layer.output(0) + "_bias") + "_folded",
+                                          {channels}, new_b);
+      if (folded.input_size() > 2) {
+        folded.set_input(2, b_name);
+      } else {
+        folded.add_input(b_name);
+      }
+      folded.set_output(0, next.output(0));
+      drop.insert(rd->second[0]);
+      touched.insert(k);
+      *g->mutable_node(k) = std::move(folded);
+      changed = true;
+    }
+    for (auto it = drop.rbegin(); it != drop.rend(); ++it) g->mutable_node()->DeleteSubrange(*it, 1);
+  }
+  // Constants nothing reads any more.
+  std::set<std::string> read_names;
+  for (const auto& n : g->node()) {
+    for (const auto& in : n.input()) read_names.insert(in);
+    for (const auto& a : n.attribute()) {
+      if (a.has_g() || a.graphs_size() > 0) return result;  // subgraphs may read them
+    }
+  }
+  for (const auto& vi : g->output()) read_names.insert(vi.name());
+  std::set<std::string> inputs;
+  for (const auto& vi : g->input()) inputs.insert(vi.name());
+  auto* inits = g->mutable_initializer();
+  for (int i = inits->size() - 1; i >= 0; --i) {
+    if (!read_names.count(inits->Get(i).name()) && !inputs.count(inits->Get(i).name())) inits->DeleteSubrange(i, 1);
+  }
+  auto* all = g->mutable_node();
+  for (int i = all->size() - 1; i >= 0; --i) {
+    const onnx::NodeProto& n = all->Get(i);
+    if (n.op_type() == "Constant" && n.output_size() == 1 && !read_names.count(n.output(0))) all->DeleteSubrange(i, 1);
+  }
+  return result;
+}
+
+}  // namespace sq
