@@ -187,6 +187,10 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   }
   if (!c.act.empty()) {
     o.activations = sq::ActivationType::kInt8;
+    // SQ_BENCH_ACTIVATIONS=uint8: ONNX Runtime's x86 integer kernels' native type.
+    if (const char* t = std::getenv("SQ_BENCH_ACTIVATIONS"); t && std::string(t) == "uint8") {
+      o.activations = sq::ActivationType::kUint8;
+    }
     o.form = sq::SplitForm::kBranches;  // each branch its own integer op
     if (c.act == "a8") o.calibration_inputs = {calib_dir};
     else o.input_ranges = {{"x", -1.0f, 1.0f}};  // both models' input: (pixel / 255 - 0.5) / 0.5
@@ -200,6 +204,11 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
                                                       : sq::CalibrationMethod::kPercentile;
   }
   if (const char* p = std::getenv("SQ_BENCH_PERCENTILE"); p && *p) o.calibration_percentile = std::atof(p);
+  // SQ_BENCH_EXCLUDE_OP=MatMul,Gemm leaves those layers FP32 (sensitivity studies).
+  if (const char* x = std::getenv("SQ_BENCH_EXCLUDE_OP"); x && *x) {
+    std::stringstream ss(x);
+    for (std::string t; std::getline(ss, t, ',');) o.exclude_op_types.push_back(t);
+  }
   o.cluster_scope = g_cluster_scope == "tensor"    ? sq::ClusterScope::kTensor
                     : g_cluster_scope == "channel" ? sq::ClusterScope::kChannel
                                                    : sq::ClusterScope::kAuto;
