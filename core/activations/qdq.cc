@@ -103,13 +103,39 @@ ActivationParams ChooseActivationParams(float lo, float hi, ActivationType type)
 }
 
 std::vector<std::string> ActivationTensors(const onnx::GraphProto& graph) {
+  const std::vector<LayerOp> ops = FindLayerOps(graph);
+  // The branches of a split layer: layer ops on the same activation whose outputs an Add
+  // chain sums. Their outputs are partial sums; the chain's last output is the layer's.
+  std::map<std::string, std::string> input_of;  // layer op output -> its activation input
+  for (const LayerOp& op : ops) {
+    if (!op.act_inputs.empty()) input_of[op.node->output(0)] = op.node->input(op.act_inputs[0]);
+  }
+  std::map<std::string, std::string> sum_input;  // branch-sum Add output -> activation input
+  std::set<std::string> partial;                 // branch outputs and inner sums
+  for (const auto& n : graph.node()) {
+    if (n.op_type() != "Add" || n.input_size() != 2 || n.output_size() != 1) continue;
+    auto source = [&](const std::string& t) -> std::string {
+      if (auto it = input_of.find(t); it != input_of.end()) return it->second;
+      if (auto it = sum_input.find(t); it != sum_input.end()) return it->second;
+      return "";
+    };
+    const std::string a = source(n.input(0)), b = source(n.input(1));
+    if (a.empty() || a != b) continue;
+    partial.insert(n.input(0));
+    partial.insert(n.input(1));
+    sum_input[n.output(0)] = a;
+  }
   std::vector<std::string> names;
   std::set<std::string> seen;
-  for (const LayerOp& op : FindLayerOps(graph)) {
-    for (int i : op.act_inputs) {
-      if (seen.insert(op.node->input(i)).second) names.push_back(op.node->input(i));
-    }
-    if (seen.insert(op.node->output(0)).second) names.push_back(op.node->output(0));
+  auto add = [&](const std::string& t) {
+    if (seen.insert(t).second) names.push_back(t);
+  };
+  for (const LayerOp& op : ops) {
+    for (int i : op.act_inputs) add(op.node->input(i));
+    if (!partial.count(op.node->output(0))) add(op.node->output(0));
+  }
+  for (const auto& n : graph.node()) {
+    if (sum_input.count(n.output_size() ? n.output(0) : "") && !partial.count(n.output(0))) add(n.output(0));
   }
   return names;
 }

@@ -5,7 +5,11 @@
 //
 // A quantized layer op is a Conv, ConvTranspose, MatMul or Gemm of the main graph whose
 // weight is a DequantizeLinear of constant codes (every branch of a split layer is one).
-// Its activation tensors are its float inputs that are not constant and its output. Each
+// Its activation tensors are its float inputs that are not constant and its output; for a
+// split layer (branch ops on the same input whose outputs an Add chain sums), the sum is
+// the output: the branches' partial outputs are added before requantization, as integer
+// accumulators would be, not requantized one by one (on the OCR recognizer requantizing each
+// branch costs 5 points exact at W8A8 and 40 at W4A8, docs/accuracy.md). Each
 // such tensor t gets one pair (whatever the number of ops that read it): Q(t) -> DQ -> t',
 // and every main-graph reader of t reads t' instead; a graph output keeps its FP32 value.
 //
