@@ -9,6 +9,8 @@
 #
 #   scripts/bench_infer.sh                 # both models
 #   MODELS=ocr scripts/bench_infer.sh      # just the recognizer (a minute)
+#   MODELS=ocr-int scripts/bench_infer.sh  # the recognizer's full-integer artifacts (W8A8,
+#                                          # W4A8; calibrated on 32 rendered lines)
 #
 # Environment: BUILD_DIR (build-bench), OUT_DIR ($BUILD_DIR/bench-infer), RUNS (30),
 #   SEQ (1: decoder tokens per call, i.e. one generation step; 16 for a prompt chunk),
@@ -85,7 +87,20 @@ for m in $MODELS; do
       configs=("${configs_common[@]}")
       run_model "decoder-seq$SEQ" "$dec" --dim batch_size=1 --dim sequence_length="$SEQ" --int-high 8192
       ;;
-    *) echo "unknown model '$m' (ocr, decoder)" >&2; exit 2 ;;
+    ocr-int)
+      ninja -C "$BUILD_DIR" -j"$JOBS" sq_bench_ocr >/dev/null
+      cal="$("$BUILD_DIR/bench/ocr/sq_bench_ocr" --calibration-only --lines 1 --no-clean-sanity \
+               --work-dir "$OUT_DIR/ocr-calibration" | head -1)"
+      configs=("fp32|"
+               "w8a8 plain, uint8 activations|--bits 8 --split off --activations uint8 --calibration $cal"
+               "w8a8 plain, int8 activations|--bits 8 --split off --activations int8 --calibration $cal"
+               "w8a8 split, int8 activations|--bits 8 --activations int8 --calibration $cal"
+               "w8a8 split + activation split, int8|--bits 8 --activations int8 --calibration $cal --split-activations range"
+               "w4a8 split, int8 activations|--bits 4 --activations int8 --calibration $cal")
+      run_model ocr-int "$SQ_CACHE/ocr-models-1.4.2/ch_PP-OCRv4_rec_infer.onnx" \
+        --dim p2o.DynamicDimension.0=1 --dim p2o.DynamicDimension.1=320
+      ;;
+    *) echo "unknown model '$m' (ocr, ocr-int, decoder)" >&2; exit 2 ;;
   esac
 done
 

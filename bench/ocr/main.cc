@@ -434,7 +434,7 @@ void Usage() {
                "  [--configs all|NAME[,NAME...]] [--out-json FILE] [--work-dir DIR]\n"
                "  [--ort-threads N] [--quant-threads N] [--models-dir DIR] [--fonts-dir DIR]\n"
                "  [--words FILE] [--no-clean-sanity] [--dump-dir DIR] [--show-errors N]\n"
-               "  [--calibration-lines N]\n"
+               "  [--calibration-lines N] [--calibration-only]\n"
                "  [--form folded|branches] [--cluster-scope auto|tensor|channel]\n"
                "  [--list-configs]\n");
 }
@@ -451,6 +451,7 @@ int main(int argc, char** argv) {
   int lines = 300, ort_threads = 2, quant_threads = 2, show_errors = 0, calib_lines = 32;
   uint64_t seed = 1;
   bool clean_sanity = true;
+  bool calibration_only = false;  // write the calibration set under --work-dir and stop
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -463,6 +464,7 @@ int main(int argc, char** argv) {
     if (a == "--variant") variant = next();
     else if (a == "--lines") lines = std::atoi(next().c_str());
     else if (a == "--calibration-lines") calib_lines = std::atoi(next().c_str());
+    else if (a == "--calibration-only") calibration_only = true;
     else if (a == "--seed") seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--configs") configs_arg = next();
     else if (a == "--out-json") out_json = next();
@@ -577,6 +579,11 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
+  }
+
+  if (calibration_only) {
+    std::printf("%s\n%s\n", g_calib_rec_dir.c_str(), g_calib_cls_dir.c_str());
+    return 0;
   }
 
   std::vector<Row> rows;
