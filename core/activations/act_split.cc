@@ -137,18 +137,55 @@ std::vector<ActivationSite> FindActivationSites(const onnx::GraphProto& graph) {
         has_core = has_core || CoreOps().count(n.op_type());
       }
       if (!has_core || region->empty()) return false;
-      std::set<int> in_region(region->begin(), region->end());
-      for (int k : *region) {
-        const std::string& o = graph.node(k).output(0);
-        bool leaves = f.graph_outputs.count(o) > 0 || f.subgraph_reads.count(o) > 0;
-        auto r = f.readers.find(o);
-        if (r != f.readers.end()) {
-          for (int reader : r->second) leaves = leaves || !in_region.count(reader);
+      // The values of `nodes` read outside it.
+      auto leaving_of = [&](const std::vector<int>& nodes) {
+        std::vector<std::string> out;
+        std::set<int> in_region(nodes.begin(), nodes.end());
+        for (int k : nodes) {
+          const std::string& o = graph.node(k).output(0);
+          bool leaves = f.graph_outputs.count(o) > 0 || f.subgraph_reads.count(o) > 0;
+          auto r = f.readers.find(o);
+          if (r != f.readers.end()) {
+            for (int reader : r->second) leaves = leaves || !in_region.count(reader);
+          }
+          if (leaves) out.push_back(o);
         }
-        if (leaves) leaving->push_back(o);
-      }
+        return out;
+      };
       // Exactly one value may leave the site.
-      return leaving->size() == 1;
+      *leaving = leaving_of(*region);
+      if (leaving->size() == 1) return true;
+      // Glue that only reads x and the site's values may still be no part of it (a residual
+      // Add(act(x), x) whose operand is also read elsewhere): the largest sub-site made of
+      // one node and what it is computed from inside the region, when one value leaves it.
+      const std::set<int> all(region->begin(), region->end());
+      std::vector<int> best;
+      std::vector<std::string> best_leaving;
+      for (auto it = region->rbegin(); it != region->rend(); ++it) {
+        std::set<int> sub;
+        std::vector<int> stack{*it};
+        while (!stack.empty()) {
+          const int k = stack.back();
+          stack.pop_back();
+          if (!sub.insert(k).second) continue;
+          for (const auto& in : graph.node(k).input()) {
+            auto p = f.producer.find(in);
+            if (p != f.producer.end() && all.count(p->second)) stack.push_back(p->second);
+          }
+        }
+        std::vector<int> nodes(sub.begin(), sub.end());
+        const bool core = std::any_of(nodes.begin(), nodes.end(),
+                                      [&](int k) { return CoreOps().count(graph.node(k).op_type()) > 0; });
+        if (!core || nodes.size() <= best.size()) continue;
+        std::vector<std::string> out = leaving_of(nodes);
+        if (out.size() != 1) continue;
+        best = std::move(nodes);
+        best_leaving = std::move(out);
+      }
+      if (best.empty()) return false;
+      *region = std::move(best);
+      *leaving = std::move(best_leaving);
+      return true;
     };
     // The activation's true input may sit behind scalar glue (HardSwish as
     // (x + 3) -> Clip -> * x -> / 6 starts at x, not at x + 3): walk back while that holds.
@@ -414,7 +451,7 @@ absl::StatusOr<ActSplitResult> SplitActivations(
         const std::set<int> mine(site.nodes.begin(), site.nodes.end());
         for (int k : rr->second) only_site = only_site && mine.count(k);
       }
-      if (pr != f.producer.end() && only_site && !replace.count(pr->second)) {
+      if (pr != f.producer.end()) {
         const onnx::NodeProto& n = g->node(pr->second);
         if (depthwise(n, &pdims, &pw)) {
           pkind = kDepthwise;
@@ -432,6 +469,13 @@ absl::StatusOr<ActSplitResult> SplitActivations(
           if (pkind != kNone) pw = std::move(*v);
         }
         if (pkind != kNone) pnode = pr->second;
+        // A layer X is not made only for (X read elsewhere too) still tells the channel
+        // count, but keeps making X whole.
+        if (!only_site || replace.count(pr->second)) {
+          pkind = kNone;
+          pnode = -1;
+          pw.clear();
+        }
       }
     }
     // Readers of Y that take the groups: depthwise Convs not yet taken apart.
