@@ -224,7 +224,7 @@ class CalibrationTest : public ::testing::Test {
 
 // --- HistogramQuantile ----------------------------------------------------------------
 
-TEST(HistogramQuantileTest, UniformMassGivesTheBinEdgeRoundedOutwards) {
+TEST(CalibrationHistogramQuantileTest, UniformMassGivesTheBinEdgeRoundedOutwards) {
   const std::vector<int64_t> counts(10, 10);  // [0,10), one unit per bin, 100 values
   // Upper: the smallest edge with at least the fraction below it.
   EXPECT_FLOAT_EQ(HistogramQuantile(counts, 0, 10, 0.90, true), 9.0f);
@@ -242,7 +242,7 @@ TEST(HistogramQuantileTest, UniformMassGivesTheBinEdgeRoundedOutwards) {
   EXPECT_FLOAT_EQ(HistogramQuantile(counts, -5, 5, 0.10, false), -4.0f);
 }
 
-TEST(HistogramQuantileTest, AnOutlierIsClippedAndEmptyOrDegenerateHistogramsKeepTheSpan) {
+TEST(CalibrationHistogramQuantileTest, AnOutlierIsClippedAndEmptyOrDegenerateHistogramsKeepTheSpan) {
   std::vector<int64_t> counts(100, 0);
   counts[0] = 5000;
   counts[1] = 4999;

@@ -81,7 +81,7 @@ onnx::ModelProto ConvBnReluConv() {
   return m;
 }
 
-TEST(NormalQuantileTest, KnownQuantilesAndTheFallback) {
+TEST(DataFreeNormalQuantileTest, KnownQuantilesAndTheFallback) {
   EXPECT_NEAR(NormalQuantile(97.5), 1.959964, 1e-5);
   EXPECT_NEAR(NormalQuantile(99.9), 3.090232, 1e-5);
   EXPECT_NEAR(NormalQuantile(99.99), 3.719016, 1e-5);
@@ -92,7 +92,7 @@ TEST(NormalQuantileTest, KnownQuantilesAndTheFallback) {
   EXPECT_EQ(NormalQuantile(std::nan("")), 4.5);
 }
 
-TEST(EstimateRangesTest, BatchNormalizationGivesItsOutputAndItsInputPerChannel) {
+TEST(DataFreeEstimateRangesTest, BatchNormalizationGivesItsOutputAndItsInputPerChannel) {
   const onnx::ModelProto m = ConvBnReluConv();
   // No input range: the BatchNormalization alone gives ranges.
   const auto r = Estimate(m.graph(), {});
@@ -131,7 +131,7 @@ TEST(EstimateRangesTest, BatchNormalizationGivesItsOutputAndItsInputPerChannel) 
 
 // The layer rule: output channel c ~ N(m sum W_c + b_c, v sum W_c^2), m and v of the
 // uniform input, mean +- k sd kept inside the exact interval bound.
-TEST(EstimateRangesTest, LayersUseTheGaussianEstimateInsideTheExactBound) {
+TEST(DataFreeEstimateRangesTest, LayersUseTheGaussianEstimateInsideTheExactBound) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
   g.Input("x", {1, 16, 2, 2});
@@ -186,7 +186,7 @@ TEST(EstimateRangesTest, LayersUseTheGaussianEstimateInsideTheExactBound) {
   EXPECT_FLOAT_EQ(r.at("v").channel_hi[1], 5.0f);
 }
 
-TEST(EstimateRangesTest, ElementwiseIntervalAndShapeRules) {
+TEST(DataFreeEstimateRangesTest, ElementwiseIntervalAndShapeRules) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
   g.Input("x", {1, 4});
@@ -241,7 +241,7 @@ TEST(EstimateRangesTest, ElementwiseIntervalAndShapeRules) {
   EXPECT_FALSE(r.count("after_soft"));
 }
 
-TEST(RequireRangesTest, NamesTheInputOrTheOpAndWhatWouldGiveARange) {
+TEST(DataFreeRequireRangesTest, NamesTheInputOrTheOpAndWhatWouldGiveARange) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
   g.Input("x", {1, 8});
