@@ -177,13 +177,20 @@ absl::StatusOr<StoragePlan> ConvertForStorage(const QuantizeOptions& options, in
   return storage;
 }
 
-// Full-integer output at 8 bits: weight codes symmetric (zero point 0). ONNX Runtime's
-// QLinearConv and NPU integer kernels take one zero weight zero point; with per-channel
-// asymmetric zero points ORT falls back to a path 30x slower on the OCR recognizer
-// (docs/accuracy.md, full-integer). Lower bits are not fused by ORT and stay asymmetric.
+// Full-integer output at 7 and 8 bits: weight codes symmetric (zero point 0). ONNX
+// Runtime's QLinearConv and NPU integer kernels take one zero weight zero point; with
+// per-channel asymmetric zero points ORT falls back to a path 30x slower on the OCR
+// recognizer (docs/accuracy.md, full-integer). 7 bits is the "reduced range" that keeps
+// x86 u8 x s8 kernels without VNNI from saturating. Lower bits are not fused by ORT and stay
+// asymmetric. With activations or the activation split on, every layer is quantized
+// whatever its size: the split cuts layers into parts that may fall under
+// min_weight_elements, and a full-integer model has no float layers.
 QuantizeOptions ForIntegerKernels(const QuantizeOptions& requested) {
   QuantizeOptions o = requested;
-  if (o.activations != ActivationType::kOff && o.bits == 8) o.symmetric = true;
+  if (o.activations != ActivationType::kOff && o.bits >= 7) o.symmetric = true;
+  if (o.activations != ActivationType::kOff || o.split_activations != ActivationSplit::kOff) {
+    o.min_weight_elements = 0;
+  }
   return o;
 }
 

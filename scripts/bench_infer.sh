@@ -94,6 +94,7 @@ for m in $MODELS; do
       configs=("fp32|"
                "w8a8 plain, uint8 activations|--bits 8 --split off --activations uint8 --calibration $cal"
                "w8a8 plain, int8 activations|--bits 8 --split off --activations int8 --calibration $cal"
+               "w7a8 plain (reduced range), uint8 activations|--bits 7 --split off --activations uint8 --calibration $cal"
                "w8a8 split, int8 activations|--bits 8 --activations int8 --calibration $cal"
                "w8a8 split + activation split, int8|--bits 8 --activations int8 --calibration $cal --split-activations range"
                "w4a8 split, int8 activations|--bits 4 --activations int8 --calibration $cal")

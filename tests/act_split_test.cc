@@ -628,11 +628,10 @@ TEST_F(ActSplitTest, FullIntegerOutputQuantizesEachGroupOnItsOwn) {
 }
 
 // The layers the split cuts out of one layer are layers of the full-integer model like it
-// was: quantized (weights through DequantizeLinear) under the default options too.
-// Disabled: a group of one or two channels of a small layer falls under
-// min_weight_elements (64) and stays FP32 in a "full-integer" model (here conv1's group of
-// channel 1 alone: 36 weights).
-TEST_F(ActSplitTest, DISABLED_LayersCutByTheSplitAreQuantizedLikeTheLayerTheyCameFrom) {
+// was: quantized (weights through DequantizeLinear) under the default options too, even a
+// group of one or two channels of a small layer that falls under min_weight_elements (64)
+// (here conv1's group of channel 1 alone: 36 weights).
+TEST_F(ActSplitTest, LayersCutByTheSplitAreQuantizedLikeTheLayerTheyCameFrom) {
   const onnx::ModelProto m = ConvModel("Relu", "conv");
   ASSERT_TRUE(testing::SaveModel(m, Path("in.onnx")).ok());
   QuantizeOptions o;
