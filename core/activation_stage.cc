@@ -12,6 +12,7 @@
 #include "core/activations/data_free.h"
 #include "core/activations/fold.h"
 #include "core/activations/qdq.h"
+#include "core/opset_convert.h"
 #include "core/status_macros.h"
 
 namespace sq {
@@ -114,6 +115,8 @@ absl::Status FoldStage(LoadedModel& model, const QuantizeOptions& options,
                        std::map<std::string, TensorRange>* seeds, ActivationReport* report) {
   const auto start = std::chrono::steady_clock::now();
   SQ_ASSIGN_OR_RETURN(FoldResult r, FoldAffineIntoLayers(model.proto().mutable_graph(), WeightReader(model)));
+  SQ_ASSIGN_OR_RETURN(report->fused_hardswish, FuseHardSwish(model.proto().mutable_graph(),
+                                                                  DefaultDomainOpset(model.proto()), WeightReader(model)));
   const double k = TailMultiplier(options);
   for (const auto& [name, st] : r.output_stats) {
     std::vector<float> lo(st.mean.size()), hi(st.mean.size());

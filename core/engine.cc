@@ -163,6 +163,11 @@ absl::StatusOr<StoragePlan> ConvertForStorage(const QuantizeOptions& options, in
   QuantizeOptions storage_options = options;
   if (options.bpw_budget > 0) storage_options.bits = 4;
   SQ_ASSIGN_OR_RETURN(storage, ChooseModelStorage(storage_options, input_opset));
+  // Full-integer output: at least opset 14, where a written-out HardSwish becomes the one
+  // HardSwish op (activations/fold.h: each op between integer kernels runs in float).
+  if (options.activations != ActivationType::kOff && options.target_opset == 0 && storage.opset < 14) {
+    storage.opset = 14;
+  }
   if (storage.opset > input_opset) {
     before_converting();
     absl::Status s = ConvertOpset(proto, storage.opset);

@@ -190,6 +190,7 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                                        {"float_biases", r.activations.float_biases},
                                        {"folded_batch_norms", r.activations.folded_batch_norms},
                                        {"folded_affine", r.activations.folded_affine},
+                                       {"fused_hardswish", r.activations.fused_hardswish},
                                        {"split", r.activations.split},
                                        {"activations_split", r.activations.activations_split},
                                        {"consumers_split", r.activations.consumers_split},

@@ -115,6 +115,7 @@ struct ActivationReport {
   // Folded into the layer before them (full-integer output): BatchNormalization, Mul/Add.
   int folded_batch_norms = 0;
   int folded_affine = 0;
+  int fused_hardswish = 0;  // x*Clip(x+3,0,6)/6 written as x*HardSigmoid(x)
   // --split-activations: elementwise activations split, and the layer ops that read their
   // groups separately (so each group keeps its own scale).
   std::string split = "off";         // off, range, positional

@@ -127,6 +127,11 @@ ConstantTable::ConstantTable(const onnx::GraphProto& graph,
 
 bool ConstantTable::IsConstant(const std::string& name) { return Get(name) != nullptr; }
 
+const ConstantValue* ConstantTable::Reload(const std::string& name) {
+  cache_.erase(name);
+  return Get(name);
+}
+
 const ConstantValue* ConstantTable::Get(const std::string& name) {
   auto it = cache_.find(name);
   if (it != cache_.end()) return it->second.get();

@@ -29,6 +29,8 @@ class ConstantTable {
   // nullptr when `name` is not such a constant (or its data cannot be read).
   const ConstantValue* Get(const std::string& name);
   bool IsConstant(const std::string& name);
+  // Drops the cached value of `name` (its tensor was rewritten) and decodes it again.
+  const ConstantValue* Reload(const std::string& name);
 
  private:
   const ConstantValue* Decode(const std::string& name);

@@ -232,4 +232,117 @@ absl::StatusOr<FoldResult> FoldAffineIntoLayers(
   return result;
 }
 
+absl::StatusOr<int> FuseHardSwish(
+    onnx::GraphProto* g, int opset,
+    const std::function<absl::StatusOr<std::vector<float>>(const std::string& name,
+                                                           std::vector<int64_t>* dims)>& read) {
+  std::map<std::string, std::vector<int>> readers;
+  std::map<std::string, int> producer;
+  std::set<std::string> outputs;
+  for (const auto& vi : g->output()) outputs.insert(vi.name());
+  for (int k = 0; k < g->node_size(); ++k) {
+    const auto& n = g->node(k);
+    for (const auto& in : n.input()) readers[in].push_back(k);
+    for (const auto& o : n.output()) producer[o] = k;
+    for (const auto& a : n.attribute()) {
+      if (a.has_g() || a.graphs_size() > 0) return 0;  // subgraphs may read the inner values
+    }
+  }
+  auto scalar = [&](const std::string& name, float want) {
+    std::vector<int64_t> d;
+    absl::StatusOr<std::vector<float>> v = read(name, &d);
+    return v.ok() && v->size() == 1 && (*v)[0] == want;
+  };
+  // The one node reading `t`, when nothing else (graph outputs included) does.
+  auto only_reader = [&](const std::string& t) -> int {
+    auto r = readers.find(t);
+    if (r == readers.end() || r->second.size() != 1 || outputs.count(t)) return -1;
+    return r->second[0];
+  };
+  UniqueNames names(*g);
+  std::set<int> drop;
+  std::map<int, std::vector<onnx::NodeProto>> replace;
+  for (int k = 0; k < g->node_size(); ++k) {
+    const onnx::NodeProto& add = g->node(k);
+    if (add.op_type() != "Add" || !IsDefaultDomain(add) || add.input_size() != 2 || drop.count(k)) continue;
+    const int xi = scalar(add.input(1), 3.0f) ? 0 : scalar(add.input(0), 3.0f) ? 1 : -1;
+    if (xi < 0) continue;
+    const std::string x = add.input(xi);
+    const int ci = only_reader(add.output(0));
+    if (ci < 0) continue;
+    const onnx::NodeProto& clip = g->node(ci);
+    if (clip.op_type() != "Clip" || !IsDefaultDomain(clip)) continue;
+    float lo = -1, hi = -1;
+    for (const auto& a : clip.attribute()) {
+      if (a.name() == "min") lo = a.f();
+      if (a.name() == "max") hi = a.f();
+    }
+    if (clip.input_size() > 1 && scalar(clip.input(1), 0.0f)) lo = 0;
+    if (clip.input_size() > 2 && scalar(clip.input(2), 6.0f)) hi = 6;
+    if (lo != 0.0f || hi != 6.0f) continue;
+    const int mi = only_reader(clip.output(0));
+    if (mi < 0) continue;
+    const onnx::NodeProto& mul = g->node(mi);
+    if (mul.op_type() != "Mul" || !IsDefaultDomain(mul) || mul.input_size() != 2) continue;
+    if (!((mul.input(0) == x && mul.input(1) == clip.output(0)) || (mul.input(1) == x && mul.input(0) == clip.output(0)))) continue;
+    const int di = only_reader(mul.output(0));
+    if (di < 0) continue;
+    const onnx::NodeProto& div = g->node(di);
+    const bool by_div = div.op_type() == "Div" && div.input_size() == 2 && div.input(0) == mul.output(0) && scalar(div.input(1), 6.0f);
+    const bool by_mul = div.op_type() == "Mul" && div.input_size() == 2 &&
+                        ((div.input(0) == mul.output(0) && scalar(div.input(1), 1.0f / 6)) ||
+                         (div.input(1) == mul.output(0) && scalar(div.input(0), 1.0f / 6)));
+    if (!IsDefaultDomain(div) || !(by_div || by_mul) || div.output_size() != 1) continue;
+    if (drop.count(ci) || drop.count(mi) || drop.count(di)) continue;
+    onnx::NodeProto hs;
+    hs.set_op_type("HardSigmoid");
+    hs.set_name(names.Make(add.name().empty() ? "HardSwish_gate" : add.name() + "_hardswish_gate"));
+    hs.add_input(x);
+    const std::string gate = names.Make(x + "_hardswish_gate");
+    hs.add_output(gate);
+    auto* alpha = hs.add_attribute();
+    alpha->set_name("alpha");
+    alpha->set_type(onnx::AttributeProto::FLOAT);
+    alpha->set_f(1.0f / 6);
+    auto* beta = hs.add_attribute();
+    beta->set_name("beta");
+    beta->set_type(onnx::AttributeProto::FLOAT);
+    beta->set_f(0.5f);
+    onnx::NodeProto out;
+    out.set_op_type("Mul");
+    out.set_name(names.Make(div.name().empty() ? "HardSwish" : div.name() + "_hardswish"));
+    out.add_input(x);
+    out.add_input(gate);
+    out.add_output(div.output(0));
+    // The pair goes where the last node was (x and nothing else is read).
+    if (opset >= 14) {
+      onnx::NodeProto one;
+      one.set_op_type("HardSwish");
+      one.set_name(out.name());
+      one.add_input(x);
+      one.add_output(div.output(0));
+      replace[di] = {one};
+    } else {
+      replace[di] = {hs, out};
+    }
+    drop.insert(k);
+    drop.insert(ci);
+    drop.insert(mi);
+  }
+  if (replace.empty()) return 0;
+  std::vector<onnx::NodeProto> nodes;
+  for (int k = 0; k < g->node_size(); ++k) {
+    if (drop.count(k)) continue;
+    auto r = replace.find(k);
+    if (r == replace.end()) {
+      nodes.push_back(g->node(k));
+    } else {
+      for (auto& n : r->second) nodes.push_back(std::move(n));
+    }
+  }
+  g->clear_node();
+  for (auto& n : nodes) *g->add_node() = std::move(n);
+  return static_cast<int>(replace.size());
+}
+
 }  // namespace sq

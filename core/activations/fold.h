@@ -45,6 +45,16 @@ absl::StatusOr<FoldResult> FoldAffineIntoLayers(
     const std::function<absl::StatusOr<std::vector<float>>(const std::string& name,
                                                            std::vector<int64_t>* dims)>& read);
 
+// HardSwish written out as x * Clip(x + 3, 0, 6) / 6 (what many exporters emit for opsets
+// before 14) becomes HardSwish(x) at `opset` >= 14, else x * HardSigmoid(x) (alpha 1/6,
+// beta 0.5; opset 6): the same function in one or two ops instead of four, which matters
+// where each op between integer kernels runs in float. Returns how many were rewritten.
+// `read` as above (for the scalar constants).
+absl::StatusOr<int> FuseHardSwish(
+    onnx::GraphProto* graph, int opset,
+    const std::function<absl::StatusOr<std::vector<float>>(const std::string& name,
+                                                           std::vector<int64_t>* dims)>& read);
+
 }  // namespace sq
 
 #endif  // SQ_CORE_ACTIVATIONS_FOLD_H_

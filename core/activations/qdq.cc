@@ -81,6 +81,67 @@ onnx::TensorProto* AddInitializer(onnx::GraphProto* g, const std::string& name, 
   return t;
 }
 
+onnx::TensorProto* FindInitializer(onnx::GraphProto* g, const std::string& name) {
+  for (auto& t : *g->mutable_initializer()) {
+    if (t.name() == name) return &t;
+  }
+  return nullptr;
+}
+
+// A channel whose weights are (nearly) zero (a pruned or dead channel: BatchNorm scale ~0
+// folded in) gets a weight step so small that its bias, divided by input step x weight
+// step, leaves int32 and the layer could not take an int32 bias. Raise such a channel's
+// step to the smallest that fits (with a factor 2 margin) and requantize its codes: they
+// change by at most that step, which is ~|bias| / 2^31 of the input's scale. Only 8-bit
+// codes held inline, per output channel (axis 0), and scale/zero point read by this
+// DequantizeLinear alone.
+void RaiseDeadChannelSteps(onnx::GraphProto* g, const onnx::NodeProto& dq, const ConstantValue& bias, float sx,
+                           const std::map<std::string, int>& readers_of) {
+  auto only_here = [&](const std::string& t) {
+    auto it = readers_of.find(t);
+    return it != readers_of.end() && it->second == 1;
+  };
+  if (dq.input_size() < 2 || !only_here(dq.input(1)) || !(sx > 0)) return;
+  const bool has_zp = dq.input_size() > 2 && !dq.input(2).empty();
+  if (has_zp && !only_here(dq.input(2))) return;
+  onnx::TensorProto* codes = FindInitializer(g, dq.input(0));
+  onnx::TensorProto* scale = FindInitializer(g, dq.input(1));
+  onnx::TensorProto* zp = has_zp ? FindInitializer(g, dq.input(2)) : nullptr;
+  if (!codes || !scale || (has_zp && !zp) || !codes->has_raw_data() || !scale->has_raw_data() ||
+      (zp && !zp->has_raw_data())) {
+    return;
+  }
+  const bool is_signed = codes->data_type() == onnx::TensorProto::INT8;
+  if (!is_signed && codes->data_type() != onnx::TensorProto::UINT8) return;
+  const int64_t channels = static_cast<int64_t>(bias.values.size());
+  if (scale->raw_data().size() != static_cast<size_t>(channels) * 4 ||
+      (zp && zp->raw_data().size() != static_cast<size_t>(channels)) || codes->dims_size() < 1 ||
+      codes->dims(0) != channels || codes->raw_data().size() % channels != 0) {
+    return;
+  }
+  std::string& raw_codes = *codes->mutable_raw_data();
+  std::string& raw_scale = *scale->mutable_raw_data();
+  const int64_t per = static_cast<int64_t>(raw_codes.size()) / channels;
+  const int qmin = is_signed ? -128 : 0, qmax = is_signed ? 127 : 255;
+  for (int64_t c = 0; c < channels; ++c) {
+    float sw;
+    std::memcpy(&sw, raw_scale.data() + 4 * c, 4);
+    const double need = 2.0 * std::abs(static_cast<double>(bias.values[c])) / (static_cast<double>(sx) * 2147483647.0);
+    if (sw >= need && std::isfinite(sw) && sw > 0) continue;
+    const float raised = static_cast<float>(std::max(need, static_cast<double>(std::numeric_limits<float>::min())));
+    const int32_t z = zp ? (is_signed ? static_cast<int8_t>(zp->raw_data()[c]) : static_cast<uint8_t>(zp->raw_data()[c])) : 0;
+    for (int64_t i = 0; i < per; ++i) {
+      char& b = raw_codes[c * per + i];
+      const int32_t q = is_signed ? static_cast<int8_t>(b) : static_cast<uint8_t>(b);
+      const double v = (static_cast<double>(q) - z) * (std::isfinite(sw) ? sw : 0.0);
+      const int32_t nq = static_cast<int32_t>(std::clamp(std::nearbyint(v / raised) + z, static_cast<double>(qmin),
+                                                         static_cast<double>(qmax)));
+      b = static_cast<char>(is_signed ? static_cast<int8_t>(nq) : static_cast<uint8_t>(nq));
+    }
+    std::memcpy(raw_scale.data() + 4 * c, &raised, 4);
+  }
+}
+
 }  // namespace
 
 ActivationParams ChooseActivationParams(float lo, float hi, ActivationType type) {
@@ -160,6 +221,10 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
   result.tensors = static_cast<int>(tensors.size());
   const int32_t qtype = type == ActivationType::kUint8 ? onnx::TensorProto::UINT8 : onnx::TensorProto::INT8;
 
+  std::map<std::string, int> readers_of;
+  for (const auto& n : graph->node()) {
+    for (const auto& in : n.input()) readers_of[in]++;
+  }
   // Biases: int32 codes through a DequantizeLinear placed first.
   std::vector<onnx::NodeProto> front;
   std::map<const onnx::NodeProto*, std::string> new_bias;
@@ -188,6 +253,14 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
       continue;
     }
     const float sx = params[n.input(op.act_inputs[0])].scale;
+    if (!per_tensor && out_axis == 0) {
+      RaiseDeadChannelSteps(graph, *op.weight_dq, *bias, sx, readers_of);
+      wscale = constants->Reload(op.weight_dq->input(1));
+      if (!wscale) {
+        ++result.float_biases;
+        continue;
+      }
+    }
     std::vector<int32_t> codes(channels);
     std::vector<float> scales(channels);
     bool fits = true;
