@@ -26,10 +26,13 @@ float FloatAttr(const onnx::NodeProto& n, const std::string& name, float fallbac
 }
 
 // A constant broadcast along the output channels of a layer whose output has rank
-// `rank` (channel axis 1; unknown rank: any shape whose only non-1 dim is the channel's
-// when aligned right against [C, 1, ..., 1] or [.., C] for Gemm).
+// `rank` (the weight's rank for Conv / ConvTranspose, channel axis 1; 2 for Gemm, channel
+// axis 1 = the last): a scalar, or a shape whose only non-1 dim is the channel's when
+// aligned right against the output. A constant of higher rank than the output would
+// broadcast the output up and is none.
 bool PerChannel(const std::vector<float>& v, const std::vector<int64_t>& dims, int64_t channels,
-                bool gemm, std::vector<float>* out) {
+                bool gemm, size_t rank, std::vector<float>* out) {
+  if (dims.size() > rank) return false;
   if (v.size() == 1) {
     out->assign(channels, v[0]);
     return true;
@@ -46,9 +49,9 @@ bool PerChannel(const std::vector<float>& v, const std::vector<int64_t>& dims, i
     }
   }
   // Gemm output [N, C]: the channel is the last dim. Conv output [N, C, spatial...]: the
-  // constant is [C, 1, ..., 1] with as many trailing 1s as spatial dims; accept 1 or 2
-  // (1-D and 2-D convs, the common exports), and leave other layouts alone.
-  if (gemm ? from_right != 0 : (from_right != 1 && from_right != 2)) return false;
+  // constant is [C, 1, ..., 1] with as many trailing 1s as spatial dims (rank - 2); with
+  // another count it would scale along a spatial axis (or the batch) instead.
+  if (from_right != (gemm ? 0 : static_cast<int>(rank) - 2)) return false;
   *out = v;
   return true;
 }
@@ -118,6 +121,9 @@ absl::StatusOr<FoldResult> FoldAffineIntoLayers(
         std::vector<int64_t> bd;
         absl::StatusOr<std::vector<float>> b = read(layer.input(2), &bd);
         if (!b.ok() || b->size() != static_cast<size_t>(channels)) continue;
+        // Gemm's C is bidirectionally broadcast: [N] or [1, N] is per column; [N, 1] (M = N)
+        // would be per row.
+        if (gemm && !bd.empty() && bd.back() != channels) continue;
         bias = *b;
       }
       if (gemm && (FloatAttr(layer, "alpha", 1.0f) != 1.0f || FloatAttr(layer, "beta", 1.0f) != 1.0f)) continue;
@@ -152,7 +158,7 @@ absl::StatusOr<FoldResult> FoldAffineIntoLayers(
         absl::StatusOr<std::vector<float>> c = read(other, &d);
         if (!c.ok()) continue;
         std::vector<float> per;
-        if (!PerChannel(*c, d, channels, gemm, &per)) continue;
+        if (!PerChannel(*c, d, channels, gemm, gemm ? 2 : wd.size(), &per)) continue;
         auto st = result.output_stats.find(y);
         if (nop == "Mul") {
           for (int64_t i = 0; i < channels; ++i) new_b[i] = bias[i] * per[i];
