@@ -115,8 +115,8 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              (default 99.99)
   --input-range NAME=LO:HI   the value range of graph input NAME, for data-free ranges
                              (repeatable)
-  --split-activations S      off (default) | on = positional (three equal runs; measured
-                             best) | range (channels grouped by their range): each elementwise activation
+  --split-activations S      off (default) | on = range (channels grouped by their range;
+                             measured best) | positional (three equal runs): each elementwise activation
                              (Relu, Clip, Sigmoid, ...) runs on three channel groups, each
                              with its own scale; the FP32 function is unchanged
   --report FILE              write the JSON report

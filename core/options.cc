@@ -420,9 +420,9 @@ absl::StatusOr<CalibrationMethod> ParseCalibrationMethod(absl::string_view s) {
 
 absl::StatusOr<ActivationSplit> ParseActivationSplit(absl::string_view s) {
   if (s == "off" || s == "false") return ActivationSplit::kOff;
-  if (s == "range") return ActivationSplit::kRange;
   // "on": the grouping that measured better on bench/ocr (docs/accuracy.md, full-integer).
-  if (s == "positional" || s == "on" || s == "true") return ActivationSplit::kPositional;
+  if (s == "range" || s == "on" || s == "true") return ActivationSplit::kRange;
+  if (s == "positional") return ActivationSplit::kPositional;
   return absl::InvalidArgumentError(
       absl::StrCat("unknown activation split '", s, "'; accepted: off, range, positional"));
 }
