@@ -423,6 +423,119 @@ TEST_F(ActivationQdqTest, Uint8ActivationsAndFourBitWeightsRunToo) {
   ExpectCloseToFp32(Path("w4.onnx"), 0.1, 0.1);
 }
 
+// A dead output channel (its weights all zero, or ~1e-20: a BatchNorm scale of ~0 folded in)
+// with a nonzero bias: a weight step fitted to the channel's weights would put the bias at
+// ~1e20 steps, out of int32. The channel's step is raised to one the bias fits (2|b| /
+// (x_scale 2^31) at least), so the bias is int32 like every other and the model stays close
+// to FP32.
+TEST_F(ActivationQdqTest, DeadChannelWithABiasGetsAnInt32Bias) {
+  constexpr int kDead = 2;
+  for (float dead_scale : {0.0f, 1e-19f}) {
+    onnx::ModelProto m = ConvReluConv();
+    std::vector<float> b1;
+    for (auto& t : *m.mutable_graph()->mutable_initializer()) {
+      if (t.name() == "w1") {
+        std::vector<float> w(t.raw_data().size() / 4);
+        std::memcpy(w.data(), t.raw_data().data(), t.raw_data().size());
+        for (int i = kDead * 27; i < (kDead + 1) * 27; ++i) w[i] *= dead_scale;  // |w| <~ 1e-19
+        t.set_raw_data(w.data(), w.size() * 4);
+      }
+      if (t.name() == "b1") {
+        b1.resize(8);
+        std::memcpy(b1.data(), t.raw_data().data(), 32);
+        b1[kDead] = 0.75f;
+        t.set_raw_data(b1.data(), 32);
+      }
+    }
+    ASSERT_EQ(b1.size(), 8u);
+    Prepare(m);
+    for (SplitMode split : {SplitMode::kOff, SplitMode::kOn}) {
+      SCOPED_TRACE(absl::StrCat("dead weights x", dead_scale, ", split ", ToString(split)));
+      QuantizeOptions o = Options();
+      o.split = split;
+      const std::string out_path = Path(absl::StrCat("dead-", ToString(split), ".onnx"));
+      auto report = QuantizeModelFile(Path("in.onnx"), out_path, o);
+      ASSERT_TRUE(report.ok()) << report.status();
+      auto out = LoadedModel::FromFile(out_path);
+      ASSERT_TRUE(out.ok()) << out.status();
+      const onnx::GraphProto& g = (*out)->proto().graph();
+      const Counts c = CheckPlacement(g, TensorNames(m.graph()), onnx::TensorProto::INT8);
+      EXPECT_GE(c.biases, 2);
+      EXPECT_EQ(report->activations.int32_biases, c.biases);
+      EXPECT_EQ(report->activations.float_biases, 0);
+      // Every op of conv1 (each branch of it when split): the step of each channel holds
+      // its bias (the part of it the branch carries) within int32 with a factor 2 to spare.
+      const Graph graph(g);
+      int conv1_ops = 0;
+      double dead_bias = 0;
+      for (const auto& n : g.node()) {
+        if (n.op_type() != "Conv" || n.input_size() < 3) continue;
+        const onnx::NodeProto* dq = graph.Producer(n.input(0), "DequantizeLinear");
+        ASSERT_NE(dq, nullptr);
+        const onnx::NodeProto* q = graph.Producer(dq->input(0), "QuantizeLinear");
+        ASSERT_NE(q, nullptr);
+        if (q->input(0) != "x") continue;
+        ++conv1_ops;
+        Values xs, ws, bcodes, bscale;
+        ASSERT_TRUE(ReadInit(g, q->input(1), &xs));
+        ASSERT_TRUE(ReadInit(g, graph.Producer(n.input(1), "DequantizeLinear")->input(1), &ws));
+        const onnx::NodeProto* bdq = graph.Producer(n.input(2), "DequantizeLinear");
+        ASSERT_NE(bdq, nullptr);
+        ASSERT_TRUE(ReadInit(g, bdq->input(0), &bcodes));
+        ASSERT_TRUE(ReadInit(g, bdq->input(1), &bscale));
+        ASSERT_EQ(ws.f.size(), 8u);
+        ASSERT_EQ(bcodes.i.size(), 8u);
+        for (int ch = 0; ch < 8; ++ch) {
+          const double bias = static_cast<double>(bcodes.i[ch]) * bscale.f[ch];
+          const double need = 2.0 * std::abs(bias) / (static_cast<double>(xs.f[0]) * 2147483648.0);
+          EXPECT_GE(ws.f[ch], need * (1 - 1e-6)) << "channel " << ch;
+          EXPECT_LE(std::abs(bcodes.i[ch]), (int64_t{1} << 30) + 64) << "channel " << ch;
+          if (ch == kDead) dead_bias += bias;
+        }
+      }
+      EXPECT_EQ(conv1_ops, split == SplitMode::kOn ? 3 : 1);
+      // The branches' int32 biases still add up to the channel's FP32 bias.
+      EXPECT_NEAR(dead_bias, b1[kDead], 1e-6);
+      ExpectCloseToFp32(out_path, 0.03, 0.15);
+    }
+  }
+}
+
+// One weight with a dead channel read by two Convs whose inputs have different scales: each
+// int32 bias keeps scale x_scale * w_scale[c] of the weight scale the op finally reads (a
+// step raised for the second op must not leave the first op's bias codes on the old step).
+TEST_F(ActivationQdqTest, SharedWeightWithADeadChannelKeepsEveryBiasOnItsStep) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {1, 3, 8, 8});
+  std::vector<float> w = testing::TestWeights(8 * 27, 11, 0.3f);
+  for (int i = 2 * 27; i < 3 * 27; ++i) w[i] *= 1e-19f;
+  g.Initializer("w", {8, 3, 3, 3}, w);
+  g.Initializer("b1", {8}, {0.1f, -0.2f, 0.75f, 0.0f, 0.3f, -0.1f, 0.2f, 0.05f});
+  g.Initializer("b2", {8}, {0.2f, 0.1f, -1.5f, 0.3f, 0.0f, 0.1f, -0.2f, 0.4f});
+  g.Initializer("small", {}, {0.01f});
+  g.Node("Mul", {"x", "small"}, {"xs"}, "shrink");
+  AttrInts(g.Node("Conv", {"x", "w", "b1"}, {"a1"}, "conv1"), "pads", {1, 1, 1, 1});
+  AttrInts(g.Node("Conv", {"xs", "w", "b2"}, {"a2"}, "conv2"), "pads", {1, 1, 1, 1});
+  g.Node("Add", {"a1", "a2"}, {"y"}, "sum");
+  g.Output("y");
+  Prepare(m);
+  for (SplitMode split : {SplitMode::kOff, SplitMode::kOn}) {
+    SCOPED_TRACE(ToString(split));
+    QuantizeOptions o = Options();
+    o.split = split;
+    const std::string out_path = Path(absl::StrCat("shared-", ToString(split), ".onnx"));
+    auto report = QuantizeModelFile(Path("in.onnx"), out_path, o);
+    ASSERT_TRUE(report.ok()) << report.status();
+    auto out = LoadedModel::FromFile(out_path);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const Counts c = CheckPlacement((*out)->proto().graph(), TensorNames(m.graph()), onnx::TensorProto::INT8);
+    EXPECT_EQ(report->activations.int32_biases, c.biases);
+    EXPECT_EQ(report->activations.float_biases, 0);
+    ExpectCloseToFp32(out_path, 0.03, 0.15);
+  }
+}
+
 // --- the pieces -----------------------------------------------------------------------
 
 TEST(ActivationQdqParamsTest, ZeroIsExactAndTheSpanIsCovered) {

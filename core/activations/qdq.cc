@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -92,16 +93,20 @@ onnx::TensorProto* FindInitializer(onnx::GraphProto* g, const std::string& name)
 // folded in) gets a weight step so small that its bias, divided by input step x weight
 // step, leaves int32 and the layer could not take an int32 bias. Raise such a channel's
 // step to the smallest that fits (with a factor 2 margin) and requantize its codes: they
-// change by at most that step, which is ~|bias| / 2^31 of the input's scale. Only 8-bit
-// codes held inline, per output channel (axis 0), and scale/zero point read by this
-// DequantizeLinear alone.
-void RaiseDeadChannelSteps(onnx::GraphProto* g, const onnx::NodeProto& dq, const ConstantValue& bias, float sx,
+// change by at most that step, which is ~|bias| / 2^31 of the input's scale. A channel
+// whose codes all sit at the zero point (all-zero weights: the quantizer gives them step 1)
+// is the same at any step; it takes that smallest step too, or its bias, the channel's whole
+// output, would be rounded to the input's step. `need[c]`: the step channel c's biases
+// need, 2 |bias| / (input step x 2^31), the largest over the ops reading this weight. Only
+// 8-bit codes held inline, per output channel (axis 0), and codes, scale and zero point read
+// by this DequantizeLinear alone.
+void RaiseDeadChannelSteps(onnx::GraphProto* g, const onnx::NodeProto& dq, const std::vector<double>& need,
                            const std::map<std::string, int>& readers_of) {
   auto only_here = [&](const std::string& t) {
     auto it = readers_of.find(t);
     return it != readers_of.end() && it->second == 1;
   };
-  if (dq.input_size() < 2 || !only_here(dq.input(1)) || !(sx > 0)) return;
+  if (dq.input_size() < 2 || !only_here(dq.input(0)) || !only_here(dq.input(1))) return;
   const bool has_zp = dq.input_size() > 2 && !dq.input(2).empty();
   if (has_zp && !only_here(dq.input(2))) return;
   onnx::TensorProto* codes = FindInitializer(g, dq.input(0));
@@ -113,7 +118,7 @@ void RaiseDeadChannelSteps(onnx::GraphProto* g, const onnx::NodeProto& dq, const
   }
   const bool is_signed = codes->data_type() == onnx::TensorProto::INT8;
   if (!is_signed && codes->data_type() != onnx::TensorProto::UINT8) return;
-  const int64_t channels = static_cast<int64_t>(bias.values.size());
+  const int64_t channels = static_cast<int64_t>(need.size());
   if (scale->raw_data().size() != static_cast<size_t>(channels) * 4 ||
       (zp && zp->raw_data().size() != static_cast<size_t>(channels)) || codes->dims_size() < 1 ||
       codes->dims(0) != channels || codes->raw_data().size() % channels != 0) {
@@ -126,10 +131,15 @@ void RaiseDeadChannelSteps(onnx::GraphProto* g, const onnx::NodeProto& dq, const
   for (int64_t c = 0; c < channels; ++c) {
     float sw;
     std::memcpy(&sw, raw_scale.data() + 4 * c, 4);
-    const double need = 2.0 * std::abs(static_cast<double>(bias.values[c])) / (static_cast<double>(sx) * 2147483647.0);
-    if (sw >= need && std::isfinite(sw) && sw > 0) continue;
-    const float raised = static_cast<float>(std::max(need, static_cast<double>(std::numeric_limits<float>::min())));
     const int32_t z = zp ? (is_signed ? static_cast<int8_t>(zp->raw_data()[c]) : static_cast<uint8_t>(zp->raw_data()[c])) : 0;
+    bool all_zero = true;
+    for (int64_t i = 0; i < per && all_zero; ++i) {
+      const char b = raw_codes[c * per + i];
+      all_zero = (is_signed ? static_cast<int8_t>(b) : static_cast<uint8_t>(b)) == z;
+    }
+    const bool finer = all_zero && need[c] > 0 && sw > need[c];  // a zero channel: any step will do
+    if (sw >= need[c] && std::isfinite(sw) && sw > 0 && !finer) continue;
+    const float raised = static_cast<float>(std::max(need[c], static_cast<double>(std::numeric_limits<float>::min())));
     for (int64_t i = 0; i < per; ++i) {
       char& b = raw_codes[c * per + i];
       const int32_t q = is_signed ? static_cast<int8_t>(b) : static_cast<uint8_t>(b);
@@ -229,38 +239,73 @@ absl::StatusOr<ActivationQdqResult> InsertActivationQdq(
   std::vector<onnx::NodeProto> front;
   std::map<const onnx::NodeProto*, std::string> new_bias;
   std::set<std::string> replaced;  // the FP32 biases rewritten
-  for (const LayerOp& op : ops) {
-    const onnx::NodeProto& n = *op.node;
-    const bool has_bias = (n.op_type() == "Conv" || n.op_type() == "ConvTranspose" || n.op_type() == "Gemm") &&
-                          n.input_size() >= 3 && !n.input(2).empty() && op.weight_input == 1 &&
-                          !op.act_inputs.empty();
-    if (!has_bias) continue;
-    const ConstantValue* bias = constants->Get(n.input(2));
-    const ConstantValue* wscale = op.weight_dq->input_size() > 1 ? constants->Get(op.weight_dq->input(1)) : nullptr;
-    if (!bias || !wscale || bias->dims.size() != 1 || IntAttr(*op.weight_dq, "block_size", 0) > 0) {
-      ++result.float_biases;
-      continue;
-    }
-    const int64_t channels = bias->dims[0];
+  // An op's bias, and the weight scales and input step its int32 codes are made on, when it
+  // can be coded (nullopt: it stays FP32).
+  struct BiasInputs {
+    const ConstantValue* bias = nullptr;
+    const ConstantValue* wscale = nullptr;
+    int64_t channels = 0;
+    bool per_tensor = false;
     int64_t out_axis = 0;
-    if (n.op_type() == "ConvTranspose") out_axis = IntAttr(n, "group", 1) == 1 ? 1 : -1;
-    if (n.op_type() == "Gemm") out_axis = IntAttr(n, "transB", 0) ? 0 : 1;
-    const bool per_tensor = wscale->values.size() == 1;
+    float sx = 0;
+  };
+  auto has_bias = [](const LayerOp& op) {
+    const onnx::NodeProto& n = *op.node;
+    return (n.op_type() == "Conv" || n.op_type() == "ConvTranspose" || n.op_type() == "Gemm") &&
+           n.input_size() >= 3 && !n.input(2).empty() && op.weight_input == 1 && !op.act_inputs.empty();
+  };
+  auto bias_inputs = [&](const LayerOp& op) -> std::optional<BiasInputs> {
+    const onnx::NodeProto& n = *op.node;
+    BiasInputs b;
+    b.bias = constants->Get(n.input(2));
+    b.wscale = op.weight_dq->input_size() > 1 ? constants->Get(op.weight_dq->input(1)) : nullptr;
+    if (!b.bias || !b.wscale || b.bias->dims.size() != 1 || IntAttr(*op.weight_dq, "block_size", 0) > 0) {
+      return std::nullopt;
+    }
+    b.channels = b.bias->dims[0];
+    if (n.op_type() == "ConvTranspose") b.out_axis = IntAttr(n, "group", 1) == 1 ? 1 : -1;
+    if (n.op_type() == "Gemm") b.out_axis = IntAttr(n, "transB", 0) ? 0 : 1;
+    b.per_tensor = b.wscale->values.size() == 1;
     const int64_t dq_axis = IntAttr(*op.weight_dq, "axis", 1);
-    if (!per_tensor && (out_axis < 0 || dq_axis != out_axis ||
-                        static_cast<int64_t>(wscale->values.size()) != channels)) {
+    if (!b.per_tensor && (b.out_axis < 0 || dq_axis != b.out_axis ||
+                          static_cast<int64_t>(b.wscale->values.size()) != b.channels)) {
+      return std::nullopt;
+    }
+    b.sx = params[n.input(op.act_inputs[0])].scale;
+    return b;
+  };
+  // Dead channels' steps first, once per weight DequantizeLinear for all the ops that read it
+  // (a shared weight: the largest step any of their biases needs), so that no bias is coded
+  // on a step changed afterwards for another op.
+  std::map<const onnx::NodeProto*, std::vector<double>> step_needed;
+  for (const LayerOp& op : ops) {
+    if (!has_bias(op)) continue;
+    const std::optional<BiasInputs> b = bias_inputs(op);
+    if (!b || b->per_tensor || b->out_axis != 0 || !(b->sx > 0)) continue;
+    std::vector<double>& need = step_needed[op.weight_dq];
+    need.resize(b->channels, 0.0);
+    for (int64_t c = 0; c < b->channels; ++c) {
+      need[c] = std::max(need[c], 2.0 * std::abs(static_cast<double>(b->bias->values[c])) /
+                                      (static_cast<double>(b->sx) * 2147483647.0));
+    }
+  }
+  for (const auto& [dq, need] : step_needed) {
+    RaiseDeadChannelSteps(graph, *dq, need, readers_of);
+    constants->Reload(dq->input(1));
+  }
+  for (const LayerOp& op : ops) {
+    if (!has_bias(op)) continue;
+    const onnx::NodeProto& n = *op.node;
+    const std::optional<BiasInputs> b = bias_inputs(op);
+    if (!b) {
       ++result.float_biases;
       continue;
     }
-    const float sx = params[n.input(op.act_inputs[0])].scale;
-    if (!per_tensor && out_axis == 0) {
-      RaiseDeadChannelSteps(graph, *op.weight_dq, *bias, sx, readers_of);
-      wscale = constants->Reload(op.weight_dq->input(1));
-      if (!wscale) {
-        ++result.float_biases;
-        continue;
-      }
-    }
+    const ConstantValue* bias = b->bias;
+    const ConstantValue* wscale = b->wscale;
+    const int64_t channels = b->channels;
+    const bool per_tensor = b->per_tensor;
+    const float sx = b->sx;
     std::vector<int32_t> codes(channels);
     std::vector<float> scales(channels);
     bool fits = true;
