@@ -11,7 +11,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <set>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
 #include "core/model_io.h"
@@ -1270,6 +1273,222 @@ TEST_F(EngineTest, InspectListsLayersAndOps) {
   EXPECT_EQ(info->op_histogram.at("Conv"), 2);
   EXPECT_EQ(info->op_histogram.at("ConvTranspose"), 1);
   EXPECT_TRUE(info->unsupported_ops.empty());
+}
+
+// --- full-integer output (activations on): what the engine asks of the weights ----------
+
+// The DequantizeLinear that gives each layer op of `g` its weight (input 1; a MatMul's input
+// 0 when that is the one), by op name.
+std::map<std::string, const onnx::NodeProto*> WeightDequantizers(const onnx::GraphProto& g) {
+  std::map<std::string, const onnx::NodeProto*> producer, out;
+  for (const auto& n : g.node()) {
+    for (const auto& o : n.output()) producer[o] = &n;
+  }
+  std::set<std::string> inits;
+  for (const auto& t : g.initializer()) inits.insert(t.name());
+  for (const auto& n : g.node()) {
+    if (n.op_type() != "Conv" && n.op_type() != "ConvTranspose" && n.op_type() != "MatMul" && n.op_type() != "Gemm") {
+      continue;
+    }
+    for (int i : {1, 0}) {
+      auto p = producer.find(n.input(i));
+      if (p != producer.end() && p->second->op_type() == "DequantizeLinear" && inits.count(p->second->input(0))) {
+        out[n.name()] = p->second;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
+// Whether the weight DequantizeLinear's zero point is 0 everywhere (or absent).
+bool ZeroPointIsZero(const onnx::GraphProto& g, const onnx::NodeProto& dq) {
+  if (dq.input_size() < 3 || dq.input(2).empty()) return true;
+  for (const auto& t : g.initializer()) {
+    if (t.name() != dq.input(2)) continue;
+    for (char c : t.raw_data()) {
+      if (c != 0) return false;
+    }
+    for (int32_t v : t.int32_data()) {
+      if (v != 0) return false;
+    }
+    return true;
+  }
+  ADD_FAILURE() << "zero point " << dq.input(2) << " is no initializer";
+  return false;
+}
+
+QuantizeOptions FullIntegerOptions(int bits) {
+  QuantizeOptions o;
+  o.bits = bits;
+  o.target = Target::kQdq;
+  o.activations = ActivationType::kInt8;
+  o.input_ranges = {{"x", -1.0f, 1.0f}};
+  o.threads = 1;
+  return o;
+}
+
+// x[N,4,10,10] -> Conv(8x4x3x3, bias) -> Relu -> Conv depthwise (8x1x3x3, group 8, bias)
+//   -> ConvTranspose (8 -> 6, group 1, bias) -> y: ConvModel with a ConvTranspose the
+// data-free estimate covers (it has no rule for grouped ConvTranspose).
+onnx::ModelProto ConvStack() {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 4, 10, 10});
+  g.Initializer("cw", {8, 4, 3, 3}, testing::TestWeights(8 * 4 * 9, 11));
+  g.Initializer("cb", {8}, testing::TestWeights(8, 12));
+  g.Initializer("dw", {8, 1, 3, 3}, testing::TestWeights(8 * 9, 13));
+  g.Initializer("db", {8}, testing::TestWeights(8, 14));
+  g.Initializer("tw", {8, 6, 3, 3}, testing::TestWeights(8 * 6 * 9, 15));
+  g.Initializer("tb", {6}, testing::TestWeights(6, 16));
+  testing::AttrInts(g.Node("Conv", {"x", "cw", "cb"}, {"a"}, "conv"), "pads", {1, 1, 1, 1});
+  g.Node("Relu", {"a"}, {"r"}, "relu");
+  auto* c2 = g.Node("Conv", {"r", "dw", "db"}, {"b"}, "depthwise");
+  testing::AttrInt(c2, "group", 8);
+  testing::AttrInts(c2, "pads", {1, 1, 1, 1});
+  testing::AttrInts(g.Node("ConvTranspose", {"b", "tw", "tb"}, {"y"}, "deconv"), "strides", {2, 2});
+  g.Output("y");
+  return m;
+}
+
+// ONNX Runtime's integer kernels take a weight zero point of 0: at 8 and 7 bits the weights
+// of a full-integer model are symmetric whatever options.symmetric says; below, where ORT
+// fuses nothing, they stay asymmetric.
+TEST_F(EngineTest, FullIntegerWeightsAreSymmetricAtSevenAndEightBitsOnly) {
+  for (auto& [name, model] : {std::pair<std::string, onnx::ModelProto>{"mlp", MlpModel()},
+                              {"conv", ConvStack()}}) {
+    ASSERT_TRUE(testing::SaveModel(model, Path(name + ".onnx")).ok());
+    for (int bits : {8, 7, 4}) {
+      SCOPED_TRACE(absl::StrCat(name, " at ", bits, " bits"));
+      QuantizeOptions o = FullIntegerOptions(bits);
+      ASSERT_FALSE(o.symmetric);
+      const std::string out_path = Path(absl::StrCat(name, "-w", bits, ".onnx"));
+      auto r = Quantize(Path(name + ".onnx"), out_path, o);
+      ASSERT_TRUE(r.ok()) << r.status();
+      EXPECT_EQ(r->layers_quantized, static_cast<int>(r->layers.size()));
+      for (const LayerReport& l : r->layers) EXPECT_EQ(l.symmetric, bits >= 7) << l.name;
+      auto out = LoadedModel::FromFile(out_path);
+      ASSERT_TRUE(out.ok()) << out.status();
+      const onnx::GraphProto& g = (*out)->proto().graph();
+      const auto dqs = WeightDequantizers(g);
+      EXPECT_GE(dqs.size(), r->layers.size());
+      int zero = 0;
+      for (const auto& [op, dq] : dqs) zero += ZeroPointIsZero(g, *dq);
+      if (bits >= 7) {
+        EXPECT_EQ(zero, static_cast<int>(dqs.size()));
+      } else {
+        EXPECT_LT(zero, static_cast<int>(dqs.size()));
+      }
+      EXPECT_LT(Compare(Path(name + ".onnx"), out_path, 7, /*optimize=*/false), bits >= 7 ? 0.1 : 0.3);
+    }
+  }
+  // Weight-only output keeps what was asked: asymmetric at 8 bits.
+  QuantizeOptions o = FullIntegerOptions(8);
+  o.activations = ActivationType::kOff;
+  auto r = Quantize(Path("conv.onnx"), Path("conv-weights.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const LayerReport& l : r->layers) EXPECT_FALSE(l.symmetric) << l.name;
+  auto out = LoadedModel::FromFile(Path("conv-weights.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  int zero = 0;
+  const auto dqs = WeightDequantizers((*out)->proto().graph());
+  for (const auto& [op, dq] : dqs) zero += ZeroPointIsZero((*out)->proto().graph(), *dq);
+  EXPECT_LT(zero, static_cast<int>(dqs.size()));
+}
+
+// A full-integer model has no float layers: a layer under min_weight_elements (here 32
+// weights against the default 64) is quantized when activations are on, and skipped as too
+// small in weight-only output.
+TEST_F(EngineTest, FullIntegerQuantizesLayersUnderTheMinimumSize) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 16});
+  g.Initializer("w1", {16, 8}, testing::TestWeights(16 * 8, 41));
+  g.Initializer("w2", {8, 4}, testing::TestWeights(8 * 4, 42));
+  g.Initializer("c2", {4}, testing::TestWeights(4, 43));
+  g.Node("MatMul", {"x", "w1"}, {"h"}, "fc1");
+  g.Node("Relu", {"h"}, {"r"}, "relu");
+  g.Node("Gemm", {"r", "w2", "c2"}, {"y"}, "fc2");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("small.onnx")).ok());
+  for (bool activations : {true, false}) {
+    SCOPED_TRACE(activations ? "full integer" : "weights only");
+    QuantizeOptions o = FullIntegerOptions(8);
+    if (!activations) o.activations = ActivationType::kOff;
+    ASSERT_EQ(o.min_weight_elements, 64);
+    const std::string out_path = Path(absl::StrCat("small-", activations, ".onnx"));
+    auto r = Quantize(Path("small.onnx"), out_path, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ASSERT_EQ(r->layers.size(), 2u);
+    const LayerReport* fc2 = nullptr;
+    for (const LayerReport& l : r->layers) {
+      if (l.weight == "w2") fc2 = &l;
+    }
+    ASSERT_NE(fc2, nullptr);
+    EXPECT_EQ(fc2->quantized, activations);
+    EXPECT_EQ(r->layers_quantized, activations ? 2 : 1);
+    if (!activations) EXPECT_FALSE(fc2->skip_reason.empty());
+    auto out = LoadedModel::FromFile(out_path);
+    ASSERT_TRUE(out.ok()) << out.status();
+    // fc2's op (each branch of it: the split is on) reads a dequantized weight, or none does.
+    const auto dqs = WeightDequantizers((*out)->proto().graph());
+    int fc2_ops = 0;
+    for (const auto& [op, dq] : dqs) fc2_ops += absl::StartsWith(op, "fc2");
+    EXPECT_EQ(fc2_ops > 0, activations);
+    if (activations) EXPECT_EQ(r->activations.quantized_ops, static_cast<int>(dqs.size()));
+    EXPECT_LT(Compare(Path("small.onnx"), out_path, 7, /*optimize=*/false), 0.1);
+  }
+}
+
+// With target_opset 0 a full-integer model comes out at opset 14 at least (a written-out
+// HardSwish becomes the one HardSwish op); weight-only output keeps the opset the codes need.
+TEST_F(EngineTest, FullIntegerOutputIsAtLeastOpset14) {
+  onnx::ModelProto m = testing::NewModel(13);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 16});
+  g.Initializer("w1", {16, 12}, testing::TestWeights(16 * 12, 51));
+  g.Initializer("w2", {12, 6}, testing::TestWeights(12 * 6, 52));
+  g.Initializer("three", {}, {3.0f});
+  g.Initializer("zero", {}, {0.0f});
+  g.Initializer("six", {}, {6.0f});
+  g.Node("MatMul", {"x", "w1"}, {"h"}, "fc1");
+  g.Node("Add", {"h", "three"}, {"t"}, "hs_add");
+  g.Node("Clip", {"t", "zero", "six"}, {"c"}, "hs_clip");
+  g.Node("Mul", {"h", "c"}, {"p"}, "hs_mul");
+  g.Node("Div", {"p", "six"}, {"a"}, "hs_div");
+  g.Node("MatMul", {"a", "w2"}, {"y"}, "fc2");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("hs.onnx")).ok());
+  for (int bits : {8, 4}) {
+    SCOPED_TRACE(absl::StrCat(bits, " bits"));
+    QuantizeOptions o = FullIntegerOptions(bits);
+    ASSERT_EQ(o.target_opset, 0);
+    const std::string out_path = Path(absl::StrCat("hs-", bits, ".onnx"));
+    auto r = Quantize(Path("hs.onnx"), out_path, o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->input_opset, 13);
+    EXPECT_GE(r->output_opset, 14);
+    EXPECT_EQ(r->activations.fused_hardswish, 1);
+    auto out = LoadedModel::FromFile(out_path);
+    ASSERT_TRUE(out.ok()) << out.status();
+    int opset = 0, hardswish = 0, clips = 0;
+    for (const auto& imp : (*out)->proto().opset_import()) {
+      if (imp.domain().empty() || imp.domain() == "ai.onnx") opset = static_cast<int>(imp.version());
+    }
+    for (const auto& n : (*out)->proto().graph().node()) {
+      hardswish += n.op_type() == "HardSwish";
+      clips += n.op_type() == "Clip";
+    }
+    EXPECT_EQ(opset, r->output_opset);
+    EXPECT_EQ(hardswish, 1);
+    EXPECT_EQ(clips, 0);
+    EXPECT_LT(Compare(Path("hs.onnx"), out_path, 7, /*optimize=*/false), bits == 8 ? 0.1 : 0.3);
+  }
+  QuantizeOptions o = FullIntegerOptions(8);
+  o.activations = ActivationType::kOff;
+  auto r = Quantize(Path("hs.onnx"), Path("hs-weights.onnx"), o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->output_opset, 13);
 }
 
 }  // namespace
