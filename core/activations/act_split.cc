@@ -1,11 +1,13 @@
 #include "core/activations/act_split.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <numeric>
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "core/rewrite.h"
 #include "core/status_macros.h"
@@ -521,10 +523,62 @@ absl::StatusOr<ActSplitResult> SplitActivations(
       result.notes.push_back(absl::StrCat(site.name, ": left whole (no per-channel ranges for ", site.input, ")"));
       continue;
     }
-    const std::vector<std::vector<int64_t>> groups =
-        inherited ? inherited->groups
-                  : GroupChannels(channels, mode, range ? range->channel_lo : std::vector<float>{},
-                                  range ? range->channel_hi : std::vector<float>{});
+    // Range grouping: the channels of X and Y are both quantized in groups, so the grouping
+    // (of X's ranges or of Y's) with the lower noise energy over both wins, and the site is
+    // split only where it pays: the per-tensor quantization noise energy (elements x step^2,
+    // step ~ span) of the whole tensors over that of the groups.
+    std::vector<const TensorRange*> quantized;
+    for (const std::string& t : {site.input, site.output}) {
+      auto it = ranges.find(t);
+      if (it != ranges.end() && static_cast<int64_t>(it->second.channel_lo.size()) == channels) {
+        quantized.push_back(&it->second);
+      }
+    }
+    auto span = [&](const TensorRange& r, const std::vector<int64_t>& idx) {
+      float lo = 0, hi = 0;
+      for (int64_t c : idx) {
+        lo = std::min(lo, r.channel_lo[c]);
+        hi = std::max(hi, r.channel_hi[c]);
+      }
+      return static_cast<double>(hi) - lo;
+    };
+    auto noise = [&](const std::vector<std::vector<int64_t>>& gs) {
+      double e = 0;
+      for (const TensorRange* r : quantized) {
+        for (const auto& grp : gs) e += static_cast<double>(grp.size()) * span(*r, grp) * span(*r, grp);
+      }
+      return e;
+    };
+    std::vector<std::vector<int64_t>> groups;
+    if (inherited) {
+      groups = inherited->groups;
+    } else if (mode == ActivationSplit::kRange && !quantized.empty()) {
+      double best = std::numeric_limits<double>::infinity();
+      for (const TensorRange* r : quantized) {
+        std::vector<std::vector<int64_t>> gs = GroupChannels(channels, mode, r->channel_lo, r->channel_hi);
+        const double e = noise(gs);
+        if (e < best) {
+          best = e;
+          groups = std::move(gs);
+        }
+      }
+    } else {
+      groups = GroupChannels(channels, mode, range ? range->channel_lo : std::vector<float>{},
+                             range ? range->channel_hi : std::vector<float>{});
+    }
+    std::string gain_text;
+    if (!inherited && mode == ActivationSplit::kRange && !quantized.empty()) {
+      std::vector<int64_t> all(channels);
+      std::iota(all.begin(), all.end(), 0);
+      const double whole = noise({all}), parts = noise(groups);
+      const double gain_db = parts > 0 ? 10 * std::log10(whole / parts) : 0;
+      if (gain_db < kActivationSplitMinGainDb) {
+        result.notes.push_back(absl::StrFormat("%s: left whole (range groups would lower its quantization noise by %.1f dB < %.0f dB)",
+                                               site.name, gain_db, kActivationSplitMinGainDb));
+        continue;
+      }
+      gain_text = absl::StrFormat(", noise -%.1f dB", gain_db);
+    }
     std::vector<int64_t> joined;
     for (const auto& grp : groups) joined.insert(joined.end(), grp.begin(), grp.end());
     bool in_order = true;
@@ -645,7 +699,7 @@ absl::StatusOr<ActSplitResult> SplitActivations(
     ++result.activations_split;
     result.consumers_split += static_cast<int>(split_readers.size());
     result.notes.push_back(absl::StrCat(site.name, ": groups ", groups[0].size(), "/", groups[1].size(), "/",
-                                        groups[2].size(), " (", inherited ? "inherited" : ToString(mode), "; input ",
+                                        groups[2].size(), " (", inherited ? "inherited" : ToString(mode), gain_text, "; input ",
                                         how, "), ", split_readers.size(), " depthwise reader(s) in groups",
                                         need_join ? ", joined for the others" : ""));
   }

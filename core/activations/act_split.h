@@ -27,7 +27,9 @@
 // the paper's V1 code. kRange: channels sorted by the span of their range and cut into the
 // three runs that minimise sum over groups of |g| * span(g)^2 (the quantization noise
 // energy of a per-tensor quantizer over the group: its step is span / 255); channel
-// ranges come from calibration or the data-free estimate. An activation whose channel count
+// ranges come from calibration or the data-free estimate. A site is split under kRange only
+// where the groups lower the per-tensor quantization noise energy (sum of elements x
+// span^2) by at least kActivationSplitMinGainDb; the report says by how much either way. An activation whose channel count
 // or ranges are unknown, or that has fewer than 3 channels, is left as it is (with a note).
 #ifndef SQ_CORE_ACTIVATIONS_ACT_SPLIT_H_
 #define SQ_CORE_ACTIVATIONS_ACT_SPLIT_H_
@@ -43,6 +45,9 @@
 #include "onnx/onnx_pb.h"
 
 namespace sq {
+
+// The least noise reduction worth the extra ops and tensors: half the noise energy.
+inline constexpr double kActivationSplitMinGainDb = 3.0;
 
 // An activation found in the graph: its input, output and nodes (indices into the graph).
 struct ActivationSite {
