@@ -6,6 +6,7 @@
 #include <numeric>
 #include <set>
 
+#include "core/activations/node_util.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -15,7 +16,10 @@
 namespace sq {
 namespace {
 
-bool IsDefaultDomain(const onnx::NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
+using activations::Attr;
+using activations::FloatAttr;
+using activations::IntAttr;
+using activations::IsDefaultDomain;
 
 // Activation functions proper: a site holds at least one.
 const std::set<std::string>& CoreOps() {
@@ -27,13 +31,6 @@ const std::set<std::string>& CoreOps() {
 const std::set<std::string>& GlueOps() {
   static const auto* s = new std::set<std::string>{"Mul", "Add", "Sub", "Div", "Pow", "Max", "Min"};
   return *s;
-}
-
-int64_t IntAttr(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.i();
-  }
-  return fallback;
 }
 
 void CollectSubgraphReads(const onnx::GraphProto& g, std::set<std::string>* out) {

@@ -7,29 +7,18 @@
 #include <optional>
 #include <set>
 
+#include "core/activations/node_util.h"
 #include "absl/strings/str_cat.h"
 
 namespace sq {
 namespace {
 
+using activations::Attr;
+using activations::FloatAttr;
+using activations::IntAttr;
+using activations::IsDefaultDomain;
+
 using Range = TensorRange;
-
-bool IsDefaultDomain(const onnx::NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
-
-const onnx::AttributeProto* Attr(const onnx::NodeProto& n, const std::string& name) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return &a;
-  }
-  return nullptr;
-}
-float FloatAttr(const onnx::NodeProto& n, const std::string& name, float fallback) {
-  const onnx::AttributeProto* a = Attr(n, name);
-  return a ? a->f() : fallback;
-}
-int64_t IntAttr(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
-  const onnx::AttributeProto* a = Attr(n, name);
-  return a ? a->i() : fallback;
-}
 
 Range Span(float lo, float hi) {
   Range r;

@@ -4,26 +4,17 @@
 #include <map>
 #include <set>
 
+#include "core/activations/node_util.h"
 #include "absl/strings/str_cat.h"
 #include "core/rewrite.h"
 
 namespace sq {
 namespace {
 
-bool IsDefaultDomain(const onnx::NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
-
-int64_t IntAttr(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.i();
-  }
-  return fallback;
-}
-float FloatAttr(const onnx::NodeProto& n, const std::string& name, float fallback) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.f();
-  }
-  return fallback;
-}
+using activations::Attr;
+using activations::FloatAttr;
+using activations::IntAttr;
+using activations::IsDefaultDomain;
 
 // A constant broadcast along the output channels of a layer whose output has rank
 // `rank` (the weight's rank for Conv / ConvTranspose, channel axis 1; 2 for Gemm, channel

@@ -7,23 +7,20 @@
 #include <optional>
 #include <set>
 
+#include "core/activations/node_util.h"
 #include "absl/strings/str_cat.h"
 #include "core/rewrite.h"
 
 namespace sq {
 namespace {
 
-bool IsDefaultDomain(const onnx::NodeProto& n) { return n.domain().empty() || n.domain() == "ai.onnx"; }
+using activations::Attr;
+using activations::FloatAttr;
+using activations::IntAttr;
+using activations::IsDefaultDomain;
 
 bool IsLayerOpType(const std::string& op) {
   return op == "Conv" || op == "ConvTranspose" || op == "MatMul" || op == "Gemm";
-}
-
-int64_t IntAttr(const onnx::NodeProto& n, const std::string& name, int64_t fallback) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.i();
-  }
-  return fallback;
 }
 
 // A quantized layer op: its node, the input index of its weight and of its activations.
