@@ -276,6 +276,56 @@ TEST_F(ServerE2ETest, CalibrationInputsNameFilesOfTheUpload) {
   EXPECT_TRUE(absl::StrContains(target.status().message(), "target")) << target.status();
 }
 
+// A real job: calibration samples uploaded with the model, a full-integer artifact back,
+// its report saying where the ranges came from, and the artifact running in ORT.
+TEST_F(ServerE2ETest, FullIntegerJobCalibratesOnUploadedSamples) {
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  auto files = SqClient::ModelFiles(model_);
+  ASSERT_TRUE(files.ok());
+  for (int s = 0; s < 3; ++s) {  // x: [1, 64] float32, .npy format 1.0
+    auto in = sq::testing::MakeRandomInputs(model_, 100 + s);
+    ASSERT_TRUE(in.ok()) << in.status();
+    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64), }";
+    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+    header += '\n';
+    const std::string path = (dir_ / absl::StrCat("s", s, ".npy")).string();
+    std::ofstream f(path, std::ios::binary);
+    const uint16_t len = static_cast<uint16_t>(header.size());
+    f.write("\x93NUMPY\x01\x00", 8);
+    f.write(reinterpret_cast<const char*>(&len), 2);
+    f << header;
+    f.write(reinterpret_cast<const char*>((*in)[0].f.data()), static_cast<std::streamsize>((*in)[0].f.size() * 4));
+    f.close();
+    files->push_back({path, absl::StrCat("s", s, ".npy")});
+  }
+  auto up = c->Upload(*files);
+  ASSERT_TRUE(up.ok()) << up.status();
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  req.mutable_options()->set_bits(8);
+  req.mutable_options()->set_activations(v1::ACTIVATION_TYPE_INT8);
+  for (int s = 0; s < 3; ++s) req.mutable_options()->add_calibration_inputs(absl::StrCat("s", s, ".npy"));
+  auto job = c->Submit(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto done = c->Watch(job->job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+  auto report = c->Report(job->job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"ranges_from\": \"calibration: 3 samples")) << report->json();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"type\": \"int8\""));
+  const std::string out = (dir_ / "fi.onnx").string();
+  ASSERT_TRUE(c->DownloadAll(*done, out).ok());
+  auto inputs = sq::testing::MakeRandomInputs(model_, 7);
+  ASSERT_TRUE(inputs.ok());
+  auto want = sq::testing::RunOrt(model_, *inputs);
+  auto got = sq::testing::RunOrt(out, *inputs);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+  EXPECT_LT(sq::testing::MaxRelativeError(*got, *want), 0.2);
+}
+
 TEST(ConvertTest, ActivationOptionsRoundTrip) {
   v1::QuantizeOptions w;
   w.set_activations(v1::ACTIVATION_TYPE_UINT8);
