@@ -12,6 +12,7 @@
 #include "core/activations/data_free.h"
 #include "core/activations/fold.h"
 #include "core/activations/qdq.h"
+#include "core/file_util.h"
 #include "core/opset_convert.h"
 #include "core/status_macros.h"
 
@@ -137,14 +138,21 @@ absl::Status FoldStage(LoadedModel& model, const QuantizeOptions& options,
   return absl::OkStatus();
 }
 
-absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
-                                      const std::vector<OrtModelSource::File>& external,
+absl::Status QuantizeActivationsStage(onnx::ModelProto* proto, const std::string& data_path,
+                                      const std::string& data_location,
                                       const QuantizeOptions& options,
                                       const std::vector<CalibrationSample>& samples,
                                       const std::map<std::string, TensorRange>& seeds, int threads,
                                       ActivationReport* report) {
   const auto start = std::chrono::steady_clock::now();
   report->type = ToString(options.activations);
+  std::unique_ptr<MappedFile> data_map;
+  std::vector<OrtModelSource::File> external;
+  if (!data_path.empty()) {
+    SQ_ASSIGN_OR_RETURN(data_map, MappedFile::Open(data_path));
+    external.push_back({data_location, reinterpret_cast<const char*>(data_map->data()),
+                        static_cast<size_t>(data_map->size())});
+  }
   onnx::GraphProto* graph = proto->mutable_graph();
   const std::vector<std::string> tensors = ActivationTensors(*graph);
   ConstantTable constants(*graph, external);

@@ -44,10 +44,11 @@ absl::Status SplitActivationsStage(LoadedModel& model, const QuantizeOptions& op
                                    const std::map<std::string, TensorRange>& seeds, int threads,
                                    ActivationReport* report);
 
-// `external` maps the artifact's external data (by location) when it has any.
+// `data_path`: the artifact's external data file as written so far (mapped for the runs),
+// named `data_location` by the model's tensors; both empty when the weights are inline.
 // `seeds`: FoldStage's ranges, for the data-free estimate.
-absl::Status QuantizeActivationsStage(onnx::ModelProto* proto,
-                                      const std::vector<OrtModelSource::File>& external,
+absl::Status QuantizeActivationsStage(onnx::ModelProto* proto, const std::string& data_path,
+                                      const std::string& data_location,
                                       const QuantizeOptions& options,
                                       const std::vector<CalibrationSample>& samples,
                                       const std::map<std::string, TensorRange>& seeds, int threads,

@@ -295,14 +295,8 @@ absl::StatusOr<ModelReport> QuantizeModelFile(const std::string& input_path,
   // --- activations (full-integer output) ---------------------------------------------------
   if (options.activations != ActivationType::kOff) {
     progress("activations");
-    std::unique_ptr<MappedFile> data_map;
-    std::vector<OrtModelSource::File> external;
-    if (!out->data_temp_path().empty()) {
-      SQ_ASSIGN_OR_RETURN(data_map, MappedFile::Open(out->data_temp_path()));
-      external.push_back({out->data_location(), reinterpret_cast<const char*>(data_map->data()),
-                          static_cast<size_t>(data_map->size())});
-    }
-    SQ_RETURN_IF_ERROR(QuantizeActivationsStage(&proto, external, options, calibration, folded_ranges,
+    SQ_RETURN_IF_ERROR(QuantizeActivationsStage(&proto, out->data_temp_path(), out->data_location(), options,
+                                                calibration, folded_ranges,
                                                 EffectiveThreads(options), &report.activations));
     clock.Mark("activations");
     if (cancelled()) return kCancelled;
