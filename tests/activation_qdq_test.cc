@@ -423,6 +423,27 @@ TEST_F(ActivationQdqTest, Uint8ActivationsAndFourBitWeightsRunToo) {
   ExpectCloseToFp32(Path("w4.onnx"), 0.1, 0.1);
 }
 
+// Weights in an external data file (--external-data): calibration runs the artifact with
+// its data file as it is being written, and the artifact runs like the inline one.
+TEST_F(ActivationQdqTest, ExternalDataArtifactCalibratesAndRuns) {
+  const onnx::ModelProto m = ConvReluConv();
+  Prepare(m);
+  QuantizeOptions o = Options();
+  o.external_data = true;
+  auto report = QuantizeModelFile(Path("in.onnx"), Path("ext.onnx"), o);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_FALSE(report->external_data_path.empty());
+  EXPECT_TRUE(fs::exists(Path("ext.onnx.data")) || fs::exists(Path(report->external_data_path)));
+  EXPECT_GT(report->activations.tensors, 0);
+  auto out = LoadedModel::FromFile(Path("ext.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  // (CheckPlacement reads scales inline; here they sit in the data file.)
+  int quantizers = 0;
+  for (const auto& n : (*out)->proto().graph().node()) quantizers += n.op_type() == "QuantizeLinear";
+  EXPECT_EQ(quantizers, report->activations.tensors);
+  ExpectCloseToFp32(Path("ext.onnx"), 0.03, 0.15);
+}
+
 // A dead output channel (its weights all zero, or ~1e-20: a BatchNorm scale of ~0 folded in)
 // with a nonzero bias: a weight step fitted to the channel's weights would put the bias at
 // ~1e20 steps, out of int32. The channel's step is raised to one the bias fits (2|b| /
