@@ -270,7 +270,7 @@ def build_options(a: argparse.Namespace) -> QuantizeOptions:
         fmt = "qdq"
     if a.verify_input and a.verify == "off":
         raise InvalidArgument("--verify-input is given but --verify is off")
-    if a.calibration and a.activations in (None, "off") and a.split_activations != "range":
+    if a.calibration and a.activations in (None, "off") and a.split_activations not in ("range", "on"):
         raise InvalidArgument("--calibration is given but nothing reads it (--activations is off "
                               "and --split-activations is not range)")
     split = {"true": "on", "false": "off"}.get(a.split, a.split)

@@ -38,6 +38,7 @@ CALIBRATION_METHODS: Dict[str, int] = {
     "minmax": sq_pb2.CALIBRATION_METHOD_MINMAX, "percentile": sq_pb2.CALIBRATION_METHOD_PERCENTILE}
 ACTIVATION_SPLITS: Dict[str, int] = {
     "off": sq_pb2.ACTIVATION_SPLIT_UNSPECIFIED, "range": sq_pb2.ACTIVATION_SPLIT_RANGE,
+    "on": sq_pb2.ACTIVATION_SPLIT_RANGE,  # as sqctl: the grouping that measured better
     "positional": sq_pb2.ACTIVATION_SPLIT_POSITIONAL}
 
 
@@ -85,7 +86,7 @@ class QuantizeOptions:
     calibration_method: Optional[str] = None   # percentile | minmax
     calibration_percentile: Optional[float] = None  # in (50, 100]; server default 99.99
     input_ranges: Sequence[str] = field(default_factory=tuple)  # "NAME=LO:HI"
-    split_activations: Optional[str] = None    # off | range | positional
+    split_activations: Optional[str] = None    # off | on (= range) | range | positional
 
     def to_proto(self) -> "sq_pb2.QuantizeOptions":
         """The wire message. InvalidArgument for an unknown choice name."""
