@@ -35,24 +35,9 @@ using ::sq::testing::AttrInt;
 using ::sq::testing::AttrInts;
 using ::sq::testing::GraphBuilder;
 using ::testing::HasSubstr;
+using ::sq::testing::NpyF32;
 
 using Groups = std::vector<std::vector<int64_t>>;
-
-// A float32 .npy image.
-std::string NpyF32(const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  std::string dims;
-  for (int64_t d : shape) absl::StrAppend(&dims, d, ",");
-  if (shape.size() > 1) dims.pop_back();
-  std::string header = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", dims, "), }");
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-  return out;
-}
 
 // The activations under test, as `a` -> ... -> `y`. Returns the op type that appears once
 // per copy of the activation.

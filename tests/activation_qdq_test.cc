@@ -31,22 +31,7 @@ using ::sq::testing::AttrInt;
 using ::sq::testing::AttrInts;
 using ::sq::testing::GraphBuilder;
 using ::testing::HasSubstr;
-
-// A float32 .npy image.
-std::string NpyF32(const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  std::string dims;
-  for (int64_t d : shape) absl::StrAppend(&dims, d, ",");
-  if (shape.size() > 1) dims.pop_back();
-  std::string header = absl::StrCat("{'descr': '<f4', 'fortran_order': False, 'shape': (", dims, "), }");
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-  return out;
-}
+using ::sq::testing::NpyF32;
 
 // x[1,3,8,8] -> Conv 8x3x3x3 + b (conv1) -> a -> Relu -> r -> Conv 4x8x3x3 + b (conv2) -> y
 onnx::ModelProto ConvReluConv() {

@@ -32,27 +32,8 @@ namespace fs = std::filesystem;
 using ::sq::testing::GraphBuilder;
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-// A .npy image (format 1.0) of `shape` with `descr` and raw little-endian `data`.
-std::string Npy(const std::string& descr, const std::vector<int64_t>& shape, const void* data,
-                size_t bytes) {
-  std::string dims;
-  for (int64_t d : shape) absl::StrAppend(&dims, d, ",");
-  if (shape.size() > 1) dims.pop_back();
-  std::string header = absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (",
-                                    dims, "), }");
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(static_cast<const char*>(data), bytes);
-  return out;
-}
-std::string NpyF32(const std::vector<int64_t>& shape, const std::vector<float>& v) {
-  return Npy("<f4", shape, v.data(), v.size() * sizeof(float));
-}
+using ::sq::testing::NpyF32;
+using ::sq::testing::NpyImage;
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
@@ -329,7 +310,7 @@ TEST_F(CalibrationTest, BadSamplesAreRefusedNamingTheFileAndTheProblem) {
        {"input 'x' has shape [4] but the model takes [?,4]"}},
       {"fixed.npz", {{"x", NpyF32({1, 4}, x4)}, {"z", NpyF32({2, 2}, std::vector<float>(4))}},
        {"input 'z' has shape [2,2] but the model takes [1,2]"}},
-      {"dtype.npz", {{"x", Npy("<f8", {1, 4}, x4d.data(), 32)}, {"z", NpyF32({1, 2}, z2)}},
+      {"dtype.npz", {{"x", NpyImage("<f8", {1, 4}, x4d.data(), 32)}, {"z", NpyF32({1, 2}, z2)}},
        {"input 'x' is float64 but the model takes float32", "astype"}},
       {"missing.npz", {{"x", NpyF32({1, 4}, x4)}}, {"lacks the model's input 'z'"}},
       {"extra.npz", {{"x", NpyF32({1, 4}, x4)}, {"z", NpyF32({1, 2}, z2)}, {"w", NpyF32({1, 2}, z2)}},
@@ -406,7 +387,7 @@ TEST_F(CalibrationTest, EmptyMissingAndOversizedSetsAreRefused) {
 TEST_F(CalibrationTest, TheEngineRefusesABadSampleAndWritesNothing) {
   ASSERT_TRUE(testing::SaveModel(Mlp(), Path("mlp.onnx")).ok());
   const std::vector<double> x4d(4, 0.5);
-  WriteFile(Path("double.npy"), Npy("<f8", {1, 4}, x4d.data(), 32));
+  WriteFile(Path("double.npy"), NpyImage("<f8", {1, 4}, x4d.data(), 32));
   QuantizeOptions o = IntegerOptions();
   o.calibration_inputs = {Path("double.npy")};
   auto r = QuantizeModelFile(Path("mlp.onnx"), Path("out.onnx"), o);

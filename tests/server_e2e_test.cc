@@ -284,20 +284,11 @@ TEST_F(ServerE2ETest, FullIntegerJobCalibratesOnUploadedSamples) {
   auto c = Connect(*server);
   auto files = SqClient::ModelFiles(model_);
   ASSERT_TRUE(files.ok());
-  for (int s = 0; s < 3; ++s) {  // x: [1, 64] float32, .npy format 1.0
+  for (int s = 0; s < 3; ++s) {  // x: [1, 64] float32
     auto in = sq::testing::MakeRandomInputs(model_, 100 + s);
     ASSERT_TRUE(in.ok()) << in.status();
-    std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 64), }";
-    while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-    header += '\n';
     const std::string path = (dir_ / absl::StrCat("s", s, ".npy")).string();
-    std::ofstream f(path, std::ios::binary);
-    const uint16_t len = static_cast<uint16_t>(header.size());
-    f.write("\x93NUMPY\x01\x00", 8);
-    f.write(reinterpret_cast<const char*>(&len), 2);
-    f << header;
-    f.write(reinterpret_cast<const char*>((*in)[0].f.data()), static_cast<std::streamsize>((*in)[0].f.size() * 4));
-    f.close();
+    std::ofstream(path, std::ios::binary) << sq::testing::NpyF32({1, 64}, (*in)[0].f);
     files->push_back({path, absl::StrCat("s", s, ".npy")});
   }
   auto up = c->Upload(*files);

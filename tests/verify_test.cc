@@ -26,26 +26,9 @@ namespace {
 
 using ::sq::testing::GraphBuilder;
 using ::testing::HasSubstr;
+using ::sq::testing::NpyImage;
 
 bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
-
-// A .npy image (format 1.0) of `shape` with `descr` and raw little-endian `data`.
-std::string Npy(const std::string& descr, const std::vector<int64_t>& shape, const void* data,
-                size_t bytes) {
-  std::string dims;
-  for (int64_t d : shape) absl::StrAppend(&dims, d, ",");
-  if (shape.size() > 1) dims.pop_back();
-  std::string header = absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (",
-                                    dims, "), }");
-  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
-  header += '\n';
-  std::string out("\x93NUMPY\x01\x00", 8);
-  out += static_cast<char>(header.size() & 0xff);
-  out += static_cast<char>(header.size() >> 8);
-  out += header;
-  out.append(static_cast<const char*>(data), bytes);
-  return out;
-}
 
 void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
@@ -102,23 +85,23 @@ onnx::ModelProto EmbeddingModel() {
 
 TEST_F(VerifyTest, NpyOfEveryElementTypeIsRead) {
   const float f[6] = {1, 2, 3, 4, 5, 6};
-  auto t = ParseNpy(Npy("<f4", {2, 3}, f, sizeof(f)), "x");
+  auto t = ParseNpy(NpyImage("<f4", {2, 3}, f, sizeof(f)), "x");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->elem_type, 1);
   EXPECT_EQ(t->shape, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(t->f, (std::vector<float>{1, 2, 3, 4, 5, 6}));
   const int64_t i[2] = {-7, 9};
-  t = ParseNpy(Npy("<i8", {2}, i, sizeof(i)), "ids");
+  t = ParseNpy(NpyImage("<i8", {2}, i, sizeof(i)), "ids");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->elem_type, 7);
   EXPECT_EQ(t->i, (std::vector<int64_t>{-7, 9}));
   const double d[1] = {0.5};
-  t = ParseNpy(Npy("<f8", {}, d, sizeof(d)), "s");  // a scalar
+  t = ParseNpy(NpyImage("<f8", {}, d, sizeof(d)), "s");  // a scalar
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_TRUE(t->shape.empty());
   EXPECT_EQ(t->f, (std::vector<float>{0.5f}));
   const uint8_t b[3] = {1, 0, 1};
-  t = ParseNpy(Npy("|b1", {3}, b, sizeof(b)), "mask");
+  t = ParseNpy(NpyImage("|b1", {3}, b, sizeof(b)), "mask");
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->elem_type, 9);
   EXPECT_EQ(t->i, (std::vector<int64_t>{1, 0, 1}));
@@ -126,17 +109,17 @@ TEST_F(VerifyTest, NpyOfEveryElementTypeIsRead) {
 
 TEST_F(VerifyTest, MalformedNpyIsInvalidArgumentNamingTheTensor) {
   const float f[6] = {};
-  const std::string good = Npy("<f4", {2, 3}, f, sizeof(f));
+  const std::string good = NpyImage("<f4", {2, 3}, f, sizeof(f));
   struct Case {
     std::string bytes, why;
   } cases[] = {
       {good.substr(0, good.size() - 1), "holds 23 data bytes"},
       {good.substr(0, 20), "truncated"},
       {"not numpy at all", "not a .npy"},
-      {Npy(">f4", {2, 3}, f, sizeof(f)), "dtype '>f4'"},
-      {Npy("<f4", {-2, 3}, f, sizeof(f)), "bad shape entry"},
-      {Npy("<f4", {int64_t{1} << 40, 1 << 20}, f, sizeof(f)), "more than 1 GiB"},
-      {Npy("<U8", {2}, f, 8), "is not read"},
+      {NpyImage(">f4", {2, 3}, f, sizeof(f)), "dtype '>f4'"},
+      {NpyImage("<f4", {-2, 3}, f, sizeof(f)), "bad shape entry"},
+      {NpyImage("<f4", {int64_t{1} << 40, 1 << 20}, f, sizeof(f)), "more than 1 GiB"},
+      {NpyImage("<U8", {2}, f, 8), "is not read"},
   };
   for (const Case& c : cases) {
     auto t = ParseNpy(c.bytes, "x");
@@ -152,7 +135,7 @@ TEST_F(VerifyTest, NpzStoredAndCompressedAndTensorProtoFilesAreRead) {
   const int64_t i[2] = {3, 4};
   for (bool compress : {false, true}) {
     const std::string path = Path(compress ? "c.npz" : "s.npz");
-    WriteNpz(path, {{"x", Npy("<f4", {1, 4}, f, sizeof(f))}, {"ids", Npy("<i8", {2}, i, sizeof(i))}},
+    WriteNpz(path, {{"x", NpyImage("<f4", {1, 4}, f, sizeof(f))}, {"ids", NpyImage("<i8", {2}, i, sizeof(i))}},
              compress);
     auto t = ReadTensorFile(path);
     ASSERT_TRUE(t.ok()) << t.status();
@@ -200,7 +183,7 @@ TEST_F(VerifyTest, SeededInputsFillOpenDimsAndKeepIdsInsideTheirTable) {
 
 TEST_F(VerifyTest, AnInputFileMustMatchTheGraphInputs) {
   const float f[64] = {};
-  WriteFile(Path("any_name.npy"), Npy("<f4", {2, 32}, f, sizeof(f)));
+  WriteFile(Path("any_name.npy"), NpyImage("<f4", {2, 32}, f, sizeof(f)));
   QuantizeOptions o;
   o.verify_input = Path("any_name.npy");
   auto in = PrepareVerifyInputs(MatMulModel().graph(), o);  // one input: the name is ignored
@@ -209,13 +192,13 @@ TEST_F(VerifyTest, AnInputFileMustMatchTheGraphInputs) {
   EXPECT_EQ(in->sets[0].tensors[0].name, "x");
   EXPECT_EQ(in->sets[0].description, "file any_name.npy");
 
-  WriteNpz(Path("wrong.npz"), {{"tokens", Npy("<f4", {2, 32}, f, sizeof(f))}}, false);
+  WriteNpz(Path("wrong.npz"), {{"tokens", NpyImage("<f4", {2, 32}, f, sizeof(f))}}, false);
   o.verify_input = Path("wrong.npz");
   in = PrepareVerifyInputs(EmbeddingModel().graph(), o);
   ASSERT_FALSE(in.ok());
   EXPECT_EQ(in.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(in.status().message(), HasSubstr("holds tensor 'tokens', which is not an input"));
-  WriteNpz(Path("two.npz"), {{"x", Npy("<f4", {2, 32}, f, sizeof(f))}}, false);
+  WriteNpz(Path("two.npz"), {{"x", NpyImage("<f4", {2, 32}, f, sizeof(f))}}, false);
   o.verify_input = Path("two.npz");
   onnx::ModelProto two = MatMulModel();
   testing::GraphBuilder(two.mutable_graph()).Input("ids", {2}, 7);
@@ -356,7 +339,7 @@ TEST_F(VerifyTest, EveryQuantizeIsVerifiedAndReportedPerOutput) {
 TEST_F(VerifyTest, UserInputsAreUsedAndBadOnesFailBeforeAnyWork) {
   ASSERT_TRUE(testing::SaveModel(MatMulModel(), Path("in.onnx")).ok());
   std::vector<float> x(3 * 32, 0.25f);
-  WriteFile(Path("x.npy"), Npy("<f4", {3, 32}, x.data(), x.size() * 4));
+  WriteFile(Path("x.npy"), NpyImage("<f4", {3, 32}, x.data(), x.size() * 4));
   QuantizeOptions o;
   o.verify_input = Path("x.npy");
   auto r = QuantizeModelFile(Path("in.onnx"), Path("out.onnx"), o);
@@ -365,7 +348,7 @@ TEST_F(VerifyTest, UserInputsAreUsedAndBadOnesFailBeforeAnyWork) {
   EXPECT_EQ(r->verification.outputs.at(0).shape, (std::vector<int64_t>{3, 24}));
 
   const float wrong[4] = {};
-  WriteFile(Path("bad.npy"), Npy("<f4", {4}, wrong, sizeof(wrong)).substr(0, 100));
+  WriteFile(Path("bad.npy"), NpyImage("<f4", {4}, wrong, sizeof(wrong)).substr(0, 100));
   o.verify_input = Path("bad.npy");
   r = QuantizeModelFile(Path("in.onnx"), Path("bad.onnx"), o);
   ASSERT_FALSE(r.ok());

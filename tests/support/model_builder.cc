@@ -201,4 +201,25 @@ absl::Status WriteMatMulChain(const std::string& path, int layers, int dim, uint
   return SaveModel(m, path);
 }
 
+std::string NpyImage(const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+                     size_t bytes) {
+  std::string dims;
+  for (int64_t d : shape) absl::StrAppend(&dims, d, ",");
+  if (shape.size() > 1) dims.pop_back();
+  std::string header = absl::StrCat("{'descr': '", descr, "', 'fortran_order': False, 'shape': (",
+                                    dims, "), }");
+  while ((10 + header.size() + 1) % 64 != 0) header += ' ';
+  header += '\n';
+  std::string out("\x93NUMPY\x01\x00", 8);
+  out += static_cast<char>(header.size() & 0xff);
+  out += static_cast<char>(header.size() >> 8);
+  out += header;
+  out.append(static_cast<const char*>(data), bytes);
+  return out;
+}
+
+std::string NpyF32(const std::vector<int64_t>& shape, const std::vector<float>& values) {
+  return NpyImage("<f4", shape, values.data(), values.size() * sizeof(float));
+}
+
 }  // namespace sq::testing

@@ -59,6 +59,12 @@ absl::Status SaveModelWithExternalData(onnx::ModelProto model, const std::string
 // A fresh empty directory under the test temp dir.
 std::string MakeTempDir(const std::string& prefix);
 
+// A NumPy .npy image (format 1.0) of `shape` with dtype `descr` ("<f4", "<f8", "<i8", ...)
+// and raw little-endian `data`: what tests hand to verification and calibration.
+std::string NpyImage(const std::string& descr, const std::vector<int64_t>& shape, const void* data,
+                     size_t bytes);
+std::string NpyF32(const std::vector<int64_t>& shape, const std::vector<float>& values);
+
 }  // namespace sq::testing
 
 #endif  // SQ_TESTS_SUPPORT_MODEL_BUILDER_H_
