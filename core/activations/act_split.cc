@@ -309,12 +309,10 @@ absl::StatusOr<ActSplitResult> SplitActivations(
     }
   }
   std::map<std::string, int64_t> value_info_channels;
-  std::map<std::string, int> value_info_rank;
   for (const auto* list : {&g->value_info(), &g->output(), &g->input()}) {
     for (const auto& vi : *list) {
       if (!vi.type().has_tensor_type() || !vi.type().tensor_type().has_shape()) continue;
       const auto& shape = vi.type().tensor_type().shape();
-      value_info_rank[vi.name()] = shape.dim_size();
       if (shape.dim_size() >= 2 && shape.dim(1).has_dim_value()) value_info_channels[vi.name()] = shape.dim(1).dim_value();
     }
   }
