@@ -597,6 +597,7 @@ absl::Status UploadSession::OpenCurrent() {
     if (fd_ < 0) return ErrnoStatus(errno, "create", path.string());
     hasher_ = std::make_unique<Sha256>();
     current_written_ = 0;
+    writeback_from_ = 0;
     if (files_[current_].size > 0) return absl::OkStatus();
     if (absl::Status st = CloseCurrent(); !st.ok()) return st;
   }
@@ -625,6 +626,12 @@ absl::Status UploadSession::Append(absl::string_view data) {
     if (absl::Status st = WriteAll(fd_, part, files_[current_].name); !st.ok()) return st;
     hasher_->Update(part);
     current_written_ += part.size();
+    // Start the disk writeback of what is written so far without waiting for it, so the
+    // fsync at the end of the file has little left to flush (a hint: errors surface there).
+    if (current_written_ - writeback_from_ >= kWritebackBytes) {
+      ::sync_file_range(fd_, writeback_from_, current_written_ - writeback_from_, SYNC_FILE_RANGE_WRITE);
+      writeback_from_ = current_written_;
+    }
     received_ += part.size();
     data.remove_prefix(part.size());
     if (current_written_ == files_[current_].size) {

@@ -217,6 +217,8 @@ class UploadSession {
   size_t current_ = 0;
   int fd_ = -1;
   int64_t current_written_ = 0;
+  int64_t writeback_from_ = 0;  // current file's bytes before this were handed to writeback
+  static constexpr int64_t kWritebackBytes = int64_t{16} << 20;
   int64_t received_ = 0;
   int64_t declared_ = 0;
   std::unique_ptr<Sha256> hasher_;

@@ -34,6 +34,8 @@ ABSL_FLAG(int, workers, 2, "Jobs that run at once");
 ABSL_FLAG(int, queue_capacity, 16, "Jobs that may wait; beyond that SubmitJob gives RESOURCE_EXHAUSTED");
 ABSL_FLAG(int, job_threads, 0, "Engine threads per job when the job asks for 0 (0 = all cores)");
 ABSL_FLAG(int64_t, max_upload_bytes, int64_t{8} << 30, "Largest model upload (all files), bytes");
+ABSL_FLAG(int64_t, upload_buffer_bytes, int64_t{32} << 20,
+          "Per upload: bytes received but not yet written to disk (receiving overlaps writing)");
 ABSL_FLAG(std::string, tls_cert, "", "PEM certificate chain file; with --tls_key enables TLS");
 ABSL_FLAG(std::string, tls_key, "", "PEM private key file");
 ABSL_FLAG(std::string, tls_client_ca, "",
@@ -100,6 +102,11 @@ int main(int argc, char** argv) {
   options.queue_capacity = absl::GetFlag(FLAGS_queue_capacity);
   options.default_job_threads = absl::GetFlag(FLAGS_job_threads);
   options.max_upload_bytes = absl::GetFlag(FLAGS_max_upload_bytes);
+  options.upload_buffer_bytes = absl::GetFlag(FLAGS_upload_buffer_bytes);
+  if (options.upload_buffer_bytes < 1) {
+    std::fprintf(stderr, "sq-server: --upload_buffer_bytes must be at least 1\n");
+    return 2;
+  }
   options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);

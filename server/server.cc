@@ -48,6 +48,7 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   ServiceOptions so;
   so.max_upload_bytes = options.max_upload_bytes;
   so.chunk_bytes = options.chunk_bytes;
+  so.upload_buffer_bytes = options.upload_buffer_bytes;
   so.auth_token = options.auth_token;
   so.tenants = options.tenants;
   s->service_ = std::make_unique<SqService>(s->store_.get(), s->jobs_.get(), engine,

@@ -37,6 +37,7 @@ struct ServerOptions {
   int default_job_threads = 0;                      // engine threads per job (0 = all cores)
   int64_t max_upload_bytes = int64_t{8} << 30;      // per model (all its files)
   int64_t chunk_bytes = 1 << 20;                    // download chunk size
+  int64_t upload_buffer_bytes = int64_t{32} << 20;  // per upload, received but not yet stored
   std::string auth_token;                           // shared token; empty = none
   std::vector<Tenant> tenants;                      // per-tenant tokens (instead of auth_token)
   std::string tls_cert_file, tls_key_file;          // both set = TLS

@@ -6,7 +6,11 @@
 
 #include <algorithm>
 #include <cctype>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
 #include <optional>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/ascii.h"
@@ -54,6 +58,14 @@ Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, 
 
 // ---- UploadModel --------------------------------------------------------------------------
 
+// The reactor only receives: each chunk is moved into a queue that a writer thread of the
+// upload drains into the UploadSession (disk write and SHA-256), so receiving the next chunk
+// overlaps storing this one. The queue holds at most ServiceOptions::upload_buffer_bytes;
+// when full, the next read waits until the writer has stored half of it (the client is
+// then held by gRPC's flow control). After the header every session call, and the Finish
+// that ends a stored, rejected or failed upload, happens on the writer thread; the reactor
+// finishes only before the header, or when the writer failed while a read was outstanding
+// (so Finish never races an outstanding read).
 class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelRequest> {
  public:
   UploadReactor(SqService* service, grpc::CallbackServerContext* context,
@@ -71,34 +83,63 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
   }
 
   void OnReadDone(bool ok) override {
-    if (!ok) {  // the client half-closed (or went away)
-      EndOfStream();
-      return;
-    }
     if (!session_) {
-      Header();
+      if (!ok) {
+        Reject(Status(StatusCode::INVALID_ARGUMENT, "upload ended before its header"));
+      } else {
+        Header();
+      }
       return;
     }
-    if (request_.kind_case() != v1::UploadModelRequest::kChunk) {
-      Reject(Status(StatusCode::INVALID_ARGUMENT, "upload header sent twice"));
+    Item item;
+    if (!ok) {  // the client half-closed (or went away)
+      item.kind = Item::kEnd;
+    } else if (request_.kind_case() != v1::UploadModelRequest::kChunk) {
+      item.kind = Item::kReject;
+      item.status = Status(StatusCode::INVALID_ARGUMENT, "upload header sent twice");
+    } else {
+      item.data.swap(*request_.mutable_chunk());
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    reading_ = false;
+    if (failed_) {  // the writer stopped while this read was outstanding: finishing is ours
+      lock.unlock();
+      Finish(failure_);
       return;
     }
-    const std::string& chunk = request_.chunk();
-    absl::Status st = session_->Append(chunk);
-    if (service_->metrics()) service_->metrics()->BytesUploaded(static_cast<int64_t>(chunk.size()));
-    if (!st.ok()) {
-      Reject(ToGrpc(st));
-      return;
+    const bool more = item.kind == Item::kChunk;
+    queued_ += static_cast<int64_t>(item.data.size());
+    items_.push_back(std::move(item));
+    ready_.notify_one();
+    if (!more) return;
+    if (queued_ < service_->options().upload_buffer_bytes) {
+      reading_ = true;
+      lock.unlock();
+      StartRead(&request_);
+    } else {
+      paused_ = true;
     }
-    StartRead(&request_);
   }
 
   void OnDone() override {
+    if (writer_.joinable()) {
+      if (writer_.get_id() == std::this_thread::get_id()) {
+        writer_.detach();  // Finish ran OnDone inline on the writer, which touches nothing after
+      } else {
+        writer_.join();
+      }
+    }
     session_.reset();  // an unfinished upload's temporary files are removed here
     delete this;
   }
 
  private:
+  struct Item {
+    enum Kind { kChunk, kEnd, kReject } kind = kChunk;
+    std::string data;
+    Status status;
+  };
+
   void Header() {
     if (request_.kind_case() != v1::UploadModelRequest::kHeader) {
       Reject(Status(StatusCode::INVALID_ARGUMENT, "the first upload message must be the header"));
@@ -149,14 +190,55 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       return;
     }
     session_ = std::move(*session);
+    reading_ = true;
+    writer_ = std::thread([this] { Store(); });
     StartRead(&request_);
   }
 
-  void EndOfStream() {
-    if (!session_) {
-      Reject(Status(StatusCode::INVALID_ARGUMENT, "upload ended before its header"));
-      return;
+  // The writer thread: stores chunks in order until the end of the stream, a rejected
+  // message or a failed write, and finishes the call (or leaves that to the reactor, see
+  // above). Returns right after Finish: OnDone may already have run.
+  void Store() {
+    for (;;) {
+      Item item;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        ready_.wait(lock, [&] { return !items_.empty(); });
+        item = std::move(items_.front());
+        items_.pop_front();
+      }
+      if (item.kind == Item::kEnd) {
+        EndOfStream();
+        return;
+      }
+      if (item.kind == Item::kReject) {
+        Reject(item.status);
+        return;
+      }
+      absl::Status st = session_->Append(item.data);
+      if (service_->metrics()) service_->metrics()->BytesUploaded(static_cast<int64_t>(item.data.size()));
+      std::unique_lock<std::mutex> lock(mu_);
+      queued_ -= static_cast<int64_t>(item.data.size());
+      if (!st.ok()) {
+        session_->Abort();
+        if (service_->metrics()) service_->metrics()->Upload("rejected");
+        failed_ = true;
+        failure_ = ToGrpc(st);
+        if (reading_) return;  // OnReadDone finishes
+        lock.unlock();
+        Finish(failure_);
+        return;
+      }
+      if (paused_ && queued_ <= service_->options().upload_buffer_bytes / 2) {
+        paused_ = false;
+        reading_ = true;
+        lock.unlock();
+        StartRead(&request_);
+      }
     }
+  }
+
+  void EndOfStream() {
     if (context_->IsCancelled()) {
       session_->Abort();
       Reject(Status(StatusCode::CANCELLED, "upload cancelled by the client"));
@@ -208,6 +290,15 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
   v1::UploadModelRequest request_;
   std::unique_ptr<UploadSession> session_;
   std::string tenant_;
+  std::thread writer_;
+  std::mutex mu_;
+  std::condition_variable ready_;
+  std::deque<Item> items_;   // guarded by mu_, like the four below
+  int64_t queued_ = 0;       // chunk bytes in items_
+  bool reading_ = false;     // a StartRead is outstanding
+  bool paused_ = false;      // the queue was full: the writer starts the next read
+  bool failed_ = false;      // the writer stopped on failure_
+  Status failure_;
 };
 
 // ---- WatchJob -----------------------------------------------------------------------------

@@ -21,6 +21,8 @@ namespace sq::server {
 struct ServiceOptions {
   int64_t max_upload_bytes = int64_t{8} << 30;
   int64_t chunk_bytes = 1 << 20;  // download chunk size
+  // Upload bytes received but not yet stored, per upload (the writer thread's queue).
+  int64_t upload_buffer_bytes = int64_t{32} << 20;
   std::string auth_token;         // shared token; empty = none
   std::vector<Tenant> tenants;    // per-tenant tokens: each sees only its own jobs and models
 };

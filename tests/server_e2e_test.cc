@@ -842,6 +842,75 @@ TEST_F(ServerE2ETest, ClientDisconnectingMidUploadLeavesNothingBehind) {
   EXPECT_EQ(CountEntries(dir_ / "artifacts" / "models"), 0u);
 }
 
+// The server stores an upload on a writer thread while it receives the next chunks, at most
+// upload_buffer_bytes ahead. With a buffer smaller than one chunk every read waits for the
+// writer (pause and resume on each chunk): the bytes still all arrive, in order, and a
+// failure found by the writer (more bytes than declared) while reading is paused or while a
+// read is outstanding ends the call with its message and leaves nothing behind.
+TEST_F(ServerE2ETest, UploadBufferSmallerThanAChunkStillStoresEveryByteInOrder) {
+  for (int64_t buffer : {int64_t{1}, int64_t{3000}, int64_t{32} << 20}) {
+    SCOPED_TRACE(buffer);
+    ServerOptions o = Options();
+    o.upload_buffer_bytes = buffer;
+    auto server = Start(o, std::make_shared<FakeEngine>());
+    auto c = Connect(*server);
+    std::string data;
+    for (int i = 0; i < 100000; ++i) data.push_back(static_cast<char>('a' + (i * 7919) % 26));
+    {
+      grpc::ClientContext ctx;
+      c->Prepare(&ctx, absl::Seconds(20));
+      v1::UploadModelResponse resp;
+      auto writer = c->stub().UploadModel(&ctx, &resp);
+      v1::UploadModelRequest header;
+      auto* f = header.mutable_header()->add_files();
+      f->set_name("m.onnx");
+      f->set_size(static_cast<int64_t>(data.size()));
+      ASSERT_TRUE(writer->Write(header));
+      for (size_t at = 0; at < data.size(); at += 1000) {
+        v1::UploadModelRequest chunk;
+        chunk.set_chunk(data.substr(at, 1000));
+        ASSERT_TRUE(writer->Write(chunk));
+      }
+      writer->WritesDone();
+      grpc::Status st = writer->Finish();
+      ASSERT_TRUE(st.ok()) << st.error_message();
+      EXPECT_EQ(resp.bytes_received(), static_cast<int64_t>(data.size()));
+      ASSERT_EQ(resp.files_size(), 1);
+      EXPECT_EQ(resp.files(0).sha256(), Sha256Hex(data));
+    }
+    const size_t stored = CountEntries(dir_ / "artifacts" / "models");
+    // Too many bytes: the writer refuses the chunk past the declared size, whether the
+    // reader waits for it (small buffers) or has a read outstanding (the large one).
+    {
+      grpc::ClientContext ctx;
+      c->Prepare(&ctx, absl::Seconds(20));
+      v1::UploadModelResponse resp;
+      auto writer = c->stub().UploadModel(&ctx, &resp);
+      v1::UploadModelRequest header;
+      auto* f = header.mutable_header()->add_files();
+      f->set_name("short.onnx");
+      f->set_size(1500);
+      ASSERT_TRUE(writer->Write(header));
+      for (int i = 0; i < 20; ++i) {
+        v1::UploadModelRequest chunk;
+        chunk.set_chunk(std::string(1000, 'y'));
+        if (!writer->Write(chunk)) break;  // the server has answered
+      }
+      writer->WritesDone();
+      grpc::Status st = writer->Finish();
+      EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_TRUE(absl::StrContains(st.error_message(), "more bytes than the 1500 declared")) << st.error_message();
+    }
+    fs::path tmp = dir_ / "artifacts" / "tmp";
+    absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (CountEntries(tmp) != 0 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(10));
+    EXPECT_EQ(CountEntries(tmp), 0u);
+    EXPECT_EQ(CountEntries(dir_ / "artifacts" / "models"), stored);  // the refused upload added nothing
+    server.reset();
+    fs::remove_all(dir_ / "artifacts");
+  }
+}
+
 TEST_F(ServerE2ETest, BearerTokenIsRequiredExceptForHealth) {
   ServerOptions o = Options();
   o.auth_token = "s3cret-token";

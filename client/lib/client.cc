@@ -165,8 +165,8 @@ absl::StatusOr<v1::UploadModelResponse> SqClient::Upload(const std::vector<Local
   auto writer = stub_->UploadModel(&context, &response);
   bool open = writer->Write(header);
   int64_t done = 0;
-  std::string buffer(static_cast<size_t>(options_.chunk_bytes), '\0');
   v1::UploadModelRequest chunk;
+  std::string* buffer = chunk.mutable_chunk();  // read into the message: no copy per chunk
   for (size_t i = 0; open && i < files.size(); ++i) {
     std::ifstream in(files[i].path, std::ios::binary);
     if (!in) {
@@ -175,10 +175,11 @@ absl::StatusOr<v1::UploadModelResponse> SqClient::Upload(const std::vector<Local
       return absl::NotFoundError(absl::StrCat("cannot read ", files[i].path));
     }
     while (open) {
-      in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+      buffer->resize(static_cast<size_t>(options_.chunk_bytes));
+      in.read(buffer->data(), static_cast<std::streamsize>(buffer->size()));
       std::streamsize n = in.gcount();
       if (n <= 0) break;
-      chunk.set_chunk(buffer.data(), static_cast<size_t>(n));
+      buffer->resize(static_cast<size_t>(n));
       open = writer->Write(chunk);  // false: the server has answered (or failed)
       done += n;
       if (progress && open) progress(done, total);
