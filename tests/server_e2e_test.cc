@@ -78,6 +78,25 @@ class ServerE2ETest : public ::testing::Test {
     return o;
   }
 
+  // Opens an UploadModel stream by hand and sends a header declaring one file.
+  static std::unique_ptr<grpc::ClientWriter<v1::UploadModelRequest>> BeginRawUpload(
+      SqClient& c, grpc::ClientContext* ctx, v1::UploadModelResponse* resp, const std::string& name,
+      int64_t size, const std::string& sha256 = "") {
+    auto writer = c.stub().UploadModel(ctx, resp);
+    v1::UploadModelRequest header;
+    auto* f = header.mutable_header()->add_files();
+    f->set_name(name);
+    f->set_size(size);
+    if (!sha256.empty()) f->set_sha256(sha256);
+    EXPECT_TRUE(writer->Write(header));
+    return writer;
+  }
+  static bool SendChunk(grpc::ClientWriter<v1::UploadModelRequest>* writer, std::string bytes) {
+    v1::UploadModelRequest chunk;
+    chunk.set_chunk(std::move(bytes));
+    return writer->Write(chunk);
+  }
+
   std::unique_ptr<SqServer> Start(const ServerOptions& o, std::shared_ptr<EnginePort> engine = nullptr) {
     auto s = SqServer::Start(o, nullptr, std::move(engine));
     EXPECT_TRUE(s.ok()) << s.status();
@@ -784,16 +803,8 @@ TEST_F(ServerE2ETest, HashMismatchIsInvalidArgument) {
   grpc::ClientContext ctx;
   c->Prepare(&ctx, absl::Seconds(10));
   v1::UploadModelResponse resp;
-  auto writer = c->stub().UploadModel(&ctx, &resp);
-  v1::UploadModelRequest header;
-  auto* f = header.mutable_header()->add_files();
-  f->set_name("m.onnx");
-  f->set_size(4);
-  f->set_sha256(Sha256Hex("abcd"));
-  writer->Write(header);
-  v1::UploadModelRequest chunk;
-  chunk.set_chunk("abce");
-  writer->Write(chunk);
+  auto writer = BeginRawUpload(*c, &ctx, &resp, "m.onnx", 4, Sha256Hex("abcd"));
+  SendChunk(writer.get(), "abce");
   writer->WritesDone();
   grpc::Status st = writer->Finish();
   EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
@@ -820,15 +831,8 @@ TEST_F(ServerE2ETest, ClientDisconnectingMidUploadLeavesNothingBehind) {
   grpc::ClientContext ctx;
   c->Prepare(&ctx, absl::ZeroDuration());
   v1::UploadModelResponse resp;
-  auto writer = c->stub().UploadModel(&ctx, &resp);
-  v1::UploadModelRequest header;
-  auto* f = header.mutable_header()->add_files();
-  f->set_name("big.onnx");
-  f->set_size(64 << 20);
-  ASSERT_TRUE(writer->Write(header));
-  v1::UploadModelRequest chunk;
-  chunk.set_chunk(std::string(256 << 10, 'x'));
-  ASSERT_TRUE(writer->Write(chunk));
+  auto writer = BeginRawUpload(*c, &ctx, &resp, "big.onnx", 64 << 20);
+  ASSERT_TRUE(SendChunk(writer.get(), std::string(256 << 10, 'x')));
   // Wait until the server has the partial upload on disk, then vanish.
   fs::path tmp = dir_ / "artifacts" / "tmp";
   absl::Time deadline = absl::Now() + absl::Seconds(10);
@@ -860,17 +864,8 @@ TEST_F(ServerE2ETest, UploadBufferSmallerThanAChunkStillStoresEveryByteInOrder) 
       grpc::ClientContext ctx;
       c->Prepare(&ctx, absl::Seconds(20));
       v1::UploadModelResponse resp;
-      auto writer = c->stub().UploadModel(&ctx, &resp);
-      v1::UploadModelRequest header;
-      auto* f = header.mutable_header()->add_files();
-      f->set_name("m.onnx");
-      f->set_size(static_cast<int64_t>(data.size()));
-      ASSERT_TRUE(writer->Write(header));
-      for (size_t at = 0; at < data.size(); at += 1000) {
-        v1::UploadModelRequest chunk;
-        chunk.set_chunk(data.substr(at, 1000));
-        ASSERT_TRUE(writer->Write(chunk));
-      }
+      auto writer = BeginRawUpload(*c, &ctx, &resp, "m.onnx", static_cast<int64_t>(data.size()));
+      for (size_t at = 0; at < data.size(); at += 1000) ASSERT_TRUE(SendChunk(writer.get(), data.substr(at, 1000)));
       writer->WritesDone();
       grpc::Status st = writer->Finish();
       ASSERT_TRUE(st.ok()) << st.error_message();
@@ -885,16 +880,9 @@ TEST_F(ServerE2ETest, UploadBufferSmallerThanAChunkStillStoresEveryByteInOrder) 
       grpc::ClientContext ctx;
       c->Prepare(&ctx, absl::Seconds(20));
       v1::UploadModelResponse resp;
-      auto writer = c->stub().UploadModel(&ctx, &resp);
-      v1::UploadModelRequest header;
-      auto* f = header.mutable_header()->add_files();
-      f->set_name("short.onnx");
-      f->set_size(1500);
-      ASSERT_TRUE(writer->Write(header));
+      auto writer = BeginRawUpload(*c, &ctx, &resp, "short.onnx", 1500);
       for (int i = 0; i < 20; ++i) {
-        v1::UploadModelRequest chunk;
-        chunk.set_chunk(std::string(1000, 'y'));
-        if (!writer->Write(chunk)) break;  // the server has answered
+        if (!SendChunk(writer.get(), std::string(1000, 'y'))) break;  // the server has answered
       }
       writer->WritesDone();
       grpc::Status st = writer->Finish();
