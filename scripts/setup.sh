@@ -13,6 +13,7 @@ BUF_PKG="@bufbuild/buf-linux-x64@1.75.0"
 APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config ccache
   libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler grpc-proto
+  libgoogle-common-protos-java
   libabsl-dev libonnx-dev prometheus-cpp-dev libgtest-dev libgmock-dev
   libssl-dev zlib1g-dev libre2-dev libc-ares-dev nlohmann-json3-dev libzip-dev
   libfreetype-dev fonts-dejavu-core wamerican prometheus time libonnx-testdata

@@ -1337,6 +1337,7 @@ TEST_F(ServerE2ETest, ReflectionAnswersInV1AndV1Alpha) {
     }
     EXPECT_TRUE(files.count("sq/v1/sq.proto"));
     EXPECT_TRUE(files.count("google/protobuf/timestamp.proto")) << "dependencies come along";
+    EXPECT_TRUE(files.count("google/api/field_behavior.proto")) << "the field annotations' too";
 
     request.set_file_containing_symbol("no.such.Symbol");
     ASSERT_TRUE(stream->Write(request));

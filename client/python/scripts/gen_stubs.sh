@@ -12,7 +12,18 @@ if [[ -z "$plugin" ]]; then
   echo "gen_stubs: grpc_python_plugin not found; install protobuf-compiler-grpc" >&2
   exit 1
 fi
+# sq.proto imports google/api/field_behavior.proto: Debian's libgoogle-common-protos-java
+# ships it inside its jar.
+jar=/usr/share/java/proto-google-common-protos.jar
+if [[ ! -f "$jar" ]]; then
+  echo "gen_stubs: $jar not found; install libgoogle-common-protos-java" >&2
+  exit 1
+fi
+api="$(mktemp -d)"
+trap 'rm -rf "$api"' EXIT
+python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("google/api/field_behavior.proto", sys.argv[2])' "$jar" "$api"
 mkdir -p "$out"
-protoc --proto_path="$root/proto" --python_out="$out" --grpc_python_out="$out" \
+protoc --proto_path="$api" --python_out="$out" "$api/google/api/field_behavior.proto"
+protoc --proto_path="$root/proto" --proto_path="$api" --python_out="$out" --grpc_python_out="$out" \
   --plugin=protoc-gen-grpc_python="$plugin" "$root/proto/sq/v1/sq.proto"
-echo "gen_stubs: wrote $out/sq/v1/sq_pb2.py and sq_pb2_grpc.py"
+echo "gen_stubs: wrote $out/sq/v1/sq_pb2.py, sq_pb2_grpc.py and google/api/field_behavior_pb2.py"

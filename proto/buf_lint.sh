@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Lints the sq.v1 proto with buf under proto/buf.yaml's rules, in a temporary workspace that
+# also holds google/api/field_behavior.proto (extracted from Debian's jar by the build), so
+# buf resolves sq.proto's import there and lints sq.v1 alone.
+#   proto/buf_lint.sh BUF GOOGLEAPIS_ROOT     (ctest ProtoLintTest runs it)
+set -euo pipefail
+buf=$1
+googleapis=$2
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ws="$(mktemp -d)"
+trap 'rm -rf "$ws"' EXIT
+mkdir -p "$ws/sq" "$ws/googleapis/google/api"
+cp -r "$here/sq" "$here/buf.yaml" "$ws/sq/"
+cp "$googleapis/google/api/field_behavior.proto" "$ws/googleapis/google/api/"
+printf 'version: v1\n' >"$ws/googleapis/buf.yaml"
+printf 'version: v1\ndirectories:\n  - sq\n  - googleapis\n' >"$ws/buf.work.yaml"
+cd "$ws"
+"$buf" lint sq
