@@ -23,7 +23,9 @@
 // Fast path passes: (0) finiteness check, (1) clustering (tensor > 65536 elements:
 // histogram + a light second pass over the cut bins; else exact sort-based), (2) per-slice
 // per-branch min/max, (3) quantize + encode + error sums. Within a tensor the passes run
-// over fixed 32768-element chunks on `parallel_for`.
+// over fixed 32768-element chunks on `parallel_for`. Each pass is a stage under
+// core/transform/ (inputs.h, cluster.h, ranges.h, quantize.h with kernels.h);
+// weight_transform.cc strings them together.
 //
 // Determinism: results depend only on the input values and the config, never on
 // `parallel_for` or thread count: work is cut in fixed chunks and reduced in chunk order.
