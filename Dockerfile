@@ -41,9 +41,9 @@ COPY . .
 ARG JOBS=""
 RUN set -eux; \
     SQ_CACHE=/opt/sq-cache cmake -S . -B /build -G Ninja -DCMAKE_BUILD_TYPE=Release -DSQ_BUILD_TESTS=OFF; \
-    ninja -C /build ${JOBS:+-j"$JOBS"} sq-server sqctl; \
+    ninja -C /build ${JOBS:+-j"$JOBS"} sq-server sq-ort-worker sqctl; \
     mkdir -p /out; \
-    install -m 0755 -s /build/server/sq-server /build/client/sqctl /out/; \
+    install -m 0755 -s /build/server/sq-server /build/server/sq-ort-worker /build/client/sqctl /out/; \
     install -m 0644 /opt/sq-cache/onnxruntime-0.4.9/lib/libonnxruntime.so /out/libonnxruntime.so.1
 
 # ---------------------------------------------------------------------------------------
@@ -65,13 +65,13 @@ RUN set -eux; \
     chown sq:sq /var/lib/sq; \
     chmod 0750 /var/lib/sq
 
-COPY --from=builder /out/sq-server /out/sqctl /usr/local/bin/
+COPY --from=builder /out/sq-server /out/sq-ort-worker /out/sqctl /usr/local/bin/
 # ONNX Runtime (CPU, ~28 MB): found through the linker cache, not the build's RUNPATH.
 COPY --from=builder /out/libonnxruntime.so.1 /usr/local/lib/
 RUN ldconfig
 
 # Fail the build, not the first start, if a shared library is missing from the list above.
-RUN if ldd /usr/local/bin/sq-server /usr/local/bin/sqctl | grep -F 'not found'; then exit 1; fi
+RUN if ldd /usr/local/bin/sq-server /usr/local/bin/sq-ort-worker /usr/local/bin/sqctl | grep -F 'not found'; then exit 1; fi
 
 USER 10001:10001
 WORKDIR /var/lib/sq

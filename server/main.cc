@@ -22,6 +22,7 @@
 #include "absl/time/time.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "core/verify/ort_worker.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port)");
@@ -46,6 +47,10 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
           "comments. Empty = no auth (env SQ_TOKEN, a shared token, is used when it is set)");
 ABSL_FLAG(bool, log_rpcs, true, "Log one JSON line per RPC (method, code, ms, peer) on stderr");
+ABSL_FLAG(std::string, ort_worker, "beside",
+          "Where jobs run ONNX Runtime (verification, calibration): 'beside' = the sq-ort-worker "
+          "executable next to sq-server, a path to it, or 'none' = inside this process (a crash "
+          "in ONNX Runtime then takes the server down)");
 ABSL_FLAG(absl::Duration, retention_age, absl::ZeroDuration(),
           "Remove finished jobs and unused models older than this (e.g. 168h); 0 = keep forever");
 ABSL_FLAG(std::string, retention_bytes, "0",
@@ -111,6 +116,17 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.log_rpcs = absl::GetFlag(FLAGS_log_rpcs);
+  if (const std::string w = absl::GetFlag(FLAGS_ort_worker); w == "beside") {
+    absl::StatusOr<std::string> beside = sq::OrtWorkerBesideThisExecutable();
+    if (!beside.ok()) {
+      std::fprintf(stderr, "sq-server: %s (install it beside sq-server, or pass --ort_worker=PATH or --ort_worker=none)\n",
+                   std::string(beside.status().message()).c_str());
+      return 2;
+    }
+    options.ort_worker = *beside;
+  } else if (w != "none") {
+    options.ort_worker = w;
+  }
   options.retention.max_age = absl::GetFlag(FLAGS_retention_age);
   options.retention.interval = absl::GetFlag(FLAGS_retention_interval);
   if (auto bytes = sq::server::ParseByteSize(absl::GetFlag(FLAGS_retention_bytes)); bytes.ok()) {

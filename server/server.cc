@@ -1,10 +1,13 @@
 #include "server/server.h"
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "core/verify/ort_worker.h"
 #include "server/log.h"
 
 namespace sq::server {
@@ -21,6 +24,10 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
   if (!tls && !options.tls_client_ca_file.empty()) {
     return absl::InvalidArgumentError("--tls_client_ca needs TLS (--tls_cert and --tls_key)");
   }
+  if (!options.ort_worker.empty() && ::access(options.ort_worker.c_str(), X_OK) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("ONNX Runtime worker ", options.ort_worker, " is not an executable file"));
+  }
+  SetOrtWorker(options.ort_worker);
   std::unique_ptr<SqServer> s(new SqServer());
   s->registry_ = std::move(registry);
   if (s->registry_) s->metrics_ = std::make_unique<ServerMetrics>(*s->registry_, engine->Version());

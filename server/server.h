@@ -45,6 +45,10 @@ struct ServerOptions {
   std::string tls_client_ca_file;
   int control_threads = 2;                          // InspectModel pool
   bool log_rpcs = true;                             // one "rpc" log line per call (server/log.h)
+  // The ONNX Runtime worker executable (core/verify/ort_worker.h) that jobs' verification
+  // and calibration run in, so a crash inside ONNX Runtime fails the job, not the server;
+  // empty: in this process. Process-wide: the last server started sets it.
+  std::string ort_worker;
   RetentionPolicy retention;                        // default: keep everything
 };
 

@@ -2,6 +2,7 @@
 // driven through SqClient / the raw stub. The main path uses the real engine and checks the
 // artifact in ONNX Runtime; queueing, cancellation, draining and multi-server cases use a
 // FakeEngine that can hold jobs in RUNNING deterministically.
+#include <stdlib.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -75,6 +76,7 @@ class ServerE2ETest : public ::testing::Test {
     o.workers = 2;
     o.queue_capacity = 8;
     o.default_job_threads = 1;
+    o.ort_worker = SQ_ORT_WORKER_PATH;  // verification runs in the worker, as in sq-server
     return o;
   }
 
@@ -198,6 +200,43 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   EXPECT_TRUE(unhashed->deduplicated());
   EXPECT_EQ(unhashed->model_id(), up->model_id());
   EXPECT_EQ(CountEntries(dir_ / "artifacts" / "tmp"), 0u);
+}
+
+// Jobs run ONNX Runtime in the worker process (ServerOptions::ort_worker): a crash inside it
+// (the worker kills itself on every run here, SQ_ORT_WORKER_FAULT) is reported in the job's
+// verification, and the server serves on; without the fault the next job verifies.
+TEST_F(ServerE2ETest, AnOnnxRuntimeCrashIsReportedAndTheServerServesOn) {
+  auto server = Start(Options());
+  ASSERT_TRUE(server);
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok()) << up.status();
+  v1::SubmitJobRequest req;
+  req.set_model_id(up->model_id());
+  setenv("SQ_ORT_WORKER_FAULT", "run", 1);
+  auto job = c->Submit(req);
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto done = c->Watch(job->job_id(), nullptr, absl::Seconds(45));
+  unsetenv("SQ_ORT_WORKER_FAULT");
+  ASSERT_TRUE(done.ok()) << done.status();
+  // Neither the FP32 model nor the artifact ran: verification is skipped with the reason.
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+  auto report = c->Report(job->job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "ONNX Runtime worker killed by signal 9")) << report->json();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"status\": \"skipped\"")) << report->json();
+  auto health = c->Health();
+  ASSERT_TRUE(health.ok()) << health.status();
+  EXPECT_TRUE(*health);
+
+  auto again = c->Submit(req);
+  ASSERT_TRUE(again.ok()) << again.status();
+  done = c->Watch(again->job_id(), nullptr, absl::Seconds(45));
+  ASSERT_TRUE(done.ok()) << done.status();
+  ASSERT_EQ(done->state(), v1::JOB_STATE_SUCCEEDED) << done->error().message();
+  report = c->Report(again->job_id());
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(absl::StrContains(report->json(), "\"status\": \"passed\"")) << report->json();
 }
 
 TEST_F(ServerE2ETest, VerificationRunsOnUploadedInputsAndIsReported) {

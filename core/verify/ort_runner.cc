@@ -12,6 +12,7 @@
 #include <unordered_map>
 
 #include "absl/strings/str_cat.h"
+#include "core/verify/ort_worker.h"
 #include "onnx/onnx_pb.h"
 #include "onnxruntime_cxx_api.h"
 
@@ -202,6 +203,7 @@ std::string OrtVersion() { return Ort::GetVersionString(); }
 absl::Status LoadInOrt(const std::string& model_path, const OrtRunOptions& opts) {
   OrtModelSource source;
   source.path = model_path;
+  if (!OrtWorker().empty()) return OrtWorkerSession::Open(OrtWorker(), source, opts).status();
   return OpenSession(source, opts).status();
 }
 
@@ -217,6 +219,7 @@ struct OrtSession::Impl {
   std::string name;
   std::unique_ptr<Ort::Session> session;
   std::vector<std::string> output_names;
+  std::unique_ptr<OrtWorkerSession> remote;  // set: the session lives in a worker process
 };
 
 OrtSession::OrtSession(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -224,6 +227,14 @@ OrtSession::~OrtSession() = default;
 
 absl::StatusOr<std::unique_ptr<OrtSession>> OrtSession::Open(const OrtModelSource& model,
                                                              const OrtRunOptions& opts) {
+  if (!OrtWorker().empty()) {
+    absl::StatusOr<std::unique_ptr<OrtWorkerSession>> remote = OrtWorkerSession::Open(OrtWorker(), model, opts);
+    if (!remote.ok()) return remote.status();
+    auto impl = std::make_unique<Impl>();
+    impl->name = model.path;
+    impl->remote = std::move(*remote);
+    return std::unique_ptr<OrtSession>(new OrtSession(std::move(impl)));
+  }
   absl::StatusOr<std::unique_ptr<Ort::Session>> opened = OpenSession(model, opts);
   if (!opened.ok()) return opened.status();
   auto impl = std::make_unique<Impl>();
@@ -242,6 +253,7 @@ absl::StatusOr<std::unique_ptr<OrtSession>> OrtSession::Open(const OrtModelSourc
 }
 
 absl::StatusOr<std::vector<OrtTensor>> OrtSession::Run(const std::vector<OrtTensor>& inputs) {
+  if (impl_->remote) return impl_->remote->Run(inputs);
   const std::string& model_path = impl_->name;
   try {
     Ort::MemoryInfo mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);

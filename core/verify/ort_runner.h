@@ -2,6 +2,8 @@
 // the engine's verification stage (core/verify/verify.h) and the tests use it.
 //
 // All functions are thread-safe. One process-wide Ort::Env is created lazily on first use.
+// With a worker set (ort_worker.h: SetOrtWorker), RunOrt, OrtSession and LoadInOrt run in a
+// child process instead, so that a crash inside ONNX Runtime cannot take this one down.
 // No exception crosses this API: ORT errors come back as absl::Status with ORT's message.
 #ifndef SQ_CORE_VERIFY_ORT_RUNNER_H_
 #define SQ_CORE_VERIFY_ORT_RUNNER_H_
@@ -46,6 +48,9 @@ struct OrtModelSource {
     std::string location;
     const char* data = nullptr;
     size_t size = 0;
+    // Optional: the file whose whole content `data` maps. An ONNX Runtime worker process
+    // (ort_worker.h) maps it itself; without it the bytes are copied to the worker.
+    std::string path;
   };
   std::vector<File> external_files;
 };

@@ -325,7 +325,7 @@ absl::Status VerifyArtifact(const std::string& input_path, int64_t input_bytes,
       data = std::move(*mapped);
       source.external_files.push_back({artifact.data_location,
                                        reinterpret_cast<const char*>(data->data()),
-                                       static_cast<size_t>(data->size())});
+                                       static_cast<size_t>(data->size()), artifact.data_path});
     }
   }
   auto run_artifact = [&](const std::vector<OrtTensor>& tensors) -> absl::StatusOr<std::vector<OrtTensor>> {

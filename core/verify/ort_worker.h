@@ -1,0 +1,68 @@
+// ONNX Runtime in a child process. A crash inside ONNX Runtime — on a hostile model, the
+// user's FP32 model included — would take down the process that runs it; a server must not
+// go down with it. With a worker set (SetOrtWorker), every RunOrt, OrtSession and LoadInOrt
+// of this process (ort_runner.h) runs in its own `sq-ort-worker` child instead: the caller
+// gets the same results (the child runs the same in-process code), and a child that dies
+// (signal, exit) becomes an Internal status naming how it died and what it was doing
+// ("ONNX Runtime worker killed by signal 11 (Segmentation fault) while running model.onnx").
+//
+// Protocol (private to this file's two sides, same machine, same build): frames on a Unix
+// stream socket that the child holds as fd 3: a kind byte, a 64-bit length, the payload.
+// OPEN (options, model path or bytes, external data files by path or inline bytes) and RUN
+// (tensors) from the parent; OK (RUN: the output tensors) or ERROR (absl code, message) from
+// the child. One session per child; the child exits at end of stream.
+//
+// Test hook: SQ_ORT_WORKER_FAULT=open|run in the child's environment makes it kill itself
+// (SIGKILL) on that request, standing in for a crash inside ONNX Runtime.
+#ifndef SQ_CORE_VERIFY_ORT_WORKER_H_
+#define SQ_CORE_VERIFY_ORT_WORKER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/verify/ort_runner.h"
+
+namespace sq {
+
+// The worker executable every later ONNX Runtime call of this process runs in; empty (the
+// default) runs them in this process. Set it once, before any call (not synchronised with
+// calls in flight).
+void SetOrtWorker(std::string path);
+const std::string& OrtWorker();
+
+// `sq-ort-worker` beside the running executable (/proc/self/exe), or NotFound naming where
+// it was looked for.
+absl::StatusOr<std::string> OrtWorkerBesideThisExecutable();
+
+// The parent's side: one child holding one session.
+class OrtWorkerSession {
+ public:
+  // Starts `worker` and opens `model` in it.
+  static absl::StatusOr<std::unique_ptr<OrtWorkerSession>> Open(const std::string& worker,
+                                                                const OrtModelSource& model,
+                                                                const OrtRunOptions& options);
+  ~OrtWorkerSession();  // ends the child (SIGKILL if it has not exited) and reaps it
+  OrtWorkerSession(const OrtWorkerSession&) = delete;
+  OrtWorkerSession& operator=(const OrtWorkerSession&) = delete;
+
+  absl::StatusOr<std::vector<OrtTensor>> Run(const std::vector<OrtTensor>& inputs);
+
+ private:
+  OrtWorkerSession(int fd, int pid, std::string name) : fd_(fd), pid_(pid), name_(std::move(name)) {}
+  // The reply to a request: its payload, or the child's error, or how the child died.
+  absl::StatusOr<std::string> Call(char kind, const std::string& payload, const std::string& doing);
+  absl::Status Died(const std::string& doing);
+
+  int fd_ = -1;
+  int pid_ = -1;
+  std::string name_;  // the model, for messages
+};
+
+// The child's side: serves requests on `fd` until end of stream. Returns the exit code.
+int ServeOrtWorker(int fd);
+
+}  // namespace sq
+
+#endif  // SQ_CORE_VERIFY_ORT_WORKER_H_

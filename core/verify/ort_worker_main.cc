@@ -1,0 +1,23 @@
+// sq-ort-worker: runs ONNX Runtime for another sq process (core/verify/ort_worker.h), which
+// starts it with a socket as fd 3. Not for direct use.
+#include <fcntl.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "core/verify/ort_worker.h"
+
+int main(int argc, char** argv) {
+  int fd = 3;
+  for (int k = 1; k < argc; ++k) {
+    if (std::strncmp(argv[k], "--fd=", 5) == 0) fd = std::atoi(argv[k] + 5);
+  }
+  if (fd < 0 || ::fcntl(fd, F_GETFD) < 0) {
+    std::fprintf(stderr,
+                 "sq-ort-worker: runs ONNX Runtime for sq-server and sqctl, which start it with a "
+                 "socket as fd %d; not for direct use\n", fd);
+    return 2;
+  }
+  return sq::ServeOrtWorker(fd);
+}
