@@ -47,6 +47,9 @@ ABSL_FLAG(std::string, auth_token_file, "",
           "\"NAME TOKEN\" line per tenant (each sees only its own jobs and models); '#' "
           "comments. Empty = no auth (env SQ_TOKEN, a shared token, is used when it is set)");
 ABSL_FLAG(bool, log_rpcs, true, "Log one JSON line per RPC (method, code, ms, peer) on stderr");
+ABSL_FLAG(absl::Duration, ort_worker_timeout, absl::Minutes(10),
+          "How long one ONNX Runtime load or run of a job may take in the worker before it is "
+          "killed (the job's verification or calibration then fails with DEADLINE_EXCEEDED); 0 = no limit");
 ABSL_FLAG(std::string, ort_worker, "beside",
           "Where jobs run ONNX Runtime (verification, calibration): 'beside' = the sq-ort-worker "
           "executable next to sq-server, a path to it, or 'none' = inside this process (a crash "
@@ -116,6 +119,7 @@ int main(int argc, char** argv) {
   options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
   options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
   options.log_rpcs = absl::GetFlag(FLAGS_log_rpcs);
+  options.ort_worker_timeout_seconds = absl::ToDoubleSeconds(absl::GetFlag(FLAGS_ort_worker_timeout));
   if (const std::string w = absl::GetFlag(FLAGS_ort_worker); w == "beside") {
     absl::StatusOr<std::string> beside = sq::OrtWorkerBesideThisExecutable();
     if (!beside.ok()) {

@@ -28,6 +28,7 @@ absl::StatusOr<std::unique_ptr<SqServer>> SqServer::Start(
     return absl::InvalidArgumentError(absl::StrCat("ONNX Runtime worker ", options.ort_worker, " is not an executable file"));
   }
   SetOrtWorker(options.ort_worker);
+  SetOrtWorkerTimeout(options.ort_worker_timeout_seconds);
   std::unique_ptr<SqServer> s(new SqServer());
   s->registry_ = std::move(registry);
   if (s->registry_) s->metrics_ = std::make_unique<ServerMetrics>(*s->registry_, engine->Version());

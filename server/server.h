@@ -49,6 +49,7 @@ struct ServerOptions {
   // and calibration run in, so a crash inside ONNX Runtime fails the job, not the server;
   // empty: in this process. Process-wide: the last server started sets it.
   std::string ort_worker;
+  double ort_worker_timeout_seconds = 600;  // one load or run in the worker; <= 0: no limit
   RetentionPolicy retention;                        // default: keep everything
 };
 

@@ -38,6 +38,7 @@ class OrtWorkerTest : public ::testing::Test {
   }
   void TearDown() override {
     SetOrtWorker("");
+    SetOrtWorkerTimeout(0);
     unsetenv("SQ_ORT_WORKER_FAULT");
   }
   static std::string Slurp(const std::string& path) {
@@ -148,6 +149,20 @@ TEST_F(OrtWorkerTest, AWorkerThatDiesIsAnInternalErrorAndTheCallerLivesOn) {
     unsetenv("SQ_ORT_WORKER_FAULT");
     EXPECT_TRUE(RunOrt(dir_ + "/chain.onnx", inputs_).ok());
   }
+  ExpectNoChildren();
+}
+
+// A run that never ends is cut off at the time limit: the worker is killed and reaped.
+TEST_F(OrtWorkerTest, AWorkerThatHangsIsKilledAtTheTimeLimit) {
+  SetOrtWorker(SQ_ORT_WORKER_PATH);
+  SetOrtWorkerTimeout(0.5);
+  setenv("SQ_ORT_WORKER_FAULT", "hang", 1);
+  auto r = RunOrt(dir_ + "/chain.onnx", inputs_);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "gave no answer within 0.5 s while running")) << r.status();
+  unsetenv("SQ_ORT_WORKER_FAULT");
+  EXPECT_TRUE(RunOrt(dir_ + "/chain.onnx", inputs_).ok());  // the limit does not cut normal runs
   ExpectNoChildren();
 }
 

@@ -1,13 +1,16 @@
 #include "core/verify/ort_worker.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -33,6 +36,10 @@ constexpr uint64_t kMaxFrame = uint64_t{1} << 34;
 std::string& WorkerPath() {
   static std::string* path = new std::string;
   return *path;
+}
+double& WorkerTimeout() {
+  static double seconds = 0;
+  return seconds;
 }
 
 // ---- frames -----------------------------------------------------------------------------
@@ -180,12 +187,31 @@ absl::Status FromErrorPayload(const std::string& payload) {
 
 void MaybeFault(absl::string_view step) {
   const char* f = std::getenv("SQ_ORT_WORKER_FAULT");
-  if (f != nullptr && step == f) ::raise(SIGKILL);
+  if (f == nullptr) return;
+  if (step == f) ::raise(SIGKILL);
+  if (step == "run" && absl::string_view(f) == "hang") {
+    for (;;) ::pause();
+  }
+}
+
+// Waits until `fd` has something to read, up to `seconds` (<= 0: no limit). False on timeout.
+bool WaitReadable(int fd, double seconds) {
+  if (seconds <= 0) return true;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd, POLLIN, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(std::min<int64_t>(left.count(), INT_MAX)));
+    if (r > 0) return true;
+    if (r < 0 && errno != EINTR) return true;  // let the read report it
+  }
 }
 
 }  // namespace
 
 void SetOrtWorker(std::string path) { WorkerPath() = std::move(path); }
+void SetOrtWorkerTimeout(double seconds) { WorkerTimeout() = seconds; }
 const std::string& OrtWorker() { return WorkerPath(); }
 
 absl::StatusOr<std::string> OrtWorkerBesideThisExecutable() {
@@ -270,10 +296,22 @@ absl::Status OrtWorkerSession::Died(const std::string& doing) {
   return absl::InternalError(absl::StrCat("ONNX Runtime worker ", how, " while ", doing));
 }
 
+absl::Status OrtWorkerSession::TimedOut(const std::string& doing) {
+  ::kill(pid_, SIGKILL);
+  int st = 0;
+  while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
+  }
+  pid_ = -1;
+  return absl::DeadlineExceededError(absl::StrCat("ONNX Runtime worker gave no answer within ", WorkerTimeout(),
+                                                  " s while ", doing, " (killed)"));
+}
+
 absl::StatusOr<std::string> OrtWorkerSession::Call(char kind, const std::string& payload, const std::string& doing) {
   char reply_kind = 0;
   std::string reply;
-  if (!SendFrame(fd_, kind, payload) || !RecvFrame(fd_, &reply_kind, &reply)) return Died(doing);
+  if (!SendFrame(fd_, kind, payload)) return Died(doing);
+  if (!WaitReadable(fd_, WorkerTimeout())) return TimedOut(doing);
+  if (!RecvFrame(fd_, &reply_kind, &reply)) return Died(doing);
   if (reply_kind == kError) return FromErrorPayload(reply);
   if (reply_kind != kOk) return absl::InternalError("ONNX Runtime worker sent an unknown reply");
   return reply;

@@ -13,7 +13,8 @@
 // the child. One session per child; the child exits at end of stream.
 //
 // Test hook: SQ_ORT_WORKER_FAULT=open|run in the child's environment makes it kill itself
-// (SIGKILL) on that request, standing in for a crash inside ONNX Runtime.
+// (SIGKILL) on that request, standing in for a crash inside ONNX Runtime; =hang makes it
+// sleep on a run instead, standing in for a run that never ends.
 #ifndef SQ_CORE_VERIFY_ORT_WORKER_H_
 #define SQ_CORE_VERIFY_ORT_WORKER_H_
 
@@ -31,6 +32,11 @@ namespace sq {
 // calls in flight).
 void SetOrtWorker(std::string path);
 const std::string& OrtWorker();
+
+// How long one request (a load, a run) may take in the worker before it is killed and the
+// call fails with DeadlineExceeded; zero or less: no limit (the default). Set it once, with
+// SetOrtWorker.
+void SetOrtWorkerTimeout(double seconds);
 
 // `sq-ort-worker` beside the running executable (/proc/self/exe), or NotFound naming where
 // it was looked for.
@@ -54,6 +60,7 @@ class OrtWorkerSession {
   // The reply to a request: its payload, or the child's error, or how the child died.
   absl::StatusOr<std::string> Call(char kind, const std::string& payload, const std::string& doing);
   absl::Status Died(const std::string& doing);
+  absl::Status TimedOut(const std::string& doing);
 
   int fd_ = -1;
   int pid_ = -1;
