@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/support/threaded_for.h"
 
 namespace sq {
 namespace {
@@ -155,16 +156,7 @@ TEST(KMeansTest, TinyInputsSmallSizes) {
   }
 }
 
-KMeansParallelFor ThreadedFor(int threads) {
-  return [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t b = n * t / threads, e = n * (t + 1) / threads;
-      if (b < e) pool.emplace_back([&fn, b, e] { fn(b, e); });
-    }
-    for (auto& th : pool) th.join();
-  };
-}
+using testing::ThreadedFor;
 
 TEST(KMeansTest, DeterministicAcrossThreadCounts) {
   const std::vector<float> v = MakeData("student", 300000, 3);

@@ -21,22 +21,14 @@
 #include "core/transform/ranges.h"
 #include "core/weight_transform.h"
 #include "gtest/gtest.h"
+#include "tests/support/threaded_for.h"
 
 namespace sq {
 namespace transform {
 namespace {
 
-ParallelFor Threaded(int threads) {
-  if (threads <= 1) return nullptr;
-  return [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t b = n * t / threads, e = n * (t + 1) / threads;
-      if (b < e) pool.emplace_back([&fn, b, e] { fn(b, e); });
-    }
-    for (auto& th : pool) th.join();
-  };
-}
+// One thread: inline (nullptr), as the engine passes it.
+ParallelFor Threaded(int threads) { return threads <= 1 ? nullptr : ParallelFor(testing::ThreadedFor(threads)); }
 
 // Heavy-tailed values with no zeros (so min/max need no sign-of-zero care).
 std::vector<float> Values(int64_t n, std::mt19937_64& rng) {

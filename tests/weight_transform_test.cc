@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kmeans.h"
 #include "gtest/gtest.h"
+#include "tests/support/threaded_for.h"
 
 namespace sq {
 namespace {
@@ -43,16 +44,7 @@ struct Collected {
   }
 };
 
-ParallelFor Threaded(int threads) {
-  return [threads](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t) {
-      const int64_t b = n * t / threads, e = n * (t + 1) / threads;
-      if (b < e) pool.emplace_back([&fn, b, e] { fn(b, e); });
-    }
-    for (auto& th : pool) th.join();
-  };
-}
+ParallelFor Threaded(int threads) { return testing::ThreadedFor(threads); }
 
 std::vector<float> StudentT(size_t n, uint64_t seed, double scale = 0.02) {
   std::mt19937_64 rng(seed);
