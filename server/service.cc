@@ -112,7 +112,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     items_.push_back(std::move(item));
     ready_.notify_one();
     if (!more) return;
-    if (queued_ < service_->options().upload_buffer_bytes) {
+    if (queued_ < BufferLimit()) {
       reading_ = true;
       lock.unlock();
       StartRead(&request_);
@@ -195,6 +195,8 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     StartRead(&request_);
   }
 
+  int64_t BufferLimit() const { return std::max<int64_t>(1, service_->options().upload_buffer_bytes); }
+
   // The writer thread: stores chunks in order until the end of the stream, a rejected
   // message or a failed write, and finishes the call (or leaves that to the reactor, see
   // above). Returns right after Finish: OnDone may already have run.
@@ -229,7 +231,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
         Finish(failure_);
         return;
       }
-      if (paused_ && queued_ <= service_->options().upload_buffer_bytes / 2) {
+      if (paused_ && queued_ <= BufferLimit() / 2) {
         paused_ = false;
         reading_ = true;
         lock.unlock();
