@@ -242,8 +242,17 @@ absl::StatusOr<std::unique_ptr<OrtWorkerSession>> OrtWorkerSession::Open(const s
   posix_spawn_file_actions_adddup2(&actions, sv[1], kWorkerFd);  // dup2 drops CLOEXEC on fd 3
   std::string fd_arg = absl::StrCat("--fd=", kWorkerFd);
   char* argv[] = {const_cast<char*>(worker.c_str()), fd_arg.data(), nullptr};
+  // The child starts with no signals blocked, whatever this thread blocks (sq-server blocks
+  // SIGTERM and SIGINT to take them with sigwait).
+  posix_spawnattr_t attr;
+  posix_spawnattr_init(&attr);
+  sigset_t none;
+  sigemptyset(&none);
+  posix_spawnattr_setsigmask(&attr, &none);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
   pid_t pid = -1;
-  const int rc = ::posix_spawn(&pid, worker.c_str(), &actions, nullptr, argv, environ);
+  const int rc = ::posix_spawn(&pid, worker.c_str(), &actions, &attr, argv, environ);
+  posix_spawnattr_destroy(&attr);
   posix_spawn_file_actions_destroy(&actions);
   ::close(sv[1]);
   if (rc != 0) {

@@ -12,6 +12,9 @@
 // (tensors) from the parent; OK (RUN: the output tensors) or ERROR (absl code, message) from
 // the child. One session per child; the child exits at end of stream.
 //
+// The child starts with no signals blocked and dies with the thread that started it
+// (PR_SET_PDEATHSIG): keep a session on the thread that opened it, as every caller does.
+//
 // Test hook: SQ_ORT_WORKER_FAULT=open|run in the child's environment makes it kill itself
 // (SIGKILL) on that request, standing in for a crash inside ONNX Runtime; =hang makes it
 // sleep on a run instead, standing in for a run that never ends.
