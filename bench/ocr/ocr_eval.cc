@@ -1,5 +1,6 @@
 #include "bench/ocr/ocr_eval.h"
 
+#include <cstdlib>
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
@@ -162,7 +163,15 @@ std::unique_ptr<OrtModel> OrtModel::Load(const std::string& path, int intra_thre
     Ort::SessionOptions so;
     so.SetIntraOpNumThreads(intra_threads);
     so.SetInterOpNumThreads(1);
-    so.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+    // Study knob: SQ_BENCH_ORT_OPT=disable|basic|extended (default: all, as users run).
+    GraphOptimizationLevel level = GraphOptimizationLevel::ORT_ENABLE_ALL;
+    if (const char* o = std::getenv("SQ_BENCH_ORT_OPT"); o != nullptr) {
+      const std::string v = o;
+      if (v == "disable") level = GraphOptimizationLevel::ORT_DISABLE_ALL;
+      if (v == "basic") level = GraphOptimizationLevel::ORT_ENABLE_BASIC;
+      if (v == "extended") level = GraphOptimizationLevel::ORT_ENABLE_EXTENDED;
+    }
+    so.SetGraphOptimizationLevel(level);
     std::unique_ptr<OrtModel> m(new OrtModel);
     m->impl_->session = std::make_unique<Ort::Session>(GlobalEnv(), path.c_str(), so);
     Ort::AllocatorWithDefaultOptions alloc;
