@@ -96,7 +96,9 @@ class Writer {
     Put<uint64_t>(s.size());
     out_.append(s.data(), s.size());
   }
-  void Raw(const void* p, size_t n) { out_.append(static_cast<const char*>(p), n); }
+  void Raw(const void* p, size_t n) {
+    if (n > 0) out_.append(static_cast<const char*>(p), n);  // an empty vector's data() may be null
+  }
   std::string& out() { return out_; }
 
  private:
@@ -122,6 +124,7 @@ class Reader {
   }
   bool Raw(void* p, size_t n) {
     if (n > in_.size()) return false;
+    if (n == 0) return true;  // p may be an empty vector's null data()
     std::memcpy(p, in_.data(), n);
     in_.remove_prefix(n);
     return true;
