@@ -118,7 +118,7 @@ absl::Status HistogramClusterAndRanges(const WeightView& weight, int64_t n,
   Clustering cl;
   cl.unit_size = n;
   cl.units.push_back(km);
-  plan = PlanSplit(cl, n, true, config.keep_three_branches);
+  plan = PlanSplit(cl, true, config.keep_three_branches);
   if (use_regions) {
     // The regions are the final clusters only if each threshold lies inside its window.
     const float t0 = plan.split ? plan.t0[0] : 0, t1 = plan.split ? plan.t1[0] : 0;
@@ -162,7 +162,7 @@ absl::Status ClusterAndPlan(const WeightView& weight, int64_t n, const Transform
     }
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
                                       QuantAwareCuts(config) ? &config.spec : nullptr);
-    st.plan = PlanSplit(cl, n, true, config.keep_three_branches);
+    st.plan = PlanSplit(cl, true, config.keep_three_branches);
     if (st.plan.split && ShrinksRanges(config)) st.shrink = cl.shrink;
   }
   return absl::OkStatus();
@@ -295,7 +295,7 @@ ReferenceSplit ReferenceCluster(const WeightView& weight, const TransformConfig&
                                : KMeans1D(v));
       }
     }
-    const SplitPlan plan = PlanSplit(cl, n, true, config.keep_three_branches);
+    const SplitPlan plan = PlanSplit(cl, true, config.keep_three_branches);
     if (plan.split && ShrinksRanges(config)) {
       out.unit_shrink = cl.shrink, out.unit_degenerate = plan.degenerate;
     }

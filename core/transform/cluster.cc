@@ -221,7 +221,7 @@ void ApplyShrink(const std::vector<std::array<float, 6>>& shrink, const std::vec
   }
 }
 
-SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split, bool keep_three) {
+SplitPlan PlanSplit(const Clustering& cl, bool want_split, bool keep_three) {
   SplitPlan plan;
   if (!want_split) return plan;
   const size_t u = cl.units.size();
@@ -262,7 +262,6 @@ SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split, bool keep_
       for (int c = 0; c < 3; ++c) plan.counts[c] += r.counts[c];
     }
   }
-  (void)n;
   return plan;
 }
 

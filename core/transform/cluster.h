@@ -73,7 +73,7 @@ struct SplitPlan {
 
 // `keep_three`: the caller's graph already holds three branches (TransformConfig::
 // keep_three_branches), so they are made even when every unit is degenerate.
-SplitPlan PlanSplit(const Clustering& cl, int64_t n, bool want_split, bool keep_three);
+SplitPlan PlanSplit(const Clustering& cl, bool want_split, bool keep_three);
 
 }  // namespace transform
 }  // namespace sq

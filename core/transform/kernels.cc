@@ -49,9 +49,6 @@ inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
 }
 
 #if defined(__SSE2__)
-inline __m128 Select(__m128 m, __m128 a, __m128 b) {
-  return _mm_or_ps(_mm_and_ps(m, a), _mm_andnot_ps(m, b));
-}
 // The row kernel rounds with RoundHalfEven4Bounded (transform/round.h): the clamp is a
 // no-op there, as x always lies in the range its scale s was chosen from (its branch's, or
 // for plain the slice's, widened to include 0), so |x / s| <= qmax - qmin <= 255.
