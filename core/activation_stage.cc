@@ -66,7 +66,7 @@ absl::StatusOr<std::vector<OrtModelSource::File>> ExternalFilesOf(const LoadedMo
     if (!seen.insert(location).second) continue;
     SQ_ASSIGN_OR_RETURN(ExternalLocation where, model.ExternalLocationOf(t));
     SQ_ASSIGN_OR_RETURN(const MappedFile* map, model.Map(where.path));
-    files.push_back({location, reinterpret_cast<const char*>(map->data()), static_cast<size_t>(map->size()), where.path});
+    files.push_back(OrtModelSource::WholeFile(location, map->data(), static_cast<size_t>(map->size()), where.path));
   }
   return files;
 }
@@ -150,8 +150,8 @@ absl::Status QuantizeActivationsStage(onnx::ModelProto* proto, const std::string
   std::vector<OrtModelSource::File> external;
   if (!data_path.empty()) {
     SQ_ASSIGN_OR_RETURN(data_map, MappedFile::Open(data_path));
-    external.push_back({data_location, reinterpret_cast<const char*>(data_map->data()),
-                        static_cast<size_t>(data_map->size()), data_path});
+    external.push_back(
+        OrtModelSource::WholeFile(data_location, data_map->data(), static_cast<size_t>(data_map->size()), data_path));
   }
   onnx::GraphProto* graph = proto->mutable_graph();
   const std::vector<std::string> tensors = ActivationTensors(*graph);

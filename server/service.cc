@@ -222,10 +222,9 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       std::unique_lock<std::mutex> lock(mu_);
       queued_ -= static_cast<int64_t>(item.data.size());
       if (!st.ok()) {
-        session_->Abort();
-        if (service_->metrics()) service_->metrics()->Upload("rejected");
         failed_ = true;
         failure_ = ToGrpc(st);
+        Abandon(failure_);
         if (reading_) return;  // OnReadDone finishes
         lock.unlock();
         Finish(failure_);
@@ -278,11 +277,16 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     Finish(Status::OK);
   }
 
-  void Reject(const Status& status) {
+  // Drops what was received and counts the refusal; the caller finishes the call.
+  void Abandon(const Status& status) {
     if (session_) session_->Abort();
     if (service_->metrics() && status.error_code() != StatusCode::UNAUTHENTICATED) {
       service_->metrics()->Upload("rejected");
     }
+  }
+
+  void Reject(const Status& status) {
+    Abandon(status);
     Finish(status);
   }
 

@@ -53,6 +53,10 @@ struct OrtModelSource {
     std::string path;
   };
   std::vector<File> external_files;
+  // The whole file `path`, mapped as `data`/`size`, named `location` by the model's tensors.
+  static File WholeFile(std::string location, const void* data, size_t size, std::string path) {
+    return {std::move(location), static_cast<const char*>(data), size, std::move(path)};
+  }
 };
 
 // Loads the model and runs it on `inputs`, returning every graph output. InvalidArgument /

@@ -74,16 +74,18 @@ bool SendFrame(int fd, char kind, const std::string& payload) {
   return WriteAll(fd, head, 9) && WriteAll(fd, payload.data(), payload.size());
 }
 
-// False at end of stream, on a read error or on an oversized frame.
-bool RecvFrame(int fd, char* kind, std::string* payload) {
+enum class Recv { kFrame, kClosed, kOversized };
+
+// kClosed at end of stream or on a read error; kOversized for a corrupt length.
+Recv RecvFrame(int fd, char* kind, std::string* payload) {
   char head[9];
-  if (!ReadAll(fd, head, 9)) return false;
+  if (!ReadAll(fd, head, 9)) return Recv::kClosed;
   *kind = head[0];
   uint64_t len = 0;
   std::memcpy(&len, head + 1, 8);
-  if (len > kMaxFrame) return false;
+  if (len > kMaxFrame) return Recv::kOversized;
   payload->resize(len);
-  return ReadAll(fd, payload->data(), len);
+  return ReadAll(fd, payload->data(), len) ? Recv::kFrame : Recv::kClosed;
 }
 
 class Writer {
@@ -283,47 +285,44 @@ absl::StatusOr<std::unique_ptr<OrtWorkerSession>> OrtWorkerSession::Open(const s
 
 OrtWorkerSession::~OrtWorkerSession() {
   if (fd_ >= 0) ::close(fd_);
-  if (pid_ > 0) {
-    ::kill(pid_, SIGKILL);
-    int st = 0;
-    while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-    }
-  }
+  Reap(/*kill=*/true);
 }
 
-absl::Status OrtWorkerSession::Died(const std::string& doing) {
+std::string OrtWorkerSession::Reap(bool kill) {
+  if (pid_ <= 0) return "went away";
+  if (kill) ::kill(pid_, SIGKILL);
   int st = 0;
   pid_t r;
   while ((r = ::waitpid(pid_, &st, 0)) < 0 && errno == EINTR) {
   }
-  std::string how = "went away";
-  if (r == pid_) {
-    pid_ = -1;
-    if (WIFSIGNALED(st)) {
-      how = absl::StrCat("killed by signal ", WTERMSIG(st), " (", strsignal(WTERMSIG(st)), ")");
-    } else if (WIFEXITED(st)) {
-      how = absl::StrCat("exited with status ", WEXITSTATUS(st));
-    }
-  }
-  return absl::InternalError(absl::StrCat("ONNX Runtime worker ", how, " while ", doing));
-}
-
-absl::Status OrtWorkerSession::TimedOut(const std::string& doing) {
-  ::kill(pid_, SIGKILL);
-  int st = 0;
-  while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
-  }
   pid_ = -1;
-  return absl::DeadlineExceededError(absl::StrCat("ONNX Runtime worker gave no answer within ", WorkerTimeout(),
-                                                  " s while ", doing, " (killed)"));
+  if (r > 0 && WIFSIGNALED(st)) return absl::StrCat("killed by signal ", WTERMSIG(st), " (", strsignal(WTERMSIG(st)), ")");
+  if (r > 0 && WIFEXITED(st)) return absl::StrCat("exited with status ", WEXITSTATUS(st));
+  return "went away";
 }
 
 absl::StatusOr<std::string> OrtWorkerSession::Call(char kind, const std::string& payload, const std::string& doing) {
   char reply_kind = 0;
   std::string reply;
-  if (!SendFrame(fd_, kind, payload)) return Died(doing);
-  if (!WaitReadable(fd_, WorkerTimeout())) return TimedOut(doing);
-  if (!RecvFrame(fd_, &reply_kind, &reply)) return Died(doing);
+  // A closed socket means the child is ending: wait for it and say how it ended.
+  auto died = [&] {
+    return absl::InternalError(absl::StrCat("ONNX Runtime worker ", Reap(/*kill=*/false), " while ", doing));
+  };
+  if (!SendFrame(fd_, kind, payload)) return died();
+  if (!WaitReadable(fd_, WorkerTimeout())) {
+    Reap(/*kill=*/true);
+    return absl::DeadlineExceededError(absl::StrCat("ONNX Runtime worker gave no answer within ", WorkerTimeout(),
+                                                    " s while ", doing, " (killed)"));
+  }
+  switch (RecvFrame(fd_, &reply_kind, &reply)) {
+    case Recv::kFrame:
+      break;
+    case Recv::kClosed:
+      return died();
+    case Recv::kOversized:  // the child is alive but its reply is garbage: do not wait on it
+      Reap(/*kill=*/true);
+      return absl::InternalError(absl::StrCat("ONNX Runtime worker sent a corrupt reply while ", doing, " (killed)"));
+  }
   if (reply_kind == kError) return FromErrorPayload(reply);
   if (reply_kind != kOk) return absl::InternalError("ONNX Runtime worker sent an unknown reply");
   return reply;
@@ -350,7 +349,7 @@ int ServeOrtWorker(int fd) {
   std::vector<std::string> inline_files;
   std::vector<std::unique_ptr<MappedFile>> mapped;
   char kind = 0;
-  while (RecvFrame(fd, &kind, &request)) {
+  while (RecvFrame(fd, &kind, &request) == Recv::kFrame) {
     Reader r(request);
     std::string reply;
     char reply_kind = kOk;

@@ -62,8 +62,8 @@ class OrtWorkerSession {
   OrtWorkerSession(int fd, int pid, std::string name) : fd_(fd), pid_(pid), name_(std::move(name)) {}
   // The reply to a request: its payload, or the child's error, or how the child died.
   absl::StatusOr<std::string> Call(char kind, const std::string& payload, const std::string& doing);
-  absl::Status Died(const std::string& doing);
-  absl::Status TimedOut(const std::string& doing);
+  // Waits for the child to end (killing it first when `kill`) and says how it ended.
+  std::string Reap(bool kill);
 
   int fd_ = -1;
   int pid_ = -1;

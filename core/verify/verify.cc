@@ -323,9 +323,8 @@ absl::Status VerifyArtifact(const std::string& input_path, int64_t input_bytes,
       absl::StatusOr<std::unique_ptr<MappedFile>> mapped = MappedFile::Open(artifact.data_path);
       if (!mapped.ok()) return done(mapped.status());
       data = std::move(*mapped);
-      source.external_files.push_back({artifact.data_location,
-                                       reinterpret_cast<const char*>(data->data()),
-                                       static_cast<size_t>(data->size()), artifact.data_path});
+      source.external_files.push_back(OrtModelSource::WholeFile(
+          artifact.data_location, data->data(), static_cast<size_t>(data->size()), artifact.data_path));
     }
   }
   auto run_artifact = [&](const std::vector<OrtTensor>& tensors) -> absl::StatusOr<std::vector<OrtTensor>> {
