@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds sq and runs the whole test suite, from a fresh machine: installs what it needs
 # (scripts/setup.sh), builds in build/ (Release with debug info), runs every GoogleTest
-# through ctest, then repeats the engine's tests in an ASan+UBSan build (build-asan/).
+# through ctest, then repeats the engine's tests in an ASan+UBSan build (build-asan/) and the
+# service's tests (server, job queue, store, ONNX Runtime worker, load; ctest label
+# "service") in a ThreadSanitizer build (build-tsan/, clang, with abseil rebuilt from
+# Debian's source by scripts/tsan_absl.sh; any report fails the run).
 # Then builds the libFuzzer harnesses (clang) and runs each for a few seconds
 # (scripts/fuzz.sh all $SQ_FUZZ_SECONDS, default 10).
-# Environment: SQ_SKIP_SANITIZE=1 skips the sanitizer pass, SQ_SKIP_FUZZ=1 the fuzz smoke
-# run; JOBS overrides parallelism.
+# Environment: SQ_SKIP_SANITIZE=1 skips the ASan+UBSan pass, SQ_SKIP_TSAN=1 the TSan pass,
+# SQ_SKIP_FUZZ=1 the fuzz smoke run; JOBS overrides parallelism.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +27,28 @@ if [[ "${SQ_SKIP_SANITIZE:-0}" != "1" ]]; then
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
      LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp:print_suppressions=0" \
      ctest -j"$JOBS" --output-on-failure --timeout 900)
+fi
+
+if [[ "${SQ_SKIP_TSAN:-0}" != "1" ]]; then
+  # The service under ThreadSanitizer. Every libabsl_* the processes load (ours and gRPC's)
+  # is the TSan-built one; child processes (sq-server, sqctl, sq-ort-worker, all TSan builds
+  # here) inherit the options and write their reports beside the tests' own.
+  absl_tsan="$(bash scripts/tsan_absl.sh)"
+  CC=clang CXX=clang++ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DSQ_TSAN=ON >/dev/null
+  ninja -C build-tsan -j"$JOBS" artifact_store_test auth_test log_test job_queue_test \
+        server_e2e_test sqctl_remote_test metrics_test retention_test full_disk_test \
+        scale_out_test ort_worker_test tsan_canary sq_load sq-server sqctl sq-ort-worker
+  reports="$PWD/build-tsan/tsan-reports"
+  rm -rf "$reports" && mkdir -p "$reports"
+  (cd build-tsan && LD_LIBRARY_PATH="$absl_tsan" \
+     TSAN_OPTIONS="suppressions=$PWD/../tests/tsan.supp:ignore_interceptors_accesses=1:log_path=$reports/race:exitcode=66" \
+     ctest -j"$JOBS" -L service -LE python --output-on-failure --timeout 900)
+  if compgen -G "$reports/race*" >/dev/null; then
+    cat "$reports"/race* >&2
+    echo "test: ThreadSanitizer reported the races above" >&2
+    exit 1
+  fi
 fi
 
 if [[ "${SQ_SKIP_FUZZ:-0}" != "1" ]]; then
