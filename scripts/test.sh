@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds sq and runs the whole test suite, from a fresh machine: installs what it needs
 # (scripts/setup.sh), builds in build/ (Release with debug info), runs every GoogleTest
-# through ctest, then repeats the engine's tests in an ASan+UBSan build (build-asan/) and the
+# through ctest, then repeats every test in an ASan+UBSan build (build-asan/) and the
 # service's tests (server, job queue, store, ONNX Runtime worker, load; ctest label
 # "service") in a ThreadSanitizer build (build-tsan/, clang, with abseil rebuilt from
 # Debian's source by scripts/tsan_absl.sh; any report fails the run).
@@ -20,9 +20,9 @@ ninja -C build -j"$JOBS"
 (cd build && ctest -j"$JOBS" --output-on-failure --timeout 900)
 
 if [[ "${SQ_SKIP_SANITIZE:-0}" != "1" ]]; then
-  # The engine (no service) under AddressSanitizer + UndefinedBehaviorSanitizer.
+  # The whole suite, engine and service, under AddressSanitizer + UndefinedBehaviorSanitizer.
   cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSQ_SANITIZE=ON \
-        -DSQ_BUILD_SERVER=OFF >/dev/null
+        -DSQ_BUILD_SERVER=ON >/dev/null
   ninja -C build-asan -j"$JOBS"
   (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
      LSAN_OPTIONS="suppressions=$PWD/../tests/lsan.supp:print_suppressions=0" \
