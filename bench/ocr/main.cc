@@ -434,7 +434,7 @@ void Usage() {
                "  [--configs all|NAME[,NAME...]] [--out-json FILE] [--work-dir DIR]\n"
                "  [--ort-threads N] [--quant-threads N] [--models-dir DIR] [--fonts-dir DIR]\n"
                "  [--words FILE] [--no-clean-sanity] [--dump-dir DIR] [--show-errors N]\n"
-               "  [--calibration-lines N] [--calibration-only]\n"
+               "  [--calibration-lines N] [--calibration-seed S] [--calibration-only]\n"
                "  [--form folded|branches] [--cluster-scope auto|tensor|channel]\n"
                "  [--list-configs]\n");
 }
@@ -449,6 +449,8 @@ int main(int argc, char** argv) {
   std::string words = "/usr/share/dict/american-english";
   std::string dump_dir;
   int lines = 300, ort_threads = 2, quant_threads = 2, show_errors = 0, calib_lines = 32;
+  uint64_t calib_seed = 0;
+  bool calib_seed_set = false;
   uint64_t seed = 1;
   bool clean_sanity = true;
   bool calibration_only = false;  // write the calibration set under --work-dir and stop
@@ -464,6 +466,10 @@ int main(int argc, char** argv) {
     if (a == "--variant") variant = next();
     else if (a == "--lines") lines = std::atoi(next().c_str());
     else if (a == "--calibration-lines") calib_lines = std::atoi(next().c_str());
+    else if (a == "--calibration-seed") {
+      calib_seed = std::strtoull(next().c_str(), nullptr, 10);
+      calib_seed_set = true;
+    }
     else if (a == "--calibration-only") calibration_only = true;
     else if (a == "--seed") seed = std::strtoull(next().c_str(), nullptr, 10);
     else if (a == "--configs") configs_arg = next();
@@ -562,7 +568,8 @@ int main(int argc, char** argv) {
   {
     SetSpec cal = spec;
     cal.lines = calib_lines;
-    cal.seed = seed + 1000003;
+    // Default: seed + 1000003, disjoint from the test lines; --calibration-seed draws another.
+    cal.seed = calib_seed_set ? calib_seed : seed + 1000003;
     std::vector<TextLine> cal_set = renderer->RenderSet(cal);
     g_calib_rec_dir = (fs::path(work_dir) / "calibration-rec").string();
     g_calib_cls_dir = (fs::path(work_dir) / "calibration-cls").string();
