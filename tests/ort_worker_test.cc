@@ -6,6 +6,7 @@
 #include <sys/wait.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -149,6 +150,34 @@ TEST_F(OrtWorkerTest, AWorkerThatDiesIsAnInternalErrorAndTheCallerLivesOn) {
     unsetenv("SQ_ORT_WORKER_FAULT");
     EXPECT_TRUE(RunOrt(dir_ + "/chain.onnx", inputs_).ok());
   }
+  ExpectNoChildren();
+}
+
+// A live worker whose reply breaks the protocol is killed, never waited on or talked to
+// again: the call is INTERNAL saying what it sent, and the next session works.
+TEST_F(OrtWorkerTest, AWorkerWhoseReplyBreaksTheProtocolIsKilled) {
+  SetOrtWorker(SQ_ORT_WORKER_PATH);
+  SetOrtWorkerTimeout(30);  // a wait on a live child would show up as a 30 s deadline
+  const std::vector<std::pair<const char*, const char*>> cases = {
+      {"reply-oversized", "sent a corrupt reply while running"},
+      {"reply-unknown", "sent an unknown reply while running"},
+      {"reply-malformed", "sent malformed outputs while running"},
+      {"reply-bad-error", "sent a malformed error while running"},
+  };
+  for (const auto& [fault, says] : cases) {
+    SCOPED_TRACE(fault);
+    setenv("SQ_ORT_WORKER_FAULT", fault, 1);
+    const auto start = std::chrono::steady_clock::now();
+    auto r = RunOrt(dir_ + "/chain.onnx", inputs_);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInternal);
+    EXPECT_TRUE(absl::StrContains(r.status().message(), says)) << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), "(killed)")) << r.status();
+    EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+    unsetenv("SQ_ORT_WORKER_FAULT");
+    EXPECT_TRUE(RunOrt(dir_ + "/chain.onnx", inputs_).ok());
+  }
+  SetOrtWorkerTimeout(0);
   ExpectNoChildren();
 }
 

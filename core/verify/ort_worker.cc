@@ -28,6 +28,7 @@ constexpr char kOpen = 'O';
 constexpr char kRun = 'R';
 constexpr char kOk = 'K';
 constexpr char kError = 'E';
+constexpr absl::string_view kMalformedError = "ONNX Runtime worker sent a malformed error";
 constexpr int kWorkerFd = 3;
 // A frame larger than this is refused (a corrupt length, not data: inputs and outputs of a
 // verification run are far smaller; inline model bytes are under protobuf's 2 GB).
@@ -185,7 +186,7 @@ absl::Status FromErrorPayload(const std::string& payload) {
   int32_t code = 0;
   absl::string_view msg;
   if (!r.Get(&code) || !r.Str(&msg) || code <= 0 || code > 16) {
-    return absl::InternalError("ONNX Runtime worker sent a malformed error");
+    return absl::InternalError(std::string(kMalformedError));
   }
   return absl::Status(static_cast<absl::StatusCode>(code), msg);
 }
@@ -197,6 +198,40 @@ void MaybeFault(absl::string_view step) {
   if (step == "run" && absl::string_view(f) == "hang") {
     for (;;) ::pause();
   }
+}
+
+// Test hook for the parent's handling of a broken reply to a run (SQ_ORT_WORKER_FAULT):
+// reply-oversized sends a frame header claiming more than any frame may hold, then waits;
+// reply-unknown a frame of an unknown kind; reply-malformed an OK frame whose tensors do not
+// parse; reply-bad-error an ERROR frame whose payload does not parse. True when it replied.
+bool MaybeBreakReply(int fd) {
+  const char* f = std::getenv("SQ_ORT_WORKER_FAULT");
+  if (f == nullptr) return false;
+  const absl::string_view fault(f);
+  if (fault == "reply-oversized") {
+    char head[9];
+    head[0] = kOk;
+    const uint64_t len = ~uint64_t{0};
+    std::memcpy(head + 1, &len, 8);
+    WriteAll(fd, head, 9);
+    for (;;) ::pause();  // alive, as a child whose memory was corrupted might be
+  }
+  char kind = 0;
+  std::string payload;
+  if (fault == "reply-unknown") {
+    kind = 'X';
+    payload = "?";
+  } else if (fault == "reply-malformed") {
+    kind = kOk;
+    payload = "not tensors";
+  } else if (fault == "reply-bad-error") {
+    kind = kError;
+    payload = "x";
+  } else {
+    return false;
+  }
+  SendFrame(fd, kind, payload);
+  return true;
 }
 
 // Waits until `fd` has something to read, up to `seconds` (<= 0: no limit). False on timeout.
@@ -323,8 +358,18 @@ absl::StatusOr<std::string> OrtWorkerSession::Call(char kind, const std::string&
       Reap(/*kill=*/true);
       return absl::InternalError(absl::StrCat("ONNX Runtime worker sent a corrupt reply while ", doing, " (killed)"));
   }
-  if (reply_kind == kError) return FromErrorPayload(reply);
-  if (reply_kind != kOk) return absl::InternalError("ONNX Runtime worker sent an unknown reply");
+  if (reply_kind == kError) {
+    absl::Status st = FromErrorPayload(reply);
+    if (st.message() == kMalformedError) {  // the protocol is broken: do not talk to it again
+      Reap(/*kill=*/true);
+      return absl::InternalError(absl::StrCat(kMalformedError, " while ", doing, " (killed)"));
+    }
+    return st;
+  }
+  if (reply_kind != kOk) {
+    Reap(/*kill=*/true);
+    return absl::InternalError(absl::StrCat("ONNX Runtime worker sent an unknown reply while ", doing, " (killed)"));
+  }
   return reply;
 }
 
@@ -335,7 +380,10 @@ absl::StatusOr<std::vector<OrtTensor>> OrtWorkerSession::Run(const std::vector<O
   if (!reply.ok()) return reply.status();
   Reader r(*reply);
   std::vector<OrtTensor> outputs;
-  if (!GetTensors(&r, &outputs) || !r.done()) return absl::InternalError("ONNX Runtime worker sent malformed outputs");
+  if (!GetTensors(&r, &outputs) || !r.done()) {
+    Reap(/*kill=*/true);  // the child and this side no longer agree on the protocol
+    return absl::InternalError(absl::StrCat("ONNX Runtime worker sent malformed outputs while running ", name_, " (killed)"));
+  }
   return outputs;
 }
 
@@ -406,6 +454,7 @@ int ServeOrtWorker(int fd) {
       }
     } else if (kind == kRun && session != nullptr) {
       MaybeFault("run");
+      if (MaybeBreakReply(fd)) continue;
       std::vector<OrtTensor> inputs;
       absl::StatusOr<std::vector<OrtTensor>> outputs =
           GetTensors(&r, &inputs) && r.done()

@@ -17,7 +17,11 @@
 //
 // Test hook: SQ_ORT_WORKER_FAULT=open|run in the child's environment makes it kill itself
 // (SIGKILL) on that request, standing in for a crash inside ONNX Runtime; =hang makes it
-// sleep on a run instead, standing in for a run that never ends.
+// sleep on a run instead, standing in for a run that never ends; =reply-oversized,
+// reply-unknown, reply-malformed, reply-bad-error make it answer a run with a frame that
+// breaks the protocol (a length past the limit, an unknown kind, tensors or an error that do
+// not parse). A child that breaks the protocol is killed: the call's INTERNAL status says
+// what it sent, what was being done and "(killed)".
 #ifndef SQ_CORE_VERIFY_ORT_WORKER_H_
 #define SQ_CORE_VERIFY_ORT_WORKER_H_
 
