@@ -573,7 +573,7 @@ int RunSubmit(SqClient& c, const Args& a) {
   }
   auto up = c.Upload(*files, Bar("upload", quiet));
   if (!up.ok()) return Fail(up.status());
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.set_idempotency_key(a.Get("idempotency-key"));
   auto job = c.Submit(req);
   if (!job.ok()) return Fail(job.status());
@@ -717,6 +717,7 @@ std::string RemoteUsage() {
   report JOB [--json]               the per-layer report
   inspect MODEL                     upload and describe a model (ops, layers, estimates)
   health                            SERVING / NOT_SERVING
+  JOB: a job id or its resource name jobs/ID; MODEL_ID: a model id or models/ID
   common: --server HOST:PORT --token T (or $SQ_TOKEN) --tls --tls-ca FILE
           --tls-cert FILE --tls-key FILE (a client certificate, for mutual TLS) --json
           --timeout D (90s, 10m: each call, and how long submit/watch wait for the job)
@@ -735,27 +736,33 @@ std::string RemoteCommandHelp(const std::string& command) {
        "file (a directory: its .npy/.npz/.pb files, by name; subdirectories of .pb files are\n"
        "refused here: use sqctl quantize for them).\n\n"
        "Engine options (the same as sqctl quantize):\n"},
-      {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"},
-      {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"},
+      {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+      {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
       {"list",
        "usage: sqctl list [--state S]... [--limit N] [--json]\n\nJobs this token may see, newest "
        "first (all pages); --state queued|running|succeeded|failed|cancelled (repeatable)\n"
        "filters, --limit N stops after N.\n"},
-      {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
-      {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
+      {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+      {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
       {"models",
        "usage: sqctl models [--limit N] [--json]\n\nThe stored models you may use (under per-tenant "
        "tokens: those you uploaded),\nby id: size, last use (retention counts a model's age from it), "
        "main file.\n"},
       {"delete-model",
        "usage: sqctl delete-model MODEL_ID [--json]\n\nRemoves an uploaded model (the id submit and "
-       "inspect print). Refused while a\nqueued or running job of yours uses it; finished jobs keep "
-       "their artifacts. Under per-tenant\ntokens it removes your access; the files go once no tenant "
-       "holds the model.\n"},
+       "inspect print,\nor its resource name models/ID). Refused while a queued or running job of yours "
+       "uses it;\nfinished jobs keep their artifacts. Under per-tenant tokens it removes your access; "
+       "the\nfiles go once no tenant holds the model.\n"},
       {"download",
        "usage: sqctl download JOB -o OUT.onnx [--json]\n\nFetches a succeeded job's output and its "
-       "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"},
-      {"report", "usage: sqctl report JOB [--json]\n\nThe per-layer report (--json: the full JSON).\n"},
+       "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+      {"report", "usage: sqctl report JOB [--json]\n\nThe per-layer report (--json: the full JSON).\n"
+       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
       {"inspect",
        "usage: sqctl inspect MODEL.onnx [--json]\n\nUploads a model and describes it: ops, "
        "quantizable layers, estimated output sizes.\n"},

@@ -12,6 +12,7 @@
 #include "core/report.h"
 #include "core/utf8.h"
 #include "core/verify/verify.h"
+#include "proto/resource_names.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
 #include "server/convert.h"
@@ -52,6 +53,9 @@ absl::StatusOr<v1::Job> FromJson(const std::string& text) {
   opts.ignore_unknown_fields = true;  // records written by a newer server
   auto st = google::protobuf::util::JsonStringToMessage(text, &job, opts);
   if (!st.ok()) return absl::InternalError(absl::StrCat("corrupt job record: ", st.ToString()));
+  // Records written before sq.v1 had resource names carry only the ids.
+  if (job.name().empty()) job.set_name(v1::JobName(job.job_id()));
+  if (job.model().empty()) job.set_model(v1::ModelName(job.model_id()));
   return job;
 }
 
@@ -147,30 +151,31 @@ absl::StatusOr<v1::Job> JobManager::ReadFromDisk(const std::string& job_id) {
   return job;
 }
 
-absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
+absl::StatusOr<v1::Job> JobManager::Submit(const std::string& model_id,
+                                           const v1::SubmitJobRequest& request,
                                            const std::string& owner) {
   if (draining_) {
     if (metrics_) metrics_->JobRejected("draining");
     return absl::UnavailableError("server is shutting down; not accepting jobs");
   }
-  if (!owner.empty() && !store_->HasModelOwner(request.model_id(), owner)) {
+  if (!owner.empty() && !store_->HasModelOwner(model_id, owner)) {
     // The same answer as for a model that does not exist: an id alone grants nothing.
-    return absl::NotFoundError(absl::StrCat("no model ", request.model_id()));
+    return absl::NotFoundError(absl::StrCat("no model ", model_id));
   }
-  auto files = store_->GetModelFiles(request.model_id());
+  auto files = store_->GetModelFiles(model_id);
   if (!files.ok()) return files.status();
   auto options = ToEngineOptions(request.options(), options_.default_job_threads);
   if (!options.ok()) return options.status();
   // Before the job exists: retention counts the model's age from here, and a sweep that
   // listed the model earlier sees the touch and keeps it (retention.h).
-  store_->TouchModel(request.model_id());
+  store_->TouchModel(model_id);
 
   const std::string key = IdempotencyMapKey(owner, request.idempotency_key());
   // The job a key already made, on any server sharing the directory.
   auto job_of_key = [&](const std::string& existing) -> absl::StatusOr<v1::Job> {
     auto job = Get(existing);
     if (!job.ok()) return job.status();
-    if (job->model_id() != request.model_id()) {
+    if (job->model_id() != model_id) {
       return absl::InvalidArgumentError(absl::StrCat(
           "idempotency key \"", request.idempotency_key(), "\" was already used for job ", existing,
           " on another model"));
@@ -196,10 +201,10 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     if (found == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
           "options.verify_input \"", ToValidUtf8(options->verify_input),
-          "\" names no file uploaded with model ", request.model_id(),
+          "\" names no file uploaded with model ", model_id,
           " (upload it with the model: sqctl submit --verify-input FILE)"));
     }
-    entry->options.verify_input = store_->ModelPath(request.model_id(), *found);
+    entry->options.verify_input = store_->ModelPath(model_id, *found);
   }
   // Calibration samples the same way: each name a file uploaded with the model.
   for (size_t i = 0; i < options->calibration_inputs.size(); ++i) {
@@ -211,11 +216,11 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     if (found == nullptr) {
       return absl::InvalidArgumentError(absl::StrCat(
           "options.calibration_inputs[", i, "] \"", ToValidUtf8(name), "\" names no file uploaded with model ",
-          request.model_id(), " (upload it with the model: sqctl submit --calibration FILE)"));
+          model_id, " (upload it with the model: sqctl submit --calibration FILE)"));
     }
-    entry->options.calibration_inputs[i] = store_->ModelPath(request.model_id(), *found);
+    entry->options.calibration_inputs[i] = store_->ModelPath(model_id, *found);
   }
-  entry->input_path = store_->ModelPath(request.model_id(), (*files)[0]);
+  entry->input_path = store_->ModelPath(model_id, (*files)[0]);
   std::string base = fs::path((*files)[0].name).filename().string();
   entry->output_name = base.empty() ? "model.onnx" : base;
   v1::Job snapshot;
@@ -233,7 +238,9 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
     absl::MutexLock l(&entry->mu);
     v1::Job& job = entry->job;
     job.set_job_id(entry->id);
-    job.set_model_id(request.model_id());
+    job.set_model_id(model_id);
+    job.set_name(v1::JobName(entry->id));
+    job.set_model(v1::ModelName(model_id));
     job.set_state(v1::JOB_STATE_QUEUED);
     *job.mutable_options() = ToWireOptions(*options);
     job.mutable_progress()->set_stage("queued");
@@ -285,7 +292,7 @@ absl::StatusOr<v1::Job> JobManager::Submit(const v1::SubmitJobRequest& request,
            "server shut down before the job started; submit it again");
   };
   LogEvent("info", "job_submitted",
-           {{"job", entry->id}, {"model", request.model_id()}, {"owner", owner},
+           {{"job", entry->id}, {"model", model_id}, {"owner", owner},
             {"bits", entry->options.bits}, {"target", ToString(entry->options.target)}});
   absl::Status st = queue_->Submit(std::move(task));
   if (!st.ok()) {

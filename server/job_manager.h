@@ -63,7 +63,12 @@ class JobManager {
   // ResourceExhausted (queue full), Unavailable (draining).
   // `owner`: the submitting tenant under per-tenant access ("" otherwise). A tenant may only
   // use models it uploaded (NotFound otherwise); idempotency keys are scoped to the tenant.
-  absl::StatusOr<v1::Job> Submit(const v1::SubmitJobRequest& request, const std::string& owner = "");
+  // `model_id`: the id parsed from request.model (the service checks the name's form);
+  // the request gives the options and the idempotency key.
+  absl::StatusOr<v1::Job> Submit(const std::string& model_id, const v1::SubmitJobRequest& request,
+                                 const std::string& owner = "");
+  // Every v1::Job this class returns carries its resource names (name, model), also when
+  // read from a record written before they existed.
   absl::StatusOr<v1::Job> Get(const std::string& job_id);
   std::vector<v1::Job> List(const std::vector<v1::JobState>& states);
   absl::StatusOr<v1::Job> Cancel(const std::string& job_id);

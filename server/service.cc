@@ -23,6 +23,7 @@
 #include "core/utf8.h"
 #include "google/protobuf/util/json_util.h"
 #include "google/protobuf/util/time_util.h"
+#include "proto/resource_names.h"
 #include "server/convert.h"
 
 namespace sq::server {
@@ -44,6 +45,23 @@ Status GetVisibleJob(JobManager* jobs, const std::string& id, const std::string&
   if (!job.ok()) return ToGrpc(job.status());
   if (Status st = CheckOwner(*job, tenant); !st.ok()) return st;
   *out = std::move(*job);
+  return Status::OK;
+}
+
+// The id in a request's resource name (proto/resource_names.h): INVALID_ARGUMENT naming the
+// field and the expected form otherwise. Only the form is checked here; the id then meets
+// exactly the checks a bare id always met (well-formed, existing, the tenant's).
+Status JobIdOf(const std::string& name, absl::string_view field, std::string* id) {
+  auto parsed = v1::ParseJobName(name, field);
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  *id = std::move(*parsed);
+  return Status::OK;
+}
+
+Status ModelIdOf(const std::string& name, absl::string_view field, std::string* id) {
+  auto parsed = v1::ParseModelName(name, field);
+  if (!parsed.ok()) return ToGrpc(parsed.status());
+  *id = std::move(*parsed);
   return Status::OK;
 }
 
@@ -172,6 +190,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
         // Already stored: answer now, without reading the data again.
         service_->store()->TouchModel(id);
         response_->set_model_id(id);
+        response_->set_name(v1::ModelName(id));
         for (const StoredFile& f : files) {
           v1::FileInfo* w = response_->add_files();
           w->set_name(f.name);
@@ -263,6 +282,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
       }
     }
     response_->set_model_id(result->model_id);
+    response_->set_name(v1::ModelName(result->model_id));
     for (const StoredFile& f : result->files) {
       v1::FileInfo* w = response_->add_files();
       w->set_name(f.name);
@@ -311,10 +331,14 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
 
 class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>, public JobWatcher {
  public:
-  WatchReactor(SqService* service, grpc::CallbackServerContext* context, std::string job_id)
-      : service_(service), job_id_(std::move(job_id)) {
+  WatchReactor(SqService* service, grpc::CallbackServerContext* context, const std::string& name)
+      : service_(service) {
     std::string tenant;
     if (Status st = service_->auth().Authenticate(*context, &tenant); !st.ok()) {
+      FinishOnce(st);
+      return;
+    }
+    if (Status st = JobIdOf(name, "name", &job_id_); !st.ok()) {
       FinishOnce(st);
       return;
     }
@@ -392,7 +416,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
   }
 
   SqService* const service_;
-  const std::string job_id_;
+  std::string job_id_;  // set once, in the constructor
   bool registered_ = false;
   absl::Mutex mu_;
   v1::WatchJobResponse current_;  // the message being written
@@ -415,8 +439,13 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
       Finish(st);
       return;
     }
+    std::string job_id;
+    if (Status st = JobIdOf(request.job(), "job", &job_id); !st.ok()) {
+      Finish(st);
+      return;
+    }
     auto job = std::make_unique<v1::Job>();
-    if (Status st = GetVisibleJob(service_->jobs(), request.job_id(), tenant, job.get()); !st.ok()) {
+    if (Status st = GetVisibleJob(service_->jobs(), job_id, tenant, job.get()); !st.ok()) {
       Finish(st);
       return;
     }
@@ -428,11 +457,11 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
     }
     const v1::FileInfo* file = nullptr;
     for (const v1::FileInfo& f : job->artifacts()) {
-      if (request.name().empty() ? &f == &job->artifacts(0) : f.name() == request.name()) file = &f;
+      if (request.artifact().empty() ? &f == &job->artifacts(0) : f.name() == request.artifact()) file = &f;
     }
     if (!file) {
       Finish(Status(StatusCode::NOT_FOUND,
-                    absl::StrCat("job ", job->job_id(), " has no artifact \"", request.name(), "\"")));
+                    absl::StrCat("job ", job->job_id(), " has no artifact \"", request.artifact(), "\"")));
       return;
     }
     info_ = *file;
@@ -544,16 +573,21 @@ grpc::ServerUnaryReactor* SqService::InspectModel(grpc::CallbackServerContext* c
     reactor->Finish(st);
     return reactor;
   }
-  if (Status st = CheckModelOwner(*store_, request->model_id(), tenant); !st.ok()) {
+  std::string model_id;
+  if (Status st = ModelIdOf(request->name(), "name", &model_id); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  auto files = store_->GetModelFiles(request->model_id());
+  if (Status st = CheckModelOwner(*store_, model_id, tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto files = store_->GetModelFiles(model_id);
   if (!files.ok()) {
     reactor->Finish(ToGrpc(files.status()));
     return reactor;
   }
-  std::string path = store_->ModelPath(request->model_id(), (*files)[0]);
+  std::string path = store_->ModelPath(model_id, (*files)[0]);
   // Parsing a model is engine work: it runs on the control pool, never on this thread.
   JobQueue::Task task;
   task.run = [this, reactor, response, path] {
@@ -579,7 +613,12 @@ grpc::ServerUnaryReactor* SqService::SubmitJob(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  auto job = jobs_->Submit(*request, tenant);
+  std::string model_id;
+  if (Status st = ModelIdOf(request->model(), "model", &model_id); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Submit(model_id, *request, tenant);
   if (job.ok()) *response->mutable_job() = std::move(*job);
   reactor->Finish(ToGrpc(job.status()));
   return reactor;
@@ -593,7 +632,12 @@ grpc::ServerUnaryReactor* SqService::GetJob(grpc::CallbackServerContext* context
     reactor->Finish(st);
     return reactor;
   }
-  reactor->Finish(GetVisibleJob(jobs_, request->job_id(), tenant, response->mutable_job()));
+  std::string job_id;
+  if (Status st = JobIdOf(request->name(), "name", &job_id); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  reactor->Finish(GetVisibleJob(jobs_, job_id, tenant, response->mutable_job()));
   return reactor;
 }
 
@@ -656,7 +700,7 @@ grpc::ServerUnaryReactor* SqService::ListJobs(grpc::CallbackServerContext* conte
 
 grpc::ServerWriteReactor<v1::WatchJobResponse>* SqService::WatchJob(grpc::CallbackServerContext* context,
                                                        const v1::WatchJobRequest* request) {
-  return new WatchReactor(this, context, request->job_id());
+  return new WatchReactor(this, context, request->name());
 }
 
 grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* context,
@@ -668,11 +712,16 @@ grpc::ServerUnaryReactor* SqService::CancelJob(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  if (Status st = CheckJobVisible(request->job_id(), tenant); !st.ok()) {
+  std::string job_id;
+  if (Status st = JobIdOf(request->name(), "name", &job_id); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  auto job = jobs_->Cancel(request->job_id());
+  if (Status st = CheckJobVisible(job_id, tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  auto job = jobs_->Cancel(job_id);
   if (job.ok()) *response->mutable_job() = std::move(*job);
   reactor->Finish(ToGrpc(job.status()));
   return reactor;
@@ -687,11 +736,16 @@ grpc::ServerUnaryReactor* SqService::DeleteJob(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
-  if (Status st = CheckJobVisible(request->job_id(), tenant); !st.ok()) {
+  std::string job_id;
+  if (Status st = JobIdOf(request->name(), "name", &job_id); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }
-  reactor->Finish(ToGrpc(jobs_->Delete(request->job_id())));
+  if (Status st = CheckJobVisible(job_id, tenant); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  reactor->Finish(ToGrpc(jobs_->Delete(job_id)));
   return reactor;
 }
 
@@ -728,6 +782,7 @@ grpc::ServerUnaryReactor* SqService::ListModels(grpc::CallbackServerContext* con
     }
     v1::Model* m = response->add_models();
     m->set_model_id(id);
+    m->set_name(v1::ModelName(id));
     for (const StoredFile& f : *files) {
       v1::FileInfo* w = m->add_files();
       w->set_name(ToValidUtf8(f.name));
@@ -750,13 +805,18 @@ grpc::ServerUnaryReactor* SqService::DeleteModel(grpc::CallbackServerContext* co
     reactor->Finish(st);
     return reactor;
   }
-  if (!IsValidModelId(request->model_id())) {
+  std::string model_id;
+  if (Status st = ModelIdOf(request->name(), "name", &model_id); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
+  if (!IsValidModelId(model_id)) {
     reactor->Finish(Status(StatusCode::INVALID_ARGUMENT,
-                           absl::StrCat("model_id \"", ToValidUtf8(request->model_id()),
+                           absl::StrCat("model id \"", ToValidUtf8(model_id),
                                         "\" is not 64 lower-case hex digits")));
     return reactor;
   }
-  reactor->Finish(ToGrpc(jobs_->DeleteModel(request->model_id(), tenant)));
+  reactor->Finish(ToGrpc(jobs_->DeleteModel(model_id, tenant)));
   return reactor;
 }
 
@@ -774,8 +834,13 @@ grpc::ServerUnaryReactor* SqService::GetReport(grpc::CallbackServerContext* cont
     reactor->Finish(st);
     return reactor;
   }
+  std::string job_id;
+  if (Status st = JobIdOf(request->name(), "name", &job_id); !st.ok()) {
+    reactor->Finish(st);
+    return reactor;
+  }
   auto job = std::make_unique<v1::Job>();
-  if (Status st = GetVisibleJob(jobs_, request->job_id(), tenant, job.get()); !st.ok()) {
+  if (Status st = GetVisibleJob(jobs_, job_id, tenant, job.get()); !st.ok()) {
     reactor->Finish(st);
     return reactor;
   }

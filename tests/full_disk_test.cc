@@ -95,7 +95,7 @@ TEST(FullDiskTest, UploadsAndJobsThatDoNotFitFailCleanlyAndTheServerServesOn) {
   ASSERT_TRUE(stored.ok()) << stored.status();
   FillUntil(volume / "filler", 96 << 10);
   v1::SubmitJobRequest req;
-  req.set_model_id(stored->model_id());
+  req.set_model(stored->name());
   req.mutable_options()->set_format(v1::OUTPUT_FORMAT_FAKE);
   auto job = (*c)->Submit(req);
   ASSERT_TRUE(job.ok()) << job.status();

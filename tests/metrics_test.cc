@@ -100,7 +100,7 @@ TEST(MetricsTest, JobsMoveTheMetricsAndTheScrapePassesPromtool) {
   auto up = (*c)->Upload({{model, "m.onnx"}});
   ASSERT_TRUE(up.ok()) << up.status();
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   auto job = (*c)->Submit(req);
   ASSERT_TRUE(job.ok());
   auto done = (*c)->Watch(job->job_id(), nullptr, absl::Seconds(20));

@@ -87,7 +87,7 @@ class RetentionTest : public ::testing::Test {
   }
   v1::Job Submit(SqClient& c, const std::string& model_id) {
     v1::SubmitJobRequest req;
-    req.set_model_id(model_id);
+    req.set_model(model_id);  // a bare id: SqClient sends "models/<id>"
     auto job = c.Submit(req);
     EXPECT_TRUE(job.ok()) << job.status();
     return job.ok() ? *job : v1::Job();
@@ -263,7 +263,7 @@ TEST_F(RetentionTest, DeleteModelRefusesWhileAJobUsesItAndKeepsFinishedArtifacts
   EXPECT_FALSE(server->store().HasModel(model));
   EXPECT_EQ(c->DeleteModel(model).code(), absl::StatusCode::kNotFound);
   v1::SubmitJobRequest again;
-  again.set_model_id(model);
+  again.set_model(model);
   EXPECT_EQ(c->Submit(again).status().code(), absl::StatusCode::kNotFound);
   // The finished job still delivers its artifact.
   ASSERT_TRUE(c->Download(job.job_id(), "", (dir_ / "out.onnx").string()).ok());
@@ -320,7 +320,7 @@ TEST_F(RetentionTest, UnderTenantsDeleteModelRemovesAccessThenTheFiles) {
   ASSERT_TRUE(alice->DeleteModel(model).ok());
   EXPECT_TRUE(server->store().HasModel(model));  // bob still holds it
   v1::SubmitJobRequest req;
-  req.set_model_id(model);
+  req.set_model(model);
   EXPECT_EQ(alice->Submit(req).status().code(), absl::StatusCode::kNotFound);
   auto job = bob->Submit(req);
   ASSERT_TRUE(job.ok());

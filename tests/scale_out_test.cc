@@ -228,7 +228,7 @@ TEST_F(ScaleOutTest, RoundRobinJobsFinishExactlyOnceAndEveryServerServesThem) {
   std::vector<std::string> order;
   for (int i = 0; i < kJobs; ++i) {
     v1::SubmitJobRequest req;
-    req.set_model_id(up->model_id());
+    req.set_model(up->name());
     req.mutable_options()->set_bits(i % 2 ? 4 : 8);  // two kinds of artifact
     Replica& r = Pick(i);
     auto job = r.client->Submit(req);
@@ -309,7 +309,7 @@ TEST_F(ScaleOutTest, RoundRobinJobsFinishExactlyOnceAndEveryServerServesThem) {
   ExpectEveryReplicaListsExactly(all);
   for (int i = 0; i < 2; ++i) {
     v1::SubmitJobRequest req;
-    req.set_model_id(up->model_id());
+    req.set_model(up->name());
     auto job = Pick(i).client->Submit(req);
     ASSERT_TRUE(job.ok()) << job.status();
     accepted_by[job->job_id()] = Pick(i).name;
@@ -340,7 +340,7 @@ TEST_F(ScaleOutTest, RollingUpdateSurgeAndDrainLoseNoJobAndRunNoneTwice) {
   std::vector<std::string> order;
   for (int i = 0; i < 4; ++i) {  // two per server: both workers of each busy
     v1::SubmitJobRequest req;
-    req.set_model_id(up->model_id());
+    req.set_model(up->name());
     auto job = Pick(i).client->Submit(req);
     ASSERT_TRUE(job.ok()) << job.status();
     accepted_by[job->job_id()] = Pick(i).name;
@@ -371,7 +371,7 @@ TEST_F(ScaleOutTest, RollingUpdateSurgeAndDrainLoseNoJobAndRunNoneTwice) {
   EXPECT_FALSE(*health) << "a draining server must read NOT_SERVING (readiness drops it)";
   // The Service sends new work to the ready replicas only.
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   EXPECT_EQ(replicas_[0]->client->Submit(req).status().code(), absl::StatusCode::kUnavailable);
   auto c_job = replicas_[2]->client->Submit(req);
   ASSERT_TRUE(c_job.ok()) << c_job.status();
@@ -411,7 +411,7 @@ TEST_F(ScaleOutTest, IdempotencyKeyRetriedOnAnotherServerGivesTheSameJob) {
   auto up = Pick(0).client->UploadModel(model_);
   ASSERT_TRUE(up.ok()) << up.status();
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.set_idempotency_key("retry-me");
   auto first = Pick(0).client->Submit(req);
   ASSERT_TRUE(first.ok()) << first.status();

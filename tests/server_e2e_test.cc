@@ -21,6 +21,7 @@
 #include "server/artifact_store.h"
 #include "server/convert.h"
 #include "client/lib/client.h"
+#include "proto/resource_names.h"
 #include "server/server.h"
 #include "server/testing/fake_engine.h"
 #include "tests/support/hostile_corpus.h"
@@ -117,7 +118,7 @@ class ServerE2ETest : public ::testing::Test {
 
   v1::Job SubmitOrDie(SqClient& c, const std::string& model_id, const std::string& key = "") {
     v1::SubmitJobRequest req;
-    req.set_model_id(model_id);
+    req.set_model(model_id);  // a bare id: SqClient sends "models/<id>"
     req.set_idempotency_key(key);
     auto job = c.Submit(req);
     EXPECT_TRUE(job.ok()) << job.status();
@@ -142,18 +143,21 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   EXPECT_FALSE(up->deduplicated());
   EXPECT_EQ(last_done, static_cast<int64_t>(fs::file_size(model_)));
   EXPECT_EQ(up->files(0).sha256(), *Sha256OfFile(model_));
+  EXPECT_EQ(up->name(), "models/" + up->model_id());
 
   auto info = c->Inspect(up->model_id());
   ASSERT_TRUE(info.ok()) << info.status();
   EXPECT_EQ(info->layers_size(), 2);
 
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.mutable_options()->set_bits(4);
   req.mutable_options()->set_reference_kmeans(true);
   auto job = c->Submit(req);
   ASSERT_TRUE(job.ok()) << job.status();
   EXPECT_EQ(job->job_id().size(), 32u);
+  EXPECT_EQ(job->name(), "jobs/" + job->job_id());
+  EXPECT_EQ(job->model(), up->name());
   EXPECT_TRUE(job->state() == v1::JOB_STATE_QUEUED || job->state() == v1::JOB_STATE_RUNNING);
 
   std::vector<v1::Job> seen;
@@ -162,6 +166,7 @@ TEST_F(ServerE2ETest, UploadSubmitWatchDownloadRunsInOrt) {
   ASSERT_TRUE(final_job.ok()) << final_job.status();
   ASSERT_EQ(final_job->state(), v1::JOB_STATE_SUCCEEDED) << final_job->error().message();
   ASSERT_FALSE(seen.empty());
+  for (const v1::Job& j : seen) EXPECT_EQ(j.name(), job->name());
   EXPECT_EQ(final_job->summary().layers_quantized(), 2);
   ASSERT_GE(final_job->artifacts_size(), 1);
 
@@ -212,7 +217,7 @@ TEST_F(ServerE2ETest, AnOnnxRuntimeCrashIsReportedAndTheServerServesOn) {
   auto up = c->UploadModel(model_);
   ASSERT_TRUE(up.ok()) << up.status();
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   setenv("SQ_ORT_WORKER_FAULT", "run", 1);
   auto job = c->Submit(req);
   ASSERT_TRUE(job.ok()) << job.status();
@@ -262,7 +267,7 @@ TEST_F(ServerE2ETest, VerificationRunsOnUploadedInputsAndIsReported) {
   ASSERT_TRUE(up.ok()) << up.status();
 
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.mutable_options()->set_verify_input("inputs.pb");
   auto job = c->Submit(req);
   ASSERT_TRUE(job.ok()) << job.status();
@@ -306,7 +311,7 @@ TEST_F(ServerE2ETest, CalibrationInputsNameFilesOfTheUpload) {
   ASSERT_TRUE(up.ok()) << up.status();
 
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.mutable_options()->set_activations(v1::ACTIVATION_TYPE_INT8);  // target QDQ implied
   req.mutable_options()->add_calibration_inputs("calib0.npy");
   auto job = c->Submit(req);
@@ -352,7 +357,7 @@ TEST_F(ServerE2ETest, FullIntegerJobCalibratesOnUploadedSamples) {
   auto up = c->Upload(*files);
   ASSERT_TRUE(up.ok()) << up.status();
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.mutable_options()->set_bits(8);
   req.mutable_options()->set_activations(v1::ACTIVATION_TYPE_INT8);
   for (int s = 0; s < 3; ++s) req.mutable_options()->add_calibration_inputs(absl::StrCat("s", s, ".npy"));
@@ -727,7 +732,7 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   auto up = c->UploadModel(model_);
   ASSERT_TRUE(up.ok());
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   req.mutable_options()->set_bits(13);
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
   req.mutable_options()->clear_bits();
@@ -762,11 +767,14 @@ TEST_F(ServerE2ETest, BadOptionsAndUnknownIdsGetPreciseCodes) {
   req.mutable_options()->clear_form();
   req.mutable_options()->clear_target();
   req.mutable_options()->set_bits(13);
-  req.set_model_id(std::string(64, 'a'));
+  req.set_model(v1::ModelName(std::string(64, 'a')));
   req.mutable_options()->clear_bits();
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(c->Get(std::string(32, 'a')).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(c->Get("../../etc/passwd").status().code(), absl::StatusCode::kInvalidArgument);
+  // In a well-formed name the id still meets the checks a bare id always met.
+  EXPECT_EQ(c->Get("jobs/..").status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(c->Get("jobs/" + std::string(32, 'a')).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(c->Inspect("nope").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -834,6 +842,139 @@ TEST_F(ServerE2ETest, ListJobsPagesNeverRepeatOrSkipWhileJobsArrive) {
   bad.set_page_token("not-a-token");
   v1::ListJobsResponse resp;
   EXPECT_EQ(c->stub().ListJobs(&ctx, bad, &resp).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(ServerE2ETest, RequestsNameTheirTargetsByResourceName) {
+  // Straight to the stub: SqClient would turn a bare id into a name.
+  auto server = Start(Options(), std::make_shared<FakeEngine>());
+  auto c = Connect(*server);
+  auto up = c->UploadModel(model_);
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_EQ(up->name(), v1::ModelName(up->model_id()));
+  // An INVALID_ARGUMENT whose message names the field and the expected form.
+  auto expect_refused = [](const grpc::Status& st, const std::string& message) {
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << st.error_message();
+    EXPECT_EQ(st.error_message(), message);
+  };
+  auto call = [&](auto method, const auto& request, auto* response) {
+    grpc::ClientContext ctx;
+    c->Prepare(&ctx, absl::Seconds(10));
+    return (c->stub().*method)(&ctx, request, response);
+  };
+
+  v1::SubmitJobRequest submit;
+  v1::SubmitJobResponse submitted;
+  submit.set_model(up->model_id());
+  expect_refused(call(&v1::SqService::Stub::SubmitJob, submit, &submitted),
+                 "model must be \"models/{model}\", got \"" + up->model_id() + "\"");
+  submit.set_model("jobs/" + up->model_id());
+  expect_refused(call(&v1::SqService::Stub::SubmitJob, submit, &submitted),
+                 "model must be \"models/{model}\", got \"jobs/" + up->model_id() + "\"");
+  submit.set_model(up->name());
+  ASSERT_TRUE(call(&v1::SqService::Stub::SubmitJob, submit, &submitted).ok());
+  const v1::Job& job = submitted.job();
+  EXPECT_EQ(job.name(), "jobs/" + job.job_id());
+  EXPECT_EQ(job.model(), up->name());
+  ASSERT_EQ(c->Watch(job.name(), nullptr, absl::Seconds(20))->state(), v1::JOB_STATE_SUCCEEDED);
+
+  v1::GetJobRequest get;
+  v1::GetJobResponse got;
+  get.set_name(job.job_id());  // a bare id
+  expect_refused(call(&v1::SqService::Stub::GetJob, get, &got),
+                 "name must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+  get.set_name("models/" + job.job_id());  // the wrong collection
+  expect_refused(call(&v1::SqService::Stub::GetJob, get, &got),
+                 "name must be \"jobs/{job}\", got \"models/" + job.job_id() + "\"");
+  for (const std::string& bad : {std::string("jobs/"), "jobs/" + job.job_id() + "/x", std::string()}) {
+    get.set_name(bad);
+    EXPECT_EQ(call(&v1::SqService::Stub::GetJob, get, &got).error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << bad;
+  }
+  get.set_name(job.name());
+  ASSERT_TRUE(call(&v1::SqService::Stub::GetJob, get, &got).ok());
+  EXPECT_EQ(got.job().name(), job.name());
+  EXPECT_EQ(got.job().model(), up->name());
+
+  // Every other request naming a job or a model parses it the same way.
+  v1::GetReportRequest report;
+  v1::GetReportResponse report_out;
+  report.set_name(job.job_id());
+  expect_refused(call(&v1::SqService::Stub::GetReport, report, &report_out),
+                 "name must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+  v1::CancelJobRequest cancel;
+  v1::CancelJobResponse cancel_out;
+  cancel.set_name(up->name());
+  EXPECT_EQ(call(&v1::SqService::Stub::CancelJob, cancel, &cancel_out).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  v1::DeleteJobRequest del;
+  v1::DeleteJobResponse del_out;
+  del.set_name(job.job_id());
+  EXPECT_EQ(call(&v1::SqService::Stub::DeleteJob, del, &del_out).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  v1::InspectModelRequest inspect;
+  v1::InspectModelResponse inspect_out;
+  inspect.set_name(up->model_id());
+  expect_refused(call(&v1::SqService::Stub::InspectModel, inspect, &inspect_out),
+                 "name must be \"models/{model}\", got \"" + up->model_id() + "\"");
+  v1::DeleteModelRequest del_model;
+  v1::DeleteModelResponse del_model_out;
+  del_model.set_name(job.name());
+  EXPECT_EQ(call(&v1::SqService::Stub::DeleteModel, del_model, &del_model_out).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  {
+    grpc::ClientContext ctx;
+    c->Prepare(&ctx, absl::Seconds(10));
+    v1::WatchJobRequest watch;
+    watch.set_name(job.job_id());
+    auto reader = c->stub().WatchJob(&ctx, watch);
+    v1::WatchJobResponse ignored;
+    while (reader->Read(&ignored)) {
+    }
+    expect_refused(reader->Finish(), "name must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+  }
+  {
+    grpc::ClientContext ctx;
+    c->Prepare(&ctx, absl::Seconds(10));
+    v1::DownloadArtifactRequest download;
+    download.set_job(job.job_id());
+    auto reader = c->stub().DownloadArtifact(&ctx, download);
+    v1::DownloadArtifactResponse ignored;
+    while (reader->Read(&ignored)) {
+    }
+    expect_refused(reader->Finish(), "job must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+  }
+  {
+    grpc::ClientContext ctx;
+    c->Prepare(&ctx, absl::Seconds(10));
+    v1::DownloadArtifactRequest download;
+    download.set_job(job.name());
+    auto reader = c->stub().DownloadArtifact(&ctx, download);
+    v1::DownloadArtifactResponse piece;
+    ASSERT_TRUE(reader->Read(&piece));
+    ASSERT_GE(got.job().artifacts_size(), 1);  // the job as GetJob read it, SUCCEEDED
+    EXPECT_EQ(piece.file().name(), got.job().artifacts(0).name());
+    while (reader->Read(&piece)) {
+    }
+    EXPECT_TRUE(reader->Finish().ok());
+  }
+
+  // Lists carry the names too.
+  auto jobs = c->List();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].name(), job.name());
+  EXPECT_EQ((*jobs)[0].model(), up->name());
+  auto models = c->ListModels();
+  ASSERT_TRUE(models.ok());
+  ASSERT_EQ(models->size(), 1u);
+  EXPECT_EQ((*models)[0].name(), up->name());
+
+  // The names work where ids did: the same calls through names succeed.
+  report.set_name(job.name());
+  EXPECT_TRUE(call(&v1::SqService::Stub::GetReport, report, &report_out).ok());
+  del.set_name(job.name());
+  EXPECT_TRUE(call(&v1::SqService::Stub::DeleteJob, del, &del_out).ok());
+  del_model.set_name(up->name());
+  EXPECT_TRUE(call(&v1::SqService::Stub::DeleteModel, del_model, &del_model_out).ok());
 }
 
 TEST_F(ServerE2ETest, HashMismatchIsInvalidArgument) {
@@ -993,7 +1134,7 @@ TEST_F(ServerE2ETest, EachTenantSeesAndTouchesOnlyItsOwnJobsAndModels) {
   EXPECT_FALSE(fs::exists(dir_ / "stolen.onnx"));
   EXPECT_EQ(bob->Inspect(up->model_id()).status().code(), kNotFound);
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   EXPECT_EQ(bob->Submit(req).status().code(), kNotFound);
   auto bob_list = bob->List();
   ASSERT_TRUE(bob_list.ok());
@@ -1064,7 +1205,7 @@ TEST_F(ServerE2ETest, FullQueueIsResourceExhausted) {
   ASSERT_TRUE(engine->WaitStarted(1));
   v1::Job b = SubmitOrDie(*c, up->model_id());
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   auto full = c->Submit(req);
   EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted) << full.status();
   EXPECT_EQ(c->Delete(a.job_id()).code(), absl::StatusCode::kFailedPrecondition);  // running
@@ -1089,7 +1230,7 @@ TEST_F(ServerE2ETest, IdempotencyKeyReturnsTheSameJob) {
   auto up2 = c->UploadModel(other);
   ASSERT_TRUE(up2.ok());
   v1::SubmitJobRequest req;
-  req.set_model_id(up2->model_id());
+  req.set_model(up2->name());
   req.set_idempotency_key("key-1");
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kInvalidArgument);
 }
@@ -1143,6 +1284,8 @@ TEST_F(ServerE2ETest, RestartKeepsFinishedJobsAndFailsInterruptedOnes) {
   auto stale_job = c->Get(stale_id);
   ASSERT_TRUE(stale_job.ok()) << stale_job.status();
   EXPECT_EQ(stale_job->state(), v1::JOB_STATE_FAILED);
+  // A record without resource names (as written before they existed) still gets them.
+  EXPECT_EQ(stale_job->name(), "jobs/" + stale_id);
   EXPECT_TRUE(absl::StrContains(stale_job->error().message(), "interrupted"));
   auto finished = c->Get(finished_id);
   ASSERT_TRUE(finished.ok());
@@ -1214,7 +1357,7 @@ TEST_F(ServerE2ETest, DrainingReportsNotServingAndLetsRunningJobsFinish) {
   ASSERT_TRUE(by_name.ok()) << by_name.status();
   EXPECT_FALSE(*by_name);  // by service name too
   v1::SubmitJobRequest req;
-  req.set_model_id(up->model_id());
+  req.set_model(up->name());
   EXPECT_EQ(c->Submit(req).status().code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(c->Get(queued.job_id())->state(), v1::JOB_STATE_FAILED);  // never started
   engine->Release();
@@ -1377,6 +1520,8 @@ TEST_F(ServerE2ETest, ReflectionAnswersInV1AndV1Alpha) {
     EXPECT_TRUE(files.count("sq/v1/sq.proto"));
     EXPECT_TRUE(files.count("google/protobuf/timestamp.proto")) << "dependencies come along";
     EXPECT_TRUE(files.count("google/api/field_behavior.proto")) << "the field annotations' too";
+    EXPECT_TRUE(files.count("google/api/resource.proto")) << "the resource annotations' too";
+    EXPECT_TRUE(files.count("google/protobuf/descriptor.proto")) << "and what those import";
 
     request.set_file_containing_symbol("no.such.Symbol");
     ASSERT_TRUE(stream->Write(request));

@@ -118,6 +118,9 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   ASSERT_EQ(list["jobs"].size(), 1u);
   EXPECT_EQ(list["jobs"][0]["state"], "JOB_STATE_SUCCEEDED");
   const std::string job = list["jobs"][0]["job_id"];
+  // --json prints the messages: the resource names are there beside the ids.
+  EXPECT_EQ(list["jobs"][0]["name"], "jobs/" + job) << out;
+  EXPECT_EQ(list["jobs"][0]["model"], "models/" + list["jobs"][0]["model_id"].get<std::string>()) << out;
   ASSERT_EQ(Sqctl("list --state failed --state cancelled --json", &out), kExitOk) << out;
   EXPECT_TRUE(nlohmann::json::parse(out)["jobs"].empty()) << out;
   ASSERT_EQ(Sqctl("list --state succeeded --limit 1 --json", &out), kExitOk) << out;
@@ -126,6 +129,13 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
 
   ASSERT_EQ(Sqctl("status " + job, &out), kExitOk) << out;
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
+  // A job is named by its id or by its resource name, alike.
+  ASSERT_EQ(Sqctl("status jobs/" + job + " --json", &out), kExitOk) << out;
+  EXPECT_EQ(nlohmann::json::parse(out)["name"], "jobs/" + job) << out;
+  ASSERT_EQ(Sqctl("report jobs/" + job, &out), kExitOk) << out;
+  // Another collection's name is refused by the server, which says what it wants.
+  EXPECT_NE(Sqctl("status models/" + job, &out), kExitOk) << out;
+  EXPECT_THAT(out, HasSubstr("name must be \"jobs/{job}\""));
   ASSERT_EQ(Sqctl("report " + job + " --json", &out), kExitOk) << out;
   EXPECT_THAT(out, HasSubstr("\"kmeans\": \"reference\""));
   EXPECT_THAT(out, HasSubstr("\"boundaries\": \"quant\""));
@@ -136,14 +146,17 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   nlohmann::json models = nlohmann::json::parse(out)["models"];
   ASSERT_EQ(models.size(), 1u) << out;
   EXPECT_EQ(models[0]["model_id"], model_id);
+  EXPECT_EQ(models[0]["name"], "models/" + model_id);
   EXPECT_EQ(models[0]["files"][0]["name"], "m.onnx");
   ASSERT_EQ(Sqctl("models", &out), kExitOk) << out;
   EXPECT_THAT(out, HasSubstr(model_id));
   ASSERT_EQ(Sqctl("delete-model " + model_id + " --json", &out), kExitOk) << out;
   EXPECT_EQ(nlohmann::json::parse(out)["deleted_model"], model_id);
   EXPECT_EQ(Sqctl("delete-model " + model_id, &out), kExitNotFound) << out;
+  EXPECT_EQ(Sqctl("delete-model models/" + model_id, &out), kExitNotFound) << out;  // the name, alike
   EXPECT_EQ(Sqctl("delete-model", &out), 2) << out;
   ASSERT_EQ(Sqctl(absl::StrCat("download ", job, " -o ", dir_, "/again.onnx"), &out), kExitOk) << out;
+  ASSERT_EQ(Sqctl(absl::StrCat("download jobs/", job, " -o ", dir_, "/by_name.onnx"), &out), kExitOk) << out;
 
   // --timeout: a bad value is a usage error; a watch that outlasts it exits 3 and says the
   // job goes on, which a later watch sees finish.
@@ -174,6 +187,13 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   // A detached submit prints just the job id.
   ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach"), &out), kExitOk) << out;
   EXPECT_TRUE(std::regex_search(out, std::regex("[0-9a-f]{32}"))) << out;
+  // --detach --json prints the job with its names.
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 8 --detach --json"), &out), kExitOk) << out;
+  {
+    nlohmann::json detached = nlohmann::json::parse(out);
+    EXPECT_EQ(detached["name"], "jobs/" + detached["job_id"].get<std::string>()) << out;
+    ASSERT_EQ(Sqctl("watch " + detached["name"].get<std::string>(), &out), kExitOk) << out;
+  }
 
   EXPECT_EQ(Sqctl("status 0123456789abcdef0123456789abcdef", &out), kExitNotFound) << out;
   EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 1) << "errors are one line: " << out;

@@ -166,7 +166,7 @@ int main(int argc, char** argv) {
       }
       for (int j = 0; j < jobs_per_client; ++j) {
         sq::v1::SubmitJobRequest req;
-        req.set_model_id(up->model_id());
+        req.set_model(up->name());
         req.set_idempotency_key("load-" + std::to_string(::getpid()) + "-" + std::to_string(c) + "-" +
                                 std::to_string(j));
         absl::StatusOr<sq::v1::Job> job;

@@ -17,6 +17,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "onnx/onnx_pb.h"
+#include "proto/resource_names.h"
 #include "server/artifact_store.h"
 
 namespace sq::client {
@@ -199,18 +200,19 @@ absl::StatusOr<v1::UploadModelResponse> SqClient::UploadModel(const std::string&
   return Upload(*files, progress);
 }
 
-absl::StatusOr<v1::InspectModelResponse> SqClient::Inspect(const std::string& model_id) {
+absl::StatusOr<v1::InspectModelResponse> SqClient::Inspect(const std::string& model) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::InspectModelRequest request;
-  request.set_model_id(model_id);
+  request.set_name(v1::ModelNameFromUser(model));
   v1::InspectModelResponse response;
   absl::Status st = FromGrpc(stub_->InspectModel(&context, request, &response));
   if (!st.ok()) return st;
   return response;
 }
 
-absl::StatusOr<v1::Job> SqClient::Submit(const v1::SubmitJobRequest& request) {
+absl::StatusOr<v1::Job> SqClient::Submit(v1::SubmitJobRequest request) {
+  request.set_model(v1::ModelNameFromUser(request.model()));
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::SubmitJobResponse response;
@@ -219,11 +221,11 @@ absl::StatusOr<v1::Job> SqClient::Submit(const v1::SubmitJobRequest& request) {
   return std::move(*response.mutable_job());
 }
 
-absl::StatusOr<v1::Job> SqClient::Get(const std::string& job_id) {
+absl::StatusOr<v1::Job> SqClient::Get(const std::string& job) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::GetJobRequest request;
-  request.set_job_id(job_id);
+  request.set_name(v1::JobNameFromUser(job));
   v1::GetJobResponse response;
   absl::Status st = FromGrpc(stub_->GetJob(&context, request, &response));
   if (!st.ok()) return st;
@@ -251,11 +253,11 @@ absl::StatusOr<std::vector<v1::Job>> SqClient::List(const std::vector<v1::JobSta
   return jobs;
 }
 
-absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job_id) {
+absl::StatusOr<v1::Job> SqClient::Cancel(const std::string& job) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::CancelJobRequest request;
-  request.set_job_id(job_id);
+  request.set_name(v1::JobNameFromUser(job));
   v1::CancelJobResponse response;
   absl::Status st = FromGrpc(stub_->CancelJob(&context, request, &response));
   if (!st.ok()) return st;
@@ -281,42 +283,42 @@ absl::StatusOr<std::vector<v1::Model>> SqClient::ListModels(int limit, int page_
   return models;
 }
 
-absl::Status SqClient::DeleteModel(const std::string& model_id) {
+absl::Status SqClient::DeleteModel(const std::string& model) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::DeleteModelRequest request;
-  request.set_model_id(model_id);
+  request.set_name(v1::ModelNameFromUser(model));
   v1::DeleteModelResponse response;
   return FromGrpc(stub_->DeleteModel(&context, request, &response));
 }
 
-absl::Status SqClient::Delete(const std::string& job_id) {
+absl::Status SqClient::Delete(const std::string& job) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::DeleteJobRequest request;
-  request.set_job_id(job_id);
+  request.set_name(v1::JobNameFromUser(job));
   v1::DeleteJobResponse response;
   return FromGrpc(stub_->DeleteJob(&context, request, &response));
 }
 
-absl::StatusOr<v1::GetReportResponse> SqClient::Report(const std::string& job_id) {
+absl::StatusOr<v1::GetReportResponse> SqClient::Report(const std::string& job) {
   grpc::ClientContext context;
   Prepare(&context, options_.unary_timeout);
   v1::GetReportRequest request;
-  request.set_job_id(job_id);
+  request.set_name(v1::JobNameFromUser(job));
   v1::GetReportResponse response;
   absl::Status st = FromGrpc(stub_->GetReport(&context, request, &response));
   if (!st.ok()) return st;
   return response;
 }
 
-absl::StatusOr<v1::Job> SqClient::Watch(const std::string& job_id,
+absl::StatusOr<v1::Job> SqClient::Watch(const std::string& job,
                                         const std::function<void(const v1::Job&)>& on_update,
                                         absl::Duration timeout) {
   grpc::ClientContext context;
   Prepare(&context, timeout);
   v1::WatchJobRequest request;
-  request.set_job_id(job_id);
+  request.set_name(v1::JobNameFromUser(job));
   auto reader = stub_->WatchJob(&context, request);
   v1::WatchJobResponse message;
   v1::Job last;
@@ -332,7 +334,7 @@ absl::StatusOr<v1::Job> SqClient::Watch(const std::string& job_id,
   return last;
 }
 
-absl::Status SqClient::Download(const std::string& job_id, const std::string& name,
+absl::Status SqClient::Download(const std::string& job, const std::string& artifact,
                                 const std::string& dest, const ProgressFn& progress) {
   std::string partial = dest + ".partial";
   std::error_code ec;
@@ -341,8 +343,8 @@ absl::Status SqClient::Download(const std::string& job_id, const std::string& na
   grpc::ClientContext context;
   Prepare(&context, absl::ZeroDuration());
   v1::DownloadArtifactRequest request;
-  request.set_job_id(job_id);
-  request.set_name(name);
+  request.set_job(v1::JobNameFromUser(job));
+  request.set_artifact(artifact);
   request.set_offset(offset);
   auto reader = stub_->DownloadArtifact(&context, request);
   std::ofstream out;
@@ -403,7 +405,10 @@ absl::Status SqClient::DownloadAll(const v1::Job& job, const std::string& dest,
     std::string path = i == 0 ? dest : (dir / f.name()).string();
     ProgressFn p;
     if (progress) p = [&](int64_t done, int64_t) { progress(before + done, total); };
-    if (absl::Status st = Download(job.job_id(), f.name(), path, p); !st.ok()) return st;
+    if (absl::Status st = Download(job.name().empty() ? job.job_id() : job.name(), f.name(), path, p);
+        !st.ok()) {
+      return st;
+    }
     before += f.size();
   }
   return absl::OkStatus();

@@ -4,6 +4,11 @@
 // artifacts resumably (into "<dest>.partial", verified against the server's SHA-256 before
 // being renamed into place).
 //
+// Jobs and models are named by their sq.v1 resource names, "jobs/{job}" and "models/{model}"
+// (proto/resource_names.h). Every `job` / `model` argument below (and SubmitJobRequest.model)
+// takes either a name or a bare id: an id (no '/') is sent as "jobs/<id>" / "models/<id>",
+// anything else unchanged (a wrong collection comes back INVALID_ARGUMENT from the server).
+//
 // Errors come back as absl::Status with the gRPC code carried over unchanged
 // (UNAUTHENTICATED, NOT_FOUND, RESOURCE_EXHAUSTED, UNAVAILABLE, ...).
 //
@@ -66,29 +71,31 @@ class SqClient {
   absl::StatusOr<v1::UploadModelResponse> UploadModel(const std::string& onnx_path,
                                                       const ProgressFn& progress = nullptr);
 
-  absl::StatusOr<v1::InspectModelResponse> Inspect(const std::string& model_id);
-  absl::StatusOr<v1::Job> Submit(const v1::SubmitJobRequest& request);
-  absl::StatusOr<v1::Job> Get(const std::string& job_id);
+  absl::StatusOr<v1::InspectModelResponse> Inspect(const std::string& model);
+  // request.model may be a bare model id as well as "models/{model}".
+  absl::StatusOr<v1::Job> Submit(v1::SubmitJobRequest request);
+  absl::StatusOr<v1::Job> Get(const std::string& job);
   // Every job this token may see, newest first, following pages; `states` filters, `limit` > 0
   // stops after that many; `page_size` 0 = the server's default.
   absl::StatusOr<std::vector<v1::Job>> List(const std::vector<v1::JobState>& states = {},
                                             int limit = 0, int page_size = 0);
-  absl::StatusOr<v1::Job> Cancel(const std::string& job_id);
-  absl::Status Delete(const std::string& job_id);
+  absl::StatusOr<v1::Job> Cancel(const std::string& job);
+  absl::Status Delete(const std::string& job);
   // Stored models the token may use, by id, following pages (limit > 0 stops after that many).
   absl::StatusOr<std::vector<v1::Model>> ListModels(int limit = 0, int page_size = 0);
   // DeleteModel: NOT_FOUND, FAILED_PRECONDITION (a queued or running job uses it).
-  absl::Status DeleteModel(const std::string& model_id);
-  absl::StatusOr<v1::GetReportResponse> Report(const std::string& job_id);
+  absl::Status DeleteModel(const std::string& model);
+  absl::StatusOr<v1::GetReportResponse> Report(const std::string& job);
 
   // Follows the job until a terminal state; `on_update` sees every state received. Returns
   // the last state. `timeout` zero = no limit.
-  absl::StatusOr<v1::Job> Watch(const std::string& job_id,
+  absl::StatusOr<v1::Job> Watch(const std::string& job,
                                 const std::function<void(const v1::Job&)>& on_update = nullptr,
                                 absl::Duration timeout = absl::ZeroDuration());
 
-  // One artifact into `dest`, resuming from "<dest>.partial" when it exists.
-  absl::Status Download(const std::string& job_id, const std::string& name,
+  // One artifact (a file name from Job.artifacts; "" = the .onnx) into `dest`, resuming from
+  // "<dest>.partial" when it exists.
+  absl::Status Download(const std::string& job, const std::string& artifact,
                         const std::string& dest, const ProgressFn& progress = nullptr);
   // All artifacts of a succeeded job: the .onnx to `dest`, the others (external data)
   // beside it under the names the model references.

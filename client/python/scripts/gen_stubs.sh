@@ -12,8 +12,8 @@ if [[ -z "$plugin" ]]; then
   echo "gen_stubs: grpc_python_plugin not found; install protobuf-compiler-grpc" >&2
   exit 1
 fi
-# sq.proto imports google/api/field_behavior.proto: Debian's libgoogle-common-protos-java
-# ships it inside its jar.
+# sq.proto imports google/api/field_behavior.proto and google/api/resource.proto: Debian's
+# libgoogle-common-protos-java ships them inside its jar.
 jar=/usr/share/java/proto-google-common-protos.jar
 if [[ ! -f "$jar" ]]; then
   echo "gen_stubs: $jar not found; install libgoogle-common-protos-java" >&2
@@ -21,9 +21,13 @@ if [[ ! -f "$jar" ]]; then
 fi
 api="$(mktemp -d)"
 trap 'rm -rf "$api"' EXIT
-python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract("google/api/field_behavior.proto", sys.argv[2])' "$jar" "$api"
+python3 -c 'import sys, zipfile
+z = zipfile.ZipFile(sys.argv[1])
+for p in ("google/api/field_behavior.proto", "google/api/resource.proto"):
+    z.extract(p, sys.argv[2])' "$jar" "$api"
 mkdir -p "$out"
-protoc --proto_path="$api" --python_out="$out" "$api/google/api/field_behavior.proto"
+protoc --proto_path="$api" --python_out="$out" "$api/google/api/field_behavior.proto" \
+  "$api/google/api/resource.proto"
 protoc --proto_path="$root/proto" --proto_path="$api" --python_out="$out" --grpc_python_out="$out" \
   --plugin=protoc-gen-grpc_python="$plugin" "$root/proto/sq/v1/sq.proto"
-echo "gen_stubs: wrote $out/sq/v1/sq_pb2.py, sq_pb2_grpc.py and google/api/field_behavior_pb2.py"
+echo "gen_stubs: wrote $out/sq/v1/sq_pb2.py, sq_pb2_grpc.py and google/api/{field_behavior,resource}_pb2.py"

@@ -11,7 +11,7 @@
 sq.v1 stubs are generated at build time (see client/python/README.md).
 """
 from .client import (Client, DownloadResult, FileInfo, Job, JobState, Report, RetryPolicy, StoredModel,
-                     UploadResult, sha256_of_file)
+                     UploadResult, job_name, model_name, sha256_of_file)
 from .errors import (Cancelled, DataLoss, DeadlineExceeded, FailedPrecondition, Internal,
                      InvalidArgument, JobFailed, NotFound, OutOfRange, PermissionDenied,
                      ResourceExhausted, SqError, Unauthenticated, Unavailable)
@@ -20,7 +20,7 @@ from .options import QuantizeOptions
 
 __all__ = [
     "Client", "DownloadResult", "FileInfo", "Job", "JobState", "Report", "RetryPolicy",
-    "StoredModel", "UploadResult", "sha256_of_file", "LocalFile", "model_files", "QuantizeOptions",
+    "StoredModel", "UploadResult", "job_name", "model_name", "sha256_of_file", "LocalFile", "model_files", "QuantizeOptions",
     "SqError", "Cancelled", "DataLoss", "DeadlineExceeded", "FailedPrecondition", "Internal",
     "InvalidArgument", "JobFailed", "NotFound", "OutOfRange", "PermissionDenied",
     "ResourceExhausted", "Unauthenticated", "Unavailable",

@@ -5,6 +5,8 @@
     python3 -m sq_client cancel JOB | delete JOB | download JOB -o F | report JOB
     python3 -m sq_client inspect model.onnx | health
 
+JOB is a job id or its resource name jobs/ID; MODEL_ID a model id or models/ID.
+
 Flags, output and exit codes follow sqctl (docs/api.md, "sqctl remote commands"):
 0 ok, 1 job failed/cancelled or not finished, 2 usage or INVALID_ARGUMENT/OUT_OF_RANGE,
 3 server unavailable/overloaded/NOT_SERVING, 4 not found, 5 authentication.
@@ -25,6 +27,8 @@ from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, SqErr
 from .options import (ACTIVATION_SPLITS, ACTIVATIONS, CALIBRATION_METHODS, CLUSTER_SCOPES, FORMATS,
                       FORMS, GRANULARITIES, SPLIT_MODES, TARGETS, QuantizeOptions)
 
+# A job on the command line: its id (as submit prints it) or its resource name.
+JOB_HELP = "the job's id (as submit prints it), or its resource name jobs/ID"
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE, EXIT_UNAVAILABLE, EXIT_NOT_FOUND, EXIT_AUTH = 0, 1, 2, 3, 4, 5
 PROG = "sq_client"
 
@@ -307,23 +311,23 @@ def make_parser() -> argparse.ArgumentParser:
                 "server, follow the job and download the output to -o")
     p.add_argument("model", metavar="MODEL.onnx")
     _engine(p)
-    command("status", "a job's state, progress, error and sizes", ["get"]).add_argument("job", metavar="JOB")
-    command("watch", "follow a job until it ends; exit 1 if it failed or was cancelled").add_argument("job", metavar="JOB")
+    command("status", "a job's state, progress, error and sizes", ["get"]).add_argument("job", metavar="JOB", help=JOB_HELP)
+    command("watch", "follow a job until it ends; exit 1 if it failed or was cancelled").add_argument("job", metavar="JOB", help=JOB_HELP)
     p = command("list", "jobs this token may see, newest first")
     p.add_argument("--state", action="append", default=[],
                    choices=["queued", "running", "succeeded", "failed", "cancelled"])
     p.add_argument("--limit", type=_int_in(1, 1 << 31))
-    command("cancel", "stop a queued or running job").add_argument("job", metavar="JOB")
-    command("delete", "remove a finished job and its artifacts").add_argument("job", metavar="JOB")
+    command("cancel", "stop a queued or running job").add_argument("job", metavar="JOB", help=JOB_HELP)
+    command("delete", "remove a finished job and its artifacts").add_argument("job", metavar="JOB", help=JOB_HELP)
     command("models", "stored models: id, size, last use, file").add_argument(
         "--limit", type=_int_in(1, 1 << 31))
     command("delete-model", "remove an uploaded model (finished jobs keep their output)").add_argument(
-        "model_id", metavar="MODEL_ID")
+        "model_id", metavar="MODEL_ID", help="the model's id, or its resource name models/ID")
     p = command("download", "fetch a succeeded job's output (resumes from FILE.partial, "
                 "checks SHA-256)")
-    p.add_argument("job", metavar="JOB")
+    p.add_argument("job", metavar="JOB", help=JOB_HELP)
     p.add_argument("-o", "--output", required=True, metavar="FILE")
-    command("report", "the per-layer report (--json: the full JSON)").add_argument("job", metavar="JOB")
+    command("report", "the per-layer report (--json: the full JSON)").add_argument("job", metavar="JOB", help=JOB_HELP)
     command("inspect", "upload a model and describe it").add_argument("model", metavar="MODEL.onnx")
     command("health", "SERVING (exit 0) or NOT_SERVING (exit 3)")
     return parser
@@ -376,7 +380,7 @@ def run_models(c: Client, a: argparse.Namespace) -> int:
     models = c.list_models(limit=a.limit or 0)
     if a.json:
         print(json.dumps({"models": [
-            {"model_id": m.model_id, "size_bytes": m.size_bytes,
+            {"model_id": m.model_id, "name": m.name, "size_bytes": m.size_bytes,
              "last_use_time": m.last_use_time.isoformat() if m.last_use_time else None,
              "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in m.files]}
             for m in models]}, indent=2))

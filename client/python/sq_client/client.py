@@ -12,6 +12,11 @@ UNAVAILABLE (server not up yet, restarting, draining) are tried again with expon
 backoff per RetryPolicy; all of them are safe to repeat: uploads are content addressed,
 SubmitJob carries an idempotency key (a random one when the caller gives none), watches
 resume from the job's current state and downloads from the bytes already on disk.
+
+Jobs and models are named on the wire by their sq.v1 resource names, "jobs/{job}" and
+"models/{model}". Every method taking a job or a model accepts either the name or the bare
+id (job_name() / model_name() turn an id into a name; a value holding a '/' is sent as it
+is, and the server refuses a wrong collection with InvalidArgument).
 """
 from __future__ import annotations
 
@@ -43,6 +48,16 @@ CHUNK_BYTES = 1 << 20  # upload chunk size: below gRPC's 4 MB message limit
 # (bytes done, bytes total)
 ProgressFn = Callable[[int, int], None]
 T = TypeVar("T")
+
+
+def job_name(job: str) -> str:
+    """The resource name to send for a job given by id ("jobs/<id>") or by name (unchanged)."""
+    return job if "/" in job else f"jobs/{job}"
+
+
+def model_name(model: str) -> str:
+    """The resource name to send for a model given by id ("models/<id>") or by name."""
+    return model if "/" in model else f"models/{model}"
 
 
 class JobState(enum.IntEnum):
@@ -116,28 +131,32 @@ class FileInfo:
 
 @dataclass(frozen=True)
 class UploadResult:
-    """UploadModelResponse: the content-addressed model id and what the server stored."""
+    """UploadModelResponse: the content-addressed model id, its resource name
+    ("models/<model_id>") and what the server stored."""
 
     model_id: str
     files: Tuple[FileInfo, ...]
     deduplicated: bool
     bytes_received: int
+    name: str = ""
 
 
 @dataclass(frozen=True)
 class StoredModel:
     """A model the server holds (ListModels): id, files, bytes stored, last upload or submit
-    (what retention counts its age from)."""
+    (what retention counts its age from), resource name ("models/<model_id>")."""
 
     model_id: str
     files: Tuple[FileInfo, ...]
     size_bytes: int
     last_use_time: Optional[_dt.datetime]
+    name: str = ""
 
     @classmethod
     def from_proto(cls, p: Any) -> "StoredModel":
         used = p.last_use_time.ToDatetime(tzinfo=_dt.timezone.utc) if p.HasField("last_use_time") else None
-        return cls(p.model_id, tuple(FileInfo.from_proto(f) for f in p.files), p.size_bytes, used)
+        return cls(p.model_id, tuple(FileInfo.from_proto(f) for f in p.files), p.size_bytes, used,
+                   p.name or model_name(p.model_id))
 
 
 @dataclass(frozen=True)
@@ -189,11 +208,22 @@ class Job:
 
     @property
     def id(self) -> str:
+        """The job id: the last segment of `name`."""
         return self.proto.job_id
+
+    @property
+    def name(self) -> str:
+        """The job's resource name, "jobs/<id>": what the job RPCs are sent."""
+        return self.proto.name or job_name(self.proto.job_id)
 
     @property
     def model_id(self) -> str:
         return self.proto.model_id
+
+    @property
+    def model(self) -> str:
+        """The resource name of the model it quantizes, "models/<model_id>"."""
+        return self.proto.model or model_name(self.proto.model_id)
 
     @property
     def state(self) -> JobState:
@@ -241,7 +271,7 @@ class Job:
 
     def refresh(self) -> "Job":
         """Reads the job's current state (GetJob); returns self."""
-        self.proto = self._client.get(self.id).proto
+        self.proto = self._client.get(self.name).proto
         return self
 
     def watch(self, timeout: Optional[float] = None) -> Iterator["Job"]:
@@ -256,7 +286,7 @@ class Job:
         while True:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             stream = self._client._stub.WatchJob(
-                sq_pb2.WatchJobRequest(job_id=self.id), metadata=self._client._metadata,
+                sq_pb2.WatchJobRequest(name=self.name), metadata=self._client._metadata,
                 timeout=remaining)
             try:
                 for message in stream:
@@ -290,15 +320,15 @@ class Job:
 
     def cancel(self) -> "Job":
         """Asks the server to stop the job (cooperative for a running job); returns self."""
-        self.proto = self._client.cancel(self.id).proto
+        self.proto = self._client.cancel(self.name).proto
         return self
 
     def delete(self) -> None:
         """Removes a finished job and its artifacts (FailedPrecondition while it runs)."""
-        self._client.delete(self.id)
+        self._client.delete(self.name)
 
     def report(self) -> Report:
-        return self._client.report(self.id)
+        return self._client.report(self.name)
 
     def download(self, path: "os.PathLike[str] | str",
                  progress: Optional[ProgressFn] = None) -> List[DownloadResult]:
@@ -324,7 +354,7 @@ class Job:
             if progress is not None:
                 base = before
                 sub = lambda done, _t, base=base: progress(base + done, total)  # noqa: E731
-            results.append(self._client.download_artifact(self.id, art.name, target, sub))
+            results.append(self._client.download_artifact(self.name, art.name, target, sub))
             before += art.size
         return results
 
@@ -456,11 +486,13 @@ class Client:
             progress(total, total)
         return UploadResult(response.model_id,
                             tuple(FileInfo.from_proto(f) for f in response.files),
-                            response.deduplicated, response.bytes_received)
+                            response.deduplicated, response.bytes_received,
+                            response.name or model_name(response.model_id))
 
-    def inspect(self, model_id: str) -> Any:
-        """sq.v1.InspectModelResponse of an uploaded model (ops, layers, size estimates)."""
-        return self._unary("InspectModel", sq_pb2.InspectModelRequest(model_id=model_id))
+    def inspect(self, model: str) -> Any:
+        """sq.v1.InspectModelResponse of an uploaded model, given by id or by name (ops,
+        layers, size estimates)."""
+        return self._unary("InspectModel", sq_pb2.InspectModelRequest(name=model_name(model)))
 
     # -- jobs -------------------------------------------------------------------------
     def submit(self, path: "os.PathLike[str] | str", bits: Optional[int] = 4, *,
@@ -509,22 +541,24 @@ class Client:
         if names:
             opts = _replace(opts, calibration_inputs=tuple(opts.calibration_inputs) + tuple(names))
         upload = self.upload(path, extra, progress)
-        return self.submit_model(upload.model_id, opts, idempotency_key)
+        return self.submit_model(upload.name, opts, idempotency_key)
 
-    def submit_model(self, model_id: str, options: QuantizeOptions = QuantizeOptions(),
+    def submit_model(self, model: str, options: QuantizeOptions = QuantizeOptions(),
                      idempotency_key: Optional[str] = None) -> Job:
-        """Queues a job for an uploaded model. Without `idempotency_key` a random one is
-        sent, so a retry after UNAVAILABLE cannot create a second job."""
-        request = sq_pb2.SubmitJobRequest(model_id=model_id, options=options.to_proto(),
+        """Queues a job for an uploaded model, given by id or by name. Without
+        `idempotency_key` a random one is sent, so a retry after UNAVAILABLE cannot create a
+        second job."""
+        request = sq_pb2.SubmitJobRequest(model=model_name(model), options=options.to_proto(),
                                           idempotency_key=idempotency_key or uuid.uuid4().hex)
         return Job(self, self._unary("SubmitJob", request).job)
 
-    def get(self, job_id: str) -> Job:
-        return Job(self, self._unary("GetJob", sq_pb2.GetJobRequest(job_id=job_id)).job)
+    def get(self, job: str) -> Job:
+        """The job given by id or by name, as it is now."""
+        return Job(self, self._unary("GetJob", sq_pb2.GetJobRequest(name=job_name(job))).job)
 
-    def job(self, job_id: str) -> Job:
-        """A handle on an existing job (reads its state once)."""
-        return self.get(job_id)
+    def job(self, job: str) -> Job:
+        """A handle on an existing job, by id or by name (reads its state once)."""
+        return self.get(job)
 
     def list_jobs(self, states: Iterable[JobState] = (), limit: int = 0,
                   page_size: int = 0) -> List[Job]:
@@ -542,11 +576,11 @@ class Client:
                 return jobs
             request.page_token = response.next_page_token
 
-    def cancel(self, job_id: str) -> Job:
-        return Job(self, self._unary("CancelJob", sq_pb2.CancelJobRequest(job_id=job_id)).job)
+    def cancel(self, job: str) -> Job:
+        return Job(self, self._unary("CancelJob", sq_pb2.CancelJobRequest(name=job_name(job))).job)
 
-    def delete(self, job_id: str) -> None:
-        self._unary("DeleteJob", sq_pb2.DeleteJobRequest(job_id=job_id))
+    def delete(self, job: str) -> None:
+        self._unary("DeleteJob", sq_pb2.DeleteJobRequest(name=job_name(job)))
 
     def list_models(self, limit: int = 0, page_size: int = 0) -> List[StoredModel]:
         """Stored models this token may use (under per-tenant tokens: those it uploaded), by
@@ -563,14 +597,14 @@ class Client:
                 return models
             request.page_token = response.next_page_token
 
-    def delete_model(self, model_id: str) -> None:
+    def delete_model(self, model: str) -> None:
         """Removes an uploaded model; finished jobs keep their artifacts. FailedPrecondition
         while a queued or running job of the caller uses it, NotFound when it is not stored
         (or, under per-tenant tokens, not the caller's)."""
-        self._unary("DeleteModel", sq_pb2.DeleteModelRequest(model_id=model_id))
+        self._unary("DeleteModel", sq_pb2.DeleteModelRequest(name=model_name(model)))
 
-    def report(self, job_id: str) -> Report:
-        r = self._unary("GetReport", sq_pb2.GetReportRequest(job_id=job_id))
+    def report(self, job: str) -> Report:
+        r = self._unary("GetReport", sq_pb2.GetReportRequest(name=job_name(job)))
         try:
             data = json.loads(r.json) if r.json else {}
         except json.JSONDecodeError as e:
@@ -578,9 +612,10 @@ class Client:
         return Report(data, r.summary)
 
     # -- artifacts --------------------------------------------------------------------
-    def download_artifact(self, job_id: str, name: str, dest: "os.PathLike[str] | str",
+    def download_artifact(self, job: str, name: str, dest: "os.PathLike[str] | str",
                           progress: Optional[ProgressFn] = None) -> DownloadResult:
-        """One artifact ("" = the .onnx) into `dest` through "<dest>.partial".
+        """One artifact of a job (by id or by name) into `dest` through "<dest>.partial";
+        `name` is an artifact's file name, "" = the .onnx.
 
         An existing partial file is resumed (the request asks from its size). A stream cut
         by UNAVAILABLE is resumed under the RetryPolicy. A partial longer than the artifact
@@ -595,7 +630,7 @@ class Client:
         received = 0
         while True:
             offset = partial.stat().st_size if partial.exists() else 0
-            request = sq_pb2.DownloadArtifactRequest(job_id=job_id, name=name, offset=offset)
+            request = sq_pb2.DownloadArtifactRequest(job=job_name(job), artifact=name, offset=offset)
             info = None
             position = offset
             try:

@@ -62,6 +62,10 @@ class CliTest(unittest.TestCase):
         self.assertIn("artifact", status)
         got = json.loads(self.ok("get", job_id, *self.s, "--json").stdout)
         self.assertEqual(got["options"]["granularity"], "GRANULARITY_TENSOR")
+        self.assertEqual(got["name"], f"jobs/{job_id}")
+        # The resource name works wherever the id does.
+        by_name = json.loads(self.ok("status", f"jobs/{job_id}", *self.s, "--json").stdout)
+        self.assertEqual(by_name["job_id"], job_id)
         listed = json.loads(self.ok("list", *self.s, "--json", "--state", "succeeded").stdout)
         self.assertIn(job_id, [j["job_id"] for j in listed["jobs"]])
         self.assertIn(job_id, self.ok("list", *self.s).stdout)
@@ -110,10 +114,12 @@ class CliTest(unittest.TestCase):
         model_id = done["model_id"]
         listed = json.loads(self.ok("models", *self.s, "--json").stdout)["models"]
         self.assertIn(model_id, [m["model_id"] for m in listed])
+        self.assertIn(f"models/{model_id}", [m["name"] for m in listed])
         self.assertIn(model_id, self.ok("models", *self.s).stdout)
         self.assertEqual(json.loads(self.ok("delete-model", model_id, *self.s, "--json").stdout),
                          {"deleted_model": model_id})
         self.assertEqual(sq("delete-model", model_id, *self.s).returncode, 4)
+        self.assertEqual(sq("delete-model", f"models/{model_id}", *self.s).returncode, 4)
 
     def test_exit_codes(self) -> None:
         def rc(*args: str) -> int:

@@ -75,6 +75,8 @@ class ClientTest(unittest.TestCase):
     def test_submit_watch_download(self) -> None:
         job = self.client.submit(MODEL, bits=4)
         self.assertEqual(len(job.id), 32)
+        self.assertEqual(job.name, f"jobs/{job.id}")
+        self.assertEqual(job.model, f"models/{job.model_id}")
         self.assertIn(job.state, (JobState.QUEUED, JobState.RUNNING, JobState.SUCCEEDED))
         states = [snap.state for snap in job.watch(timeout=120)]
         self.assertEqual(states[-1], JobState.SUCCEEDED, job.error)
@@ -102,9 +104,41 @@ class ClientTest(unittest.TestCase):
         m = matmul_chain(d / "m.onnx", layers=1, width=64, external="w.bin")
         up = self.client.upload(m)
         self.assertEqual([f.name for f in up.files], ["m.onnx", "w.bin"])
+        self.assertEqual(up.name, f"models/{up.model_id}")
         self.assertTrue(self.client.inspect(up.model_id).uses_external_data)
+        self.assertTrue(self.client.inspect(up.name).uses_external_data)
         job = self.client.submit_model(up.model_id, QuantizeOptions(bits=8, granularity="channel"))
         self.assertEqual(job.wait(timeout=120).state, JobState.SUCCEEDED, job.error)
+
+    def test_ids_and_resource_names_are_both_accepted(self) -> None:
+        self.assertEqual(sq_client.job_name("abc"), "jobs/abc")
+        self.assertEqual(sq_client.job_name("jobs/abc"), "jobs/abc")
+        self.assertEqual(sq_client.model_name("beef"), "models/beef")
+        self.assertEqual(sq_client.model_name("models/beef"), "models/beef")
+        up = self.client.upload(MODEL)
+        by_name = self.client.submit_model(up.name, QuantizeOptions(bits=8)).wait(timeout=120, check=True)
+        by_id = self.client.submit_model(up.model_id, QuantizeOptions(bits=8)).wait(timeout=120, check=True)
+        self.assertEqual(by_name.model, up.name)
+        self.assertEqual(by_id.model, up.name)
+        for job in (by_name, by_id):
+            self.assertEqual(self.client.get(job.id).name, job.name)
+            self.assertEqual(self.client.get(job.name).id, job.id)
+            self.assertTrue(self.client.report(job.name).summary)
+        self.assertIn(up.name, [m.name for m in self.client.list_models()])
+        self.assertIn(by_name.name, [j.name for j in self.client.list_jobs()])
+        dest = self.tmp / "by_name.onnx"
+        self.client.download_artifact(by_name.name, "", dest)
+        self.assertTrue(dest.exists())
+        self.client.delete(by_id.name)
+        self.client.delete(by_name.id)
+        with self.assertRaises(NotFound):
+            self.client.get(by_name.name)
+        # Another collection's name is the server's to refuse; it says what it wants.
+        with self.assertRaises(InvalidArgument) as refused:
+            self.client.get(f"models/{by_name.id}")
+        self.assertIn('name must be "jobs/{job}"', str(refused.exception))
+        with self.assertRaises(InvalidArgument):
+            self.client.submit_model(f"jobs/{up.model_id}")
 
     def test_download_resumes_and_checks_sha256(self) -> None:
         job = self.client.submit(MODEL, bits=3).wait(timeout=120, check=True)
