@@ -42,10 +42,21 @@ void WriteTinyModel(const std::string& path, int layers = 2, int dim = 64, uint3
   ASSERT_TRUE(::sq::testing::WriteMatMulChain(path, layers, dim, seed).ok());
 }
 
+// Entries below `dir` (0 when it does not exist). The server may be removing some while
+// this walks (an abandoned upload's folder): a walk that loses a folder under it starts again.
 size_t CountEntries(const fs::path& dir) {
   size_t n = 0;
-  std::error_code ec;
-  for (auto it = fs::recursive_directory_iterator(dir, ec); it != fs::recursive_directory_iterator(); ++it) ++n;
+  for (int attempt = 0; attempt < 100; ++attempt) {
+    n = 0;
+    std::error_code ec;
+    fs::recursive_directory_iterator it(dir, ec), end;
+    while (!ec && it != end) {
+      ++n;
+      it.increment(ec);
+    }
+    if (!ec) return n;
+    if (!fs::exists(dir)) return 0;
+  }
   return n;
 }
 
