@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -736,18 +737,14 @@ std::string RemoteCommandHelp(const std::string& command) {
        "file (a directory: its .npy/.npz/.pb files, by name; subdirectories of .pb files are\n"
        "refused here: use sqctl quantize for them).\n\n"
        "Engine options (the same as sqctl quantize):\n"},
-      {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
-      {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+      {"status", "usage: sqctl status JOB [--json]\n\nA job's state, progress, error and sizes.\n"},
+      {"watch", "usage: sqctl watch JOB [--json]\n\nFollows a job until it ends; exit 1 if it failed or was cancelled.\n"},
       {"list",
        "usage: sqctl list [--state S]... [--limit N] [--json]\n\nJobs this token may see, newest "
        "first (all pages); --state queued|running|succeeded|failed|cancelled (repeatable)\n"
        "filters, --limit N stops after N.\n"},
-      {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
-      {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+      {"cancel", "usage: sqctl cancel JOB [--json]\n\nStops a queued or running job.\n"},
+      {"delete", "usage: sqctl delete JOB [--json]\n\nRemoves a finished job and its artifacts.\n"},
       {"models",
        "usage: sqctl models [--limit N] [--json]\n\nThe stored models you may use (under per-tenant "
        "tokens: those you uploaded),\nby id: size, last use (retention counts a model's age from it), "
@@ -759,10 +756,8 @@ std::string RemoteCommandHelp(const std::string& command) {
        "the\nfiles go once no tenant holds the model.\n"},
       {"download",
        "usage: sqctl download JOB -o OUT.onnx [--json]\n\nFetches a succeeded job's output and its "
-       "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
-      {"report", "usage: sqctl report JOB [--json]\n\nThe per-layer report (--json: the full JSON).\n"
-       "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n"},
+       "external data beside it; resumes from OUT.onnx.partial and checks SHA-256.\n"},
+      {"report", "usage: sqctl report JOB [--json]\n\nThe per-layer report (--json: the full JSON).\n"},
       {"inspect",
        "usage: sqctl inspect MODEL.onnx [--json]\n\nUploads a model and describes it: ops, "
        "quantizable layers, estimated output sizes.\n"},
@@ -770,6 +765,9 @@ std::string RemoteCommandHelp(const std::string& command) {
   };
   auto it = kHelp->find(command);
   std::string text = it == kHelp->end() ? RemoteUsage() : it->second;
+  if (it != kHelp->end() && absl::StrContains(it->second, " JOB ")) {
+    text += "JOB: the job id (as submit prints it) or its resource name jobs/ID.\n";
+  }
   if (command == "submit") {
     // The engine options block of `sqctl quantize --help`, from its first option line on.
     const std::string q = QuantizeUsage();

@@ -36,9 +36,7 @@ if [[ "${SQ_SKIP_TSAN:-0}" != "1" ]]; then
   absl_tsan="$(bash scripts/tsan_absl.sh)"
   CC=clang CXX=clang++ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DSQ_TSAN=ON >/dev/null
-  ninja -C build-tsan -j"$JOBS" artifact_store_test auth_test log_test job_queue_test \
-        server_e2e_test sqctl_remote_test metrics_test retention_test full_disk_test \
-        scale_out_test ort_worker_test tsan_canary sq_load sq-server sqctl sq-ort-worker
+  ninja -C build-tsan -j"$JOBS" service_tests
   reports="$PWD/build-tsan/tsan-reports"
   rm -rf "$reports" && mkdir -p "$reports"
   (cd build-tsan && LD_LIBRARY_PATH="$absl_tsan" \

@@ -60,6 +60,15 @@ size_t CountEntries(const fs::path& dir) {
   return n;
 }
 
+// Reads a server stream to its end; its final status.
+template <typename Message, typename Reader>
+grpc::Status Drain(std::unique_ptr<Reader> reader) {
+  Message ignored;
+  while (reader->Read(&ignored)) {
+  }
+  return reader->Finish();
+}
+
 std::string Slurp(const std::string& path) {
   auto s = ReadFileToString(path);
   return s.ok() ? *s : std::string();
@@ -936,22 +945,16 @@ TEST_F(ServerE2ETest, RequestsNameTheirTargetsByResourceName) {
     c->Prepare(&ctx, absl::Seconds(10));
     v1::WatchJobRequest watch;
     watch.set_name(job.job_id());
-    auto reader = c->stub().WatchJob(&ctx, watch);
-    v1::WatchJobResponse ignored;
-    while (reader->Read(&ignored)) {
-    }
-    expect_refused(reader->Finish(), "name must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+    expect_refused(Drain<v1::WatchJobResponse>(c->stub().WatchJob(&ctx, watch)),
+                   "name must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
   }
   {
     grpc::ClientContext ctx;
     c->Prepare(&ctx, absl::Seconds(10));
     v1::DownloadArtifactRequest download;
     download.set_job(job.job_id());
-    auto reader = c->stub().DownloadArtifact(&ctx, download);
-    v1::DownloadArtifactResponse ignored;
-    while (reader->Read(&ignored)) {
-    }
-    expect_refused(reader->Finish(), "job must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
+    expect_refused(Drain<v1::DownloadArtifactResponse>(c->stub().DownloadArtifact(&ctx, download)),
+                   "job must be \"jobs/{job}\", got \"" + job.job_id() + "\"");
   }
   {
     grpc::ClientContext ctx;

@@ -405,10 +405,7 @@ absl::Status SqClient::DownloadAll(const v1::Job& job, const std::string& dest,
     std::string path = i == 0 ? dest : (dir / f.name()).string();
     ProgressFn p;
     if (progress) p = [&](int64_t done, int64_t) { progress(before + done, total); };
-    if (absl::Status st = Download(job.name().empty() ? job.job_id() : job.name(), f.name(), path, p);
-        !st.ok()) {
-      return st;
-    }
+    if (absl::Status st = Download(job.job_id(), f.name(), path, p); !st.ok()) return st;
     before += f.size();
   }
   return absl::OkStatus();

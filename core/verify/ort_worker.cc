@@ -28,7 +28,6 @@ constexpr char kOpen = 'O';
 constexpr char kRun = 'R';
 constexpr char kOk = 'K';
 constexpr char kError = 'E';
-constexpr absl::string_view kMalformedError = "ONNX Runtime worker sent a malformed error";
 constexpr int kWorkerFd = 3;
 // A frame larger than this is refused (a corrupt length, not data: inputs and outputs of a
 // verification run are far smaller; inline model bytes are under protobuf's 2 GB).
@@ -181,14 +180,14 @@ std::string ErrorPayload(const absl::Status& st) {
   return std::move(w.out());
 }
 
-absl::Status FromErrorPayload(const std::string& payload) {
+// False when the payload does not parse (the protocol is broken).
+bool ParseErrorPayload(const std::string& payload, absl::Status* error) {
   Reader r(payload);
   int32_t code = 0;
   absl::string_view msg;
-  if (!r.Get(&code) || !r.Str(&msg) || code <= 0 || code > 16) {
-    return absl::InternalError(std::string(kMalformedError));
-  }
-  return absl::Status(static_cast<absl::StatusCode>(code), msg);
+  if (!r.Get(&code) || !r.Str(&msg) || code <= 0 || code > 16) return false;
+  *error = absl::Status(static_cast<absl::StatusCode>(code), msg);
+  return true;
 }
 
 void MaybeFault(absl::string_view step) {
@@ -336,6 +335,11 @@ std::string OrtWorkerSession::Reap(bool kill) {
   return "went away";
 }
 
+absl::Status OrtWorkerSession::Broken(absl::string_view what, absl::string_view doing) {
+  Reap(/*kill=*/true);
+  return absl::InternalError(absl::StrCat("ONNX Runtime worker sent ", what, " while ", doing, " (killed)"));
+}
+
 absl::StatusOr<std::string> OrtWorkerSession::Call(char kind, const std::string& payload, const std::string& doing) {
   char reply_kind = 0;
   std::string reply;
@@ -355,21 +359,14 @@ absl::StatusOr<std::string> OrtWorkerSession::Call(char kind, const std::string&
     case Recv::kClosed:
       return died();
     case Recv::kOversized:  // the child is alive but its reply is garbage: do not wait on it
-      Reap(/*kill=*/true);
-      return absl::InternalError(absl::StrCat("ONNX Runtime worker sent a corrupt reply while ", doing, " (killed)"));
+      return Broken("a corrupt reply", doing);
   }
   if (reply_kind == kError) {
-    absl::Status st = FromErrorPayload(reply);
-    if (st.message() == kMalformedError) {  // the protocol is broken: do not talk to it again
-      Reap(/*kill=*/true);
-      return absl::InternalError(absl::StrCat(kMalformedError, " while ", doing, " (killed)"));
-    }
-    return st;
+    absl::Status error;
+    if (!ParseErrorPayload(reply, &error)) return Broken("a malformed error", doing);
+    return error;
   }
-  if (reply_kind != kOk) {
-    Reap(/*kill=*/true);
-    return absl::InternalError(absl::StrCat("ONNX Runtime worker sent an unknown reply while ", doing, " (killed)"));
-  }
+  if (reply_kind != kOk) return Broken("an unknown reply", doing);
   return reply;
 }
 
@@ -380,10 +377,7 @@ absl::StatusOr<std::vector<OrtTensor>> OrtWorkerSession::Run(const std::vector<O
   if (!reply.ok()) return reply.status();
   Reader r(*reply);
   std::vector<OrtTensor> outputs;
-  if (!GetTensors(&r, &outputs) || !r.done()) {
-    Reap(/*kill=*/true);  // the child and this side no longer agree on the protocol
-    return absl::InternalError(absl::StrCat("ONNX Runtime worker sent malformed outputs while running ", name_, " (killed)"));
-  }
+  if (!GetTensors(&r, &outputs) || !r.done()) return Broken("malformed outputs", absl::StrCat("running ", name_));
   return outputs;
 }
 

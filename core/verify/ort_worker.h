@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/verify/ort_runner.h"
 
 namespace sq {
@@ -68,6 +69,9 @@ class OrtWorkerSession {
   absl::StatusOr<std::string> Call(char kind, const std::string& payload, const std::string& doing);
   // Waits for the child to end (killing it first when `kill`) and says how it ended.
   std::string Reap(bool kill);
+  // The child sent `what`, which breaks the protocol: it is killed and reaped, never talked
+  // to again; INTERNAL "ONNX Runtime worker sent <what> while <doing> (killed)".
+  absl::Status Broken(absl::string_view what, absl::string_view doing);
 
   int fd_ = -1;
   int pid_ = -1;
