@@ -39,13 +39,20 @@ if [[ "${SQ_SKIP_TSAN:-0}" != "1" ]]; then
   ninja -C build-tsan -j"$JOBS" service_tests
   reports="$PWD/build-tsan/tsan-reports"
   rm -rf "$reports" && mkdir -p "$reports"
+  # A report makes its test fail (exitcode=66) after the test itself passed: print the
+  # reports whether or not ctest failed, so the run that failed says why.
+  tsan_rc=0
   (cd build-tsan && LD_LIBRARY_PATH="$absl_tsan" \
      TSAN_OPTIONS="suppressions=$PWD/../tests/tsan.supp:ignore_interceptors_accesses=1:log_path=$reports/race:exitcode=66" \
-     ctest -j"$JOBS" -L service -LE python --output-on-failure --timeout 900)
+     ctest -j"$JOBS" -L service -LE python --output-on-failure --timeout 900) || tsan_rc=$?
   if compgen -G "$reports/race*" >/dev/null; then
     cat "$reports"/race* >&2
     echo "test: ThreadSanitizer reported the races above" >&2
     exit 1
+  fi
+  if [[ "$tsan_rc" != 0 ]]; then
+    echo "test: the ThreadSanitizer pass failed (ctest exit $tsan_rc)" >&2
+    exit "$tsan_rc"
   fi
 fi
 
