@@ -82,6 +82,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
   --boundaries B             quant (default: cuts and per-branch ranges chosen for the
                              branches' quantization error; tensor/channel granularity) |
                              kmeans (the paper: k-means midpoints, min/max ranges)
+  --scale-type T             auto (default: per-channel and blocked scales rounded up to
+                             float16 values, by at most 2^-10, so compact layers store them
+                             in 16 bits; per-tensor scales float32) | float16 | float32
   --cluster-scope S          auto (default: the quantization slice with --boundaries quant;
                              else tensor for MatMul/Gemm, channel for Conv) | tensor | channel
   --kmeans M                 k-means for --boundaries kmeans and blocks: exact (default, the
@@ -282,6 +285,12 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
         return absl::InvalidArgumentError(absl::StrCat("--boundaries wants kmeans or quant, got '", *v, "'"));
       }
       o.quant_aware_boundaries = *v == "quant";
+    } else if (flag == "scale-type") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto t = ParseScaleType(*v);
+      if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("--scale-type: ", t.status().message()));
+      o.scale_type = *t;
     } else if (flag == "exclude") {
       auto v = value();
       if (!v.ok()) return v.status();

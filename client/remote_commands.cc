@@ -36,7 +36,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "scale-type", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
       "target-opset", "threads", "idempotency-key", "verify", "verify-input", "activations", "calibration",
       "calibration-method", "calibration-percentile", "input-range", "split-activations", "limit", "state", "timeout"};
   return *flags;
@@ -490,6 +490,13 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
     }
     o->set_quant_aware_boundaries(b == "quant");
   }
+  if (a.Has("scale-type")) {
+    auto t = ParseScaleType(a.Get("scale-type"));
+    if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat("--scale-type: ", t.status().message()));
+    o->set_scale_type(*t == ScaleType::kAuto      ? v1::SCALE_TYPE_AUTO
+                      : *t == ScaleType::kFloat16 ? v1::SCALE_TYPE_FLOAT16
+                                                  : v1::SCALE_TYPE_FLOAT32);
+  }
   return absl::OkStatus();
 }
 
@@ -701,7 +708,7 @@ std::string RemoteUsage() {
                                     (engine options as for quantize: --bits --granularity
                                     --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --bpw-budget --exclude
                                     --exclude-op --min-elements --target-opset --threads
-                                    --cluster-scope --kmeans --boundaries --external-data
+                                    --cluster-scope --kmeans --boundaries --scale-type --external-data
                                     --verify --verify-input (the file is uploaded with the
                                     model) --activations --calibration (files, or a directory's
                                     files, uploaded with the model; no subdirectories)

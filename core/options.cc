@@ -111,6 +111,7 @@ absl::Status ValidateOptions(const QuantizeOptions& options) {
       return Invalid("form", "form outer8 (two MatMulNBits) needs target ort-cpu");
     }
   }
+  if (ToString(options.scale_type)[0] == '?') return Invalid("scale_type", "unknown value");
   if (ToString(options.cluster_scope)[0] == '?') {
     return Invalid("cluster_scope", "unknown value");
   }
@@ -330,6 +331,14 @@ absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s) {
       absl::StrCat("unknown cluster scope '", s, "'; accepted: auto, tensor, channel"));
 }
 
+absl::StatusOr<ScaleType> ParseScaleType(absl::string_view s) {
+  if (s == "auto") return ScaleType::kAuto;
+  if (s == "float16") return ScaleType::kFloat16;
+  if (s == "float32") return ScaleType::kFloat32;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown scale type '", s, "'; accepted: auto, float16, float32"));
+}
+
 const char* ToString(Granularity g) {
   switch (g) {
     case Granularity::kTensor: return "tensor";
@@ -440,6 +449,15 @@ absl::StatusOr<QuantizeOptions::InputRange> ParseInputRange(absl::string_view sp
   if (!absl::SimpleAtof(lh[0], &r.lo) || !absl::SimpleAtof(lh[1], &r.hi)) return bad("LO and HI must be numbers");
   if (!std::isfinite(r.lo) || !std::isfinite(r.hi) || !(r.lo < r.hi)) return bad("needs finite LO < HI");
   return r;
+}
+
+const char* ToString(ScaleType t) {
+  switch (t) {
+    case ScaleType::kAuto: return "auto";
+    case ScaleType::kFloat16: return "float16";
+    case ScaleType::kFloat32: return "float32";
+  }
+  return "?";
 }
 
 const char* ToString(ClusterScope c) {

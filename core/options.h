@@ -83,6 +83,23 @@ enum class SplitMode {
           // kAutoSplitMinGainDb (see engine.h); the report says what was chosen and why
 };
 
+// Weight scales. Rounding each scale up to a float16 value times a power of two chosen per
+// layer (core/quantizer.h: by at most 2^-10 of it) keeps every quantizer guarantee and lets
+// the compact form store it in 16 bits instead of 32 (decoded by a Cast and one multiply at
+// load); every form dequantizes to the same values. MatMulNBits and GatherBlockQuantized
+// store float scales; the re-quantized outer branch of outer8 keeps float scales.
+enum class ScaleType {
+  kAuto,     // float16 for per-channel and blocked scales of layers at <= 4 bits, where the
+             // rounding is under 2^-14 of a code step and parameters are a large share of
+             // the bytes; float32 per tensor (three scales: nothing to save), above 4 bits
+             // (a depthwise conv lost 0.5-1.7 dB of weight SQNR at 8 bits: its few weights
+             // per branch are mostly range ends, exact with float scales) and under
+             // --bpw-budget (its per-channel proxy, normalised by the median weight, reads
+             // the 2^-10 error float16 puts on a channel's lone outlier as large)
+  kFloat16,  // float16 for every layer
+  kFloat32,  // float32 (the paper's)
+};
+
 // Which values one 1-D k-means sees.
 enum class ClusterScope {
   kAuto,     // the quantization slice's unit (channel; tensor under tensor granularity);
@@ -144,6 +161,9 @@ struct QuantizeOptions {
   // k-means boundaries and min/max ranges (`--boundaries kmeans`). Blocked granularity
   // always uses k-means cuts.
   bool quant_aware_boundaries = true;
+  // How weight scales are kept (ScaleType): by default per-channel and blocked scales are
+  // rounded up to float16 values, so that the compact form stores them in 16 bits.
+  ScaleType scale_type = ScaleType::kAuto;
 
   // IR < 4 models list every initializer among the graph inputs (what older exporters and
   // many published models still carry); ONNX Runtime treats such a weight as overridable,
@@ -238,6 +258,7 @@ absl::Status ResolveTargetFlags(const std::optional<std::string>& target,
 // stays kAuto for ort-cpu, where it is chosen per layer).
 SplitForm EffectiveForm(const QuantizeOptions& options);
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
+absl::StatusOr<ScaleType> ParseScaleType(absl::string_view s);  // auto|float16|float32
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
 // 'REGEX=key:value,...'. InvalidArgument naming the bad part: no '=', an unknown key, a
 // bad value, a regex RE2 rejects.
@@ -251,6 +272,7 @@ const char* ToString(OutputFormat f);
 const char* ToString(SplitForm f);
 const char* ToString(Target t);
 const char* ToString(ClusterScope c);
+const char* ToString(ScaleType t);
 const char* ToString(SplitMode m);
 const char* ToString(ActivationType a);
 const char* ToString(CalibrationMethod m);

@@ -36,13 +36,75 @@ float ClampScale(double s) { return RoundUpToFloat(std::max(s, static_cast<doubl
 
 }  // namespace
 
+namespace {
+constexpr float kHalfMinSubnormal = 5.9604644775390625e-08f;  // 2^-24
+constexpr float kHalfMinNormal = 6.103515625e-05f;            // 2^-14
+constexpr float kHalfMax = 65504.0f;
+}  // namespace
+
+float RoundUpToHalf(float s) {
+  if (std::isnan(s) || s > kHalfMax) return s;
+  if (s <= kHalfMinSubnormal) return kHalfMinSubnormal;  // also a scale that underflowed to 0
+  if (s < kHalfMinNormal) {
+    // Subnormal halves are the multiples of 2^-24 (exact floats): ceil of an exact quotient.
+    return std::ceil(s / kHalfMinSubnormal) * kHalfMinSubnormal;
+  }
+  // A normal half keeps a float's top 10 mantissa bits: clear the low 13, rounding up.
+  uint32_t bits;
+  std::memcpy(&bits, &s, sizeof bits);
+  if ((bits & 0x1FFFu) != 0) bits = (bits | 0x1FFFu) + 1;
+  float r;
+  std::memcpy(&r, &bits, sizeof r);
+  return r > kHalfMax ? s : r;
+}
+
+int HalfScaleExponent(float max_abs) {
+  if (!(max_abs > 0.0f) || !std::isfinite(max_abs)) return 0;
+  // A slice's scale is at most its largest |value| (any zero point in 1..qmax-1, or the
+  // symmetric max / qmax): max_abs * 2^-e in [2^14, 2^15) leaves float16 room above it.
+  return std::clamp(std::ilogb(max_abs) - 14, -100, 113);
+}
+
+bool FloatToHalf(float f, uint16_t* half) {
+  if (!std::isfinite(f)) return false;
+  const float a = std::fabs(f);
+  const uint16_t sign = std::signbit(f) ? 0x8000 : 0;
+  if (a > kHalfMax) return false;
+  if (a < kHalfMinNormal) {
+    const float m = a / kHalfMinSubnormal;  // exact: a power-of-two division, no underflow here
+    if (m != std::floor(m)) return false;
+    *half = static_cast<uint16_t>(sign | static_cast<uint16_t>(m));
+    return true;
+  }
+  uint32_t bits;
+  std::memcpy(&bits, &a, sizeof bits);
+  if ((bits & 0x1FFFu) != 0) return false;
+  const uint32_t exp = ((bits >> 23) & 0xFFu) - 127 + 15;  // 1..30 here
+  *half = static_cast<uint16_t>(sign | (exp << 10) | ((bits >> 13) & 0x3FFu));
+  return true;
+}
+
+float HalfToFloat(uint16_t h) {
+  const int exp = (h >> 10) & 0x1F;
+  const int mant = h & 0x3FF;
+  float v;
+  if (exp == 0) {
+    v = static_cast<float>(mant) * kHalfMinSubnormal;
+  } else if (exp == 31) {
+    v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    v = std::ldexp(static_cast<float>(1024 + mant), exp - 25);
+  }
+  return (h & 0x8000) ? -v : v;
+}
+
 QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec& spec) {
   // "+ 0.0f" turns -0 into +0 so the result never depends on which zero a min/max saw.
   const double rmin = std::min(min_value + 0.0f, 0.0f);
   const double rmax = std::max(max_value + 0.0f, 0.0f);
   QuantParams p;
   if (rmin == 0.0 && rmax == 0.0) {
-    p.scale = 1.0f;
+    p.scale = spec.half_scales ? std::ldexp(1.0f, spec.half_exponent) : 1.0f;
     p.zero_point = 0;
     return p;
   }
@@ -50,6 +112,7 @@ QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec&
   if (spec.symmetric) {
     const double m = std::max(-rmin, rmax);
     p.scale = ClampScale(m / qmax);
+    if (spec.half_scales) p.scale = std::ldexp(RoundUpToHalf(std::ldexp(p.scale, -spec.half_exponent)), spec.half_exponent);
     p.zero_point = 0;
     return p;
   }
@@ -92,6 +155,10 @@ QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec&
     }
   }
   p.scale = ClampScale(required_scale(z));
+  // A larger scale maps the range to codes nearer z: still no clipping.
+  if (spec.half_scales) {
+    p.scale = std::ldexp(RoundUpToHalf(std::ldexp(p.scale, -spec.half_exponent)), spec.half_exponent);
+  }
   p.zero_point = z;
   return p;
 }

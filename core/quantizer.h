@@ -12,7 +12,12 @@
 //               neighbours and round_half_to_even, the one needing the smaller final s; z = 0
 //               when rmin = 0, z = qmax when rmax = 0); s is then enlarged just enough that
 //               rmin and rmax map to codes inside [qmin, qmax] without clipping.
-// Scales are rounded up to float and kept >= FLT_MIN (normal).
+// Scales are rounded up to float and kept >= FLT_MIN (normal). With `half_scales` a scale
+// is then rounded up to the next value of float16 * 2^half_exponent (by at most 2^-10 of
+// it), which keeps every guarantee below and lets a compact artifact store it in 16 bits
+// and one exponent per layer. HalfScaleExponent(max |w| of the layer) puts the layer's
+// largest possible scale near float16's top, so scales down to 2^-30 of it keep full
+// precision (smaller ones: steps of 2^-40 of it); an all-zero slice gets 2^half_exponent.
 // Either way x = 0 maps to q = z exactly and dequantizes to exactly 0: a branch that is
 // mostly zeros loses nothing at its zeros. A slice that is all zeros gets s = 1, z = 0
 // (or the asymmetric equivalent) so scales are always finite and positive.
@@ -31,6 +36,8 @@ namespace sq {
 struct QuantSpec {
   int bits = 4;            // 2..8
   bool symmetric = false;
+  bool half_scales = false;  // scales rounded up to float16 * 2^half_exponent (see above)
+  int half_exponent = 0;     // HalfScaleExponent of the layer
   int qmin() const { return symmetric ? -(1 << (bits - 1)) : 0; }
   int qmax() const { return symmetric ? (1 << (bits - 1)) - 1 : (1 << bits) - 1; }
 };
@@ -42,6 +49,16 @@ struct QuantParams {
 
 // Parameters for a slice whose values span [min_value, max_value] (min <= max, finite).
 QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec& spec);
+
+// Float16 (IEEE binary16) helpers. RoundUpToHalf: the smallest float16 value >= s (at
+// least 2^-24) for s <= 65504 (s itself above). FloatToHalf: the bits of f when f is a float16
+// value exactly (false otherwise). HalfToFloat: exact.
+float RoundUpToHalf(float s);
+// The exponent for a layer whose weights reach `max_abs` (0 for 0 or non-finite), in
+// [-100, 113]: every scale of that layer times 2^-exponent is below 2^15.
+int HalfScaleExponent(float max_abs);
+bool FloatToHalf(float f, uint16_t* half);
+float HalfToFloat(uint16_t half);
 
 // Round half to even, as std::nearbyint under the default rounding mode.
 inline int32_t QuantizeValue(float x, const QuantParams& p, const QuantSpec& spec) {

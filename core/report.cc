@@ -39,6 +39,7 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"cluster_scope", ToString(o.cluster_scope)},
           {"kmeans", o.reference_kmeans ? "reference" : "exact"},
           {"boundaries", o.quant_aware_boundaries ? "quant" : "kmeans"},
+          {"scale_type", ToString(o.scale_type)},
           {"exclude", o.exclude_name_patterns},
           {"exclude_op_types", o.exclude_op_types},
           {"min_weight_elements", o.min_weight_elements},

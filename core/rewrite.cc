@@ -197,8 +197,9 @@ int64_t LayerStoredBytes(const WeightGroup& g, const QuantizeOptions& options, b
     }
     return bytes;
   }
-  return CompactCodeBytes(n, CompactContainerBits(options.bits)) + (split ? IdBytes(n) : 0) +
-         nb * params * 5;
+  const int cb = CompactContainerBits(options.bits);
+  return CompactCodeBytes(n, cb) + (split ? IdBytes(n) : 0) +
+         CompactParamBytes(params, nb, cb, c.spec.half_scales);
 }
 
 int32_t CodeDataType(int storage_bits, bool is_signed) {
@@ -292,6 +293,9 @@ TransformConfig LayerTransformConfig(const WeightGroup& g, const QuantizeOptions
                                        options.block_size);
     }
   }
+  c.spec.half_scales = options.scale_type == ScaleType::kFloat16 ||
+                       (options.scale_type == ScaleType::kAuto && c.granularity != Granularity::kTensor &&
+                        options.bits <= 4 && options.bpw_budget <= 0);
   c.block_size = options.block_size;
   c.split = split;
   c.cluster_per_channel = g.cluster_per_channel;
@@ -722,18 +726,37 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   const bool chan_first = l.granularity == Granularity::kChannel && l.channel_axis == 0;
   const bool chan_last = l.granularity == Granularity::kChannel && l.channel_axis == rank - 1 && rank > 1;
   const std::string decoded_name = UniqueName(base + ".decoded");
-  auto add_params = [&](int b, const std::vector<int64_t>& pshape, int64_t params) {
-    const std::string suffix = nb == 1 ? "" : absl::StrCat(".b", b);
-    plan->scale[b] = NewInitializer(owner, UniqueName(base + suffix + ".scale"),
-                                    onnx::TensorProto::FLOAT, pshape);
-    plan->zero_point[b] = NewInitializer(owner, UniqueName(base + suffix + ".zero_point"),
-                                         onnx::TensorProto::UINT8, pshape);
-    plan->tensor_bytes.push_back({plan->scale[b], params * 4});
-    plan->tensor_bytes.push_back({plan->zero_point[b], params});
-    std::string zf = node("Cast", {plan->zero_point[b]->name()});
+
+  // Parameters: one scale tensor and one zero-point tensor for all branches, [P, nb]
+  // (parameter-major, branch fastest; encode.h), decoded to float [P, nb] here: scales
+  // float16 * multiplier (or float32), zero points packed at the codes' container.
+  int64_t params = 1;
+  if (l.granularity == Granularity::kChannel) {
+    params = g.shape[l.channel_axis];
+  } else if (l.granularity == Granularity::kBlock) {
+    for (int64_t d : plan->param_shape) params *= d;
+  }
+  const bool half = plan->config.spec.half_scales;
+  plan->scale[0] = NewInitializer(owner, UniqueName(base + ".scales"),
+                                  half ? onnx::TensorProto::FLOAT16 : onnx::TensorProto::FLOAT,
+                                  {params, nb});
+  plan->zero_point[0] = NewInitializer(owner, UniqueName(base + ".zero_points"), onnx::TensorProto::UINT8,
+                                       {CompactCodeBytes(params * nb, cb)});
+  plan->tensor_bytes.push_back({plan->scale[0], params * nb * (half ? 2 : 4)});
+  plan->tensor_bytes.push_back({plan->zero_point[0], CompactCodeBytes(params * nb, cb)});
+  std::string scales = plan->scale[0]->name();
+  if (half) {
+    // float16 * 2^exponent: the layer's multiplier, written with the scales.
+    plan->scale_multiplier = NewInitializer(owner, UniqueName(base + ".scale_multiplier"),
+                                            onnx::TensorProto::FLOAT, {});
+    plan->tensor_bytes.push_back({plan->scale_multiplier, 4});
+    scales = node("Cast", {scales});
     SetIntAttr(&nodes.back(), "to", onnx::TensorProto::FLOAT);
-    return zf;
-  };
+    scales = node("Mul", {scales, plan->scale_multiplier->name()});
+  }
+  std::string zeros = AppendUnpack(owner, plan->zero_point[0]->name(), cb, 1, {params, nb}, &nodes);
+  zeros = node("Cast", {zeros});
+  SetIntAttr(&nodes.back(), "to", onnx::TensorProto::FLOAT);
 
   if (per_tensor || chan_first || chan_last) {
     const int64_t c = per_tensor ? 1 : g.shape[l.channel_axis];
@@ -745,27 +768,31 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
       std::string cluster = AppendUnpack(owner, plan->ids->name(), kTernaryIds, levels, view, &nodes);
       sym = node("Add", {sym, cluster});
     }
-    // Table: [C, nb * 2^cb] (channel first), [nb * 2^cb, C] (channel last), [nb * 2^cb].
-    std::vector<int64_t> pshape = per_tensor ? std::vector<int64_t>{1}
-                                  : chan_first ? std::vector<int64_t>{c, 1}
-                                               : std::vector<int64_t>{1, c};
+    // Table of every value a weight can take, (k - z_b) * s_b for code k of branch b:
+    // [C, nb * 2^cb] (channel first), [nb * 2^cb, C] (channel last), [nb * 2^cb] (tensor).
+    // Parameters [C, nb] -> [C, nb, 1] against levels [1, 1, L]; channel last: [nb, 1, C]
+    // against [1, L, 1]; per tensor: [nb, 1] against [1, L].
     std::vector<float> q(static_cast<size_t>(levels));
     for (int32_t k = 0; k < levels; ++k) q[k] = static_cast<float>(k);
-    std::vector<int64_t> qshape = chan_last ? std::vector<int64_t>{levels, 1} : std::vector<int64_t>{1, levels};
-    if (per_tensor) qshape = {levels};
+    std::vector<int64_t> qshape = chan_first ? std::vector<int64_t>{1, 1, levels}
+                                  : chan_last ? std::vector<int64_t>{1, levels, 1}
+                                              : std::vector<int64_t>{1, levels};
+    std::vector<int64_t> pview = chan_first ? std::vector<int64_t>{c, nb, 1}
+                                 : chan_last ? std::vector<int64_t>{nb, 1, c}
+                                             : std::vector<int64_t>{nb, 1};
     onnx::TensorProto* qt = NewInitializer(owner, UniqueName(base + ".levels"), onnx::TensorProto::FLOAT, qshape);
     AppendFloats(qt, q);
-    std::vector<std::string> parts;
-    for (int b = 0; b < nb; ++b) {
-      std::string zf = add_params(b, pshape, c);
-      std::string centred = node("Sub", {qt->name(), zf});
-      parts.push_back(node("Mul", {centred, plan->scale[b]->name()}));
-    }
-    std::string table = parts[0];
-    if (nb == 3) {
-      table = node("Concat", parts);
-      SetIntAttr(&nodes.back(), "axis", chan_last ? 0 : per_tensor ? 0 : 1);
-    }
+    auto shaped = [&](std::string x) {
+      if (chan_last) x = node("Transpose", {x});  // [C, nb] -> [nb, C]
+      return node("Reshape", {x, ConstInt64s(owner, "sq.const.shape", pview)});
+    };
+    const std::string centred = node("Sub", {qt->name(), shaped(zeros)});
+    std::string table = node("Mul", {centred, shaped(scales)});
+    const int64_t entries = static_cast<int64_t>(nb) * levels;
+    table = node("Reshape", {table, ConstInt64s(owner, "sq.const.shape",
+                                                chan_first  ? std::vector<int64_t>{c, entries}
+                                                : chan_last ? std::vector<int64_t>{entries, c}
+                                                            : std::vector<int64_t>{entries})});
     std::string values;
     if (per_tensor) {
       values = node("Gather", {table, sym});
@@ -786,8 +813,6 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   } else {
     pshape = plan->param_shape;
   }
-  int64_t params = 1;
-  for (int64_t d : pshape) params *= d;
   std::string block_index;
   if (l.granularity == Granularity::kBlock) {
     std::vector<int64_t> idx(static_cast<size_t>(g.shape[l.reduction_axis]));
@@ -799,8 +824,17 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   SetIntAttr(&nodes.back(), "to", onnx::TensorProto::FLOAT);
   std::vector<std::string> values;
   for (int b = 0; b < nb; ++b) {
-    std::string zf = add_params(b, pshape, params);
-    std::string sf = plan->scale[b]->name();
+    // Branch b's column of [P, nb], in the parameters' own shape.
+    auto column = [&](const std::string& x) {
+      std::string v = x;
+      if (nb > 1) {
+        v = node("Gather", {x, ConstInt32(owner, "sq.const.i32", b)});
+        SetIntAttr(&nodes.back(), "axis", 1);
+      }
+      return node("Reshape", {v, ConstInt64s(owner, "sq.const.shape", pshape)});
+    };
+    std::string zf = column(zeros);
+    std::string sf = column(scales);
     if (!block_index.empty()) {
       zf = node("Gather", {zf, block_index});
       SetIntAttr(&nodes.back(), "axis", l.reduction_axis);

@@ -119,6 +119,7 @@ struct GroupPlan {
   LayerForm form = LayerForm::kDq;
   ParamLayout layout;                // where each weight's parameters are (kCompact/kNBits)
   bool outer8 = false;               // kNBits split: middle at `bits` + outer clusters at 8
+  onnx::TensorProto* scale_multiplier = nullptr;  // kCompact, float16 scales: 2^exponent
   onnx::TensorProto* ids = nullptr;  // kCompact split: the cluster ids
   // Every tensor the transform fills, with its size in bytes (what the layer stores).
   std::vector<std::pair<onnx::TensorProto*, int64_t>> tensor_bytes;

@@ -1,6 +1,7 @@
 #include "core/transform_stage.h"
 
 #include <algorithm>
+#include <cmath>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -93,16 +94,18 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   }
   std::vector<const uint8_t*> branch_codes;
   for (int b = 0; b < p.num_branches; ++b) branch_codes.push_back(codes[b].data());
-  auto e = EncodeCompact(branch_codes, r, p.layout, spec, CompactContainerBits(spec.bits), cb);
+  auto e = EncodeCompact(branch_codes, r, p.layout, spec, CompactContainerBits(spec.bits), cb,
+                         spec.half_scales);
   for (auto& c : codes) free_buffer(c);
   if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
   SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.data[0], 0, e->codes.data(), e->codes.size()));
   if (p.ids) SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.ids, 0, e->ids.data(), e->ids.size()));
-  for (int b = 0; b < p.num_branches; ++b) {
-    SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.scale[b], 0, r.params[b].scales.data(), r.params[b].scales.size() * 4));
-    SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.zero_point[b], 0, e->zero_points[b].data(), e->zero_points[b].size()));
+  SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.scale[0], 0, e->scales.data(), e->scales.size()));
+  if (p.scale_multiplier) {
+    const float m = std::ldexp(1.0f, e->scale_exponent);
+    SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.scale_multiplier, 0, &m, sizeof m));
   }
-  return absl::OkStatus();
+  return out.WriteTensorBytes(p.zero_point[0], 0, e->zero_points.data(), e->zero_points.size());
 }
 
 // One layer: its weight read (mapped), transformed with `parts` threads cutting its passes,

@@ -160,8 +160,12 @@ absl::Status ClusterAndPlan(const WeightView& weight, int64_t n, const Transform
     if (FirstNonFinite(weight.data, n, parallel_for) >= 0) {
       return NonFiniteError(weight.data, n, parallel_for);
     }
+    // The cut search models each branch's error with float scales (float16 ones are within
+    // 2^-10 of them; their exponent is known only once the ranges are).
+    QuantSpec model_spec = config.spec;
+    model_spec.half_scales = false;
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
-                                      QuantAwareCuts(config) ? &config.spec : nullptr);
+                                      QuantAwareCuts(config) ? &model_spec : nullptr);
     st.plan = PlanSplit(cl, true, config.keep_three_branches);
     if (st.plan.split && ShrinksRanges(config)) st.shrink = cl.shrink;
   }
@@ -284,8 +288,10 @@ ReferenceSplit ReferenceCluster(const WeightView& weight, const TransformConfig&
     cl.unit_size = num_units ? n / std::max<int64_t>(num_units, 1) : 0;
     for (const auto& v : unit_values) {
       if (QuantAwareCuts(config)) {
+        QuantSpec model_spec = config.spec;  // float scales, as the fast path's cut search
+        model_spec.half_scales = false;
         const QuantAwareSplit q =
-            ChooseQuantAwareSplit(v, config.spec, UnitSampleSize(num_units));
+            ChooseQuantAwareSplit(v, model_spec, UnitSampleSize(num_units));
         cl.units.push_back(q.clusters);
         cl.shrink.push_back({q.shrink_lo[0], q.shrink_hi[0], q.shrink_lo[1], q.shrink_hi[1],
                              q.shrink_lo[2], q.shrink_hi[2]});
@@ -494,19 +500,24 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
 }
 
 absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weight,
-                                                         const TransformConfig& config,
+                                                         const TransformConfig& layer_config,
                                                          const BranchSink& sink) {
-  SQ_RETURN_IF_ERROR(ValidateInputs(weight, config));
+  SQ_RETURN_IF_ERROR(ValidateInputs(weight, layer_config));
   const int64_t n = weight.num_elements();
+  float max_abs = 0.0f;
   for (int64_t k = 0; k < n; ++k) {
     if (!std::isfinite(weight.data[k])) {
       return absl::InvalidArgumentError(absl::StrCat("weight: non-finite value at element ", k));
     }
+    max_abs = std::max(max_abs, std::fabs(weight.data[k]));
   }
+  TransformConfig config = layer_config;
+  if (config.spec.half_scales) config.spec.half_exponent = HalfScaleExponent(max_abs);
   const BranchParams layout = ParamsLayout(weight, config);
   const ReferenceMaps maps = ReferenceIndexMaps(weight, config, layout, n);
 
   TransformResult result;
+  if (config.spec.half_scales) result.scale_exponent = config.spec.half_exponent;
   const ReferenceSplit split = ReferenceCluster(weight, config, maps, n, result);
 
   // The branches, materialised: each element in its cluster's branch, 0 elsewhere.

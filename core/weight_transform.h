@@ -110,6 +110,8 @@ struct TransformResult {
                                        // with the same granularity (if requested; also
                                        // for kFloatSplit, where split_error_energy = 0)
   int64_t bytes_per_branch = 0;        // encoded size of one branch
+  int scale_exponent = 0;              // with spec.half_scales: every scale is a float16
+                                       // value times 2^scale_exponent (quantizer.h)
   double seconds = 0;                  // the engine's transform stage: this layer's wall time
                                        // (read, transform, re-encode, write)
 };

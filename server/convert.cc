@@ -131,6 +131,13 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     default: return absl::InvalidArgumentError("options.calibration_method: unknown value");
   }
   if (w.has_calibration_percentile()) o.calibration_percentile = w.calibration_percentile();
+  switch (w.scale_type()) {
+    case v1::SCALE_TYPE_UNSPECIFIED: break;
+    case v1::SCALE_TYPE_AUTO: o.scale_type = ScaleType::kAuto; break;
+    case v1::SCALE_TYPE_FLOAT16: o.scale_type = ScaleType::kFloat16; break;
+    case v1::SCALE_TYPE_FLOAT32: o.scale_type = ScaleType::kFloat32; break;
+    default: return absl::InvalidArgumentError("options.scale_type: unknown value");
+  }
   for (int i = 0; i < w.input_ranges_size(); ++i) {
     auto r = ParseInputRange(w.input_ranges(i));
     if (!r.ok()) {
@@ -216,6 +223,11 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
     case CalibrationMethod::kPercentile: w.set_calibration_method(v1::CALIBRATION_METHOD_PERCENTILE); break;
   }
   w.set_calibration_percentile(o.calibration_percentile);
+  switch (o.scale_type) {
+    case ScaleType::kAuto: w.set_scale_type(v1::SCALE_TYPE_AUTO); break;
+    case ScaleType::kFloat16: w.set_scale_type(v1::SCALE_TYPE_FLOAT16); break;
+    case ScaleType::kFloat32: w.set_scale_type(v1::SCALE_TYPE_FLOAT32); break;
+  }
   for (const QuantizeOptions::InputRange& r : o.input_ranges) {
     w.add_input_ranges(absl::StrCat(r.name, "=", FloatText(r.lo), ":", FloatText(r.hi)));
   }

@@ -90,15 +90,21 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
       for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
         for (bool sym : {false, true}) {
           for (bool split : {true, false}) {
-            const TransformConfig c = SplitConfig(bits, sym, gran, 4, split);
+            // Scales rounded to float16 (the default) or not: stored in 2 or 4 bytes.
+            const bool half = split == sym;
+            TransformConfig c = SplitConfig(bits, sym, gran, 4, split);
+            c.spec.half_scales = half;
             Branches br = TransformAll(w, s.dims, s.channel_axis, s.reduction_axis, c);
             ParamLayout l{s.dims, gran, s.channel_axis, s.reduction_axis, 4};
             std::vector<const uint8_t*> codes;
             for (int b = 0; b < br.result.num_branches; ++b) codes.push_back(br.codes[b].data());
-            auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits));
+            auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits), 8, half);
             ASSERT_TRUE(e.ok()) << e.status();
             EXPECT_EQ(e->codes.size(), static_cast<size_t>(CompactCodeBytes(n, CompactContainerBits(bits))));
             EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(IdBytes(n)) : 0u);
+            const int64_t params = static_cast<int64_t>(br.result.params[0].scales.size());
+            EXPECT_EQ(static_cast<int64_t>(e->scales.size() + e->zero_points.size()) + (half ? 4 : 0),
+                      CompactParamBytes(params, br.result.num_branches, CompactContainerBits(bits), half));
             split_cases += br.result.num_branches == 3 ? 1 : 0;
             if (bits <= 4) {
               // The engine hands over codes packed in their container: same encoding.
@@ -114,10 +120,12 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
                 PackCodes(v, cb, packed[b].data());
                 packed_ptrs.push_back(packed[b].data());
               }
-              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, CompactContainerBits(bits), cb);
+              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, CompactContainerBits(bits), cb, half);
               ASSERT_TRUE(ep.ok());
               EXPECT_EQ(ep->codes, e->codes);
               EXPECT_EQ(ep->ids, e->ids);
+              EXPECT_EQ(ep->scales, e->scales);
+              EXPECT_EQ(ep->zero_points, e->zero_points);
               if (s.dims.size() == 2 && gran != Granularity::kBlock) {
                 ParamLayout nl{s.dims, gran, 1, 0, 32};
                 if (NBitsCanCarry(nl, bits)) {
@@ -128,9 +136,10 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
                 }
               }
             }
-            ExpectBitIdentical(DecodeCompact(*e, br.result, l, CompactContainerBits(bits)), br.sum,
-                               absl::StrCat("bits ", bits, " ", ToString(gran), sym ? " sym" : " asym",
-                                            split ? " split" : " plain", " rank ", s.dims.size()));
+            ExpectBitIdentical(
+                DecodeCompact(*e, l, br.result.num_branches, CompactContainerBits(bits), half), br.sum,
+                absl::StrCat("bits ", bits, " ", ToString(gran), sym ? " sym" : " asym",
+                             split ? " split" : " plain", half ? " half" : " float", " rank ", s.dims.size()));
           }
         }
       }

@@ -270,6 +270,72 @@ TEST_F(EngineTest, RuntimeTargetsMatchTheFakeQuantModelInOrt) {
 
 // The compact form stores one code and a cluster id per weight (five ids to a byte): a
 // split artifact under half the size of the branches, with the same values.
+// The default's per-channel scales at <= 4 bits are float16 values times one power of two
+// per layer: the compact form stores them in 16 bits (plus the layer's multiplier) and
+// decodes them exactly, here on a layer whose weights span 2^50 (a channel of tiny weights,
+// a channel reaching 3e6) and every ONNX Runtime input agrees with the branches form.
+TEST_F(EngineTest, CompactStoresFloat16ScalesThatDecodeLikeTheBranches) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 64});
+  std::vector<float> w = testing::TestWeights(64 * 32, 3);
+  for (int k = 0; k < 64; ++k) {
+    w[k * 32 + 5] *= 1e-9f;    // column 5: tiny weights
+    w[k * 32 + 9] *= 3e7f;     // column 9: weights up to ~3e6
+  }
+  g.Initializer("w", {64, 32}, w);
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("wide.onnx")).ok());
+  auto scale_type_of = [&](const std::string& path) {
+    auto loaded = LoadedModel::FromFile(path);
+    EXPECT_TRUE(loaded.ok());
+    std::map<std::string, int> types;
+    for (const auto& t : (*loaded)->proto().graph().initializer()) {
+      if (absl::EndsWith(t.name(), ".sq.scales") || absl::EndsWith(t.name(), ".sq.scale_multiplier")) {
+        types[t.name().substr(t.name().rfind('.') + 1)] = t.data_type();
+      }
+    }
+    return types;
+  };
+  QuantizeOptions o;
+  o.min_weight_elements = 1;
+  o.target = Target::kPortable;
+  auto half = Quantize(Path("wide.onnx"), Path("half.onnx"), o);
+  ASSERT_TRUE(half.ok()) << half.status();
+  EXPECT_EQ(half->layers[0].form, "compact");
+  EXPECT_EQ(scale_type_of(Path("half.onnx")),
+            (std::map<std::string, int>{{"scales", onnx::TensorProto::FLOAT16},
+                                        {"scale_multiplier", onnx::TensorProto::FLOAT}}));
+  o.target = Target::kQdq;  // the same values, float scales in DequantizeLinear
+  ASSERT_TRUE(Quantize(Path("wide.onnx"), Path("half-branches.onnx"), o).ok());
+  EXPECT_LE(Compare(Path("half-branches.onnx"), Path("half.onnx"), 7, false), kQdqVsFakeRelTolerance);
+
+  o.target = Target::kPortable;
+  o.scale_type = ScaleType::kFloat32;
+  auto full = Quantize(Path("wide.onnx"), Path("float.onnx"), o);
+  ASSERT_TRUE(full.ok()) << full.status();
+  EXPECT_EQ(scale_type_of(Path("float.onnx")),
+            (std::map<std::string, int>{{"scales", onnx::TensorProto::FLOAT}}));
+  // 32 channels x 3 branches: 2 bytes a scale saved, 4 spent on the multiplier.
+  EXPECT_EQ(full->layers[0].bytes_after - half->layers[0].bytes_after, 32 * 3 * 2 - 4);
+  EXPECT_NEAR(half->layers[0].sqnr_split_db, full->layers[0].sqnr_split_db, 0.05);
+  // 8 bits and per-tensor scales stay float32 under the default.
+  o.scale_type = ScaleType::kAuto;
+  o.bits = 8;
+  ASSERT_TRUE(Quantize(Path("wide.onnx"), Path("eight.onnx"), o).ok());
+  EXPECT_EQ(scale_type_of(Path("eight.onnx")),
+            (std::map<std::string, int>{{"scales", onnx::TensorProto::FLOAT}}));
+  // float16 asked for everywhere: 8 bits too, and the forms still agree.
+  o.scale_type = ScaleType::kFloat16;
+  ASSERT_TRUE(Quantize(Path("wide.onnx"), Path("eight-half.onnx"), o).ok());
+  EXPECT_EQ(scale_type_of(Path("eight-half.onnx")).at("scales"), onnx::TensorProto::FLOAT16);
+  o.target = Target::kQdq;
+  ASSERT_TRUE(Quantize(Path("wide.onnx"), Path("eight-half-branches.onnx"), o).ok());
+  EXPECT_LE(Compare(Path("eight-half-branches.onnx"), Path("eight-half.onnx"), 7, false),
+            kQdqVsFakeRelTolerance);
+}
+
 TEST_F(EngineTest, CompactSplitIsAboutBitsPlusOnePointSix) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
@@ -763,10 +829,18 @@ TEST_F(EngineTest, DegenerateWeightsAreQuantizedButNotSplit) {
   EXPECT_FALSE(r->layers[0].split);
   EXPECT_THAT(r->layers[0].not_split_reason, HasSubstr("distinct"));
   EXPECT_FALSE(r->layers[1].split);
-  // Two-valued and constant weights are exact at any bit width.
+  // Two-valued and constant weights are exact at any bit width with float32 scales; a
+  // float16 scale (the default's per-channel one) is the float one rounded up by at most
+  // 2^-10, which moves the range's end by at most that much.
   o.format = OutputFormat::kFake;
+  o.scale_type = ScaleType::kFloat32;
   ASSERT_TRUE(Quantize(Path("d.onnx"), Path("f.onnx"), o).ok());
   EXPECT_LE(Compare(Path("d.onnx"), Path("f.onnx")), 1e-6);
+  o.scale_type = ScaleType::kAuto;
+  ASSERT_TRUE(Quantize(Path("d.onnx"), Path("f.onnx"), o).ok());
+  const double half_error = Compare(Path("d.onnx"), Path("f.onnx"));
+  EXPECT_GT(half_error, 0.0);
+  EXPECT_LE(half_error, 2.0 / 1024);
 }
 
 TEST_F(EngineTest, BadInputGivesInvalidArgumentNamingTheProblem) {

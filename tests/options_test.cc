@@ -148,6 +148,9 @@ TEST(OptionsTest, UnknownEnumValueRejected) {
   QuantizeOptions o;
   o.granularity = static_cast<Granularity>(17);
   ExpectInvalid(o, "granularity");
+  QuantizeOptions s;
+  s.scale_type = static_cast<ScaleType>(9);
+  ExpectInvalid(s, "scale_type");
 }
 
 TEST(OptionsTest, ParseAndPrintRoundTrip) {
@@ -243,6 +246,14 @@ TEST(OptionsTest, ParseErrorsListAcceptedValues) {
   auto s = ParseSplitForm("");
   EXPECT_EQ(s.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(s.status().message()).find("branches, folded"), std::string::npos);
+  auto st = ParseScaleType("bfloat16");
+  EXPECT_EQ(st.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(st.status().message()).find("auto, float16, float32"), std::string::npos);
+  for (ScaleType t : {ScaleType::kAuto, ScaleType::kFloat16, ScaleType::kFloat32}) {
+    auto p = ParseScaleType(ToString(t));
+    ASSERT_TRUE(p.ok());
+    EXPECT_EQ(*p, t);
+  }
   auto c = ParseClusterScope("layer");
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(std::string(c.status().message()).find("auto, tensor, channel"), std::string::npos);

@@ -91,6 +91,85 @@ TEST(QuantizerTest, ExtremeRangesStayFinite) {
   }
 }
 
+TEST(QuantizerTest, Float16HelpersAreExact) {
+  const float kMinSub = std::ldexp(1.0f, -24);
+  EXPECT_EQ(RoundUpToHalf(1.0f), 1.0f);
+  EXPECT_EQ(RoundUpToHalf(std::nextafter(1.0f, 2.0f)), 1.0f + std::ldexp(1.0f, -10));
+  EXPECT_EQ(RoundUpToHalf(0.0f), kMinSub);
+  EXPECT_EQ(RoundUpToHalf(1e-30f), kMinSub);
+  EXPECT_EQ(RoundUpToHalf(3.5f * kMinSub), 4 * kMinSub);     // subnormal: multiples of 2^-24
+  EXPECT_EQ(RoundUpToHalf(65504.0f), 65504.0f);
+  EXPECT_EQ(RoundUpToHalf(65504.5f), 65504.5f);             // above float16: unchanged
+  uint16_t h = 0;
+  EXPECT_TRUE(FloatToHalf(1.0f, &h));
+  EXPECT_EQ(h, 0x3C00);
+  EXPECT_TRUE(FloatToHalf(-2.0f, &h));
+  EXPECT_EQ(h, 0xC000);
+  EXPECT_TRUE(FloatToHalf(kMinSub, &h));
+  EXPECT_EQ(h, 0x0001);
+  EXPECT_FALSE(FloatToHalf(1.0f + std::ldexp(1.0f, -11), &h));  // needs 11 mantissa bits
+  EXPECT_FALSE(FloatToHalf(70000.0f, &h));
+  EXPECT_FALSE(FloatToHalf(std::ldexp(1.0f, -25), &h));
+  // Every float16 bit pattern (finite) round-trips.
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    if ((bits & 0x7C00) == 0x7C00) continue;
+    const float f = HalfToFloat(static_cast<uint16_t>(bits));
+    uint16_t back;
+    ASSERT_TRUE(FloatToHalf(f, &back)) << bits;
+    if (f != 0.0f) EXPECT_EQ(back, bits);
+    EXPECT_EQ(RoundUpToHalf(std::fabs(f) > 0 ? std::fabs(f) : kMinSub), std::fabs(f) > 0 ? std::fabs(f) : kMinSub);
+  }
+  EXPECT_EQ(HalfScaleExponent(0.0f), 0);
+  EXPECT_EQ(HalfScaleExponent(1.0f), -14);
+  EXPECT_EQ(HalfScaleExponent(1e30f), 85);   // ilogb 99
+  EXPECT_EQ(HalfScaleExponent(FLT_MAX), 113);
+  EXPECT_EQ(HalfScaleExponent(1e-35f), -100);
+}
+
+// Float16 scales (QuantSpec::half_scales): each scale is a float16 value times
+// 2^half_exponent, at most 2^-10 above the float one, and every guarantee of the float
+// quantizer holds (zero exact, no clipping, error within half a step).
+TEST(QuantizerTest, HalfScalesKeepEveryGuarantee) {
+  std::mt19937 rng(11);
+  std::uniform_real_distribution<float> mag(-12.0f, 6.0f);
+  for (int bits : {2, 3, 4, 8}) {
+    for (bool sym : {false, true}) {
+      for (int trial = 0; trial < 400; ++trial) {
+        float lo = -std::pow(2.0f, mag(rng)), hi = std::pow(2.0f, mag(rng));
+        if (trial % 3 == 0) lo = 0.0f;
+        if (trial % 5 == 0) hi = 0.0f;
+        const float max_abs = std::max(-lo, hi) * (trial % 7 == 0 ? 1e6f : 1.0f);
+        QuantSpec f{bits, sym};
+        QuantSpec h = f;
+        h.half_scales = true;
+        h.half_exponent = HalfScaleExponent(max_abs);
+        const QuantParams pf = ChooseQuantParams(lo, hi, f);
+        const QuantParams ph = ChooseQuantParams(lo, hi, h);
+        uint16_t half;
+        ASSERT_TRUE(FloatToHalf(std::ldexp(ph.scale, -h.half_exponent), &half)) << ph.scale;
+        if (lo == 0.0f && hi == 0.0f) {
+          EXPECT_EQ(ph.scale, std::ldexp(1.0f, h.half_exponent));
+          continue;
+        }
+        EXPECT_GE(ph.scale, pf.scale);
+        // Within float16's normal range (scales down to 2^-30 of the layer's largest):
+        // at most 2^-10 above; below it, steps of 2^-24 * 2^half_exponent.
+        if (std::ldexp(pf.scale, -h.half_exponent) >= std::ldexp(1.0f, -14)) {
+          EXPECT_LE(ph.scale, pf.scale * (1.0f + std::ldexp(1.0f, -10)));
+        } else {
+          EXPECT_LE(ph.scale, pf.scale + std::ldexp(1.0f, h.half_exponent - 24));
+        }
+        EXPECT_EQ(ph.zero_point, pf.zero_point);
+        EXPECT_EQ(DequantizeValue(QuantizeValue(0.0f, ph, h), ph), 0.0f);
+        for (float x : {lo, hi}) {
+          const float back = DequantizeValue(QuantizeValue(x, ph, h), ph);
+          EXPECT_LE(std::fabs(back - x), ph.scale / 2 * 1.0001f) << bits << " " << x;
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantizerTest, RoundHalfToEven) {
   const QuantSpec spec{8, true};
   const QuantParams p{1.0f, 0};

@@ -6,6 +6,7 @@
 //                [--out-json FILE] [--work-dir DIR] [--ort-threads 2] [--quant-threads 2]
 //                [--models-dir DIR] [--no-clean-sanity] [--dump-dir DIR] [--list-configs]
 //                [--form folded|branches] [--cluster-scope auto|tensor|channel]
+//                [--scale-type auto|float16|float32]
 //                [--show-errors N]
 //
 // Config names: fp32, or int<B>-<tensor|channel|block<N>>-<asym|sym>-<MODE>[-TARGET]
@@ -141,6 +142,8 @@ struct ModelQuant {
 std::string g_form = "folded";
 // Which values one k-means sees (engine option): auto (paper), tensor, channel.
 std::string g_cluster_scope = "auto";
+// Weight scales of every quantized config (--scale-type: auto, the default, float16, float32).
+std::string g_scale_type = "auto";
 // Calibration samples (one .npy per line of a set disjoint from the test lines) for the
 // full-integer configs, per model.
 std::string g_calib_rec_dir, g_calib_cls_dir;
@@ -209,6 +212,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
     std::stringstream ss(x);
     for (std::string t; std::getline(ss, t, ',');) o.exclude_op_types.push_back(t);
   }
+  o.scale_type = *sq::ParseScaleType(g_scale_type);
   o.cluster_scope = g_cluster_scope == "tensor"    ? sq::ClusterScope::kTensor
                     : g_cluster_scope == "channel" ? sq::ClusterScope::kChannel
                                                    : sq::ClusterScope::kAuto;
@@ -436,6 +440,7 @@ void Usage() {
                "  [--words FILE] [--no-clean-sanity] [--dump-dir DIR] [--show-errors N]\n"
                "  [--calibration-lines N] [--calibration-seed S] [--calibration-only]\n"
                "  [--form folded|branches] [--cluster-scope auto|tensor|channel]\n"
+               "  [--scale-type auto|float16|float32]\n"
                "  [--list-configs]\n");
 }
 
@@ -484,6 +489,7 @@ int main(int argc, char** argv) {
     else if (a == "--no-clean-sanity") clean_sanity = false;
     else if (a == "--form") g_form = next();
     else if (a == "--cluster-scope") g_cluster_scope = next();
+    else if (a == "--scale-type") g_scale_type = next();
     else if (a == "--show-errors") show_errors = std::atoi(next().c_str());
     else if (a == "--list-configs") {
       for (auto& n : DefaultSweep()) std::printf("%s\n", n.c_str());
@@ -495,7 +501,8 @@ int main(int argc, char** argv) {
   }
   if ((variant != "hard" && variant != "clean") || lines <= 0 ||
       (g_form != "folded" && g_form != "branches") ||
-      (g_cluster_scope != "auto" && g_cluster_scope != "tensor" && g_cluster_scope != "channel")) {
+      (g_cluster_scope != "auto" && g_cluster_scope != "tensor" && g_cluster_scope != "channel") ||
+      !sq::ParseScaleType(g_scale_type).ok()) {
     Usage();
     return 2;
   }
@@ -679,6 +686,7 @@ int main(int argc, char** argv) {
     j["models"] = {{"rec", rec_path}, {"cls", cls_path}};
     j["split_form"] = g_form;
     j["cluster_scope"] = g_cluster_scope;
+    j["scale_type"] = g_scale_type;
     j["ort_threads"] = ort_threads;
     j["quant_threads"] = quant_threads;
     j["total_seconds"] = total_s;

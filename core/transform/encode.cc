@@ -3,6 +3,7 @@
 #include <emmintrin.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -81,10 +82,15 @@ int64_t CompactCodeBytes(int64_t n, int container_bits) {
   return PackedBytes(n, container_bits);
 }
 
+int64_t CompactParamBytes(int64_t params, int branches, int container_bits, bool half_scales) {
+  const int64_t count = params * branches;
+  return count * (half_scales ? 2 : 4) + CompactCodeBytes(count, container_bits) + (half_scales ? 4 : 0);
+}
+
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits, int code_bits) {
+                                              int container_bits, int code_bits, bool half_scales) {
   const int nb = static_cast<int>(branch_codes.size());
   if (nb != result.num_branches || (nb != 1 && nb != 3)) {
     return absl::InternalError(absl::StrCat("compact encoding of ", nb, " branches"));
@@ -96,9 +102,32 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   CompactEncoding e;
   e.codes.assign(static_cast<size_t>(CompactCodeBytes(n, container_bits)), 0);
   if (nb == 3) e.ids.assign(static_cast<size_t>(IdBytes(n)), 0);
-  e.zero_points.resize(nb);
-  for (int b = 0; b < nb; ++b) {
-    for (int32_t z : result.params[b].zero_points) e.zero_points[b].push_back(static_cast<uint8_t>(z + offset));
+  const int64_t params = static_cast<int64_t>(result.params[0].scales.size());
+  for (int b = 1; b < nb; ++b) {
+    if (static_cast<int64_t>(result.params[b].scales.size()) != params) {
+      return absl::InternalError("compact encoding: branches with different parameter counts");
+    }
+  }
+  const int scale_bytes = half_scales ? 2 : 4;
+  e.scale_exponent = half_scales ? result.scale_exponent : 0;
+  e.scales.resize(static_cast<size_t>(params * nb * scale_bytes));
+  e.zero_points.assign(static_cast<size_t>(CompactCodeBytes(params * nb, container_bits)), 0);
+  for (int64_t p = 0; p < params; ++p) {
+    for (int b = 0; b < nb; ++b) {
+      const int64_t at = p * nb + b;
+      const float s = result.params[b].scales[p];
+      if (half_scales) {
+        uint16_t h;
+        if (!FloatToHalf(std::ldexp(s, -e.scale_exponent), &h)) {
+          return absl::InternalError(absl::StrCat("scale ", s, " is not a float16 value"));
+        }
+        std::memcpy(&e.scales[static_cast<size_t>(at * 2)], &h, 2);
+      } else {
+        std::memcpy(&e.scales[static_cast<size_t>(at * 4)], &s, 4);
+      }
+      PutBits(e.zero_points.data(), at, container_bits,
+              static_cast<uint32_t>(result.params[b].zero_points[p] + offset));
+    }
   }
   absl::Status status;
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
@@ -126,15 +155,24 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
   return e;
 }
 
-std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult& result,
-                                 const ParamLayout& layout, int container_bits) {
+std::vector<float> DecodeCompact(const CompactEncoding& e, const ParamLayout& layout, int branches,
+                                 int container_bits, bool half_scales) {
   std::vector<float> out;
   const bool split = !e.ids.empty();
   ForEachParamIndex(layout, [&](int64_t i, int64_t p) {
     const int b = split ? IdAt(e.ids.data(), i) : 0;
+    const int64_t at = p * branches + b;
     const float q = static_cast<float>(GetBits(e.codes.data(), i, container_bits));
-    const float z = static_cast<float>(e.zero_points[b][p]);
-    out.push_back((q - z) * result.params[b].scales[p]);
+    const float z = static_cast<float>(GetBits(e.zero_points.data(), at, container_bits));
+    float s;
+    if (half_scales) {
+      uint16_t h;
+      std::memcpy(&h, &e.scales[static_cast<size_t>(at * 2)], 2);
+      s = std::ldexp(HalfToFloat(h), e.scale_exponent);
+    } else {
+      std::memcpy(&s, &e.scales[static_cast<size_t>(at * 4)], 4);
+    }
+    out.push_back((q - z) * s);
   });
   return out;
 }

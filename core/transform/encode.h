@@ -13,9 +13,14 @@
 //           byte in base 3 (byte = sum of id_j * 3^j, j = 0..4: 1.6 bits per weight),
 //           IdBytes long. A weight whose code is its branch's zero point in every branch is
 //           0 whatever its id; it gets id 0.
-//   zero points and scales: per branch, the TransformResult's.
+//   zero points and scales: the TransformResult's, in one tensor each, parameter-major with
+//           the branch fastest (index p * branches + b): zero points unsigned (offset as
+//           the codes) and packed at `container_bits` like the codes; scales float16
+//           times 2^scale_exponent (`half_scales`: the transform rounded them,
+//           QuantSpec::half_scales; the layer stores 2^scale_exponent as one float) or
+//           float32.
 // Stored bits per weight: container_bits + 1.6 (split) or container_bits (plain), plus the
-// parameters.
+// parameters (CompactParamBytes).
 //
 // MatMulNBits (com.microsoft, ONNX Runtime): for a 2-D MatMul weight W[K, N] and one
 // branch: B uint8 [N, ceil(K / block), block * bits / 8] (column n's codes along K, low
@@ -71,24 +76,32 @@ int64_t CompactCodeBytes(int64_t n, int container_bits);
 // Bytes of n cluster ids in the compact form (five per byte, base 3).
 inline int64_t IdBytes(int64_t n) { return (n + 4) / 5; }
 
+// Bytes of a compact layer's parameters: `params` (scale, zero point) pairs per branch, and
+// the scale multiplier of float16 scales.
+int64_t CompactParamBytes(int64_t params, int branches, int container_bits, bool half_scales);
+
 struct CompactEncoding {
-  std::vector<uint8_t> codes;                 // PackedBytes(n, container_bits)
-  std::vector<uint8_t> ids;                   // PackedBytes(n, 2); empty when unsplit
-  std::vector<std::vector<uint8_t>> zero_points;  // per branch, unsigned (offset), 1 byte each
+  std::vector<uint8_t> codes;                 // CompactCodeBytes(n, container_bits)
+  std::vector<uint8_t> ids;                   // IdBytes(n); empty when unsplit
+  std::vector<uint8_t> scales;                // params * branches, float16 or float32 bytes
+  std::vector<uint8_t> zero_points;           // CompactCodeBytes(params * branches, container_bits)
+  int scale_exponent = 0;                     // float16 scales: stored = scale * 2^-this
 };
 
 // `branch_codes[b]` holds the n codes of branch b packed at `code_bits` (8, 4 or 2, as
 // quantizer.h's PackCodes; two's complement when signed).
-// InvalidArgument when a weight is outside its zero point in more than one branch (the
-// branches were not disjoint).
+// Internal when a weight is outside its zero point in more than one branch (the branches
+// were not disjoint) or when `half_scales` and a scale is not a float16 value.
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits, int code_bits = 8);
+                                              int container_bits, int code_bits = 8,
+                                              bool half_scales = false);
 
-// Reference decoder (what the compact graph computes), for tests.
-std::vector<float> DecodeCompact(const CompactEncoding& e, const TransformResult& result,
-                                 const ParamLayout& layout, int container_bits);
+// Reference decoder (what the compact graph computes) from the stored tensors alone, for
+// tests.
+std::vector<float> DecodeCompact(const CompactEncoding& e, const ParamLayout& layout, int branches,
+                                 int container_bits, bool half_scales);
 
 struct NBitsEncoding {
   int64_t k = 0, n = 0, blocks = 0;

@@ -1,6 +1,7 @@
 #include "core/transform/quantize.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <utility>
 
@@ -28,6 +29,18 @@ BranchKernels ChooseKernelParams(const WeightView& weight, const TransformConfig
   KernelParams& pp = out.pp;
   const int64_t S = ranges.slices;
   out.slices = S;
+  // Float16 scales: one exponent for the layer, from its largest |w| (every element is in
+  // some branch's range; empty ranges are +inf / -inf and do not count).
+  QuantSpec spec = config.spec;
+  if (spec.half_scales) {
+    float max_abs = 0.0f;
+    for (size_t i = 0; i < ranges.mn.size(); ++i) {
+      if (ranges.mn[i] > ranges.mx[i]) continue;
+      max_abs = std::max({max_abs, std::fabs(ranges.mn[i]), std::fabs(ranges.mx[i])});
+    }
+    spec.half_exponent = HalfScaleExponent(max_abs);
+    result.scale_exponent = spec.half_exponent;
+  }
   auto fill = [&](KernelParams& k, BranchParams& bp, auto range_of) {
     k.scale.resize(S);
     k.zf.resize(S);
@@ -37,7 +50,7 @@ BranchKernels ChooseKernelParams(const WeightView& weight, const TransformConfig
     bp.zero_points.resize(S);
     for (int64_t s = 0; s < S; ++s) {
       const auto [lo, hi] = range_of(s);
-      const QuantParams q = ChooseQuantParams(std::min(lo, 0.0f), std::max(hi, 0.0f), config.spec);
+      const QuantParams q = ChooseQuantParams(std::min(lo, 0.0f), std::max(hi, 0.0f), spec);
       k.scale[s] = bp.scales[s] = q.scale;
       k.zi[s] = bp.zero_points[s] = q.zero_point;
       k.zf[s] = static_cast<float>(q.zero_point);

@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from .client import DEFAULT_TARGET, Client, Job, JobState, ProgressFn
 from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, SqError
 from .options import (ACTIVATION_SPLITS, ACTIVATIONS, CALIBRATION_METHODS, CLUSTER_SCOPES, FORMATS,
-                      FORMS, GRANULARITIES, SPLIT_MODES, TARGETS, QuantizeOptions)
+                      FORMS, GRANULARITIES, SCALE_TYPES, SPLIT_MODES, TARGETS, QuantizeOptions)
 
 # A job on the command line: its id (as submit prints it) or its resource name.
 JOB_HELP = "the job's id (as submit prints it), or its resource name jobs/ID"
@@ -232,6 +232,7 @@ def _engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cluster-scope", choices=list(CLUSTER_SCOPES))
     g.add_argument("--kmeans", choices=["exact", "reference"])
     g.add_argument("--boundaries", choices=["quant", "kmeans"])
+    g.add_argument("--scale-type", choices=list(SCALE_TYPES))
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX")
     g.add_argument("--exclude-op", action="append", default=[], metavar="OP")
     g.add_argument("--layer", action="append", default=[], metavar="'REGEX=key:value,...'")
@@ -293,7 +294,8 @@ def build_options(a: argparse.Namespace) -> QuantizeOptions:
         quantize_gather=on_off(a.quantize_gather), bpw_budget=a.bpw_budget,
         verify=on_off(a.verify), activations=a.activations,
         calibration_method=a.calibration_method, calibration_percentile=a.calibration_percentile,
-        input_ranges=tuple(a.input_range), split_activations=a.split_activations)
+        input_ranges=tuple(a.input_range), split_activations=a.split_activations,
+        scale_type=a.scale_type)
 
 
 def make_parser() -> argparse.ArgumentParser:

@@ -36,6 +36,9 @@ ACTIVATIONS: Dict[str, int] = {
     "uint8": sq_pb2.ACTIVATION_TYPE_UINT8}
 CALIBRATION_METHODS: Dict[str, int] = {
     "minmax": sq_pb2.CALIBRATION_METHOD_MINMAX, "percentile": sq_pb2.CALIBRATION_METHOD_PERCENTILE}
+SCALE_TYPES: Dict[str, int] = {
+    "auto": sq_pb2.SCALE_TYPE_AUTO, "float16": sq_pb2.SCALE_TYPE_FLOAT16,
+    "float32": sq_pb2.SCALE_TYPE_FLOAT32}
 ACTIVATION_SPLITS: Dict[str, int] = {
     "off": sq_pb2.ACTIVATION_SPLIT_UNSPECIFIED, "range": sq_pb2.ACTIVATION_SPLIT_RANGE,
     "on": sq_pb2.ACTIVATION_SPLIT_RANGE,  # as sqctl: the grouping that measured better
@@ -87,6 +90,7 @@ class QuantizeOptions:
     calibration_percentile: Optional[float] = None  # in (50, 100]; server default 99.99
     input_ranges: Sequence[str] = field(default_factory=tuple)  # "NAME=LO:HI"
     split_activations: Optional[str] = None    # off | on (= range) | range | positional
+    scale_type: Optional[str] = None           # auto (server default) | float16 | float32
 
     def to_proto(self) -> "sq_pb2.QuantizeOptions":
         """The wire message. InvalidArgument for an unknown choice name."""
@@ -104,7 +108,8 @@ class QuantizeOptions:
                             ("form", FORMS), ("format", FORMATS), ("target", TARGETS),
                             ("cluster_scope", CLUSTER_SCOPES), ("activations", ACTIVATIONS),
                             ("calibration_method", CALIBRATION_METHODS),
-                            ("split_activations", ACTIVATION_SPLITS)):
+                            ("split_activations", ACTIVATION_SPLITS),
+                            ("scale_type", SCALE_TYPES)):
             value = _choice(name, getattr(self, name), table)
             if value is not None:
                 setattr(o, wire_name.get(name, name), value)
