@@ -13,7 +13,7 @@
 // (format `fake` unless suffixed; TARGET qdq, ort (--target ort-cpu), ort0 (ort-cpu with
 // MatMulNBits accuracy_level 0) or portable: the artifacts users get). MODE: plain, split
 // (the engine's default split), paper (the paper's method: reference k-means, k-means
-// boundaries, min/max ranges), auto (--split auto).
+// boundaries, min/max ranges, float32 scales), auto (--split auto).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -213,6 +213,7 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
     for (std::string t; std::getline(ss, t, ',');) o.exclude_op_types.push_back(t);
   }
   o.scale_type = *sq::ParseScaleType(g_scale_type);
+  if (c.mode == "paper") o.scale_type = sq::ScaleType::kFloat32;  // the paper's float scales
   o.cluster_scope = g_cluster_scope == "tensor"    ? sq::ClusterScope::kTensor
                     : g_cluster_scope == "channel" ? sq::ClusterScope::kChannel
                                                    : sq::ClusterScope::kAuto;
