@@ -517,10 +517,12 @@ void JobManager::Finish(const std::shared_ptr<Entry>& entry, v1::JobState state,
     // The record is terminal on disk before the lock is released (see ReadFromDisk).
     Persist(*entry);
     entry->lock.reset();
-    Publish(*entry);
     if (ran) seconds = absl::ToDoubleSeconds(absl::Now() - entry->started);
+    // Counted before any watcher sees the terminal state: a client that scrapes /metrics
+    // once its job has finished finds it counted.
+    if (metrics_) metrics_->JobFinished(Outcome(state), seconds);
+    Publish(*entry);
   }
-  if (metrics_) metrics_->JobFinished(Outcome(state), seconds);
   {
     nlohmann::json f = {{"job", entry->id}, {"state", Outcome(state)}, {"seconds", seconds}};
     if (state != v1::JOB_STATE_SUCCEEDED) {
