@@ -34,12 +34,10 @@ float RoundUpToFloat(double v) {
 // exactness of the zero code.
 float ClampScale(double s) { return RoundUpToFloat(std::max(s, static_cast<double>(FLT_MIN))); }
 
-}  // namespace
-
-namespace {
 constexpr float kHalfMinSubnormal = 5.9604644775390625e-08f;  // 2^-24
 constexpr float kHalfMinNormal = 6.103515625e-05f;            // 2^-14
 constexpr float kHalfMax = 65504.0f;
+
 }  // namespace
 
 float RoundUpToHalf(float s) {
@@ -98,6 +96,17 @@ float HalfToFloat(uint16_t h) {
   return (h & 0x8000) ? -v : v;
 }
 
+namespace {
+
+// The scale a spec keeps: s itself, or (half_scales) the next float16 value times
+// 2^half_exponent. Larger or equal: the range still maps without clipping.
+float KeptScale(float s, const QuantSpec& spec) {
+  if (!spec.half_scales) return s;
+  return std::ldexp(RoundUpToHalf(std::ldexp(s, -spec.half_exponent)), spec.half_exponent);
+}
+
+}  // namespace
+
 QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec& spec) {
   // "+ 0.0f" turns -0 into +0 so the result never depends on which zero a min/max saw.
   const double rmin = std::min(min_value + 0.0f, 0.0f);
@@ -111,8 +120,7 @@ QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec&
   const int qmax = spec.qmax();
   if (spec.symmetric) {
     const double m = std::max(-rmin, rmax);
-    p.scale = ClampScale(m / qmax);
-    if (spec.half_scales) p.scale = std::ldexp(RoundUpToHalf(std::ldexp(p.scale, -spec.half_exponent)), spec.half_exponent);
+    p.scale = KeptScale(ClampScale(m / qmax), spec);
     p.zero_point = 0;
     return p;
   }
@@ -154,11 +162,7 @@ QuantParams ChooseQuantParams(float min_value, float max_value, const QuantSpec&
       }
     }
   }
-  p.scale = ClampScale(required_scale(z));
-  // A larger scale maps the range to codes nearer z: still no clipping.
-  if (spec.half_scales) {
-    p.scale = std::ldexp(RoundUpToHalf(std::ldexp(p.scale, -spec.half_exponent)), spec.half_exponent);
-  }
+  p.scale = KeptScale(ClampScale(required_scale(z)), spec);
   p.zero_point = z;
   return p;
 }

@@ -730,12 +730,8 @@ std::string GraphEditor::PlanCompact(GroupPlan* plan, const QuantizeOptions& opt
   // Parameters: one scale tensor and one zero-point tensor for all branches, [P, nb]
   // (parameter-major, branch fastest; encode.h), decoded to float [P, nb] here: scales
   // float16 * multiplier (or float32), zero points packed at the codes' container.
-  int64_t params = 1;
-  if (l.granularity == Granularity::kChannel) {
-    params = g.shape[l.channel_axis];
-  } else if (l.granularity == Granularity::kBlock) {
-    for (int64_t d : plan->param_shape) params *= d;
-  }
+  int64_t params = 1;  // param_shape is {} per tensor, {C} per channel
+  for (int64_t d : plan->param_shape) params *= d;
   const bool half = plan->config.spec.half_scales;
   plan->scale[0] = NewInitializer(owner, UniqueName(base + ".scales"),
                                   half ? onnx::TensorProto::FLOAT16 : onnx::TensorProto::FLOAT,

@@ -94,8 +94,7 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   }
   std::vector<const uint8_t*> branch_codes;
   for (int b = 0; b < p.num_branches; ++b) branch_codes.push_back(codes[b].data());
-  auto e = EncodeCompact(branch_codes, r, p.layout, spec, CompactContainerBits(spec.bits), cb,
-                         spec.half_scales);
+  auto e = EncodeCompact(branch_codes, r, p.layout, spec, CompactContainerBits(spec.bits), cb);
   for (auto& c : codes) free_buffer(c);
   if (!e.ok()) return absl::InternalError(absl::StrCat("weight '", name, "': ", e.status().message()));
   SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.data[0], 0, e->codes.data(), e->codes.size()));

@@ -148,6 +148,15 @@ absl::Status HistogramClusterAndRanges(const WeightView& weight, int64_t n,
   return absl::OkStatus();
 }
 
+// The spec the quantization-aware cut search models each branch's error with: float
+// scales (float16 ones are within 2^-10 of them, and their exponent is known only once the
+// ranges are).
+QuantSpec CutSearchSpec(const TransformConfig& config) {
+  QuantSpec s = config.spec;
+  s.half_scales = false;
+  return s;
+}
+
 // Pass 1: the split plan (nothing to do unsplit: pass 2 then checks finiteness).
 absl::Status ClusterAndPlan(const WeightView& weight, int64_t n, const TransformConfig& config,
                             const IndexMap& slices, const IndexMap& units,
@@ -160,10 +169,7 @@ absl::Status ClusterAndPlan(const WeightView& weight, int64_t n, const Transform
     if (FirstNonFinite(weight.data, n, parallel_for) >= 0) {
       return NonFiniteError(weight.data, n, parallel_for);
     }
-    // The cut search models each branch's error with float scales (float16 ones are within
-    // 2^-10 of them; their exponent is known only once the ranges are).
-    QuantSpec model_spec = config.spec;
-    model_spec.half_scales = false;
+    const QuantSpec model_spec = CutSearchSpec(config);
     const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
                                       QuantAwareCuts(config) ? &model_spec : nullptr);
     st.plan = PlanSplit(cl, true, config.keep_three_branches);
@@ -288,10 +294,8 @@ ReferenceSplit ReferenceCluster(const WeightView& weight, const TransformConfig&
     cl.unit_size = num_units ? n / std::max<int64_t>(num_units, 1) : 0;
     for (const auto& v : unit_values) {
       if (QuantAwareCuts(config)) {
-        QuantSpec model_spec = config.spec;  // float scales, as the fast path's cut search
-        model_spec.half_scales = false;
         const QuantAwareSplit q =
-            ChooseQuantAwareSplit(v, model_spec, UnitSampleSize(num_units));
+            ChooseQuantAwareSplit(v, CutSearchSpec(config), UnitSampleSize(num_units));
         cl.units.push_back(q.clusters);
         cl.shrink.push_back({q.shrink_lo[0], q.shrink_hi[0], q.shrink_lo[1], q.shrink_hi[1],
                              q.shrink_lo[2], q.shrink_hi[2]});

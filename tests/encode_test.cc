@@ -98,7 +98,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
             ParamLayout l{s.dims, gran, s.channel_axis, s.reduction_axis, 4};
             std::vector<const uint8_t*> codes;
             for (int b = 0; b < br.result.num_branches; ++b) codes.push_back(br.codes[b].data());
-            auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits), 8, half);
+            auto e = EncodeCompact(codes, br.result, l, c.spec, CompactContainerBits(bits));
             ASSERT_TRUE(e.ok()) << e.status();
             EXPECT_EQ(e->codes.size(), static_cast<size_t>(CompactCodeBytes(n, CompactContainerBits(bits))));
             EXPECT_EQ(e->ids.size(), br.result.num_branches == 3 ? static_cast<size_t>(IdBytes(n)) : 0u);
@@ -120,7 +120,7 @@ TEST(EncodeTest, CompactDecodesToTheBranchesExactly) {
                 PackCodes(v, cb, packed[b].data());
                 packed_ptrs.push_back(packed[b].data());
               }
-              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, CompactContainerBits(bits), cb, half);
+              auto ep = EncodeCompact(packed_ptrs, br.result, l, c.spec, CompactContainerBits(bits), cb);
               ASSERT_TRUE(ep.ok());
               EXPECT_EQ(ep->codes, e->codes);
               EXPECT_EQ(ep->ids, e->ids);

@@ -157,6 +157,9 @@ TEST(ParseQuantizeArgsTest, ActivationFlags) {
   auto off = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--activations", "off"});
   ASSERT_TRUE(off.ok()) << off.status();
   EXPECT_EQ(off->options.target, Target::kOrtCpu);
+  auto scales = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--scale-type", "float32"});
+  ASSERT_TRUE(scales.ok()) << scales.status();
+  EXPECT_EQ(scales->options.scale_type, ScaleType::kFloat32);
   for (const auto& bad : std::vector<std::pair<std::vector<std::string>, const char*>>{
            {{"--activations", "int8", "--target", "ort-cpu"}, "--target ort-cpu"},
            {{"--activations", "int8", "--format", "fake"}, "--format fake"},
@@ -166,6 +169,7 @@ TEST(ParseQuantizeArgsTest, ActivationFlags) {
            {{"--calibration-percentile", "high"}, "--calibration-percentile"},
            {{"--activations", "int8", "--calibration-percentile", "40"}, "calibration_percentile"},
            {{"--split-activations", "yes"}, "unknown activation split"},
+           {{"--scale-type", "bfloat16"}, "unknown scale type 'bfloat16'"},
            {{"--calibration", "s.npz"}, "calibration_inputs"}}) {
     std::vector<std::string> args = {"m.onnx", "-o", "o.onnx"};
     args.insert(args.end(), bad.first.begin(), bad.first.end());
@@ -221,6 +225,7 @@ TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
   // Verified in ONNX Runtime by default, and said so in the summary.
   EXPECT_EQ(j["verification"]["status"], "passed");
   EXPECT_EQ(j["options"]["verify"], true);
+  EXPECT_EQ(j["options"]["scale_type"], "auto");
   EXPECT_THAT(out, HasSubstr("verification: passed in onnxruntime"));
   rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q4.onnx --verify off --report ",
                              dir, "/r4.json"), &out);

@@ -90,7 +90,7 @@ int64_t CompactParamBytes(int64_t params, int branches, int container_bits, bool
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits, int code_bits, bool half_scales) {
+                                              int container_bits, int code_bits) {
   const int nb = static_cast<int>(branch_codes.size());
   if (nb != result.num_branches || (nb != 1 && nb != 3)) {
     return absl::InternalError(absl::StrCat("compact encoding of ", nb, " branches"));
@@ -108,6 +108,7 @@ absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> b
       return absl::InternalError("compact encoding: branches with different parameter counts");
     }
   }
+  const bool half_scales = spec.half_scales;
   const int scale_bytes = half_scales ? 2 : 4;
   e.scale_exponent = half_scales ? result.scale_exponent : 0;
   e.scales.resize(static_cast<size_t>(params * nb * scale_bytes));

@@ -16,9 +16,8 @@
 //   zero points and scales: the TransformResult's, in one tensor each, parameter-major with
 //           the branch fastest (index p * branches + b): zero points unsigned (offset as
 //           the codes) and packed at `container_bits` like the codes; scales float16
-//           times 2^scale_exponent (`half_scales`: the transform rounded them,
-//           QuantSpec::half_scales; the layer stores 2^scale_exponent as one float) or
-//           float32.
+//           times 2^scale_exponent when the spec rounded them (QuantSpec::half_scales;
+//           the layer stores 2^scale_exponent as one float), else float32.
 // Stored bits per weight: container_bits + 1.6 (split) or container_bits (plain), plus the
 // parameters (CompactParamBytes).
 //
@@ -91,12 +90,12 @@ struct CompactEncoding {
 // `branch_codes[b]` holds the n codes of branch b packed at `code_bits` (8, 4 or 2, as
 // quantizer.h's PackCodes; two's complement when signed).
 // Internal when a weight is outside its zero point in more than one branch (the branches
-// were not disjoint) or when `half_scales` and a scale is not a float16 value.
+// were not disjoint) or when spec.half_scales and a scale is not a float16 value times
+// the result's 2^scale_exponent.
 absl::StatusOr<CompactEncoding> EncodeCompact(absl::Span<const uint8_t* const> branch_codes,
                                               const TransformResult& result,
                                               const ParamLayout& layout, const QuantSpec& spec,
-                                              int container_bits, int code_bits = 8,
-                                              bool half_scales = false);
+                                              int container_bits, int code_bits = 8);
 
 // Reference decoder (what the compact graph computes) from the stored tensors alone, for
 // tests.
