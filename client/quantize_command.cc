@@ -79,13 +79,18 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              weights run faster as FP32)
   --format F                 qdq (= --target qdq) | fake (FP32 dequantized weights) |
                              split (FP32, split only)
-  --boundaries B             quant (default: cuts and per-branch ranges chosen for the
+  --rounding R               balanced (default: under channel granularity one rounding
+                             offset per output channel of MatMul/Gemm/Conv/ConvTranspose
+                             keeps its rounding errors from adding up; else nearest) |
+                             nearest (round half to even everywhere, the paper's)
+  --boundaries B             auto (default: kmeans for Conv/ConvTranspose under balanced
+                             rounding, else quant) | quant (cuts and per-branch ranges chosen for the
                              branches' quantization error; tensor/channel granularity) |
                              kmeans (the paper: k-means midpoints, min/max ranges)
   --scale-type T             auto (default: per-channel and blocked scales rounded up to
                              float16 values, by at most 2^-10, so compact layers store them
                              in 16 bits; per-tensor scales float32) | float16 | float32
-  --cluster-scope S          auto (default: the quantization slice with --boundaries quant;
+  --cluster-scope S          auto (default: the quantization slice with quant boundaries;
                              else tensor for MatMul/Gemm, channel for Conv) | tensor | channel
   --kmeans M                 k-means for --boundaries kmeans and blocks: exact (default, the
                              optimal 1-D 3-clustering) | reference (the paper's greedy
@@ -281,10 +286,20 @@ absl::StatusOr<QuantizeArgs> ParseQuantizeArgs(const std::vector<std::string>& a
     } else if (flag == "boundaries") {
       auto v = value();
       if (!v.ok()) return v.status();
-      if (*v != "kmeans" && *v != "quant") {
-        return absl::InvalidArgumentError(absl::StrCat("--boundaries wants kmeans or quant, got '", *v, "'"));
+      if (*v != "kmeans" && *v != "quant" && *v != "auto") {
+        return absl::InvalidArgumentError(absl::StrCat("--boundaries wants auto, kmeans or quant, got '", *v, "'"));
       }
-      o.quant_aware_boundaries = *v == "quant";
+      if (*v == "auto") {
+        o.quant_aware_boundaries.reset();
+      } else {
+        o.quant_aware_boundaries = *v == "quant";
+      }
+    } else if (flag == "rounding") {
+      auto v = value();
+      if (!v.ok()) return v.status();
+      auto r = ParseRounding(*v);
+      if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("--rounding: ", r.status().message()));
+      o.rounding = *r;
     } else if (flag == "scale-type") {
       auto v = value();
       if (!v.ok()) return v.status();

@@ -36,7 +36,7 @@ using client::SqClient;
 const std::set<std::string>& ValueFlags() {
   static const auto* flags = new std::set<std::string>{
       "server", "token", "tls-ca", "tls-cert", "tls-key", "o", "output", "bits", "granularity", "block-size", "split",
-      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "scale-type", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
+      "form", "format", "target", "ort-accuracy-level", "nbits-min-elements", "cluster-scope", "kmeans", "boundaries", "rounding", "scale-type", "exclude", "exclude-op", "layer", "initializer-inputs", "quantize-gather", "bpw-budget", "min-elements",
       "target-opset", "threads", "idempotency-key", "verify", "verify-input", "activations", "calibration",
       "calibration-method", "calibration-percentile", "input-range", "split-activations", "limit", "state", "timeout"};
   return *flags;
@@ -485,10 +485,15 @@ absl::Status BuildOptions(const Args& a, v1::QuantizeOptions* o) {
   }
   if (a.Has("boundaries")) {
     std::string b = a.Get("boundaries");
-    if (b != "kmeans" && b != "quant") {
-      return absl::InvalidArgumentError("--boundaries wants kmeans or quant, got '" + b + "'");
+    if (b != "kmeans" && b != "quant" && b != "auto") {
+      return absl::InvalidArgumentError("--boundaries wants auto, kmeans or quant, got '" + b + "'");
     }
-    o->set_quant_aware_boundaries(b == "quant");
+    if (b != "auto") o->set_quant_aware_boundaries(b == "quant");
+  }
+  if (a.Has("rounding")) {
+    auto r = ParseRounding(a.Get("rounding"));
+    if (!r.ok()) return absl::InvalidArgumentError(absl::StrCat("--rounding: ", r.status().message()));
+    o->set_rounding(*r == Rounding::kBalanced ? v1::ROUNDING_BALANCED : v1::ROUNDING_NEAREST);
   }
   if (a.Has("scale-type")) {
     auto t = ParseScaleType(a.Get("scale-type"));
@@ -708,7 +713,8 @@ std::string RemoteUsage() {
                                     (engine options as for quantize: --bits --granularity
                                     --block-size --symmetric --split --layer --target --form --format --ort-accuracy-level --nbits-min-elements --quantize-gather --bpw-budget --exclude
                                     --exclude-op --min-elements --target-opset --threads
-                                    --cluster-scope --kmeans --boundaries --scale-type --external-data
+                                    --cluster-scope --kmeans --boundaries --rounding --scale-type
+                                    --external-data
                                     --verify --verify-input (the file is uploaded with the
                                     model) --activations --calibration (files, or a directory's
                                     files, uploaded with the model; no subdirectories)

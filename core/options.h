@@ -100,6 +100,15 @@ enum class ScaleType {
   kFloat32,  // float32 (the paper's)
 };
 
+// How codes are rounded (core/transform/rounding.h).
+enum class Rounding {
+  kBalanced,  // default: under channel granularity, for MatMul/Gemm/Conv/ConvTranspose, one
+              // rounding offset per output channel keeps the channel's rounding errors
+              // from adding up (the error an input's mean carries to the output); elsewhere
+              // (tensor and block granularity, Gather tables) round to nearest
+  kNearest,   // round half to even everywhere (the paper's)
+};
+
 // Which values one 1-D k-means sees.
 enum class ClusterScope {
   kAuto,     // the quantization slice's unit (channel; tensor under tensor granularity);
@@ -155,12 +164,15 @@ struct QuantizeOptions {
   // The paper's k-means (greedy k-means++ with a fixed seed, then Lloyd) instead of the
   // default exact 1-D optimum: for reproducing the paper; slower, inertia never lower.
   bool reference_kmeans = false;
-  // Quantization-aware split (default; core/transform/cuts.h), under tensor and channel
+  // Quantization-aware split (core/transform/cuts.h), under tensor and channel
   // granularity: cuts placed to minimise the branches' estimated quantization error and
-  // each branch's range shrunk where that lowers its actual error. Off = the paper's
-  // k-means boundaries and min/max ranges (`--boundaries kmeans`). Blocked granularity
-  // always uses k-means cuts.
-  bool quant_aware_boundaries = true;
+  // each branch's range shrunk where that lowers its actual error (`--boundaries quant`);
+  // false = the paper's k-means boundaries and min/max ranges (`--boundaries kmeans`).
+  // Unset (default, `auto`): k-means for Conv/ConvTranspose under balanced rounding
+  // (channel granularity), quantization-aware elsewhere — see QuantAwareBoundaries and
+  // docs/accuracy.md. Blocked granularity always uses k-means.
+  std::optional<bool> quant_aware_boundaries;
+  Rounding rounding = Rounding::kBalanced;
   // How weight scales are kept (ScaleType): by default per-channel and blocked scales are
   // rounded up to float16 values, so that the compact form stores them in 16 bits.
   ScaleType scale_type = ScaleType::kAuto;
@@ -259,6 +271,15 @@ absl::Status ResolveTargetFlags(const std::optional<std::string>& target,
 SplitForm EffectiveForm(const QuantizeOptions& options);
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
 absl::StatusOr<ScaleType> ParseScaleType(absl::string_view s);  // auto|float16|float32
+absl::StatusOr<Rounding> ParseRounding(absl::string_view s);    // balanced|nearest
+// Whether a layer of `op_type` quantized with `granularity` gets balanced rounding.
+bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
+                      const std::string& op_type);
+// Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, or by
+// default everywhere except convolutions under balanced rounding); never under blocked
+// granularity.
+bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity,
+                          const std::string& op_type);
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
 // 'REGEX=key:value,...'. InvalidArgument naming the bad part: no '=', an unknown key, a
 // bad value, a regex RE2 rejects.
@@ -273,6 +294,7 @@ const char* ToString(SplitForm f);
 const char* ToString(Target t);
 const char* ToString(ClusterScope c);
 const char* ToString(ScaleType t);
+const char* ToString(Rounding r);
 const char* ToString(SplitMode m);
 const char* ToString(ActivationType a);
 const char* ToString(CalibrationMethod m);

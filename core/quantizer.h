@@ -60,9 +60,12 @@ int HalfScaleExponent(float max_abs);
 bool FloatToHalf(float f, uint16_t* half);
 float HalfToFloat(uint16_t half);
 
-// Round half to even, as std::nearbyint under the default rounding mode.
-inline int32_t QuantizeValue(float x, const QuantParams& p, const QuantSpec& spec) {
-  float r = std::nearbyint(x / p.scale);
+// Round half to even, as std::nearbyint under the default rounding mode. `offset` (|offset|
+// < 0.5) moves the rounding midpoints of the slice (balanced rounding,
+// core/transform/rounding.h); 0 = round to nearest, and 0 still quantizes to the zero point.
+inline int32_t QuantizeValue(float x, const QuantParams& p, const QuantSpec& spec,
+                             float offset = 0.0f) {
+  float r = std::nearbyint(x / p.scale + offset);
   float q = r + static_cast<float>(p.zero_point);
   if (q < spec.qmin()) q = static_cast<float>(spec.qmin());
   if (q > spec.qmax()) q = static_cast<float>(spec.qmax());

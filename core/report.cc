@@ -38,7 +38,10 @@ nlohmann::json OptionsJson(const QuantizeOptions& o) {
           {"nbits_min_elements", o.nbits_min_elements},
           {"cluster_scope", ToString(o.cluster_scope)},
           {"kmeans", o.reference_kmeans ? "reference" : "exact"},
-          {"boundaries", o.quant_aware_boundaries ? "quant" : "kmeans"},
+          {"boundaries", !o.quant_aware_boundaries ? "auto"
+                         : *o.quant_aware_boundaries ? "quant"
+                                                     : "kmeans"},
+          {"rounding", ToString(o.rounding)},
           {"scale_type", ToString(o.scale_type)},
           {"exclude", o.exclude_name_patterns},
           {"exclude_op_types", o.exclude_op_types},
@@ -125,7 +128,9 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"symmetric", l.symmetric},
                       {"split_mode", l.split_mode},
                       {"override", l.override_rule},
-                      {"split_decision", l.split_decision}});
+                      {"split_decision", l.split_decision},
+                      {"rounding", l.rounding},
+                      {"offset_channels", l.offset_channels}});
   }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});

@@ -58,6 +58,10 @@ struct LayerReport {
   std::string split_mode;           // on, off, auto
   std::string override_rule;        // the --layer override that matched, if any
   std::string split_decision;       // --split auto: SQNR plain / split / gain and the choice
+  // balanced (core/transform/rounding.h) or nearest, as applied to this layer, and with
+  // balanced rounding how many output channels were rounded with a non-zero offset.
+  std::string rounding;
+  int64_t offset_channels = 0;
 };
 
 struct StageTiming {

@@ -300,7 +300,8 @@ TransformConfig LayerTransformConfig(const WeightGroup& g, const QuantizeOptions
   c.split = split;
   c.cluster_per_channel = g.cluster_per_channel;
   c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
-  c.quant_aware_boundaries = options.quant_aware_boundaries;
+  c.quant_aware_boundaries = QuantAwareBoundaries(options, c.granularity, g.op_type);
+  c.balanced_rounding = BalancedRounding(options, c.granularity, g.op_type);
   return c;
 }
 
@@ -446,6 +447,7 @@ absl::Status GraphEditor::PlanGroup(
     maybe_unused_.insert(g.weight.tensor);
     const KernelForm kernel = ChooseKernelForm(g, options, plan->layout, plan->split);
     plan->outer8 = kernel.outer8;
+    c.balance_middle_only = kernel.outer8;
     if (kernel.Any()) {
       PlanKernels(plan, options, kernel.gather);
     } else {

@@ -25,6 +25,7 @@
 #include "core/transform/kernels.h"
 #include "core/transform/quantize.h"
 #include "core/transform/ranges.h"
+#include "core/transform/rounding.h"
 
 namespace sq {
 namespace {
@@ -46,6 +47,7 @@ using transform::PlanSplit;
 using transform::QuantAwareCuts;
 using transform::QuantizeAndEmit;
 using transform::RegionPass;
+using transform::ChooseRoundingOffsets;
 using transform::ShrinksRanges;
 using transform::SliceMap;
 using transform::SliceRanges;
@@ -386,9 +388,39 @@ QuantParams ParamOf(const BranchParams& bp, int64_t s) {
   return q;
 }
 
+// Balanced rounding's offsets per slice (zeros when off): every slice's elements in
+// element order, each with its own branch's parameters, through the shared histogram and
+// choice of transform/rounding.h.
+std::vector<float> ReferenceOffsets(const WeightView& weight, const TransformConfig& config,
+                                    const ReferenceMaps& maps, const ReferenceSplit& split,
+                                    const std::vector<BranchParams>& params, int64_t n,
+                                    TransformResult& result) {
+  std::vector<float> offsets(static_cast<size_t>(maps.num_slices), 0.0f);
+  if (!config.balanced_rounding || config.granularity != Granularity::kChannel ||
+      config.encoding == WeightEncoding::kFloatSplit) {
+    return offsets;
+  }
+  std::vector<transform::SliceRounding> st(static_cast<size_t>(maps.num_slices));
+  const int limit = transform::RoundingBinLimit(n / std::max<int64_t>(maps.num_slices, 1));
+  for (int64_t e = 0; e < n; ++e) {
+    if (config.balance_middle_only && split.nb == 3 && split.cluster[e] != 1) continue;
+    const QuantParams p = ParamOf(params[split.cluster[e]], maps.slice[e]);
+    transform::AccumulateRounding(weight.data[e], p.scale, static_cast<float>(p.zero_point),
+                                  static_cast<float>(config.spec.qmin()),
+                                  static_cast<float>(config.spec.qmax()), limit,
+                                  st[maps.slice[e]]);
+  }
+  for (int64_t s = 0; s < maps.num_slices; ++s) {
+    offsets[s] = transform::ChooseOffset(st[s]);
+    if (offsets[s] != 0.0f) ++result.offset_slices;
+  }
+  return offsets;
+}
+
 // Quantizes and encodes each materialised branch (result.params too); returns the sum of
 // the dequantized branches per element.
-std::vector<float> ReferenceEncode(const TransformConfig& config, const BranchParams& layout,
+std::vector<float> ReferenceEncode(const WeightView& weight, const TransformConfig& config,
+                                   const BranchParams& layout,
                                    const ReferenceMaps& maps, const ReferenceSplit& split,
                                    const std::vector<std::vector<float>>& branch, int64_t n,
                                    std::vector<std::vector<uint8_t>>& encoded,
@@ -397,6 +429,14 @@ std::vector<float> ReferenceEncode(const TransformConfig& config, const BranchPa
   const bool quantize = config.encoding != WeightEncoding::kFloatSplit;
   std::vector<float> total(n, 0.0f);
   encoded.assign(nb, {});
+  std::vector<BranchParams> params(nb);
+  if (quantize) {
+    for (int b = 0; b < nb; ++b) {
+      params[b] = ReferenceParams(branch[b], nb == 3 ? b : -1, config, layout, maps, split, n);
+    }
+  }
+  const std::vector<float> offsets =
+      ReferenceOffsets(weight, config, maps, split, params, n, result);
   for (int b = 0; b < nb; ++b) {
     if (!quantize) {
       encoded[b].resize(n * 4);
@@ -404,12 +444,12 @@ std::vector<float> ReferenceEncode(const TransformConfig& config, const BranchPa
       for (int64_t e = 0; e < n; ++e) total[e] += branch[b][e];
       continue;
     }
-    const BranchParams bp =
-        ReferenceParams(branch[b], nb == 3 ? b : -1, config, layout, maps, split, n);
+    const BranchParams& bp = params[b];
     std::vector<int32_t> q(n);
     std::vector<float> deq(n);
     for (int64_t e = 0; e < n; ++e) {
-      q[e] = QuantizeValue(branch[b][e], ParamOf(bp, maps.slice[e]), config.spec);
+      q[e] = QuantizeValue(branch[b][e], ParamOf(bp, maps.slice[e]), config.spec,
+                           offsets[maps.slice[e]]);
       deq[e] = DequantizeValue(q[e], ParamOf(bp, maps.slice[e]));
       total[e] += deq[e];
     }
@@ -493,8 +533,14 @@ absl::StatusOr<TransformResult> TransformWeight(const WeightView& weight,
   SummarizeClusters(st.plan, st.ranges, n, result);
 
   // Pass 3: the branches quantize the shrunk ranges; the plain comparison keeps min/max.
-  const BranchKernels kernels =
+  BranchKernels kernels =
       ChooseKernelParams(weight, config, st.plan, st.ranges, st.shrink, result);
+  if (config.balanced_rounding && config.granularity == Granularity::kChannel) {
+    kernels.off = ChooseRoundingOffsets(weight, config, slices, units, st.plan, kernels,
+                                        parallel_for);
+    result.offset_slices = std::count_if(kernels.off.begin(), kernels.off.end(),
+                                         [](float o) { return o != 0.0f; });
+  }
   result.bytes_per_branch = EncodedBytes(n, config);
   const std::vector<Partial> partials = QuantizeAndEmit(
       weight, n, config, slices, units, st.plan, kernels, !st.have_signal, sink, parallel_for);
@@ -531,7 +577,7 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
 
   std::vector<std::vector<uint8_t>> encoded;
   const std::vector<float> total =
-      ReferenceEncode(config, layout, maps, split, branch, n, encoded, result);
+      ReferenceEncode(weight, config, layout, maps, split, branch, n, encoded, result);
   ReferenceEnergies(weight, config, layout, maps, split, total, n, result);
   result.bytes_per_branch = EncodedBytes(n, config);
 

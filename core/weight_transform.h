@@ -78,6 +78,15 @@ struct TransformConfig {
   // kChannel, per-tensor with kTensor).
   bool quant_aware_boundaries = false;
   bool compute_plain_error = true;     // also measure plain (unsplit) quantization error
+  // Balanced rounding (core/transform/rounding.h) under channel granularity: one rounding
+  // offset per output channel keeps the channel's rounding errors from adding up (zero
+  // stays exact). Ignored under tensor and block granularity and for kFloatSplit; the plain
+  // comparison (compute_plain_error) always rounds to nearest.
+  bool balanced_rounding = false;
+  // With balanced rounding and a split: balance only the middle branch's errors (the
+  // outer8 form re-quantizes the outer clusters at 8 bits, so their 4-bit errors never
+  // reach the artifact).
+  bool balance_middle_only = false;
 };
 
 // DequantizeLinear-shaped parameters of one branch.
@@ -110,6 +119,7 @@ struct TransformResult {
                                        // with the same granularity (if requested; also
                                        // for kFloatSplit, where split_error_energy = 0)
   int64_t bytes_per_branch = 0;        // encoded size of one branch
+  int64_t offset_slices = 0;           // balanced rounding: slices rounded with an offset
   int scale_exponent = 0;              // with spec.half_scales: every scale is a float16
                                        // value times 2^scale_exponent (quantizer.h)
   double seconds = 0;                  // the engine's transform stage: this layer's wall time

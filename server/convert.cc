@@ -131,6 +131,12 @@ absl::StatusOr<QuantizeOptions> ToEngineOptions(const v1::QuantizeOptions& w, in
     default: return absl::InvalidArgumentError("options.calibration_method: unknown value");
   }
   if (w.has_calibration_percentile()) o.calibration_percentile = w.calibration_percentile();
+  switch (w.rounding()) {
+    case v1::ROUNDING_UNSPECIFIED: break;
+    case v1::ROUNDING_BALANCED: o.rounding = Rounding::kBalanced; break;
+    case v1::ROUNDING_NEAREST: o.rounding = Rounding::kNearest; break;
+    default: return absl::InvalidArgumentError("options.rounding: unknown value");
+  }
   switch (w.scale_type()) {
     case v1::SCALE_TYPE_UNSPECIFIED: break;
     case v1::SCALE_TYPE_AUTO: o.scale_type = ScaleType::kAuto; break;
@@ -209,7 +215,8 @@ v1::QuantizeOptions ToWireOptions(const QuantizeOptions& o) {
   w.set_threads(o.threads);
   w.set_external_data(o.external_data);
   w.set_reference_kmeans(o.reference_kmeans);
-  w.set_quant_aware_boundaries(o.quant_aware_boundaries);
+  if (o.quant_aware_boundaries) w.set_quant_aware_boundaries(*o.quant_aware_boundaries);
+  w.set_rounding(o.rounding == Rounding::kBalanced ? v1::ROUNDING_BALANCED : v1::ROUNDING_NEAREST);
   switch (o.activations) {
     case ActivationType::kOff: w.set_activations(v1::ACTIVATION_TYPE_UNSPECIFIED); break;
     case ActivationType::kInt8: w.set_activations(v1::ACTIVATION_TYPE_INT8); break;

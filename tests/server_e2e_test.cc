@@ -411,6 +411,7 @@ TEST(ConvertTest, ActivationOptionsRoundTrip) {
   w.add_input_ranges("y=0:0.1");
   w.set_split_activations(v1::ACTIVATION_SPLIT_RANGE);
   w.set_scale_type(v1::SCALE_TYPE_FLOAT32);
+  w.set_rounding(v1::ROUNDING_NEAREST);
   auto o = ToEngineOptions(w, 1);
   ASSERT_TRUE(o.ok()) << o.status();
   EXPECT_EQ(o->activations, ActivationType::kUint8);
@@ -422,8 +423,12 @@ TEST(ConvertTest, ActivationOptionsRoundTrip) {
   EXPECT_EQ(o->input_ranges[1].hi, 0.1f);
   EXPECT_EQ(o->split_activations, ActivationSplit::kRange);
   EXPECT_EQ(o->scale_type, ScaleType::kFloat32);
+  EXPECT_EQ(o->rounding, Rounding::kNearest);
+  EXPECT_FALSE(o->quant_aware_boundaries.has_value());
   const v1::QuantizeOptions back = ToWireOptions(*o);
   EXPECT_EQ(back.scale_type(), v1::SCALE_TYPE_FLOAT32);
+  EXPECT_EQ(back.rounding(), v1::ROUNDING_NEAREST);
+  EXPECT_FALSE(back.has_quant_aware_boundaries());
   EXPECT_EQ(back.activations(), v1::ACTIVATION_TYPE_UINT8);
   EXPECT_EQ(back.calibration_inputs_size(), 2);
   EXPECT_EQ(back.calibration_inputs(1), "b.npy");
@@ -440,6 +445,7 @@ TEST(ConvertTest, ActivationOptionsRoundTrip) {
   // Defaults: off, percentile 99.99; unknown enum values and bad ranges name the field.
   const v1::QuantizeOptions d = ToWireOptions(QuantizeOptions());
   EXPECT_EQ(d.scale_type(), v1::SCALE_TYPE_AUTO);
+  EXPECT_EQ(d.rounding(), v1::ROUNDING_BALANCED);
   EXPECT_EQ(d.activations(), v1::ACTIVATION_TYPE_UNSPECIFIED);
   EXPECT_EQ(d.calibration_method(), v1::CALIBRATION_METHOD_PERCENTILE);
   EXPECT_DOUBLE_EQ(d.calibration_percentile(), 99.99);

@@ -47,7 +47,7 @@ TEST(ParseQuantizeArgsTest, ParsesEveryFlag) {
   EXPECT_EQ(a->options.target_opset, 21);
   EXPECT_EQ(a->report_path, "r.json");
   EXPECT_TRUE(a->options.reference_kmeans);
-  EXPECT_FALSE(a->options.quant_aware_boundaries);
+  EXPECT_EQ(a->options.quant_aware_boundaries, std::optional<bool>(false));
 }
 
 TEST(ParseQuantizeArgsTest, ParsesLayerOverridesSplitAutoAndInitializerInputs) {
@@ -160,6 +160,14 @@ TEST(ParseQuantizeArgsTest, ActivationFlags) {
   auto scales = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--scale-type", "float32"});
   ASSERT_TRUE(scales.ok()) << scales.status();
   EXPECT_EQ(scales->options.scale_type, ScaleType::kFloat32);
+  auto rounding = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx", "--rounding", "nearest",
+                                     "--boundaries", "quant", "--boundaries", "auto"});
+  ASSERT_TRUE(rounding.ok()) << rounding.status();
+  EXPECT_EQ(rounding->options.rounding, Rounding::kNearest);
+  EXPECT_FALSE(rounding->options.quant_aware_boundaries.has_value());
+  auto dflt = ParseQuantizeArgs({"m.onnx", "-o", "o.onnx"});
+  ASSERT_TRUE(dflt.ok());
+  EXPECT_EQ(dflt->options.rounding, Rounding::kBalanced);
   for (const auto& bad : std::vector<std::pair<std::vector<std::string>, const char*>>{
            {{"--activations", "int8", "--target", "ort-cpu"}, "--target ort-cpu"},
            {{"--activations", "int8", "--format", "fake"}, "--format fake"},
@@ -170,6 +178,8 @@ TEST(ParseQuantizeArgsTest, ActivationFlags) {
            {{"--activations", "int8", "--calibration-percentile", "40"}, "calibration_percentile"},
            {{"--split-activations", "yes"}, "unknown activation split"},
            {{"--scale-type", "bfloat16"}, "unknown scale type 'bfloat16'"},
+           {{"--rounding", "stochastic"}, "unknown rounding 'stochastic'"},
+           {{"--boundaries", "median"}, "--boundaries wants auto, kmeans or quant"},
            {{"--calibration", "s.npz"}, "calibration_inputs"}}) {
     std::vector<std::string> args = {"m.onnx", "-o", "o.onnx"};
     args.insert(args.end(), bad.first.begin(), bad.first.end());

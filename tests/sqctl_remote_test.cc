@@ -107,7 +107,7 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_THAT(out, HasSubstr("SERVING"));
 
   const std::string result = dir_ + "/m.q.onnx";
-  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 --kmeans reference --boundaries quant --scale-type float32 -o ", result), &out),
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 --kmeans reference --boundaries quant --rounding nearest --scale-type float32 -o ", result), &out),
             kExitOk)
       << out;
   EXPECT_THAT(out, HasSubstr("SUCCEEDED"));
@@ -140,6 +140,7 @@ TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
   EXPECT_THAT(out, HasSubstr("\"kmeans\": \"reference\""));
   EXPECT_THAT(out, HasSubstr("\"boundaries\": \"quant\""));
   EXPECT_THAT(out, HasSubstr("\"scale_type\": \"float32\""));
+  EXPECT_THAT(out, HasSubstr("\"rounding\": \"nearest\""));
 
   // The uploaded model can be removed; the finished job keeps its artifact.
   const std::string model_id = list["jobs"][0]["model_id"];

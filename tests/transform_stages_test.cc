@@ -190,6 +190,17 @@ TEST(TransformStagesTest, RegionRangesSplitEveryValueIntoARegionOrAWindow) {
   }
 }
 
+// Balanced rounding's offsets per slice: half zero (round to nearest), half anywhere in
+// [-0.4375, 0.4375] (transform/rounding.h).
+std::vector<float> RandomOffsets(int64_t slices, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> u(-0.4375f, 0.4375f);
+  std::vector<float> off(static_cast<size_t>(slices), 0.0f);
+  for (auto& o : off) {
+    if (rng() % 2) o = u(rng);
+  }
+  return off;
+}
+
 // One branch set of per-slice parameters for the kernels, from random ranges.
 KernelParams RandomParams(int64_t slices, const QuantSpec& spec, std::mt19937_64& rng) {
   std::uniform_real_distribution<float> u(0.005f, 0.1f);
@@ -216,10 +227,12 @@ TEST(TransformStagesTest, SegmentKernelCodesAreTheQuantizersCodes) {
         std::array<KernelParams, 3> kp;
         for (auto& k : kp) k = RandomParams(len, spec, rng);
         const float t0 = -0.01f, t1 = 0.012f;
+        const std::vector<float> off = RandomOffsets(len, rng);
         std::array<std::vector<uint8_t>, 3> codes;
         SegmentArgs a;
         a.x = x.data();
         a.len = len;
+        a.off = off.data();
         a.t0 = &t0;
         a.t1 = &t1;
         for (int b = 0; b < 3; ++b) {
@@ -244,7 +257,7 @@ TEST(TransformStagesTest, SegmentKernelCodesAreTheQuantizersCodes) {
           QuantParams p;
           p.scale = kp[c].scale[k];
           p.zero_point = kp[c].zi[k];
-          const int32_t q = QuantizeValue(x[k], p, spec);
+          const int32_t q = QuantizeValue(x[k], p, spec, off[k]);
           for (int b = 0; b < (split ? 3 : 1); ++b) {
             const int32_t want = b == c ? q : kp[b].zi[k];
             ASSERT_EQ(codes[b][k], static_cast<uint8_t>(want & 0xFF)) << "element " << k;
@@ -273,11 +286,13 @@ TEST(TransformStagesTest, RowKernelPacksTheSegmentKernelsCodes) {
       for (auto& k : kp) k = RandomParams(cols, spec, rng);
       const float t0 = -0.01f, t1 = 0.012f;
       const float qmin = static_cast<float>(spec.qmin()), qmax = static_cast<float>(spec.qmax());
+      const std::vector<float> off = RandomOffsets(cols, rng);
       // Segment kernel, one byte per code, then PackStaging.
       std::array<std::vector<uint8_t>, 3> staging, want;
       SegmentArgs a;
       a.x = x.data();
       a.len = cols;
+      a.off = off.data();
       a.t0 = &t0;
       a.t1 = &t1;
       for (int b = 0; b < 3; ++b) {
@@ -325,6 +340,7 @@ TEST(TransformStagesTest, RowKernelPacksTheSegmentKernelsCodes) {
       RowArgs r;
       r.x = x.data();
       r.len = cols;
+      r.off = off.data();
       r.pos = 0;
       r.t0 = &t0;
       r.t1 = &t1;

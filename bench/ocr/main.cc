@@ -168,13 +168,18 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   if (c.mode == "paper") {
     o.reference_kmeans = true;
     o.quant_aware_boundaries = false;
+    o.rounding = sq::Rounding::kNearest;
+  }
+  // SQ_BENCH_ROUNDING=nearest|balanced overrides the rounding (default: the engine's).
+  if (const char* r = std::getenv("SQ_BENCH_ROUNDING"); r && *r) {
+    o.rounding = *sq::ParseRounding(r);
   }
   // SQ_BENCH_KMEANS=reference runs the paper's k-means instead of the exact optimum.
   if (const char* k = std::getenv("SQ_BENCH_KMEANS"); k && std::string(k) == "reference") {
     o.reference_kmeans = true;
   }
   // SQ_BENCH_BOUNDARIES=kmeans|quant picks the cut criterion (default: the engine's).
-  if (const char* b = std::getenv("SQ_BENCH_BOUNDARIES"); b && *b) {
+  if (const char* b = std::getenv("SQ_BENCH_BOUNDARIES"); b && *b && c.mode != "paper") {
     o.quant_aware_boundaries = std::string(b) == "quant";
   }
   o.format = c.qdq ? sq::OutputFormat::kQdq : sq::OutputFormat::kFake;
@@ -211,6 +216,19 @@ ModelQuant Quantize(const Config& c, const std::string& in, const std::string& o
   if (const char* x = std::getenv("SQ_BENCH_EXCLUDE_OP"); x && *x) {
     std::stringstream ss(x);
     for (std::string t; std::getline(ss, t, ',');) o.exclude_op_types.push_back(t);
+  }
+  // SQ_BENCH_LAYER='REGEX=key:value,...;REGEX2=...' adds per-layer overrides (sensitivity
+  // studies: one layer at a time at other settings).
+  if (const char* x = std::getenv("SQ_BENCH_LAYER"); x && *x) {
+    std::stringstream ss(x);
+    for (std::string t; std::getline(ss, t, ';');) {
+      auto ov = sq::ParseLayerOverride(t);
+      if (!ov.ok()) {
+        q.error = ov.status().ToString();
+        return q;
+      }
+      o.layer_overrides.push_back(*ov);
+    }
   }
   o.scale_type = *sq::ParseScaleType(g_scale_type);
   if (c.mode == "paper") o.scale_type = sq::ScaleType::kFloat32;  // the paper's float scales

@@ -25,7 +25,7 @@ inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
     for (int b = 0; b < (kSplit ? 3 : 1); ++b) a.floats[b][k] = (b == c) ? x : 0.0f;
   } else {
     const float sc = a.scale[c][s], zf = a.zf[c][s];
-    const float q = std::min(std::max(RoundHalfEven(x / sc) + zf, a.qmin), a.qmax);
+    const float q = std::min(std::max(RoundHalfEven(x / sc + a.off[s]) + zf, a.qmin), a.qmax);
     const float dq = (q - zf) * sc;
     const float e = x - dq;
     acc.split_error += static_cast<double>(e) * e;
@@ -51,7 +51,7 @@ inline void QuantizeOne(const SegmentArgs& a, int64_t k, Partial& acc) {
 #if defined(__SSE2__)
 // The row kernel rounds with RoundHalfEven4Bounded (transform/round.h): the clamp is a
 // no-op there, as x always lies in the range its scale s was chosen from (its branch's, or
-// for plain the slice's, widened to include 0), so |x / s| <= qmax - qmin <= 255.
+// for plain the slice's, widened to include 0), so |x / s + offset| <= qmax - qmin + 0.5.
 inline __m128d Square2(__m128 e) { return _mm_mul_pd(_mm_cvtps_pd(e), _mm_cvtps_pd(e)); }
 inline __m128d SquareHi2(__m128 e) {
   const __m128d h = _mm_cvtps_pd(_mm_movehl_ps(e, e));
@@ -102,8 +102,8 @@ void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
         sc = Load4<kVecS>(a.scale[0], k);
         zf = Load4<kVecS>(a.zf[0], k);
       }
-      const __m128 q = _mm_min_ps(
-          _mm_max_ps(_mm_add_ps(RoundHalfEven4(_mm_div_ps(x, sc)), zf), qmin), qmax);
+      const __m128 v = _mm_add_ps(_mm_div_ps(x, sc), Load4<kVecS>(a.off, k));
+      const __m128 q = _mm_min_ps(_mm_max_ps(_mm_add_ps(RoundHalfEven4(v), zf), qmin), qmax);
       const __m128 dq = _mm_mul_ps(_mm_sub_ps(q, zf), sc);
       const __m128 e = _mm_sub_ps(x, dq);
       err = _mm_add_pd(err, _mm_add_pd(Square2(e), SquareHi2(e)));
@@ -260,7 +260,7 @@ inline void RowOne(const RowArgs& a, int64_t k, Partial& acc) {
   if (kSignal) acc.signal += static_cast<double>(x) * x;
   const int c = kSplit ? ClusterOfF(x, a.t0[kVecT ? k : 0], a.t1[kVecT ? k : 0]) : 0;
   const float sc = a.scale[c][k], zf = a.zf[c][k];
-  const float q = std::min(std::max(RoundHalfEven(x / sc) + zf, a.qmin), a.qmax);
+  const float q = std::min(std::max(RoundHalfEven(x / sc + a.off[k]) + zf, a.qmin), a.qmax);
   const float e = x - (q - zf) * sc;
   acc.split_error += static_cast<double>(e) * e;
   for (int b = 0; b < (kSplit ? 3 : 1); ++b) {
@@ -297,6 +297,7 @@ void QuantizeRow(const RowArgs& a, Partial& acc) {
   const float* const z0 = kSplit ? a.zf_x[0] : a.zf[0];
   const float* const z2 = a.zf_x[1];
   const __m128 t0b = _mm_set1_ps(t0[0]), t1b = _mm_set1_ps(t1[0]);  // !kVecT
+  const float* const op = a.off;
   const float* const ps = a.pscale;
   const float* const pz = a.pzf;
   const uint8_t* zb[3] = {a.zb[0], a.zb[1], a.zb[2]};
@@ -328,8 +329,9 @@ void QuantizeRow(const RowArgs& a, Partial& acc) {
       sc = _mm_loadu_ps(s0 + kk);
       zf = _mm_loadu_ps(z0 + kk);
     }
-    const __m128 q = _mm_min_ps(
-        _mm_max_ps(_mm_add_ps(RoundHalfEven4Bounded(_mm_div_ps(x, sc)), zf), qmin), qmax);
+    const __m128 v = _mm_add_ps(_mm_div_ps(x, sc), _mm_loadu_ps(op + kk));
+    const __m128 q =
+        _mm_min_ps(_mm_max_ps(_mm_add_ps(RoundHalfEven4Bounded(v), zf), qmin), qmax);
     const __m128 e = _mm_sub_ps(x, _mm_mul_ps(_mm_sub_ps(q, zf), sc));
     err = _mm_add_pd(err, _mm_add_pd(Square2(e), SquareHi2(e)));
     qi = _mm_cvttps_epi32(q);

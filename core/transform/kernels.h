@@ -8,7 +8,8 @@
 //   PickRow     : the channel-last row kernel for integer codes, packing 8 / 4 / 2-bit codes
 //                 directly into the output.
 // Both compute per element exactly QuantizeOne's float operations (x / s a true division,
-// round half to even), so codes and error terms are bit-identical between the kernels and
+// plus the slice's rounding offset, round half to even; the plain comparison rounds to
+// nearest), so codes and error terms are bit-identical between the kernels and
 // with quantizer.h; the error sums are accumulated in double in a fixed order per call.
 //
 // Pure functions of their arguments, thread-safe. Internal to the engine.
@@ -41,6 +42,7 @@ struct SegmentArgs {
   const float* scale[3];
   const float* zf[3];
   const int32_t* zi[3];
+  const float* off;     // rounding offset of the slice (transform/rounding.h), all branches
   const float* pscale;  // plain
   const float* pzf;
   float qmin, qmax;
@@ -82,6 +84,7 @@ struct RowArgs {
   const float* scale_x[2];  // split: bits of scale[0] ^ scale[1], scale[2] ^ scale[1]
   const float* zf_x[2];     // split: the same for zf
   const uint8_t* zb[3];  // zero point as a code byte (zi & 0xFF), per column
+  const float* off;     // rounding offset per column (transform/rounding.h), all branches
   const float* pscale;  // plain
   const float* pzf;
   float qmin, qmax;

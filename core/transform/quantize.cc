@@ -29,6 +29,7 @@ BranchKernels ChooseKernelParams(const WeightView& weight, const TransformConfig
   KernelParams& pp = out.pp;
   const int64_t S = ranges.slices;
   out.slices = S;
+  out.off.assign(static_cast<size_t>(S), 0.0f);
   // Float16 scales: one exponent for the layer, from its largest |w| (every element is in
   // some branch's range; empty ranges are +inf / -inf and do not count).
   QuantSpec spec = config.spec;
@@ -164,6 +165,7 @@ std::vector<Partial> QuantizeAndEmit(const WeightView& weight, int64_t n,
         a.scale_x[j] = plan.split ? scale_x[j].data() + col : nullptr;
         a.zf_x[j] = plan.split ? zf_x[j].data() + col : nullptr;
       }
+      a.off = kernels.off.data() + col;
       a.pscale = plain ? pp.scale.data() + col : nullptr;
       a.pzf = plain ? pp.zf.data() + col : nullptr;
       row_fn(a, acc);
@@ -205,6 +207,7 @@ std::vector<Partial> QuantizeAndEmit(const WeightView& weight, int64_t n,
               a.codes[b] = nullptr;
               a.floats[b] = nullptr;
             }
+            a.off = kernels.off.data() + rs.value;
             a.pscale = plain ? pp.scale.data() + rs.value : nullptr;
             a.pzf = plain ? pp.zf.data() + rs.value : nullptr;
             a.qmin = static_cast<float>(config.spec.qmin());

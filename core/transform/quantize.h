@@ -39,6 +39,9 @@ struct BranchKernels {
   int64_t slices = 0;       // slices per branch
   std::array<KernelParams, 3> kp;  // [0, nb)
   KernelParams pp;          // plain: the slice's whole range
+  // Rounding offset per slice, shared by the branches (transform/rounding.h); zeros =
+  // round to nearest. ChooseKernelParams leaves zeros.
+  std::vector<float> off;
 };
 
 BranchKernels ChooseKernelParams(const WeightView& weight, const TransformConfig& config,

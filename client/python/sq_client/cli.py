@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from .client import DEFAULT_TARGET, Client, Job, JobState, ProgressFn
 from .errors import DeadlineExceeded, FailedPrecondition, InvalidArgument, SqError
 from .options import (ACTIVATION_SPLITS, ACTIVATIONS, CALIBRATION_METHODS, CLUSTER_SCOPES, FORMATS,
-                      FORMS, GRANULARITIES, SCALE_TYPES, SPLIT_MODES, TARGETS, QuantizeOptions)
+                      FORMS, GRANULARITIES, ROUNDINGS, SCALE_TYPES, SPLIT_MODES, TARGETS, QuantizeOptions)
 
 # A job on the command line: its id (as submit prints it) or its resource name.
 JOB_HELP = "the job's id (as submit prints it), or its resource name jobs/ID"
@@ -231,7 +231,8 @@ def _engine(p: argparse.ArgumentParser) -> None:
     g.add_argument("--nbits-min-elements", type=int)
     g.add_argument("--cluster-scope", choices=list(CLUSTER_SCOPES))
     g.add_argument("--kmeans", choices=["exact", "reference"])
-    g.add_argument("--boundaries", choices=["quant", "kmeans"])
+    g.add_argument("--boundaries", choices=["auto", "quant", "kmeans"])
+    g.add_argument("--rounding", choices=list(ROUNDINGS))
     g.add_argument("--scale-type", choices=list(SCALE_TYPES))
     g.add_argument("--exclude", action="append", default=[], metavar="REGEX")
     g.add_argument("--exclude-op", action="append", default=[], metavar="OP")
@@ -287,7 +288,8 @@ def build_options(a: argparse.Namespace) -> QuantizeOptions:
         min_weight_elements=a.min_elements, target_opset=a.target_opset, threads=a.threads,
         external_data=a.external_data,
         reference_kmeans=None if a.kmeans is None else a.kmeans == "reference",
-        quant_aware_boundaries=None if a.boundaries is None else a.boundaries == "quant",
+        quant_aware_boundaries=None if a.boundaries in (None, "auto") else a.boundaries == "quant",
+        rounding=a.rounding,
         initializer_inputs_are_weights=None if a.initializer_inputs is None
         else a.initializer_inputs == "weights",
         ort_accuracy_level=a.ort_accuracy_level, nbits_min_elements=a.nbits_min_elements,

@@ -39,6 +39,8 @@ CALIBRATION_METHODS: Dict[str, int] = {
 SCALE_TYPES: Dict[str, int] = {
     "auto": sq_pb2.SCALE_TYPE_AUTO, "float16": sq_pb2.SCALE_TYPE_FLOAT16,
     "float32": sq_pb2.SCALE_TYPE_FLOAT32}
+ROUNDINGS: Dict[str, int] = {
+    "balanced": sq_pb2.ROUNDING_BALANCED, "nearest": sq_pb2.ROUNDING_NEAREST}
 ACTIVATION_SPLITS: Dict[str, int] = {
     "off": sq_pb2.ACTIVATION_SPLIT_UNSPECIFIED, "range": sq_pb2.ACTIVATION_SPLIT_RANGE,
     "on": sq_pb2.ACTIVATION_SPLIT_RANGE,  # as sqctl: the grouping that measured better
@@ -91,6 +93,7 @@ class QuantizeOptions:
     input_ranges: Sequence[str] = field(default_factory=tuple)  # "NAME=LO:HI"
     split_activations: Optional[str] = None    # off | on (= range) | range | positional
     scale_type: Optional[str] = None           # auto (server default) | float16 | float32
+    rounding: Optional[str] = None             # balanced (server default) | nearest
 
     def to_proto(self) -> "sq_pb2.QuantizeOptions":
         """The wire message. InvalidArgument for an unknown choice name."""
@@ -109,7 +112,7 @@ class QuantizeOptions:
                             ("cluster_scope", CLUSTER_SCOPES), ("activations", ACTIVATIONS),
                             ("calibration_method", CALIBRATION_METHODS),
                             ("split_activations", ACTIVATION_SPLITS),
-                            ("scale_type", SCALE_TYPES)):
+                            ("scale_type", SCALE_TYPES), ("rounding", ROUNDINGS)):
             value = _choice(name, getattr(self, name), table)
             if value is not None:
                 setattr(o, wire_name.get(name, name), value)

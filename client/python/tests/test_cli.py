@@ -52,8 +52,8 @@ class CliTest(unittest.TestCase):
         self.assertEqual(hashlib.sha256(out.read_bytes()).hexdigest(), job["artifacts"][0]["sha256"])
 
     def test_detach_then_the_job_commands(self) -> None:
-        r = self.ok("submit", str(self.model), "--bits", "8", "--granularity", "tensor", *self.s,
-                    "--detach")
+        r = self.ok("submit", str(self.model), "--bits", "8", "--granularity", "tensor",
+                    "--rounding", "nearest", "--boundaries", "auto", *self.s, "--detach")
         job_id = r.stdout.strip()
         self.assertRegex(job_id, r"^[0-9a-f]{32}$")
         self.ok("watch", job_id, *self.s)
@@ -62,6 +62,8 @@ class CliTest(unittest.TestCase):
         self.assertIn("artifact", status)
         got = json.loads(self.ok("get", job_id, *self.s, "--json").stdout)
         self.assertEqual(got["options"]["granularity"], "GRANULARITY_TENSOR")
+        self.assertEqual(got["options"]["rounding"], "ROUNDING_NEAREST")
+        self.assertNotIn("quant_aware_boundaries", got["options"])  # auto: unset on the wire
         self.assertEqual(got["name"], f"jobs/{job_id}")
         # The resource name works wherever the id does.
         by_name = json.loads(self.ok("status", f"jobs/{job_id}", *self.s, "--json").stdout)
