@@ -340,10 +340,13 @@ absl::StatusOr<Rounding> ParseRounding(absl::string_view s) {
 }
 
 bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
-                      const std::string& op_type) {
+                      const std::string& op_type, bool split) {
   // An output channel's weights are summed into one output only in these ops; a Gather
-  // table's row is looked up, not summed.
+  // table's row is looked up, not summed. Scope as measured (docs/accuracy.md): split
+  // layers at <= 4 bits gain; plain layers and 8-bit splits did not, and the offsets' pass
+  // costs about three times the quantize pass.
   return options.rounding == Rounding::kBalanced && granularity == Granularity::kChannel &&
+         split && options.bits <= 4 &&
          (op_type == "MatMul" || op_type == "Gemm" || op_type == "Conv" ||
           op_type == "ConvTranspose");
 }
@@ -359,7 +362,7 @@ bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularit
   // paper's k-means clusters them per tensor, which on heavy-tailed (LLM-like) weights
   // costs ~10 dB of weight SQNR (engine_test). Rounding to nearest, quantization-aware
   // cuts win everywhere.
-  return !(BalancedRounding(options, granularity, op_type) &&
+  return !(BalancedRounding(options, granularity, op_type, /*split=*/true) &&
            (op_type == "Conv" || op_type == "ConvTranspose"));
 }
 

@@ -102,10 +102,11 @@ enum class ScaleType {
 
 // How codes are rounded (core/transform/rounding.h).
 enum class Rounding {
-  kBalanced,  // default: under channel granularity, for MatMul/Gemm/Conv/ConvTranspose, one
-              // rounding offset per output channel keeps the channel's rounding errors
-              // from adding up (the error an input's mean carries to the output); elsewhere
-              // (tensor and block granularity, Gather tables) round to nearest
+  kBalanced,  // default: split MatMul/Gemm/Conv/ConvTranspose layers at <= 4 bits under
+              // channel granularity get one rounding offset per output channel, which keeps
+              // the channel's rounding errors from adding up (the error an input's mean
+              // carries to the output); elsewhere (plain layers, 8 bits, tensor and block
+              // granularity, Gather tables) round to nearest
   kNearest,   // round half to even everywhere (the paper's)
 };
 
@@ -272,9 +273,10 @@ SplitForm EffectiveForm(const QuantizeOptions& options);
 absl::StatusOr<ClusterScope> ParseClusterScope(absl::string_view s);
 absl::StatusOr<ScaleType> ParseScaleType(absl::string_view s);  // auto|float16|float32
 absl::StatusOr<Rounding> ParseRounding(absl::string_view s);    // balanced|nearest
-// Whether a layer of `op_type` quantized with `granularity` gets balanced rounding.
+// Whether a layer of `op_type` quantized with `granularity` (split or not, at
+// options.bits) gets balanced rounding.
 bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
-                      const std::string& op_type);
+                      const std::string& op_type, bool split);
 // Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, or by
 // default everywhere except convolutions under balanced rounding); never under blocked
 // granularity.

@@ -56,9 +56,9 @@ TEST(RoundingTest, BinsAreGeometricAndTheirEdgesBoundThem) {
     if (k > 0) EXPECT_GE(d, RoundingBinEdge(k - 1)) << d;
   }
   // Wide slices look only near the midpoint; small ones everywhere.
-  EXPECT_EQ(RoundingBinLimit(9), kRoundingBins - 1);
+  EXPECT_EQ(RoundingBinLimit(5), kRoundingBins - 1);
   EXPECT_LT(RoundingBinLimit(4096), RoundingBinLimit(256));
-  EXPECT_GE(RoundingBinEdge(RoundingBinLimit(4096)), 2.0f / 64);
+  EXPECT_GE(RoundingBinEdge(RoundingBinLimit(4096)), 1.0f / 64);
 }
 
 TEST(RoundingTest, OffsetFlipsTheCheapestElementsTowardsAZeroSum) {

@@ -71,14 +71,21 @@ int main(int argc, char** argv) {
   c.compute_plain_error = true;
   configs.push_back({"int4 channel codes split", c});
   {
-    // The engine's default (--boundaries quant): quantization-aware cuts per channel.
+    // --boundaries quant (a MatMul's default): quantization-aware cuts per channel.
     sq::TransformConfig q = c;
     q.quant_aware_boundaries = true;
     q.cluster_per_channel = true;
     configs.push_back({"int4 channel codes split quant", q});
+    // The engine's default for a MatMul since balanced rounding (--rounding balanced,
+    // --boundaries auto): the same cuts, one rounding offset per channel.
+    q.balanced_rounding = true;
+    configs.push_back({"int4 channel codes split quant balanced", q});
   }
   c.split = false;
   configs.push_back({"int4 channel codes plain", c});
+  c.balanced_rounding = true;
+  configs.push_back({"int4 channel codes plain balanced", c});
+  c.balanced_rounding = false;
   c.split = true;
   c.granularity = sq::Granularity::kBlock;
   configs.push_back({"int4 block32 codes split", c});

@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include "core/transform/common.h"
 #include "core/transform/round.h"
 
@@ -14,9 +18,9 @@ namespace {
 // 2^-12: bin 0 ends there; bins 1.. are four per octave from it.
 constexpr uint32_t kFirstExponent = 127 - 12;
 
-// Slices per task of the histogram pass: a [K, N] weight is read 64 columns (256 bytes)
+// Slices per task of the histogram pass: a [K, N] weight is read 256 columns (1 KiB)
 // of a row at a time.
-constexpr int64_t kTileSlices = 64;
+constexpr int64_t kTileSlices = 256;
 
 }  // namespace
 
@@ -36,19 +40,17 @@ float RoundingBinEdge(int k) {
 }
 
 int RoundingBinLimit(int64_t slice_elements) {
-  const double d = 2.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slice_elements, 1)));
+  const double d = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(slice_elements, 1)));
   if (d >= kMaxRoundingOffset) return kRoundingBins - 1;
   return RoundingBin(static_cast<float>(d));
 }
 
-void AccumulateRounding(float x, float scale, float zero, float qmin, float qmax, int bin_limit,
-                        SliceRounding& st) {
-  const float v = x / scale;
-  const float rq = RoundHalfEven(v);
-  const float u = rq + zero;
-  const float q = std::min(std::max(u, qmin), qmax);
-  st.r += static_cast<double>(q - zero) * scale - x;
-  const float f = v - rq;  // in [-0.5, 0.5]
+namespace {
+
+// The histogram part of AccumulateRounding for an element whose code can move: f is
+// v - round(v), u the unsaturated code.
+inline void AddCandidate(float f, float u, float scale, float qmin, float qmax, int bin_limit,
+                         SliceRounding& st) {
   if (f > 0.0f && u >= qmin && u < qmax) {
     const int k = RoundingBin(0.5f - f);
     if (k >= 0 && k <= bin_limit) {
@@ -63,6 +65,76 @@ void AccumulateRounding(float x, float scale, float zero, float qmin, float qmax
     }
   }
 }
+
+}  // namespace
+
+void AccumulateRounding(float x, float scale, float zero, float qmin, float qmax, int bin_limit,
+                        SliceRounding& st) {
+  const float v = x / scale;
+  const float rq = RoundHalfEven(v);
+  const float u = rq + zero;
+  const float q = std::min(std::max(u, qmin), qmax);
+  st.r += static_cast<double>(q - zero) * scale - x;
+  AddCandidate(v - rq, u, scale, qmin, qmax, bin_limit, st);
+}
+
+namespace {
+
+#if defined(__SSE2__)
+// AccumulateRounding for four elements, lane j into *st[j] (lanes may share a slice: they
+// are added in lane order), with the same float and double operations; `keep` lanes
+// (all-ones) count, others add nothing. Only elements near a rounding midpoint (d below
+// the limit's edge, about 2 / sqrt(n) of them) leave the vector path.
+// `r4`: when set, the four lanes are four consecutive slices whose error sums live there
+// (added in one vector step, each lane still in its own element order); else st[j]->r.
+inline void Accumulate4(__m128 x, __m128 sc, __m128 zf, __m128 keep, __m128 qmin, __m128 qmax,
+                        __m128 dlim, int bin_limit, SliceRounding* const st[4], double* r4) {
+  const __m128 v = _mm_div_ps(x, sc);
+  const __m128 rq = RoundHalfEven4(v);
+  const __m128 u = _mm_add_ps(rq, zf);
+  const __m128 q = _mm_min_ps(_mm_max_ps(u, qmin), qmax);
+  const __m128 dq = _mm_sub_ps(q, zf);
+  const __m128d lo = _mm_sub_pd(_mm_mul_pd(_mm_cvtps_pd(dq), _mm_cvtps_pd(sc)), _mm_cvtps_pd(x));
+  const __m128d hi = _mm_sub_pd(_mm_mul_pd(_mm_cvtps_pd(_mm_movehl_ps(dq, dq)),
+                                           _mm_cvtps_pd(_mm_movehl_ps(sc, sc))),
+                                _mm_cvtps_pd(_mm_movehl_ps(x, x)));
+  const int kept = _mm_movemask_ps(keep);
+  if (r4 != nullptr) {
+    // Dropped lanes add +0.0, which leaves a sum as it is (ChooseOffset reads -0 as 0).
+    const __m128 k = keep;
+    const __m128d klo = _mm_castsi128_pd(_mm_unpacklo_epi32(_mm_castps_si128(k), _mm_castps_si128(k)));
+    const __m128d khi = _mm_castsi128_pd(_mm_unpackhi_epi32(_mm_castps_si128(k), _mm_castps_si128(k)));
+    _mm_storeu_pd(r4, _mm_add_pd(_mm_loadu_pd(r4), _mm_and_pd(lo, klo)));
+    _mm_storeu_pd(r4 + 2, _mm_add_pd(_mm_loadu_pd(r4 + 2), _mm_and_pd(hi, khi)));
+  } else {
+    alignas(16) double t[4];
+    _mm_store_pd(t, lo);
+    _mm_store_pd(t + 2, hi);
+    for (int j = 0; j < 4; ++j) {
+      if (kept >> j & 1) st[j]->r += t[j];
+    }
+  }
+  // Candidates: 0.5 - |f| < dlim (a bin within the limit), f != 0.
+  const __m128 f = _mm_sub_ps(v, rq);
+  const __m128 abs_f = _mm_andnot_ps(_mm_set1_ps(-0.0f), f);
+  const __m128 near = _mm_and_ps(_mm_cmplt_ps(_mm_sub_ps(_mm_set1_ps(0.5f), abs_f), dlim),
+                                 _mm_cmpgt_ps(abs_f, _mm_setzero_ps()));
+  const int cand = _mm_movemask_ps(_mm_and_ps(near, keep));
+  if (cand == 0) return;
+  alignas(16) float fa[4], ua[4], sa[4];
+  _mm_store_ps(fa, f);
+  _mm_store_ps(ua, u);
+  _mm_store_ps(sa, sc);
+  float qn, qx;
+  _mm_store_ss(&qn, qmin);
+  _mm_store_ss(&qx, qmax);
+  for (int j = 0; j < 4; ++j) {
+    if (cand >> j & 1) AddCandidate(fa[j], ua[j], sa[j], qn, qx, bin_limit, *st[j]);
+  }
+}
+#endif
+
+}  // namespace
 
 float ChooseOffset(const SliceRounding& st) {
   if (st.r == 0) return 0.0f;
@@ -99,30 +171,103 @@ std::vector<float> ChooseRoundingOffsets(const WeightView& weight, const Transfo
   const bool unit_is_slice = units.kind == MapKind::kChannel;
   const bool middle_only = config.balance_middle_only;
   const int64_t tiles = (ax.D + kTileSlices - 1) / kTileSlices;
+  const auto& kp = kernels.kp;
+  const int nb = plan.split ? 3 : 1;
+  // One element, scalar (the reference's step): its branch, then AccumulateRounding.
+  auto one = [&](float x, int64_t d, SliceRounding& s) {
+    int b = 0;
+    if (plan.split) {
+      const int64_t u = unit_is_slice ? d : 0;
+      b = ClusterOfF(x, plan.t0[u], plan.t1[u]);
+      if (middle_only && b != 1) return;
+    }
+    AccumulateRounding(x, kp[b].scale[d], kp[b].zf[d], qmin, qmax, limit, s);
+  };
   RunParallel(tiles, parallel_for, [&](int64_t tb, int64_t te) {
     std::vector<SliceRounding> st(static_cast<size_t>(kTileSlices));
+    std::vector<double> r(static_cast<size_t>(kTileSlices));  // channel last: the sums
+#if defined(__SSE2__)
+    const __m128 vqmin = _mm_set1_ps(qmin), vqmax = _mm_set1_ps(qmax);
+    const __m128 dlim = _mm_set1_ps(RoundingBinEdge(limit));
+    const __m128 ones = _mm_castsi128_ps(_mm_set1_epi32(-1));
+    // Branch masks of x (ClusterOfF) and the branch's scale and zero point per lane.
+    auto select = [&](__m128 x, __m128 t0, __m128 t1, const __m128 s[3], const __m128 z[3],
+                      __m128& sc, __m128& zf, __m128& keep) {
+      if (nb == 1) {
+        sc = s[0];
+        zf = z[0];
+        keep = ones;
+        return;
+      }
+      const __m128 m0 = _mm_cmple_ps(x, t0);
+      const __m128 m2 = _mm_andnot_ps(m0, _mm_cmpge_ps(x, t1));
+      const __m128 m1 = _mm_andnot_ps(_mm_or_ps(m0, m2), ones);
+      sc = _mm_or_ps(_mm_or_ps(_mm_and_ps(m0, s[0]), _mm_and_ps(m1, s[1])), _mm_and_ps(m2, s[2]));
+      zf = _mm_or_ps(_mm_or_ps(_mm_and_ps(m0, z[0]), _mm_and_ps(m1, z[1])), _mm_and_ps(m2, z[2]));
+      keep = middle_only ? m1 : ones;
+      // Lanes of an excluded branch still divide: give them the middle's scale (never 0).
+      if (middle_only) sc = _mm_or_ps(_mm_and_ps(m1, sc), _mm_andnot_ps(m1, s[1]));
+    };
+#endif
     for (int64_t t = tb; t < te; ++t) {
       const int64_t d0 = t * kTileSlices, d1 = std::min(ax.D, d0 + kTileSlices);
       std::fill(st.begin(), st.end(), SliceRounding{});
+      std::fill(r.begin(), r.end(), 0.0);
+      int64_t vector_end = d0;  // channel last: slices [d0, vector_end) sum into r
       for (int64_t o = 0; o < ax.O; ++o) {
+        if (ax.I == 1) {
+          // Channel last ([K, N]): a row's run of slices, four slices per step.
+          const float* x = weight.data + o * ax.D;
+          int64_t d = d0;
+#if defined(__SSE2__)
+          for (; d + 4 <= d1; d += 4) {
+            __m128 s[3], z[3];
+            for (int b = 0; b < nb; ++b) {
+              s[b] = _mm_loadu_ps(kp[b].scale.data() + d);
+              z[b] = _mm_loadu_ps(kp[b].zf.data() + d);
+            }
+            const __m128 xv = _mm_loadu_ps(x + d);
+            __m128 t0 = xv, t1 = xv, sc, zf, keep;
+            if (plan.split) {
+              t0 = unit_is_slice ? _mm_loadu_ps(plan.t0.data() + d) : _mm_set1_ps(plan.t0[0]);
+              t1 = unit_is_slice ? _mm_loadu_ps(plan.t1.data() + d) : _mm_set1_ps(plan.t1[0]);
+            }
+            select(xv, t0, t1, s, z, sc, zf, keep);
+            SliceRounding* const lanes[4] = {&st[d - d0], &st[d - d0 + 1], &st[d - d0 + 2],
+                                             &st[d - d0 + 3]};
+            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes, &r[d - d0]);
+          }
+#endif
+          vector_end = d;
+          for (; d < d1; ++d) one(x[d], d, st[static_cast<size_t>(d - d0)]);
+          continue;
+        }
         for (int64_t d = d0; d < d1; ++d) {
+          // A slice's run of I elements (channel first, or the middle of the shape).
           const float* x = weight.data + (o * ax.D + d) * ax.I;
-          SliceRounding& s = st[static_cast<size_t>(d - d0)];
-          if (!plan.split) {
-            const float sc = kernels.kp[0].scale[d], zf = kernels.kp[0].zf[d];
-            for (int64_t i = 0; i < ax.I; ++i) AccumulateRounding(x[i], sc, zf, qmin, qmax, limit, s);
-            continue;
+          SliceRounding& sr = st[static_cast<size_t>(d - d0)];
+          int64_t i = 0;
+#if defined(__SSE2__)
+          __m128 s[3], z[3];
+          for (int b = 0; b < nb; ++b) {
+            s[b] = _mm_set1_ps(kp[b].scale[d]);
+            z[b] = _mm_set1_ps(kp[b].zf[d]);
           }
           const int64_t u = unit_is_slice ? d : 0;
-          const float t0 = plan.t0[u], t1 = plan.t1[u];
-          for (int64_t i = 0; i < ax.I; ++i) {
-            const int b = ClusterOfF(x[i], t0, t1);
-            if (middle_only && b != 1) continue;
-            AccumulateRounding(x[i], kernels.kp[b].scale[d], kernels.kp[b].zf[d], qmin, qmax,
-                               limit, s);
+          const __m128 t0 = _mm_set1_ps(plan.split ? plan.t0[u] : 0.0f);
+          const __m128 t1 = _mm_set1_ps(plan.split ? plan.t1[u] : 0.0f);
+          SliceRounding* const lanes[4] = {&sr, &sr, &sr, &sr};
+          for (; i + 4 <= ax.I; i += 4) {
+            const __m128 xv = _mm_loadu_ps(x + i);
+            __m128 sc, zf, keep;
+            select(xv, t0, t1, s, z, sc, zf, keep);
+            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes, nullptr);
           }
+#endif
+          for (; i < ax.I; ++i) one(x[i], d, sr);
         }
       }
+      for (int64_t d = d0; d < vector_end; ++d) st[static_cast<size_t>(d - d0)].r = r[d - d0];
       for (int64_t d = d0; d < d1; ++d) offsets[d] = ChooseOffset(st[static_cast<size_t>(d - d0)]);
     }
   });

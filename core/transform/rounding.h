@@ -62,10 +62,10 @@ struct SliceRounding {
 int RoundingBin(float d);
 // The upper edge of bin k (an exact float); flipping bins 0..k is the offset BinEdge(k).
 float RoundingBinEdge(int k);
-// The last bin a slice of `slice_elements` elements considers: offsets beyond
-// 2 / sqrt(n) are never needed by a slice whose errors are spread like rounding noise
-// (its error sum is ~0.29 sqrt(n) steps, the candidates' density n per unit of d), so
-// the histogram ignores farther elements (the cost of the pass).
+// The last bin a slice of `slice_elements` elements considers: a slice whose errors are
+// spread like rounding noise has an error sum of ~0.29 sqrt(n) steps and n candidates per
+// unit of d, so it needs an offset of ~0.29 / sqrt(n); the histogram looks up to
+// 1 / sqrt(n) (the bin holding it) and ignores farther elements (the pass's cost).
 int RoundingBinLimit(int64_t slice_elements);
 
 // Adds one element (its value, branch scale and zero point as float) to `st`: exactly the
