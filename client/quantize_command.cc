@@ -79,13 +79,13 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              weights run faster as FP32)
   --format F                 qdq (= --target qdq) | fake (FP32 dequantized weights) |
                              split (FP32, split only)
-  --rounding R               balanced (default: split MatMul/Gemm/Conv/ConvTranspose
-                             layers at <= 4 bits, channel granularity: one rounding offset
-                             per output channel keeps its rounding errors from adding up;
-                             else nearest) |
+  --rounding R               balanced (default: split Conv/ConvTranspose layers at <= 4
+                             bits, channel granularity: one rounding offset per output
+                             channel keeps its rounding errors from adding up; else
+                             nearest) |
                              nearest (round half to even everywhere, the paper's)
-  --boundaries B             auto (default: kmeans for Conv/ConvTranspose under balanced
-                             rounding, else quant) | quant (cuts and per-branch ranges chosen for the
+  --boundaries B             auto (default: kmeans where balanced rounding applies, else
+                             quant) | quant (cuts and per-branch ranges chosen for the
                              branches' quantization error; tensor/channel granularity) |
                              kmeans (the paper: k-means midpoints, min/max ranges)
   --scale-type T             auto (default: per-channel and blocked scales rounded up to

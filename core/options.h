@@ -102,11 +102,11 @@ enum class ScaleType {
 
 // How codes are rounded (core/transform/rounding.h).
 enum class Rounding {
-  kBalanced,  // default: split MatMul/Gemm/Conv/ConvTranspose layers at <= 4 bits under
-              // channel granularity get one rounding offset per output channel, which keeps
-              // the channel's rounding errors from adding up (the error an input's mean
-              // carries to the output); elsewhere (plain layers, 8 bits, tensor and block
-              // granularity, Gather tables) round to nearest
+  kBalanced,  // default: split Conv/ConvTranspose layers at <= 4 bits under channel
+              // granularity get one rounding offset per output channel, which keeps the
+              // channel's rounding errors from adding up (the error a non-negative input's
+              // mean carries to every output); elsewhere (MatMul/Gemm, plain layers, 8 bits,
+              // tensor and block granularity, Gather tables) round to nearest
   kNearest,   // round half to even everywhere (the paper's)
 };
 
@@ -169,9 +169,9 @@ struct QuantizeOptions {
   // granularity: cuts placed to minimise the branches' estimated quantization error and
   // each branch's range shrunk where that lowers its actual error (`--boundaries quant`);
   // false = the paper's k-means boundaries and min/max ranges (`--boundaries kmeans`).
-  // Unset (default, `auto`): k-means for Conv/ConvTranspose under balanced rounding
-  // (channel granularity), quantization-aware elsewhere — see QuantAwareBoundaries and
-  // docs/accuracy.md. Blocked granularity always uses k-means.
+  // Unset (default, `auto`): k-means where balanced rounding applies (split convolutions
+  // at <= 4 bits, channel granularity), quantization-aware elsewhere — see
+  // QuantAwareBoundaries and docs/accuracy.md. Blocked granularity always uses k-means.
   std::optional<bool> quant_aware_boundaries;
   Rounding rounding = Rounding::kBalanced;
   // How weight scales are kept (ScaleType): by default per-channel and blocked scales are
@@ -278,8 +278,7 @@ absl::StatusOr<Rounding> ParseRounding(absl::string_view s);    // balanced|near
 bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
                       const std::string& op_type, bool split);
 // Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, or by
-// default everywhere except convolutions under balanced rounding); never under blocked
-// granularity.
+// default wherever balanced rounding does not apply); never under blocked granularity.
 bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity,
                           const std::string& op_type);
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
