@@ -84,9 +84,9 @@ weights, locally. Prints a summary; --report writes the full per-layer JSON repo
                              channel keeps its rounding errors from adding up; else
                              nearest) |
                              nearest (round half to even everywhere, the paper's)
-  --boundaries B             auto (default: kmeans where balanced rounding applies, else
-                             quant) | quant (cuts and per-branch ranges chosen for the
-                             branches' quantization error; tensor/channel granularity) |
+  --boundaries B             auto (default) = quant: cuts and per-branch ranges chosen
+                             for the branches' quantization error (tensor/channel
+                             granularity; min/max ranges where balanced rounding applies) |
                              kmeans (the paper: k-means midpoints, min/max ranges)
   --scale-type T             auto (default: per-channel and blocked scales rounded up to
                              float16 values, by at most 2^-10, so compact layers store them

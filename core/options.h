@@ -170,8 +170,8 @@ struct QuantizeOptions {
   // granularity: cuts placed to minimise the branches' estimated quantization error and
   // each branch's range shrunk where that lowers its actual error (`--boundaries quant`);
   // false = the paper's k-means boundaries and min/max ranges (`--boundaries kmeans`).
-  // Unset (default, `auto`): k-means where balanced rounding applies (split convolutions
-  // at <= 4 bits, channel granularity), quantization-aware elsewhere — see
+  // Unset (default, `auto`) = quantization-aware; where balanced rounding applies the
+  // ranges are not shrunk (a saturated extreme is an error no offset can balance) — see
   // QuantAwareBoundaries and docs/accuracy.md. Blocked granularity always uses k-means.
   std::optional<bool> quant_aware_boundaries;
   Rounding rounding = Rounding::kBalanced;
@@ -278,8 +278,8 @@ absl::StatusOr<Rounding> ParseRounding(absl::string_view s);    // balanced|near
 // options.bits) gets balanced rounding.
 bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
                       const std::string& op_type, bool split);
-// Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, or by
-// default wherever balanced rounding does not apply); never under blocked granularity.
+// Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, true by
+// default); never under blocked granularity.
 bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity,
                           const std::string& op_type);
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)

@@ -141,7 +141,7 @@ TEST(RoundingTest, ChannelSumsBalanceForLittleSquaredError) {
     cfg.encoding = WeightEncoding::kDequantizedSum;
     cfg.split = split;
     cfg.cluster_per_channel = true;
-    cfg.quant_aware_boundaries = true;
+    cfg.quant_aware_boundaries = false;  // min/max ranges either way: only the rounding differs
     Collected nearest, balanced;
     auto rn = TransformWeight(view, cfg, nearest.Sink());
     cfg.balanced_rounding = true;
@@ -173,7 +173,38 @@ TEST(RoundingTest, ChannelSumsBalanceForLittleSquaredError) {
   }
 }
 
-// Tensor and block granularity, Gather tables' settings: the option changes nothing.
+// Tensor and block granularity: the option changes nothing.
+// Quantization-aware cuts keep min/max ranges under balanced rounding: a shrunk range's
+// saturated extremes are an error no offset can balance.
+TEST(RoundingTest, BalancedRoundingKeepsMinMaxRanges) {
+  const std::vector<float> data = Weights(32 * 400, 8);
+  const WeightView view{data.data(), {32, 400}, 0, 1};
+  TransformConfig cfg;
+  cfg.spec.bits = 4;
+  cfg.granularity = Granularity::kChannel;
+  cfg.cluster_per_channel = true;
+  cfg.quant_aware_boundaries = true;
+  cfg.balanced_rounding = true;
+  Collected c;
+  auto r = TransformWeight(view, cfg, c.Sink());
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(r->split);
+  // Every value lies within its branch's grid: no code saturates below the range.
+  for (int64_t ch = 0; ch < 32; ++ch) {
+    for (int b = 0; b < 3; ++b) {
+      const float s = r->params[b].scales[ch];
+      const int32_t z = r->params[b].zero_points[ch];
+      const float lo = (0 - z) * s, hi = (15 - z) * s;
+      for (int64_t k = 0; k < 400; ++k) {
+        const int64_t e = ch * 400 + k;
+        if (c.bytes.at(b)[e] == static_cast<uint8_t>(z)) continue;  // not in this branch
+        EXPECT_GE(data[e], lo - 0.5f * s) << ch;
+        EXPECT_LE(data[e], hi + 0.5f * s) << ch;
+      }
+    }
+  }
+}
+
 TEST(RoundingTest, OnlyChannelGranularityIsBalanced) {
   const std::vector<float> data = Weights(64 * 48, 5);
   const WeightView view{data.data(), {64, 48}, 1, 0};

@@ -145,7 +145,7 @@ bool QuantAwareCuts(const TransformConfig& c) {
   return c.quant_aware_boundaries && c.split && c.granularity != Granularity::kBlock;
 }
 bool ShrinksRanges(const TransformConfig& c) {
-  return QuantAwareCuts(c) &&
+  return QuantAwareCuts(c) && !c.balanced_rounding &&
          ((c.cluster_per_channel && c.granularity == Granularity::kChannel) ||
           (!c.cluster_per_channel && c.granularity == Granularity::kTensor));
 }

@@ -48,7 +48,8 @@ KMeans1DResult ClusterValues(absl::Span<const float> v, ClusterMethod method,
 bool QuantAwareCuts(const TransformConfig& c);
 // Whether its range shrink factors apply: only where each clustering unit is exactly one
 // quantization slice (per-channel units under channel granularity, or the whole tensor
-// under tensor granularity). Blocked slices keep their min/max.
+// under tensor granularity), and not under balanced rounding (a saturated extreme is a
+// one-sided error no rounding offset can balance). Blocked slices keep their min/max.
 bool ShrinksRanges(const TransformConfig& c);
 
 // `quant_spec` non-null: the quantization-aware split under that spec instead of k-means.
