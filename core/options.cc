@@ -344,7 +344,7 @@ bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
   // Scope as measured (docs/accuracy.md): a convolution's inputs follow non-negative
   // activations (ReLU, hard-swish, sigmoid gates), whose mean carries the channel's summed
   // rounding error to every output; there the split at <= 4 bits gained (bench/ocr INT4:
-  // 74.0 -> 81.3 % exact). The recognizer's MatMuls (inputs after LayerNorm, zero-mean per
+  // 74.0 -> 80.7 % exact). The recognizer's MatMuls (inputs after LayerNorm, zero-mean per
   // token), plain layers and 8-bit splits gained nothing measurable, and the offsets' pass
   // costs about three times the quantize pass, so they round to nearest. Under
   // --bpw-budget too: the allocator's proxy is the weight error, which balanced rounding
