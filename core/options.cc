@@ -346,11 +346,10 @@ bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
   // rounding error to every output; there the split at <= 4 bits gained (bench/ocr INT4:
   // 74.0 -> 80.7 % exact). The recognizer's MatMuls (inputs after LayerNorm, zero-mean per
   // token), plain layers and 8-bit splits gained nothing measurable, and the offsets' pass
-  // costs about three times the quantize pass, so they round to nearest. Under
-  // --bpw-budget too: the allocator's proxy is the weight error, which balanced rounding
-  // raises while it lowers the outputs' (with it, 7 bpw fell from 75.0 to 53.7 % exact).
+  // costs about three times the quantize pass, so they round to nearest. (Under
+  // --bpw-budget the allocator ranks layers on round-to-nearest's error: core/plan.cc.)
   return options.rounding == Rounding::kBalanced && granularity == Granularity::kChannel &&
-         split && options.bits <= 4 && options.bpw_budget <= 0 &&
+         split && options.bits <= 4 &&
          (op_type == "Conv" || op_type == "ConvTranspose");
 }
 

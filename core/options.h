@@ -106,8 +106,7 @@ enum class Rounding {
               // granularity get one rounding offset per output channel, which keeps the
               // channel's rounding errors from adding up (the error a non-negative input's
               // mean carries to every output); elsewhere (MatMul/Gemm, plain layers, 8 bits,
-              // tensor and block granularity, Gather tables, under --bpw-budget) round to
-              // nearest
+              // tensor and block granularity, Gather tables) round to nearest
   kNearest,   // round half to even everywhere (the paper's)
 };
 
