@@ -1072,7 +1072,9 @@ TEST_F(EngineTest, BalancedRoundingIsTheDefaultAndReported) {
   ASSERT_TRUE(n.ok());
   EXPECT_NE(n->output_sha256, b->output_sha256);
   for (const LayerReport& l : n->layers) {
-    if (l.quantized) EXPECT_EQ(l.rounding, "nearest") << l.name;
+    if (l.quantized) {
+      EXPECT_EQ(l.rounding, "nearest") << l.name;
+    }
     EXPECT_EQ(l.offset_channels, 0);
   }
   // Its scope: split convolutions at <= 4 bits under channel granularity.
@@ -1085,7 +1087,9 @@ TEST_F(EngineTest, BalancedRoundingIsTheDefaultAndReported) {
     auto t = Quantize(Path("conv.onnx"), Path(absl::StrCat("t", variant, ".onnx")), v);
     ASSERT_TRUE(t.ok());
     for (const LayerReport& l : t->layers) {
-      if (l.quantized) EXPECT_EQ(l.rounding, "nearest") << l.name << " variant " << variant;
+      if (l.quantized) {
+        EXPECT_EQ(l.rounding, "nearest") << l.name << " variant " << variant;
+      }
     }
   }
 }

@@ -53,7 +53,9 @@ TEST(RoundingTest, BinsAreGeometricAndTheirEdgesBoundThem) {
     ASSERT_GE(k, 0);
     ASSERT_LT(k, kRoundingBins);
     EXPECT_LT(d, RoundingBinEdge(k)) << d;
-    if (k > 0) EXPECT_GE(d, RoundingBinEdge(k - 1)) << d;
+    if (k > 0) {
+      EXPECT_GE(d, RoundingBinEdge(k - 1)) << d;
+    }
   }
   // Wide slices look only near the midpoint; small ones everywhere.
   EXPECT_EQ(RoundingBinLimit(5), kRoundingBins - 1);
@@ -161,7 +163,9 @@ TEST(RoundingTest, ChannelSumsBalanceForLittleSquaredError) {
         const int64_t e = r * cols + c;
         en += static_cast<double>(qn[e]) - data[e];
         eb += static_cast<double>(qb[e]) - data[e];
-        if (data[e] == 0.0f) EXPECT_EQ(qb[e], 0.0f);
+        if (data[e] == 0.0f) {
+          EXPECT_EQ(qb[e], 0.0f);
+        }
       }
       sum_n += std::fabs(en);
       sum_b += std::fabs(eb);
