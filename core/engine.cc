@@ -83,10 +83,7 @@ void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupP
       l.override_rule = ToString(options.layer_overrides[p.settings.override_index]);
     }
     l.split_decision = p.split_decision;
-    l.rounding = !l.quantized ? ""
-                 : p.config.balanced_rounding && p.config.granularity == Granularity::kChannel
-                     ? "balanced"
-                     : "nearest";
+    l.rounding = !l.quantized ? "" : p.config.balanced_rounding ? "balanced" : "nearest";
     l.offset_channels = r.offset_slices;
     for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
     l.degenerate_channels = r.degenerate_units;

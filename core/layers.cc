@@ -22,7 +22,7 @@ bool ClusterPerChannel(const QuantizeOptions& options, Granularity granularity,
   // clustering unit is the quantization slice (a channel, or the whole tensor), so each
   // slice's cuts and ranges are chosen for that slice; otherwise (k-means boundaries, or
   // blocks) the paper's choice: whole tensor for MatMul/Gemm, channel for convolutions.
-  if (QuantAwareBoundaries(options, granularity, op_type)) {
+  if (QuantAwareBoundaries(options, granularity)) {
     return granularity == Granularity::kChannel;
   }
   return op_type == "Conv" || op_type == "ConvTranspose";

@@ -353,9 +353,7 @@ bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
          (op_type == "Conv" || op_type == "ConvTranspose");
 }
 
-bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity,
-                          const std::string& op_type) {
-  (void)op_type;
+bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity) {
   if (granularity == Granularity::kBlock) return false;
   // Unset (auto): quantization-aware cuts everywhere. Under balanced rounding the
   // transform keeps min/max ranges (ShrinksRanges): a shrunk range saturates the

@@ -279,8 +279,7 @@ bool BalancedRounding(const QuantizeOptions& options, Granularity granularity,
                       const std::string& op_type, bool split);
 // Whether its split uses quantization-aware cuts (options.quant_aware_boundaries, true by
 // default); never under blocked granularity.
-bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity,
-                          const std::string& op_type);
+bool QuantAwareBoundaries(const QuantizeOptions& options, Granularity granularity);
 absl::StatusOr<SplitMode> ParseSplitMode(absl::string_view s);  // on|off|auto (true|false)
 // 'REGEX=key:value,...'. InvalidArgument naming the bad part: no '=', an unknown key, a
 // bad value, a regex RE2 rejects.

@@ -300,7 +300,7 @@ TransformConfig LayerTransformConfig(const WeightGroup& g, const QuantizeOptions
   c.split = split;
   c.cluster_per_channel = g.cluster_per_channel;
   c.cluster_method = options.reference_kmeans ? ClusterMethod::kReference : ClusterMethod::kFast;
-  c.quant_aware_boundaries = QuantAwareBoundaries(options, c.granularity, g.op_type);
+  c.quant_aware_boundaries = QuantAwareBoundaries(options, c.granularity);
   c.balanced_rounding = BalancedRounding(options, c.granularity, g.op_type, split);
   return c;
 }

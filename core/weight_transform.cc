@@ -32,6 +32,7 @@ namespace {
 
 using transform::BranchKernels;
 using transform::ChooseKernelParams;
+using transform::ChooseRoundingOffsets;
 using transform::ClusterFast;
 using transform::ClusterOfF;
 using transform::Clustering;
@@ -47,7 +48,6 @@ using transform::PlanSplit;
 using transform::QuantAwareCuts;
 using transform::QuantizeAndEmit;
 using transform::RegionPass;
-using transform::ChooseRoundingOffsets;
 using transform::ShrinksRanges;
 using transform::SliceMap;
 using transform::SliceRanges;

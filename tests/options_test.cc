@@ -151,6 +151,9 @@ TEST(OptionsTest, UnknownEnumValueRejected) {
   QuantizeOptions s;
   s.scale_type = static_cast<ScaleType>(9);
   ExpectInvalid(s, "scale_type");
+  QuantizeOptions r;
+  r.rounding = static_cast<Rounding>(9);
+  ExpectInvalid(r, "rounding");
 }
 
 TEST(OptionsTest, ParseAndPrintRoundTrip) {

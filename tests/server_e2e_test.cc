@@ -454,6 +454,9 @@ TEST(ConvertTest, ActivationOptionsRoundTrip) {
   bad.set_activations(static_cast<v1::ActivationType>(9));
   EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "options.activations"));
   bad.Clear();
+  bad.set_rounding(static_cast<v1::Rounding>(7));
+  EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "options.rounding"));
+  bad.Clear();
   bad.add_input_ranges("x");
   EXPECT_TRUE(absl::StrContains(ToEngineOptions(bad, 1).status().message(), "options.input_ranges[0]"));
   bad.Clear();

@@ -84,11 +84,9 @@ namespace {
 // AccumulateRounding for four elements, lane j into *st[j] (lanes may share a slice: they
 // are added in lane order), with the same float and double operations; `keep` lanes
 // (all-ones) count, others add nothing. Only elements near a rounding midpoint (d below
-// the limit's edge, about 2 / sqrt(n) of them) leave the vector path.
-// `r4`: when set, the four lanes are four consecutive slices whose error sums live there
-// (added in one vector step, each lane still in its own element order); else st[j]->r.
+// the limit's edge, within about 1 / sqrt(n) of it) leave the vector path.
 inline void Accumulate4(__m128 x, __m128 sc, __m128 zf, __m128 keep, __m128 qmin, __m128 qmax,
-                        __m128 dlim, int bin_limit, SliceRounding* const st[4], double* r4) {
+                        __m128 dlim, int bin_limit, SliceRounding* const st[4]) {
   const __m128 v = _mm_div_ps(x, sc);
   const __m128 rq = RoundHalfEven4(v);
   const __m128 u = _mm_add_ps(rq, zf);
@@ -99,20 +97,11 @@ inline void Accumulate4(__m128 x, __m128 sc, __m128 zf, __m128 keep, __m128 qmin
                                            _mm_cvtps_pd(_mm_movehl_ps(sc, sc))),
                                 _mm_cvtps_pd(_mm_movehl_ps(x, x)));
   const int kept = _mm_movemask_ps(keep);
-  if (r4 != nullptr) {
-    // Dropped lanes add +0.0, which leaves a sum as it is (ChooseOffset reads -0 as 0).
-    const __m128 k = keep;
-    const __m128d klo = _mm_castsi128_pd(_mm_unpacklo_epi32(_mm_castps_si128(k), _mm_castps_si128(k)));
-    const __m128d khi = _mm_castsi128_pd(_mm_unpackhi_epi32(_mm_castps_si128(k), _mm_castps_si128(k)));
-    _mm_storeu_pd(r4, _mm_add_pd(_mm_loadu_pd(r4), _mm_and_pd(lo, klo)));
-    _mm_storeu_pd(r4 + 2, _mm_add_pd(_mm_loadu_pd(r4 + 2), _mm_and_pd(hi, khi)));
-  } else {
-    alignas(16) double t[4];
-    _mm_store_pd(t, lo);
-    _mm_store_pd(t + 2, hi);
-    for (int j = 0; j < 4; ++j) {
-      if (kept >> j & 1) st[j]->r += t[j];
-    }
+  alignas(16) double t[4];
+  _mm_store_pd(t, lo);
+  _mm_store_pd(t + 2, hi);
+  for (int j = 0; j < 4; ++j) {
+    if (kept >> j & 1) st[j]->r += t[j];
   }
   // Candidates: 0.5 - |f| < dlim (a bin within the limit), f != 0.
   const __m128 f = _mm_sub_ps(v, rq);
@@ -185,7 +174,6 @@ std::vector<float> ChooseRoundingOffsets(const WeightView& weight, const Transfo
   };
   RunParallel(tiles, parallel_for, [&](int64_t tb, int64_t te) {
     std::vector<SliceRounding> st(static_cast<size_t>(kTileSlices));
-    std::vector<double> r(static_cast<size_t>(kTileSlices));  // channel last: the sums
 #if defined(__SSE2__)
     const __m128 vqmin = _mm_set1_ps(qmin), vqmax = _mm_set1_ps(qmax);
     const __m128 dlim = _mm_set1_ps(RoundingBinEdge(limit));
@@ -212,8 +200,6 @@ std::vector<float> ChooseRoundingOffsets(const WeightView& weight, const Transfo
     for (int64_t t = tb; t < te; ++t) {
       const int64_t d0 = t * kTileSlices, d1 = std::min(ax.D, d0 + kTileSlices);
       std::fill(st.begin(), st.end(), SliceRounding{});
-      std::fill(r.begin(), r.end(), 0.0);
-      int64_t vector_end = d0;  // channel last: slices [d0, vector_end) sum into r
       for (int64_t o = 0; o < ax.O; ++o) {
         if (ax.I == 1) {
           // Channel last ([K, N]): a row's run of slices, four slices per step.
@@ -235,10 +221,9 @@ std::vector<float> ChooseRoundingOffsets(const WeightView& weight, const Transfo
             select(xv, t0, t1, s, z, sc, zf, keep);
             SliceRounding* const lanes[4] = {&st[d - d0], &st[d - d0 + 1], &st[d - d0 + 2],
                                              &st[d - d0 + 3]};
-            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes, &r[d - d0]);
+            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes);
           }
 #endif
-          vector_end = d;
           for (; d < d1; ++d) one(x[d], d, st[static_cast<size_t>(d - d0)]);
           continue;
         }
@@ -261,13 +246,12 @@ std::vector<float> ChooseRoundingOffsets(const WeightView& weight, const Transfo
             const __m128 xv = _mm_loadu_ps(x + i);
             __m128 sc, zf, keep;
             select(xv, t0, t1, s, z, sc, zf, keep);
-            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes, nullptr);
+            Accumulate4(xv, sc, zf, keep, vqmin, vqmax, dlim, limit, lanes);
           }
 #endif
           for (; i < ax.I; ++i) one(x[i], d, sr);
         }
       }
-      for (int64_t d = d0; d < vector_end; ++d) st[static_cast<size_t>(d - d0)].r = r[d - d0];
       for (int64_t d = d0; d < d1; ++d) offsets[d] = ChooseOffset(st[static_cast<size_t>(d - d0)]);
     }
   });
