@@ -275,20 +275,43 @@ std::string Sha256Hex(const void* data, size_t size) {
 absl::StatusOr<std::string> Sha256File(const std::string& path) {
   int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
-  posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    const int err = errno;
+    close(fd);
+    return ErrnoStatus(err, "cannot stat", path);
+  }
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::string buf(4 << 20, '\0');
   absl::Status status;
-  while (true) {
-    ssize_t n = read(fd, buf.data(), buf.size());
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      status = ErrnoStatus(errno, "cannot read", path);
-      break;
+  // Hash straight from the page cache through a mapping (no copy into a buffer), a piece
+  // at a time, unmapping each piece's pages as it is done so that a large file never
+  // counts in the process's RSS. read() where the file cannot be mapped.
+  const size_t size = static_cast<size_t>(st.st_size);
+  void* map = size > 0 ? mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0) : MAP_FAILED;
+  if (map != MAP_FAILED) {
+    madvise(map, size, MADV_SEQUENTIAL);
+    const auto* base = static_cast<const unsigned char*>(map);
+    constexpr size_t kPiece = size_t{64} << 20;
+    for (size_t off = 0; off < size; off += kPiece) {
+      const size_t len = std::min(kPiece, size - off);
+      EVP_DigestUpdate(ctx, base + off, len);
+      madvise(const_cast<unsigned char*>(base) + off, len, MADV_DONTNEED);
     }
-    if (n == 0) break;
-    EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(n));
+    munmap(map, size);
+  } else {
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    std::string buf(4 << 20, '\0');
+    while (true) {
+      ssize_t n = read(fd, buf.data(), buf.size());
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        status = ErrnoStatus(errno, "cannot read", path);
+        break;
+      }
+      if (n == 0) break;
+      EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(n));
+    }
   }
   close(fd);
   unsigned char digest[EVP_MAX_MD_SIZE];

@@ -54,5 +54,28 @@ TEST(AvailableCpusTest, NeverMoreThanTheMachineAndAtLeastOne) {
   if (hw > 0) EXPECT_LE(n, static_cast<int>(hw));
 }
 
+// Sha256File hashes through a mapping, 64 MiB at a time: the empty file (nothing to map),
+// known vectors, and a file whose size is not a whole number of pieces must all give the
+// digest of their bytes; a missing file is NOT_FOUND.
+TEST(Sha256FileTest, MatchesTheDigestOfTheBytesAtAnySize) {
+  const std::string dir = testing::MakeTempDir("sq-sha");
+  auto put = [&](const std::string& name, const std::string& bytes) {
+    std::ofstream(dir + "/" + name, std::ios::binary) << bytes;
+    return dir + "/" + name;
+  };
+  auto empty = Sha256File(put("empty", ""));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_EQ(*empty, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+  auto abc = Sha256File(put("abc", "abc"));
+  ASSERT_TRUE(abc.ok()) << abc.status();
+  EXPECT_EQ(*abc, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  std::string big((size_t{64} << 20) + 12345, '\0');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>((i * 2654435761u) >> 13);
+  auto digest = Sha256File(put("big", big));
+  ASSERT_TRUE(digest.ok()) << digest.status();
+  EXPECT_EQ(*digest, Sha256Hex(big.data(), big.size()));
+  EXPECT_EQ(Sha256File(dir + "/missing").status().code(), absl::StatusCode::kNotFound);
+}
+
 }  // namespace
 }  // namespace sq

@@ -141,6 +141,52 @@ TEST(TransformStagesTest, SliceRangesReportANonFiniteValue) {
                                   IndexMap{}, SplitPlan{}, Threaded(3), r));
 }
 
+// The check rides in the min/max pass (a NaN test per vector; infinities read off the
+// minima and maxima), so every kernel variant must see each kind of bad value wherever it
+// sits: vector body or scalar tail, one slice per segment or one per element, split or not.
+TEST(TransformStagesTest, SliceRangesReportEveryNonFiniteKindInEveryKernel) {
+  std::mt19937_64 rng(5);
+  const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity()};
+  for (const Case& cs : Cases()) {
+    for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
+      for (bool split : {false, true}) {
+        WeightView w;
+        w.shape = cs.shape;
+        w.channel_axis = cs.channel_axis;
+        w.reduction_axis = cs.reduction_axis;
+        const int64_t n = w.num_elements();
+        std::vector<float> v = Values(n, rng);
+        w.data = v.data();
+        TransformConfig c;
+        c.granularity = g;
+        c.split = split;
+        const IndexMap slices = SliceMap(w, c), units = UnitMap(w, c);
+        SplitPlan plan;
+        plan.split = split;
+        for (int64_t k = 0; split && k < units.Count(); ++k) {
+          plan.t0.push_back(-0.01f);
+          plan.t1.push_back(0.01f);
+        }
+        SliceRanges clean;
+        ASSERT_TRUE(ComputeSliceRanges(v.data(), n, slices, units, plan, Threaded(2), clean));
+        for (int64_t pos : {int64_t{0}, n / 2, n - 1}) {
+          for (float bad : bad_values) {
+            const float keep = v[pos];
+            v[pos] = bad;
+            SliceRanges r;
+            EXPECT_FALSE(ComputeSliceRanges(v.data(), n, slices, units, plan, Threaded(2), r))
+                << "element " << pos << " of " << n << " = " << bad << ", split " << split
+                << ", granularity " << static_cast<int>(g);
+            v[pos] = keep;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(TransformStagesTest, RegionRangesSplitEveryValueIntoARegionOrAWindow) {
   std::mt19937_64 rng(4);
   for (const Case& cs : Cases()) {

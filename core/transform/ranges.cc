@@ -16,11 +16,15 @@ namespace {
 
 // Reduces x[0, len) into mn/mx (arrays of `branches` rows with row stride `stride`); slice
 // index advances with the element when kVecS. Thresholds per element when kVecT.
+// Returns whether a NaN was read (min/max drop NaNs); an infinity shows as -inf in a min
+// or +inf in a max, which finite data and the +inf / -inf starting values never give.
 template <bool kSplit, bool kVecT, bool kVecS>
-void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1, float* mn,
+bool ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1, float* mn,
                    float* mx, int64_t stride) {
   int64_t k = 0;
+  bool nan = false;
 #if defined(__SSE2__)
+  __m128 unordered = _mm_setzero_ps();
   if (!kVecS) {
     __m128 vmn[3], vmx[3];
     for (int b = 0; b < 3; ++b) {
@@ -30,6 +34,7 @@ void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1
     const __m128 inf = _mm_set1_ps(kInfF), ninf = _mm_set1_ps(-kInfF);
     for (; k + 4 <= len; k += 4) {
       const __m128 v = _mm_loadu_ps(x + k);
+      unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(v, v));
       if (!kSplit) {
         vmn[0] = _mm_min_ps(vmn[0], v);
         vmx[0] = _mm_max_ps(vmx[0], v);
@@ -61,6 +66,7 @@ void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1
     const __m128 inf = _mm_set1_ps(kInfF), ninf = _mm_set1_ps(-kInfF);
     for (; k + 4 <= len; k += 4) {
       const __m128 v = _mm_loadu_ps(x + k);
+      unordered = _mm_or_ps(unordered, _mm_cmpunord_ps(v, v));
       if (!kSplit) {
         _mm_storeu_ps(mn + k, _mm_min_ps(_mm_loadu_ps(mn + k), v));
         _mm_storeu_ps(mx + k, _mm_max_ps(_mm_loadu_ps(mx + k), v));
@@ -81,9 +87,11 @@ void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1
       }
     }
   }
+  nan = _mm_movemask_ps(unordered) != 0;
 #endif
   for (; k < len; ++k) {
     const float v = x[k];
+    nan |= v != v;
     const int64_t s = kVecS ? k : 0;
     const int b = kSplit ? ClusterOfF(v, t0[kVecT ? k : 0], t1[kVecT ? k : 0]) : 0;
     float& lo = mn[b * stride + s];
@@ -91,10 +99,11 @@ void ReduceSegment(const float* x, int64_t len, const float* t0, const float* t1
     lo = std::min(lo, v);
     hi = std::max(hi, v);
   }
+  return nan;
 }
 
 template <bool kSplit>
-void ReduceDispatch(const float* x, int64_t len, const float* t0, const float* t1,
+bool ReduceDispatch(const float* x, int64_t len, const float* t0, const float* t1,
                     bool vec_t, bool vec_s, float* mn, float* mx, int64_t stride) {
   if (vec_t) {
     if (vec_s) return ReduceSegment<kSplit, true, true>(x, len, t0, t1, mn, mx, stride);
@@ -190,17 +199,20 @@ bool ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
     std::vector<float> mx(static_cast<size_t>(nb * width), -kInfF);
     bool local_finite = true;
     ForEachSegment(slices, units, e0, e1, [&](int64_t e, int64_t len, Run rs, Run ru) {
-      if (AnyNonFinite(data + e, len)) local_finite = false;
       const float* t0 = plan.split ? plan.t0.data() + ru.value : &neg_inf;
       const float* t1 = plan.split ? plan.t1.data() + ru.value : &pos_inf;
       float* pmn = mn.data() + (rs.value - lo);
       float* pmx = mx.data() + (rs.value - lo);
-      if (plan.split) {
-        ReduceDispatch<true>(data + e, len, t0, t1, ru.stride, rs.stride, pmn, pmx, width);
-      } else {
-        ReduceDispatch<false>(data + e, len, t0, t1, false, rs.stride, pmn, pmx, width);
-      }
+      const bool nan =
+          plan.split
+              ? ReduceDispatch<true>(data + e, len, t0, t1, ru.stride, rs.stride, pmn, pmx, width)
+              : ReduceDispatch<false>(data + e, len, t0, t1, false, rs.stride, pmn, pmx, width);
+      if (nan) local_finite = false;
     });
+    // Infinities: a min of -inf or a max of +inf (see ReduceSegment).
+    for (size_t i = 0; i < mn.size() && local_finite; ++i) {
+      if (mn[i] == -kInfF || mx[i] == kInfF) local_finite = false;
+    }
     if (!local_finite) finite = false;
     // min/max merge is order independent (up to the sign of zero, which the consumers
     // normalise), so a plain lock keeps the result deterministic.

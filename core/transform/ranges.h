@@ -39,8 +39,9 @@ struct SliceRanges {
   }
 };
 
-// Per-slice, per-branch min/max under `plan`. Also checks finiteness on the way (the
-// data is in L1 then); returns false when a NaN / Inf was seen (`out` is then garbage).
+// Per-slice, per-branch min/max under `plan`. Also checks finiteness in the same pass (a
+// NaN test beside the min/max, infinities read off them); returns false when a NaN / Inf
+// was seen (`out` is then garbage).
 bool ComputeSliceRanges(const float* data, int64_t n, const IndexMap& slices,
                         const IndexMap& units, const SplitPlan& plan,
                         const ParallelFor& parallel_for, SliceRanges& out);
