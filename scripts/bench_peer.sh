@@ -228,6 +228,8 @@ print("%.1f s (serial stages %.1f s + transform %.1f s; layers sum %.1f s, large
       % (serial + transform, serial, transform, sum(layers), max(layers) if layers else 0))
 PYEOF
 }
+# Steps that measure nothing (peer, model, gguf) print no report.
+has_step run || has_step threads || exit 0
 {
   echo "## sq vs llama.cpp llama-quantize: Llama-3.2-1B-shaped model ($BLOCKS blocks)"
   echo
@@ -266,6 +268,6 @@ PYEOF
     for tag in "${TAGS[@]}"; do [[ $tag == sq-*-split-* ]] && echo "- $tag: $(projection "$tag" 16)"; done
     echo
   fi
-  [[ -n $THREADS_NOTE ]] && printf '%s' "$THREADS_NOTE"
+  if [[ -n $THREADS_NOTE ]]; then printf '%s' "$THREADS_NOTE"; fi
 } | tee "$RESULTS"
 if [[ $KEEP_GGUF != 1 ]]; then rm -f "$GGUF"; fi
