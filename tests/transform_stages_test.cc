@@ -47,6 +47,22 @@ struct Case {
   int channel_axis, reduction_axis;
 };
 
+int64_t Count(const Case& cs) {
+  int64_t n = 1;
+  for (int64_t d : cs.shape) n *= d;
+  return n;
+}
+
+// A view of `data` with the case's shape and axes.
+WeightView ViewOf(const Case& cs, const std::vector<float>& data) {
+  WeightView w;
+  w.shape = cs.shape;
+  w.channel_axis = cs.channel_axis;
+  w.reduction_axis = cs.reduction_axis;
+  w.data = data.data();
+  return w;
+}
+
 // Shapes of every layout the transform meets: 1-D, MatMul [K, N], Gemm [N, K], Conv.
 std::vector<Case> Cases() {
   return {{{1000}, 0, 0},           {{96, 40}, 1, 0},         {{37, 130}, 0, 1},
@@ -85,13 +101,9 @@ TEST(TransformStagesTest, SliceRangesAreEachBranchsMinAndMaxPerSlice) {
     for (Granularity g : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
       for (bool per_channel : {false, true}) {
         for (bool split : {false, true}) {
-          WeightView w;
-          w.shape = cs.shape;
-          w.channel_axis = cs.channel_axis;
-          w.reduction_axis = cs.reduction_axis;
+          const std::vector<float> v = Values(Count(cs), rng);
+          const WeightView w = ViewOf(cs, v);
           const int64_t n = w.num_elements();
-          const std::vector<float> v = Values(n, rng);
-          w.data = v.data();
           TransformConfig c;
           c.granularity = g;
           c.block_size = 7;
@@ -152,13 +164,9 @@ TEST(TransformStagesTest, SliceRangesReportEveryNonFiniteKindInEveryKernel) {
   for (const Case& cs : Cases()) {
     for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
       for (bool split : {false, true}) {
-        WeightView w;
-        w.shape = cs.shape;
-        w.channel_axis = cs.channel_axis;
-        w.reduction_axis = cs.reduction_axis;
+        std::vector<float> v = Values(Count(cs), rng);
+        const WeightView w = ViewOf(cs, v);
         const int64_t n = w.num_elements();
-        std::vector<float> v = Values(n, rng);
-        w.data = v.data();
         TransformConfig c;
         c.granularity = g;
         c.split = split;
