@@ -5,6 +5,7 @@
 // TSan prints a data-race report naming RacyService::GetJob.
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -15,7 +16,10 @@
 namespace {
 
 // Written by a plain thread and by the RPC handler with no synchronisation between them.
-int racy_counter = 0;
+unsigned racy_counter = 0;
+// Tells the writer to stop. Relaxed on both sides: it orders nothing, so the writer's
+// increments and the handler's stay unordered.
+std::atomic<bool> stop_writing{false};
 
 class RacyService final : public sq::v1::SqService::CallbackService {
   grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
@@ -41,12 +45,18 @@ int main() {
     std::fprintf(stderr, "tsan_canary: cannot start a server\n");
     return 2;
   }
-  // The writer finishes before the calls start, but nothing orders its writes before the
-  // handler's: only the join below, which comes after.
+  // The writer keeps writing while the calls run, so a fresh unordered write is always
+  // there when the handler's lands. (With a writer that had finished before the calls,
+  // TSan once reported nothing in CI, 2026-12-05, under load: an old access can be
+  // forgotten — the runtime clears its shadow memory when it runs out of epochs or thread
+  // slots, and reuses a finished thread's slot.)
   std::thread writer([] {
-    for (int i = 0; i < 1000; ++i) ++racy_counter;
+    for (int i = 0; !stop_writing.load(std::memory_order_relaxed); ++i) {
+      ++racy_counter;
+      if (i % 64 == 0) std::this_thread::yield();
+    }
   });
-  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
   auto stub = sq::v1::SqService::NewStub(
       grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
   for (int i = 0; i < 5; ++i) {
@@ -59,8 +69,9 @@ int main() {
       return 2;
     }
   }
+  stop_writing.store(true, std::memory_order_relaxed);
   writer.join();
   server->Shutdown();
-  std::printf("tsan_canary: %d increments\n", racy_counter);
+  std::printf("tsan_canary: %u increments\n", racy_counter);
   return 0;
 }
