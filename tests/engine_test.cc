@@ -1554,7 +1554,9 @@ TEST_F(EngineTest, FullIntegerQuantizesLayersUnderTheMinimumSize) {
     ASSERT_NE(fc2, nullptr);
     EXPECT_EQ(fc2->quantized, activations);
     EXPECT_EQ(r->layers_quantized, activations ? 2 : 1);
-    if (!activations) EXPECT_FALSE(fc2->skip_reason.empty());
+    if (!activations) {
+      EXPECT_FALSE(fc2->skip_reason.empty());
+    }
     auto out = LoadedModel::FromFile(out_path);
     ASSERT_TRUE(out.ok()) << out.status();
     // fc2's op (each branch of it: the split is on) reads a dequantized weight, or none does.
@@ -1562,7 +1564,9 @@ TEST_F(EngineTest, FullIntegerQuantizesLayersUnderTheMinimumSize) {
     int fc2_ops = 0;
     for (const auto& [op, dq] : dqs) fc2_ops += absl::StartsWith(op, "fc2");
     EXPECT_EQ(fc2_ops > 0, activations);
-    if (activations) EXPECT_EQ(r->activations.quantized_ops, static_cast<int>(dqs.size()));
+    if (activations) {
+      EXPECT_EQ(r->activations.quantized_ops, static_cast<int>(dqs.size()));
+    }
     EXPECT_LT(Compare(Path("small.onnx"), out_path, 7, /*optimize=*/false), 0.1);
   }
 }

@@ -55,7 +55,9 @@ class OrtWorkerTest : public ::testing::Test {
       EXPECT_EQ(a[k].shape, b[k].shape);
       EXPECT_EQ(a[k].elem_type, b[k].elem_type);
       ASSERT_EQ(a[k].f.size(), b[k].f.size());
-      if (!a[k].f.empty()) EXPECT_EQ(0, std::memcmp(a[k].f.data(), b[k].f.data(), a[k].f.size() * sizeof(float)));
+      if (!a[k].f.empty()) {
+        EXPECT_EQ(0, std::memcmp(a[k].f.data(), b[k].f.data(), a[k].f.size() * sizeof(float)));
+      }
       EXPECT_EQ(a[k].i, b[k].i);
     }
   }
@@ -80,7 +82,8 @@ TEST_F(OrtWorkerTest, RunsGiveTheSameBitsAsInThisProcess) {
   from_memory.path = "ext.onnx";
   from_memory.bytes = bytes;
   from_memory.external_files.push_back(
-      {"ext.data", reinterpret_cast<const char*>((*data)->data()), static_cast<size_t>((*data)->size())});
+      {"ext.data", reinterpret_cast<const char*>((*data)->data()), static_cast<size_t>((*data)->size()),
+       /*path=*/""});
   OrtModelSource from_memory_file = from_memory;
   from_memory_file.external_files[0].path = dir_ + "/ext.data";
 
@@ -122,7 +125,9 @@ TEST_F(OrtWorkerTest, ErrorsComeBackAsInThisProcess) {
   // A wrong input name fails the run, not the worker.
   std::vector<OrtTensor> wrong = inputs_;
   wrong[0].name = "no_such_input";
-  auto session = OrtSession::Open(OrtModelSource{dir_ + "/chain.onnx"});
+  OrtModelSource chain;
+  chain.path = dir_ + "/chain.onnx";
+  auto session = OrtSession::Open(chain);
   ASSERT_TRUE(session.ok());
   auto bad = (*session)->Run(wrong);
   EXPECT_FALSE(bad.ok());

@@ -110,7 +110,9 @@ TEST_F(UnstackTest, OlderOpsetsGetAttributeForms) {
   }
   out = RewriteAndCompare(Batched({3, 16}, {4, 16, 8}, /*opset=*/11), 4);
   for (const auto& n : out.graph().node()) {
-    if (n.op_type() == "Unsqueeze") EXPECT_EQ(n.input_size(), 1);
+    if (n.op_type() == "Unsqueeze") {
+      EXPECT_EQ(n.input_size(), 1);
+    }
   }
 }
 

@@ -770,7 +770,7 @@ absl::StatusOr<OuterBranch> QuantizeOuterAt8(const float* values,
     }
     for (; c < width; ++c) {
       const int64_t p = base + cp[c], i = i0 + c;
-      const uint8_t o = (c0[c] != z0[p]) | (c2[c] != z2[p]);
+      const uint8_t o = static_cast<uint8_t>(int{c0[c] != z0[p]} | int{c2[c] != z2[p]});
       outer_bits[i >> 3] |= static_cast<uint8_t>(o << (i & 7));
       // Without a branch: a weight outside the outer clusters counts as 0, inside the
       // range already (it is widened to 0).
