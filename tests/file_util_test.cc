@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iterator>
 #include <string>
 #include <thread>
 
@@ -51,10 +52,12 @@ TEST(AvailableCpusTest, NeverMoreThanTheMachineAndAtLeastOne) {
   const int n = AvailableCpus();
   EXPECT_GE(n, 1);
   const unsigned hw = std::thread::hardware_concurrency();
-  if (hw > 0) EXPECT_LE(n, static_cast<int>(hw));
+  if (hw > 0) {
+    EXPECT_LE(n, static_cast<int>(hw));
+  }
 }
 
-// Sha256File hashes through a mapping, 64 MiB at a time: the empty file (nothing to map),
+// Sha256File hashes through a mapping, 64 MiB at a time, else by read(): the empty file,
 // known vectors, and a file whose size is not a whole number of pieces must all give the
 // digest of their bytes; a missing file is NOT_FOUND.
 TEST(Sha256FileTest, MatchesTheDigestOfTheBytesAtAnySize) {
@@ -75,6 +78,16 @@ TEST(Sha256FileTest, MatchesTheDigestOfTheBytesAtAnySize) {
   ASSERT_TRUE(digest.ok()) << digest.status();
   EXPECT_EQ(*digest, Sha256Hex(big.data(), big.size()));
   EXPECT_EQ(Sha256File(dir + "/missing").status().code(), absl::StatusCode::kNotFound);
+  // A file whose stat size is 0 but which has content (procfs) is not mapped: read() hashes
+  // what it holds.
+  std::ifstream version("/proc/version", std::ios::binary);
+  if (version) {
+    const std::string text((std::istreambuf_iterator<char>(version)), std::istreambuf_iterator<char>());
+    auto proc = Sha256File("/proc/version");
+    ASSERT_TRUE(proc.ok()) << proc.status();
+    EXPECT_EQ(*proc, Sha256Hex(text.data(), text.size()));
+    EXPECT_NE(*proc, *empty);
+  }
 }
 
 }  // namespace

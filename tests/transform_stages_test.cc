@@ -155,7 +155,8 @@ TEST(TransformStagesTest, SliceRangesReportANonFiniteValue) {
 
 // The check rides in the min/max pass (a NaN test per vector; infinities read off the
 // minima and maxima), so every kernel variant must see each kind of bad value wherever it
-// sits: vector body or scalar tail, one slice per segment or one per element, split or not.
+// sits: vector body or scalar tail, one slice per segment or one per element, split or not,
+// thresholds per segment or per element (clustering per channel on a channel-last weight).
 TEST(TransformStagesTest, SliceRangesReportEveryNonFiniteKindInEveryKernel) {
   std::mt19937_64 rng(5);
   const float bad_values[] = {std::numeric_limits<float>::quiet_NaN(),
@@ -163,13 +164,15 @@ TEST(TransformStagesTest, SliceRangesReportEveryNonFiniteKindInEveryKernel) {
                               -std::numeric_limits<float>::infinity()};
   for (const Case& cs : Cases()) {
     for (Granularity g : {Granularity::kTensor, Granularity::kChannel}) {
-      for (bool split : {false, true}) {
+      for (int variant = 0; variant < 3; ++variant) {
+        const bool split = variant > 0, per_channel = variant == 2;
         std::vector<float> v = Values(Count(cs), rng);
         const WeightView w = ViewOf(cs, v);
         const int64_t n = w.num_elements();
         TransformConfig c;
         c.granularity = g;
         c.split = split;
+        c.cluster_per_channel = per_channel;
         const IndexMap slices = SliceMap(w, c), units = UnitMap(w, c);
         SplitPlan plan;
         plan.split = split;
@@ -186,7 +189,8 @@ TEST(TransformStagesTest, SliceRangesReportEveryNonFiniteKindInEveryKernel) {
             SliceRanges r;
             EXPECT_FALSE(ComputeSliceRanges(v.data(), n, slices, units, plan, Threaded(2), r))
                 << "element " << pos << " of " << n << " = " << bad << ", split " << split
-                << ", granularity " << static_cast<int>(g);
+                << ", per-channel clusters " << per_channel << ", granularity "
+                << static_cast<int>(g);
             v[pos] = keep;
           }
         }

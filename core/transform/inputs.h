@@ -25,8 +25,8 @@ namespace transform {
 
 absl::Status ValidateInputs(const WeightView& w, const TransformConfig& c);
 
-// True when x[0, len) holds a NaN or Inf. Run on a segment just before another loop reads
-// it, so the data is in L1 and the check adds no pass over memory.
+// True when x[0, len) holds a NaN or Inf: FirstNonFinite's per-chunk test. (The range
+// pass checks finiteness inside its own min/max loop instead: ranges.h.)
 bool AnyNonFinite(const float* x, int64_t len);
 
 // First non-finite element, or -1. Chunked so the scan can run in parallel; the answer is
