@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -113,13 +114,14 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
   const std::string data_path = absl::StrCat(DirName(output_path), "/", data_name);
   auto& data_file = out->data_file_;
   auto& copies = out->copies_;
+  // Copies: the untouched tensors that go to the data file (external mode only).
+  std::map<const onnx::TensorProto*, int> copy_of;  // tensor -> index in copies
+  std::vector<onnx::TensorProto*> copied;           // copies[i]'s tensor
   if (external) {
-    SQ_ASSIGN_OR_RETURN(data_file, AtomicFile::Create(data_path));
-    int64_t offset = 0;
     for (onnx::TensorProto* t : all) {
-      auto it = slots.find(t);
-      int64_t size = it != slots.end() ? it->second.size : TensorDataBytes(*t);
-      if (size < kExternalMinBytes && it == slots.end()) {
+      if (slots.count(t)) continue;
+      const int64_t size = TensorDataBytes(*t);
+      if (size < kExternalMinBytes) {
         // Small existing tensors stay inline; pull them in if they were external.
         if (IsExternal(*t)) {
           SQ_ASSIGN_OR_RETURN(ExternalLocation loc, model.ExternalLocationOf(*t));
@@ -131,26 +133,63 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
         }
         continue;
       }
-      const int64_t align = size >= (64 << 10) ? 4096 : 64;
-      offset = (offset + align - 1) / align * align;
-      if (it != slots.end()) {
-        it->second.offset = offset;
+      Copy job;
+      job.size = size;
+      if (IsExternal(*t)) {
+        SQ_ASSIGN_OR_RETURN(job.from, model.ExternalLocationOf(*t));
       } else {
-        Copy job;
-        job.offset = offset;
-        job.size = size;
-        if (IsExternal(*t)) {
-          SQ_ASSIGN_OR_RETURN(job.from, model.ExternalLocationOf(*t));
-        } else {
-          job.inline_bytes = InlineBytes(*t);
-          job.size = static_cast<int64_t>(job.inline_bytes.size());
-        }
-        copies.push_back(std::move(job));
+        job.inline_bytes = InlineBytes(*t);
+        job.size = static_cast<int64_t>(job.inline_bytes.size());
       }
-      SetExternal(t, data_name, offset, size);
-      offset += size;
+      copy_of[t] = static_cast<int>(copies.size());
+      copied.push_back(t);
+      copies.push_back(std::move(job));
+    }
+  }
+  // The schedule: every layer and every copy, largest first (a big layer started last
+  // would trail behind the rest); ties keep layers before copies, each in model order.
+  auto& schedule = out->schedule_;
+  for (size_t i = 0; i < plans.size(); ++i) {
+    schedule.push_back({static_cast<int>(i), -1, NumElements(plans[i].group->shape) * 4});
+  }
+  for (size_t i = 0; i < copies.size(); ++i) {
+    schedule.push_back({-1, static_cast<int>(i), copies[i].size / 8});
+  }
+  std::stable_sort(schedule.begin(), schedule.end(),
+                   [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  if (external) {
+    // The data file is laid out in schedule order, so that it fills roughly front to back
+    // and its hash can follow the writes (FollowingSha256).
+    SQ_ASSIGN_OR_RETURN(data_file, AtomicFile::Create(data_path));
+    int64_t offset = 0;
+    const std::set<const onnx::TensorProto*> in_graph(all.begin(), all.end());
+    std::vector<std::pair<int64_t, int64_t>> padding;
+    auto place = [&](onnx::TensorProto* t, int64_t size) {
+      const int64_t align = size >= (64 << 10) ? 4096 : 64;
+      const int64_t aligned = (offset + align - 1) / align * align;
+      if (aligned > offset) padding.emplace_back(offset, aligned - offset);
+      SetExternal(t, data_name, aligned, size);
+      offset = aligned + size;
+      return aligned;
+    };
+    for (const Task& task : schedule) {
+      if (task.copy >= 0) {
+        Copy& job = copies[task.copy];
+        job.offset = place(copied[task.copy], job.size);
+      } else {
+        for (const auto& [t, bytes] : plans[task.plan].tensor_bytes) {
+          if (!in_graph.count(t)) continue;
+          Slot& slot = slots[t];
+          slot.offset = place(t, slot.size);
+        }
+      }
     }
     SQ_RETURN_IF_ERROR(data_file->Truncate(offset));
+    auto hasher = FollowingSha256::Start(data_file->temp_path(), offset);
+    if (hasher.ok()) {
+      out->hasher_ = *std::move(hasher);
+      for (const auto& [begin, size] : padding) out->hasher_->MarkWritten(begin, size);
+    }  // else Commit hashes the file after the fact
   } else {
     for (onnx::TensorProto* t : all) {
       auto it = slots.find(t);
@@ -184,18 +223,25 @@ absl::Status OutputFiles::WriteTensorBytes(onnx::TensorProto* t, int64_t offset,
     std::memcpy(&(*t->mutable_raw_data())[offset], data, size);
     return absl::OkStatus();
   }
-  return data_file_->WriteAt(slot.offset + offset, data, size);
+  SQ_RETURN_IF_ERROR(data_file_->WriteAt(slot.offset + offset, data, size));
+  if (hasher_) hasher_->MarkWritten(slot.offset + offset, static_cast<int64_t>(size));
+  return absl::OkStatus();
 }
 
 absl::Status OutputFiles::RunCopy(int i) {
   Copy& c = copies_[i];
-  if (!c.inline_bytes.empty()) return data_file_->WriteAt(c.offset, c.inline_bytes.data(), c.inline_bytes.size());
+  if (!c.inline_bytes.empty()) {
+    SQ_RETURN_IF_ERROR(data_file_->WriteAt(c.offset, c.inline_bytes.data(), c.inline_bytes.size()));
+    if (hasher_) hasher_->MarkWritten(c.offset, c.size);
+    return absl::OkStatus();
+  }
   SQ_ASSIGN_OR_RETURN(const MappedFile* map, model_.Map(c.from.path));
   // Stream through the mapping in pieces, handing pages back as we go.
   constexpr int64_t kPiece = 16 << 20;
   for (int64_t done = 0; done < c.size; done += kPiece) {
     int64_t n = std::min(kPiece, c.size - done);
     SQ_RETURN_IF_ERROR(data_file_->WriteAt(c.offset + done, map->data() + c.from.offset + done, n));
+    if (hasher_) hasher_->MarkWritten(c.offset + done, n);
     map->Release(c.from.offset + done, n);
   }
   return absl::OkStatus();
@@ -215,7 +261,13 @@ absl::Status OutputFiles::Commit(const onnx::ModelProto& proto, ModelReport* rep
     SQ_ASSIGN_OR_RETURN(int64_t data_bytes, FileSize(data_file_->temp_path()));
     report->output_bytes += data_bytes;
     report->external_data_path = data_name_;
-    SQ_ASSIGN_OR_RETURN(report->external_data_sha256, Sha256File(data_file_->temp_path()));
+    if (hasher_) {
+      SQ_ASSIGN_OR_RETURN(report->external_data_sha256, hasher_->Finish());
+      hash_followed_bytes_ = hasher_->rehashed() ? 0 : hasher_->followed_bytes();
+      hasher_.reset();
+    } else {
+      SQ_ASSIGN_OR_RETURN(report->external_data_sha256, Sha256File(data_file_->temp_path()));
+    }
   }
   if (check) {
     ArtifactImage image;

@@ -7,7 +7,9 @@
 // came with external data stays large). The transform then fills planned tensors through
 // WriteTensorBytes and moves the untouched ones with RunCopy, in any order and from any
 // thread: every byte has a precomputed place, so the output does not depend on the
-// schedule. Commit serialises the proto, hashes both files and renames them into place;
+// schedule. The data file's SHA-256 is computed while it is written (FollowingSha256:
+// it is laid out in the order of schedule(), so the written prefix grows steadily).
+// Commit serialises the proto, finishes both hashes and renames the files into place;
 // until then nothing is visible under the output names (AtomicFile).
 #ifndef SQ_CORE_OUTPUT_H_
 #define SQ_CORE_OUTPUT_H_
@@ -22,6 +24,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/file_util.h"
+#include "core/following_hash.h"
 #include "core/model_io.h"
 #include "core/options.h"
 #include "core/report.h"
@@ -46,6 +49,15 @@ class OutputFiles {
   absl::Status WriteTensorBytes(onnx::TensorProto* t, int64_t offset, const void* data,
                                 size_t size);
 
+  // The transform's work list: every plan and every copy, largest first. The external
+  // data file is laid out in this order, so that run in this order it fills front to back
+  // and its hash follows the writes instead of re-reading the file after the last one.
+  struct Task {
+    int plan = -1, copy = -1;  // one of the two is set
+    int64_t cost = 0;          // the plan's FP32 weight bytes, or the copy's bytes / 8
+  };
+  const std::vector<Task>& schedule() const { return schedule_; }
+
   // Untouched tensors that move to the external data file, each a job for RunCopy.
   int num_copies() const { return static_cast<int>(copies_.size()); }
   int64_t copy_bytes(int i) const { return copies_[i].size; }
@@ -64,6 +76,10 @@ class OutputFiles {
   // error from it is returned and nothing becomes visible.
   absl::Status Commit(const onnx::ModelProto& proto, ModelReport* report,
                       const std::function<absl::Status(const ArtifactImage&)>& check = {});
+
+  // After Commit: how many bytes of the data file were hashed while it was being written
+  // (0 when it had to be hashed again after the last write, or has no data file).
+  int64_t hash_followed_bytes() const { return hash_followed_bytes_; }
 
  private:
   // Where a planned tensor's bytes go.
@@ -87,6 +103,9 @@ class OutputFiles {
   std::unique_ptr<AtomicFile> data_file_;
   std::map<const onnx::TensorProto*, Slot> slots_;
   std::vector<Copy> copies_;
+  std::vector<Task> schedule_;
+  std::unique_ptr<FollowingSha256> hasher_;  // the data file's, while it is written
+  int64_t hash_followed_bytes_ = 0;
 };
 
 }  // namespace sq

@@ -219,18 +219,10 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
                                                               OutputFiles& out, int threads,
                                                               const TransformStageHooks& hooks) {
   auto cancelled = [&] { return hooks.is_cancelled && hooks.is_cancelled(); };
-  // Tasks: one per weight group (largest first, so the big ones do not trail) plus the
-  // copies of untouched tensors.
-  struct Task {
-    int plan = -1, copy = -1;
-    int64_t cost = 0;
-  };
-  std::vector<Task> tasks;
-  for (size_t i = 0; i < plans.size(); ++i) {
-    tasks.push_back({static_cast<int>(i), -1, NumElements(plans[i].group->shape) * 4});
-  }
-  for (int i = 0; i < out.num_copies(); ++i) tasks.push_back({-1, i, out.copy_bytes(i) / 8});
-  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  // Tasks: one per weight group plus the copies of untouched tensors, in the order the
+  // output was laid out for (largest first, so the big ones do not trail).
+  using Task = OutputFiles::Task;
+  const std::vector<Task>& tasks = out.schedule();
 
   int64_t total_weight_elements = 0;
   for (const GroupPlan& p : plans) total_weight_elements += NumElements(p.group->shape);

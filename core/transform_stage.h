@@ -2,8 +2,10 @@
 // (TransformWeight), encoded in its planned form and written to its place in the output,
 // and the untouched tensors copied, on a pool of worker threads.
 //
-// Scheduling: one task per layer, largest first, plus one per copied tensor. A layer bigger
-// than a fair share of the work cuts its passes across extra threads; layers whose
+// Scheduling: OutputFiles::schedule(), one task per layer and one per copied tensor,
+// largest first (the data file is laid out in that order, so that its hash can follow the
+// writes). A layer bigger than a fair share of the work cuts its passes across extra
+// threads; layers whose
 // re-encoding buffers more than 128 MB of codes run one at a time. None of this changes a
 // byte of the output: every byte has a planned place (OutputFiles), and TransformWeight's
 // results do not depend on how its passes are cut.

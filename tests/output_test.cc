@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <deque>
 #include <filesystem>
 
 #include "core/file_util.h"
@@ -61,12 +62,17 @@ class OutputTest : public ::testing::Test {
     t->set_data_type(onnx::TensorProto::UINT8);
     t->add_dims(bytes);
     GroupPlan p;
+    groups_.emplace_back();
+    groups_.back().weight_name = name;
+    groups_.back().shape = {bytes};  // the schedule's cost: as a weight of `bytes` floats
+    p.group = &groups_.back();
     p.tensor_bytes.push_back({t, bytes});
     plans->push_back(p);
     return t;
   }
 
   std::string dir_;
+  std::deque<WeightGroup> groups_;
 };
 
 TEST_F(OutputTest, SmallModelStaysInlineAndPlannedBytesLandInRawData) {
@@ -151,6 +157,49 @@ TEST_F(OutputTest, ExternalInputKeepsLargeTensorsExternalAndCopiesThemExactly) {
   ASSERT_TRUE(a.ok() && b.ok());
   ASSERT_EQ(a->size, b->size);
   EXPECT_EQ(std::memcmp(a->data, b->data, a->size * 4), 0);
+}
+
+TEST_F(OutputTest, TheDataFileIsLaidOutInScheduleOrderLargestFirst) {
+  auto model = Model(/*external=*/true);
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* small = Planned(*model, "small", 3000, &plans);
+  onnx::TensorProto* big = Planned(*model, "big", 90000, &plans);
+  QuantizeOptions options;
+  options.external_data = true;
+  auto out = OutputFiles::LayOut(*model, plans, options, Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  // Costs: big 360000, small 12000 (FP32 bytes of their weights), the copy of W 512.
+  const auto& schedule = (*out)->schedule();
+  ASSERT_EQ(schedule.size(), 3u);
+  EXPECT_EQ(schedule[0].plan, 1);
+  EXPECT_EQ(schedule[1].plan, 0);
+  EXPECT_EQ(schedule[2].copy, 0);
+  auto offset = [](const onnx::TensorProto* t) {
+    for (const auto& e : t->external_data()) {
+      if (e.key() == "offset") return std::stoll(e.value());
+    }
+    return -1LL;
+  };
+  EXPECT_EQ(offset(big), 0);
+  EXPECT_GT(offset(small), offset(big));
+  const onnx::TensorProto* w = nullptr;
+  for (const auto& i : model->proto().graph().initializer()) {
+    if (i.name() == "W") w = &i;
+  }
+  ASSERT_NE(w, nullptr);
+  EXPECT_GT(offset(w), offset(small));
+  EXPECT_EQ(offset(w) % 64, 0);
+
+  // Written back to front, the digest is still the file's.
+  ASSERT_TRUE((*out)->RunCopy(0).ok());
+  std::string s(3000, '\x11'), b(90000, '\x22');
+  ASSERT_TRUE((*out)->WriteTensorBytes(small, 0, s.data(), s.size()).ok());
+  ASSERT_TRUE((*out)->WriteTensorBytes(big, 0, b.data(), b.size()).ok());
+  ModelReport report;
+  ASSERT_TRUE((*out)->Commit(model->proto(), &report).ok());
+  auto sha = Sha256File(Path("out.onnx.data"));
+  ASSERT_TRUE(sha.ok());
+  EXPECT_EQ(report.external_data_sha256, *sha);
 }
 
 TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {
