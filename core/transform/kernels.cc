@@ -1,7 +1,9 @@
 #include "core/transform/kernels.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -9,6 +11,7 @@
 
 #include "core/transform/common.h"
 #include "core/transform/round.h"
+#include "core/transform/row_scalar.h"
 
 namespace sq {
 namespace transform {
@@ -69,9 +72,12 @@ inline __m128i Load4i(const int32_t* p, int64_t k) {
 
 // kSignal: also sum x^2 (not needed when the histogram already gave it).
 template <bool kSplit, bool kVecT, bool kVecS, WeightEncoding kEnc, bool kPlain, bool kSignal>
-void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
+void QuantizeSegment(const SegmentArgs& args, Partial& acc) {
   int64_t k = 0;
 #if defined(__SSE2__)
+  // A copy whose address never escapes: the code stores (uint8_t*) may alias `args`, which
+  // would make the compiler reload every pointer and broadcast value after each store.
+  const SegmentArgs a = args;
   constexpr int kB = kSplit ? 3 : 1;
   __m128d sig = _mm_setzero_pd(), err = _mm_setzero_pd(), perr = _mm_setzero_pd();
   const __m128 qmin = _mm_set1_ps(a.qmin), qmax = _mm_set1_ps(a.qmax);
@@ -143,7 +149,7 @@ void QuantizeSegment(const SegmentArgs& a, Partial& acc) {
   _mm_store_pd(t, perr);
   acc.plain_error += t[0] + t[1];
 #endif
-  for (; k < a.len; ++k) QuantizeOne<kSplit, kVecT, kVecS, kEnc, kPlain, kSignal>(a, k, acc);
+  for (; k < args.len; ++k) QuantizeOne<kSplit, kVecT, kVecS, kEnc, kPlain, kSignal>(args, k, acc);
 }
 
 
@@ -230,50 +236,6 @@ void PackStaging(const uint8_t* in, int64_t count, int storage_bits, uint8_t* ou
 }
 
 namespace {
-
-#if defined(__GNUC__)
-#define SQ_ALWAYS_INLINE __attribute__((always_inline))
-#else
-#define SQ_ALWAYS_INLINE
-#endif
-
-template <int kBits>
-inline void PutCode(uint8_t* out, int64_t pos, int32_t code) {
-  if (kBits == 8) {
-    out[pos] = static_cast<uint8_t>(code & 0xFF);
-    return;
-  }
-  constexpr int kPerByte = 8 / kBits;
-  constexpr uint32_t kMask = (1u << kBits) - 1;
-  const int shift = static_cast<int>(pos % kPerByte) * kBits;
-  const uint8_t v = static_cast<uint8_t>((static_cast<uint32_t>(code) & kMask) << shift);
-  if (shift == 0) {
-    out[pos / kPerByte] = v;
-  } else {
-    out[pos / kPerByte] |= v;
-  }
-}
-
-template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
-inline void RowOne(const RowArgs& a, int64_t k, Partial& acc) {
-  const float x = a.x[k];
-  if (kSignal) acc.signal += static_cast<double>(x) * x;
-  const int c = kSplit ? ClusterOfF(x, a.t0[kVecT ? k : 0], a.t1[kVecT ? k : 0]) : 0;
-  const float sc = a.scale[c][k], zf = a.zf[c][k];
-  const float q = std::min(std::max(RoundHalfEven(x / sc + a.off[k]) + zf, a.qmin), a.qmax);
-  const float e = x - (q - zf) * sc;
-  acc.split_error += static_cast<double>(e) * e;
-  for (int b = 0; b < (kSplit ? 3 : 1); ++b) {
-    const int32_t code = (b == c) ? static_cast<int32_t>(q) : static_cast<int32_t>(a.zb[b][k]);
-    PutCode<kBits>(a.out[b], a.pos + k, code);
-  }
-  if (kPlain) {
-    const float psc = a.pscale[k], pzf = a.pzf[k];
-    const float pq = std::min(std::max(RoundHalfEven(x / psc) + pzf, a.qmin), a.qmax);
-    const float pe = x - (pq - pzf) * psc;
-    acc.plain_error += static_cast<double>(pe) * pe;
-  }
-}
 
 template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
 void QuantizeRow(const RowArgs& a, Partial& acc) {
@@ -399,30 +361,46 @@ void QuantizeRow(const RowArgs& a, Partial& acc) {
 }
 
 
-template <bool kSplit, bool kVecT, bool kPlain, bool kSignal>
-RowFn PickRow4(int bits) {
-  switch (bits) {
-    case 8: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 8>;
-    case 4: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 4>;
-    default: return &QuantizeRow<kSplit, kVecT, kPlain, kSignal, 2>;
+struct Sse2RowFamily {
+  template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
+  static void Fn(const RowArgs& a, Partial& acc) {
+    QuantizeRow<kSplit, kVecT, kPlain, kSignal, kBits>(a, acc);
   }
-}
-template <bool kSplit, bool kVecT, bool kPlain>
-RowFn PickRow3(bool signal, int bits) {
-  return signal ? PickRow4<kSplit, kVecT, kPlain, true>(bits)
-                : PickRow4<kSplit, kVecT, kPlain, false>(bits);
-}
-template <bool kSplit, bool kVecT>
-RowFn PickRow2(bool plain, bool signal, int bits) {
-  return plain ? PickRow3<kSplit, kVecT, true>(signal, bits)
-               : PickRow3<kSplit, kVecT, false>(signal, bits);
-}
+};
+
 }  // namespace
 
-RowFn PickRow(bool split, bool vec_t, bool plain, bool signal, int bits) {
-  if (!split) return PickRow2<false, false>(plain, signal, bits);
-  return vec_t ? PickRow2<true, true>(plain, signal, bits)
-               : PickRow2<true, false>(plain, signal, bits);
+KernelIsa BestKernelIsa() {
+  static const KernelIsa best = [] {
+    const char* env = std::getenv("SQ_KERNEL_ISA");
+    const std::string asked = env != nullptr ? env : "";
+    if (asked == "scalar") return KernelIsa::kScalar;
+    if (asked == "sse2") return KernelIsa::kSse2;
+    if (PickRowAvx2(false, false, false, false, 4) != nullptr) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+      if (__builtin_cpu_supports("avx2")) return KernelIsa::kAvx2;
+#endif
+    }
+    return KernelIsa::kSse2;
+  }();
+  return best;
+}
+
+const char* KernelIsaName(KernelIsa isa) {
+  switch (isa) {
+    case KernelIsa::kScalar: return "scalar";
+    case KernelIsa::kSse2: return "sse2";
+    case KernelIsa::kAvx2: return "avx2";
+  }
+  return "?";
+}
+
+RowFn PickRow(bool split, bool vec_t, bool plain, bool signal, int bits, KernelIsa isa) {
+  if (isa == KernelIsa::kAvx2) {
+    if (RowFn fn = PickRowAvx2(split, vec_t, plain, signal, bits)) return fn;
+  }
+  if (isa == KernelIsa::kScalar) return PickRowOf<ScalarRowFamily>(split, vec_t, plain, signal, bits);
+  return PickRowOf<Sse2RowFamily>(split, vec_t, plain, signal, bits);
 }
 
 }  // namespace transform

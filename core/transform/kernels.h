@@ -94,8 +94,22 @@ struct RowArgs {
 
 using RowFn = void (*)(const RowArgs&, Partial&);
 
+// Which build of a kernel runs. Every build gives the same codes bit for bit and, for the
+// SIMD builds, the same error sums (the same lanes summed in the same order); the scalar
+// reference sums element by element, so its sums differ in the last bits.
+enum class KernelIsa { kScalar, kSse2, kAvx2 };
+// The widest build this binary has and this CPU runs (AVX2 where both do, else SSE2);
+// the environment variable SQ_KERNEL_ISA=sse2|scalar asks for less (A/B measurements).
+KernelIsa BestKernelIsa();
+const char* KernelIsaName(KernelIsa isa);
+
 // vec_t: per-column thresholds (per-channel clustering); bits: storage bits 8, 4 or 2.
-RowFn PickRow(bool split, bool vec_t, bool plain, bool signal, int bits);
+// An isa this binary lacks falls back to SSE2.
+RowFn PickRow(bool split, bool vec_t, bool plain, bool signal, int bits,
+              KernelIsa isa = BestKernelIsa());
+// The AVX2 build (kernels_avx2.cc, compiled with -mavx2; call only where the CPU has
+// AVX2), or nullptr when this binary was built without it.
+RowFn PickRowAvx2(bool split, bool vec_t, bool plain, bool signal, int bits);
 
 }  // namespace transform
 }  // namespace sq
