@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
+#include "core/transform_stage.h"
 
 namespace sq {
 namespace {
@@ -157,6 +158,25 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
   }
   std::stable_sort(schedule.begin(), schedule.end(),
                    [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  // Layers that must run alone (RunsAlone): the first keeps its place, the others go last,
+  // where the workers would have deferred them anyway — so the data file is laid out in
+  // the order it is really written.
+  {
+    std::vector<Task> ordered, last;
+    bool seen_alone = false;
+    for (const Task& t : schedule) {
+      if (t.plan >= 0 && RunsAlone(plans[t.plan])) {
+        if (seen_alone) {
+          last.push_back(t);
+          continue;
+        }
+        seen_alone = true;
+      }
+      ordered.push_back(t);
+    }
+    ordered.insert(ordered.end(), last.begin(), last.end());
+    schedule = std::move(ordered);
+  }
   if (external) {
     // The data file is laid out in schedule order, so that it fills roughly front to back
     // and its hash can follow the writes (FollowingSha256).

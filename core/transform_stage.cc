@@ -24,13 +24,21 @@ bool IsReencoded(LayerForm f) {
 }
 
 namespace {
+// Re-encoded layers buffering more codes than this run one at a time (see the workers).
+constexpr int64_t kSerialReencodeAboveBytes = int64_t{128} << 20;
+}  // namespace
+
+bool RunsAlone(const GroupPlan& p) {
+  return IsReencoded(p.form) && p.num_branches * PackedBytes(NumElements(p.group->shape),
+                                                             p.config.storage_bits) >
+                                    kSerialReencodeAboveBytes;
+}
+
+namespace {
 
 // Mapped weights larger than this are handed back to the kernel piece by piece while a
 // pass runs (bounding memory); smaller ones when their transform is done.
 constexpr int64_t kReleasePiecesAboveBytes = int64_t{256} << 20;
-// Re-encoded layers buffering more codes than this run one at a time (see the workers).
-constexpr int64_t kSerialReencodeAboveBytes = int64_t{128} << 20;
-
 // Stage "transform", compact and MatMulNBits layers: the branches' codes (packed in their
 // container) re-encoded (core/transform/encode.h) and written with their parameters.
 // outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
@@ -254,13 +262,7 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
   // Layers whose re-encoding buffers a lot of codes (a 1 GB embedding or lm_head holds
   // ~400 MB of them at 4 bits, split) run one at a time, so that two never peak together:
   // a worker that finds another one running defers it and goes on with the rest.
-  auto buffers_much = [&](const Task& t) {
-    if (t.plan < 0) return false;
-    const GroupPlan& p = plans[t.plan];
-    const bool reencode = IsReencoded(p.form);
-    return reencode && p.num_branches * PackedBytes(NumElements(p.group->shape), p.config.storage_bits) >
-                           kSerialReencodeAboveBytes;
-  };
+  auto buffers_much = [&](const Task& t) { return t.plan >= 0 && RunsAlone(plans[t.plan]); };
   std::vector<size_t> deferred;  // task indices, under mu
   const int workers = std::min<int>(threads, static_cast<int>(tasks.size()));
   auto worker = [&] {

@@ -27,6 +27,10 @@ namespace sq {
 // Whether a layer's codes are re-encoded after the transform (compact and kernel forms)
 // rather than written as the transform emits them.
 bool IsReencoded(LayerForm f);
+// Whether a layer's re-encoding buffers so many codes (> 128 MB: a 1 GB embedding or
+// lm_head holds ~400 MB of them at 4 bits, split) that it must not run beside another such
+// layer. The schedule (OutputFiles::schedule) puts all but the first of them last.
+bool RunsAlone(const GroupPlan& p);
 
 struct TransformStageHooks {
   // Called from the calling thread as layers finish: (finished so far, total, layer name).

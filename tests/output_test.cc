@@ -10,6 +10,7 @@
 
 #include "core/file_util.h"
 #include "core/model_io.h"
+#include "core/transform_stage.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/support/model_builder.h"
@@ -200,6 +201,44 @@ TEST_F(OutputTest, TheDataFileIsLaidOutInScheduleOrderLargestFirst) {
   auto sha = Sha256File(Path("out.onnx.data"));
   ASSERT_TRUE(sha.ok());
   EXPECT_EQ(report.external_data_sha256, *sha);
+}
+
+TEST_F(OutputTest, LayersThatMustRunAloneAfterTheFirstAreScheduledLast) {
+  // Two re-encoded layers whose codes would need > 128 MB each (RunsAlone) and a small one:
+  // the second big one is scheduled, and laid out, after everything else, where the
+  // workers would run it anyway.
+  auto model = Model(/*external=*/true);
+  std::vector<GroupPlan> plans;
+  onnx::TensorProto* a = Planned(*model, "big_a", 100, &plans);
+  onnx::TensorProto* b = Planned(*model, "big_b", 100, &plans);
+  onnx::TensorProto* c = Planned(*model, "small", 100, &plans);
+  groups_[0].shape = {200 << 20};
+  groups_[1].shape = {150 << 20};
+  groups_[2].shape = {1 << 20};
+  for (GroupPlan& p : plans) {
+    p.form = LayerForm::kNBits;
+    p.num_branches = 3;
+    p.config.storage_bits = 4;
+  }
+  ASSERT_TRUE(RunsAlone(plans[0]) && RunsAlone(plans[1]) && !RunsAlone(plans[2]));
+  QuantizeOptions options;
+  options.external_data = true;
+  auto out = OutputFiles::LayOut(*model, plans, options, Path("out.onnx"));
+  ASSERT_TRUE(out.ok()) << out.status();
+  const auto& schedule = (*out)->schedule();
+  ASSERT_EQ(schedule.size(), 4u);
+  EXPECT_EQ(schedule[0].plan, 0);
+  EXPECT_EQ(schedule[1].plan, 2);
+  EXPECT_EQ(schedule[2].copy, 0);
+  EXPECT_EQ(schedule[3].plan, 1);
+  auto offset = [](const onnx::TensorProto* t) {
+    for (const auto& e : t->external_data()) {
+      if (e.key() == "offset") return std::stoll(e.value());
+    }
+    return -1LL;
+  };
+  EXPECT_LT(offset(a), offset(c));
+  EXPECT_LT(offset(c), offset(b));
 }
 
 TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {
