@@ -18,16 +18,6 @@ namespace sq {
 namespace transform {
 namespace {
 
-float XorBits(float p, float q) {
-  uint32_t up, uq;
-  std::memcpy(&up, &p, 4);
-  std::memcpy(&uq, &q, 4);
-  up ^= uq;
-  float r;
-  std::memcpy(&r, &up, 4);
-  return r;
-}
-
 // One random row and the parameters a transform would give it.
 struct Row {
   std::vector<float> x, t0, t1, off, pscale, pzf;
@@ -59,8 +49,8 @@ struct Row {
       pzf.push_back(std::min(std::max(std::nearbyint(qmin + 1.0f / psc), qmin), qmax));
       for (int j = 0; j < 2; ++j) {
         const int b = j == 0 ? 0 : 2;
-        scale_x[j].push_back(XorBits(scale[b][s], scale[1][s]));
-        zf_x[j].push_back(XorBits(zf[b][s], zf[1][s]));
+        scale_x[j].push_back(XorFloatBits(scale[b][s], scale[1][s]));
+        zf_x[j].push_back(XorFloatBits(zf[b][s], zf[1][s]));
       }
     }
   }

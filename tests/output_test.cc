@@ -23,6 +23,14 @@ using ::testing::HasSubstr;
 
 bool Exists(const std::string& p) { return access(p.c_str(), F_OK) == 0; }
 
+// A tensor's offset in the external data file (-1 when it has none).
+long long ExternalOffset(const onnx::TensorProto* t) {
+  for (const auto& e : t->external_data()) {
+    if (e.key() == "offset") return std::stoll(e.value());
+  }
+  return -1LL;
+}
+
 class OutputTest : public ::testing::Test {
  protected:
   void SetUp() override { dir_ = testing::MakeTempDir("sq-output"); }
@@ -175,21 +183,15 @@ TEST_F(OutputTest, TheDataFileIsLaidOutInScheduleOrderLargestFirst) {
   EXPECT_EQ(schedule[0].plan, 1);
   EXPECT_EQ(schedule[1].plan, 0);
   EXPECT_EQ(schedule[2].copy, 0);
-  auto offset = [](const onnx::TensorProto* t) {
-    for (const auto& e : t->external_data()) {
-      if (e.key() == "offset") return std::stoll(e.value());
-    }
-    return -1LL;
-  };
-  EXPECT_EQ(offset(big), 0);
-  EXPECT_GT(offset(small), offset(big));
+  EXPECT_EQ(ExternalOffset(big), 0);
+  EXPECT_GT(ExternalOffset(small), ExternalOffset(big));
   const onnx::TensorProto* w = nullptr;
   for (const auto& i : model->proto().graph().initializer()) {
     if (i.name() == "W") w = &i;
   }
   ASSERT_NE(w, nullptr);
-  EXPECT_GT(offset(w), offset(small));
-  EXPECT_EQ(offset(w) % 64, 0);
+  EXPECT_GT(ExternalOffset(w), ExternalOffset(small));
+  EXPECT_EQ(ExternalOffset(w) % 64, 0);
 
   // Written back to front, the digest is still the file's.
   ASSERT_TRUE((*out)->RunCopy(0).ok());
@@ -231,14 +233,8 @@ TEST_F(OutputTest, LayersThatMustRunAloneAfterTheFirstAreScheduledLast) {
   EXPECT_EQ(schedule[1].plan, 2);
   EXPECT_EQ(schedule[2].copy, 0);
   EXPECT_EQ(schedule[3].plan, 1);
-  auto offset = [](const onnx::TensorProto* t) {
-    for (const auto& e : t->external_data()) {
-      if (e.key() == "offset") return std::stoll(e.value());
-    }
-    return -1LL;
-  };
-  EXPECT_LT(offset(a), offset(c));
-  EXPECT_LT(offset(c), offset(b));
+  EXPECT_LT(ExternalOffset(a), ExternalOffset(c));
+  EXPECT_LT(ExternalOffset(c), ExternalOffset(b));
 }
 
 TEST_F(OutputTest, DroppedWithoutCommitLeavesNothing) {

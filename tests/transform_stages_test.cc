@@ -377,21 +377,12 @@ TEST(TransformStagesTest, RowKernelPacksTheSegmentKernelsCodes) {
         }
       }
       // Row kernel, codes packed directly.
-      auto xor_bits = [](float p, float q) {
-        uint32_t up, uq;
-        std::memcpy(&up, &p, 4);
-        std::memcpy(&uq, &q, 4);
-        up ^= uq;
-        float r;
-        std::memcpy(&r, &up, 4);
-        return r;
-      };
       std::array<std::vector<float>, 2> scale_x, zf_x;
       for (int j = 0; j < 2; ++j) {
         const int b = j == 0 ? 0 : 2;
         for (int64_t s = 0; s < cols; ++s) {
-          scale_x[j].push_back(xor_bits(kp[b].scale[s], kp[1].scale[s]));
-          zf_x[j].push_back(xor_bits(kp[b].zf[s], kp[1].zf[s]));
+          scale_x[j].push_back(XorFloatBits(kp[b].scale[s], kp[1].scale[s]));
+          zf_x[j].push_back(XorFloatBits(kp[b].zf[s], kp[1].zf[s]));
         }
       }
       std::array<std::vector<uint8_t>, 3> zb, got;

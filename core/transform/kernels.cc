@@ -246,7 +246,6 @@ void QuantizeRow(const RowArgs& a, Partial& acc) {
     RowOne<kSplit, kVecT, kPlain, kSignal, kBits>(a, k, acc);
   }
 #if defined(__SSE2__)
-  constexpr int kB = kSplit ? 3 : 1;
   // Everything the loop reads, in locals: the code stores may alias `a`, which would make
   // the compiler reload every pointer after each store.
   const float* const xp = a.x;
@@ -325,29 +324,7 @@ void QuantizeRow(const RowArgs& a, Partial& acc) {
       mb[2] = _mm_packs_epi16(m2w0, _mm_packs_epi32(m2a, m2b));
       mb[1] = _mm_andnot_si128(_mm_or_si128(mb[0], mb[2]), all);
     }
-    const int64_t byte = (pos + k) / kPerByte;
-    for (int b = 0; b < kB; ++b) {
-      __m128i v = q8;
-      if (kSplit) {
-        const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(zb[b] + k));
-        v = _mm_or_si128(_mm_and_si128(mb[b], q8), _mm_andnot_si128(mb[b], z));
-      }
-      if (kBits == 8) {
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b] + byte), v);
-      } else if (kBits == 4) {
-        const __m128i t = _mm_or_si128(_mm_and_si128(v, _mm_set1_epi16(0x000F)),
-                                       _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi16(0x00F0)));
-        _mm_storel_epi64(reinterpret_cast<__m128i*>(out[b] + byte), _mm_packus_epi16(t, t));
-      } else {
-        __m128i t = _mm_and_si128(v, _mm_set1_epi32(0x3));
-        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi32(0xC)));
-        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 12), _mm_set1_epi32(0x30)));
-        t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 18), _mm_set1_epi32(0xC0)));
-        const __m128i w16 = _mm_packs_epi32(t, t);
-        const int32_t word = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
-        std::memcpy(out[b] + byte, &word, 4);
-      }
-    }
+    StoreCodes16<kSplit, kBits>(q8, mb, zb, k, out, (pos + k) / kPerByte);
   }
   alignas(16) double t[2];
   _mm_store_pd(t, _mm_add_pd(sig0, sig1));

@@ -17,6 +17,7 @@
 #define SQ_CORE_TRANSFORM_KERNELS_H_
 
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "core/weight_transform.h"
@@ -93,6 +94,17 @@ struct RowArgs {
 };
 
 using RowFn = void (*)(const RowArgs&, Partial&);
+
+// The bits of a ^ b as a float: RowArgs::scale_x / zf_x hold these for the outer branches.
+inline float XorFloatBits(float a, float b) {
+  uint32_t ua, ub;
+  std::memcpy(&ua, &a, 4);
+  std::memcpy(&ub, &b, 4);
+  ua ^= ub;
+  float r;
+  std::memcpy(&r, &ua, 4);
+  return r;
+}
 
 // Which build of a kernel runs. Every build gives the same codes bit for bit and, for the
 // SIMD builds, the same error sums (the same lanes summed in the same order); the scalar

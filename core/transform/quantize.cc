@@ -112,23 +112,14 @@ std::vector<Partial> QuantizeAndEmit(const WeightView& weight, int64_t n,
       zb[b].resize(static_cast<size_t>(S));
       for (int64_t s = 0; s < S; ++s) zb[b][s] = static_cast<uint8_t>(kp[b].zi[s] & 0xFF);
     }
-    auto xor_bits = [](float a, float b) {
-      uint32_t ua, ub;
-      std::memcpy(&ua, &a, 4);
-      std::memcpy(&ub, &b, 4);
-      ua ^= ub;
-      float r;
-      std::memcpy(&r, &ua, 4);
-      return r;
-    };
     if (plan.split) {
       for (int j = 0; j < 2; ++j) {
         const int b = j == 0 ? 0 : 2;
         scale_x[j].resize(static_cast<size_t>(S));
         zf_x[j].resize(static_cast<size_t>(S));
         for (int64_t s = 0; s < S; ++s) {
-          scale_x[j][s] = xor_bits(kp[b].scale[s], kp[1].scale[s]);
-          zf_x[j][s] = xor_bits(kp[b].zf[s], kp[1].zf[s]);
+          scale_x[j][s] = XorFloatBits(kp[b].scale[s], kp[1].scale[s]);
+          zf_x[j][s] = XorFloatBits(kp[b].zf[s], kp[1].zf[s]);
         }
       }
     }

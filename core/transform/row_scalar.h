@@ -1,5 +1,6 @@
 // The row kernel's element step (kernels.h, PickRow), shared by the SSE2 and AVX2 builds
-// of the kernel (their heads and tails) and by the scalar reference kernel.
+// of the kernel (their heads and tails) and by the scalar reference kernel, and the SIMD
+// builds' shared 16-code store.
 //
 // Everything here has internal linkage on purpose: kernels_avx2.cc is compiled with
 // -mavx2, and an inline function with external linkage compiled there could be the copy
@@ -9,6 +10,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/transform/common.h"
 #include "core/transform/kernels.h"
@@ -63,6 +69,41 @@ inline void RowOne(const RowArgs& a, int64_t k, Partial& acc) {
     acc.plain_error += static_cast<double>(pe) * pe;
   }
 }
+
+#if defined(__SSE2__)
+// The SIMD builds' store of 16 codes: `q8` holds the low byte of each code, mb[b] (split)
+// the mask of the elements in branch b; elsewhere branch b stores its zero point. Packed to
+// kBits and stored at byte `byte` of each branch's output.
+template <bool kSplit, int kBits>
+inline void StoreCodes16(__m128i q8, const __m128i* mb, const uint8_t* const* zb, int64_t k,
+                         uint8_t* const* out, int64_t byte) SQ_ALWAYS_INLINE;
+template <bool kSplit, int kBits>
+inline void StoreCodes16(__m128i q8, const __m128i* mb, const uint8_t* const* zb, int64_t k,
+                         uint8_t* const* out, int64_t byte) {
+  for (int b = 0; b < (kSplit ? 3 : 1); ++b) {
+    __m128i v = q8;
+    if (kSplit) {
+      const __m128i z = _mm_loadu_si128(reinterpret_cast<const __m128i*>(zb[b] + k));
+      v = _mm_or_si128(_mm_and_si128(mb[b], q8), _mm_andnot_si128(mb[b], z));
+    }
+    if (kBits == 8) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out[b] + byte), v);
+    } else if (kBits == 4) {
+      const __m128i t = _mm_or_si128(_mm_and_si128(v, _mm_set1_epi16(0x000F)),
+                                     _mm_and_si128(_mm_srli_epi16(v, 4), _mm_set1_epi16(0x00F0)));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(out[b] + byte), _mm_packus_epi16(t, t));
+    } else {
+      __m128i t = _mm_and_si128(v, _mm_set1_epi32(0x3));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi32(0xC)));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 12), _mm_set1_epi32(0x30)));
+      t = _mm_or_si128(t, _mm_and_si128(_mm_srli_epi32(v, 18), _mm_set1_epi32(0xC0)));
+      const __m128i w16 = _mm_packs_epi32(t, t);
+      const int32_t word = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
+      std::memcpy(out[b] + byte, &word, 4);
+    }
+  }
+}
+#endif
 
 // The reference row kernel: RowOne over the row, in order.
 template <bool kSplit, bool kVecT, bool kPlain, bool kSignal, int kBits>
