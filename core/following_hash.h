@@ -5,8 +5,10 @@
 // after the last write meant a second pass over the whole file on one thread (0.5 s per
 // GB with SHA-NI, all of it after the transform). FollowingSha256 instead runs a thread
 // that follows the writes: writers report each range they finished (MarkWritten), and the
-// thread hashes the file's longest written prefix as it grows, reading it back from the
-// page cache a few MiB at a time. Finish() hashes whatever is left after the last write.
+// thread hashes the file's longest written prefix as it grows, straight from the page
+// cache through a populated mapping of at most 8 MiB at a time (no copy, no page faults;
+// the file must not shrink while it is followed). Finish() hashes whatever is left after
+// the last write.
 //
 // The digest is always the SHA-256 of the file's final bytes: a range reported written
 // a second time after the hasher passed over it marks the run "overwritten", and Finish()
