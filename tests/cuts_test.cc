@@ -1,6 +1,7 @@
 // The quantization-aware split of one unit (core/transform/cuts.h).
 #include "core/transform/cuts.h"
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <vector>
@@ -62,6 +63,45 @@ TEST(CutsTest, BeatsKMeansCutsOnTheBranchesQuantizationError) {
       }
     }
   }
+}
+
+TEST(CutsTest, TheVectorisedGridScanEqualsThePairByPairReference) {
+  std::mt19937_64 rng(21);
+  int compared = 0;
+  for (int bits : {2, 4, 8}) {
+    for (bool symmetric : {false, true}) {
+      const QuantSpec spec{bits, symmetric};
+      for (size_t n : {3, 4, 9, 40, 128, 129, 300, 2000}) {
+        for (int shape = 0; shape < 4; ++shape) {
+          std::vector<float> s = HeavyTailed(n, rng());
+          if (shape == 1) {
+            for (float& v : s) v = std::fabs(v);  // one-sided: the range is widened to 0
+          } else if (shape == 2) {
+            for (float& v : s) v = std::round(v * 200.0f) / 200.0f;  // many ties
+          } else if (shape == 3) {
+            for (size_t k = 0; k < n; k += 3) s[k] = 0.0f;  // many zeros
+          }
+          for (float& v : s) v += 0.0f;
+          std::sort(s.begin(), s.end());
+          const int64_t unit = static_cast<int64_t>(n) * (shape + 1);
+          const QuantAwareSplit fast = ChooseQuantAwareSplitFromSample(s, unit, spec);
+          const QuantAwareSplit ref = ChooseQuantAwareSplitFromSampleReference(s, unit, spec);
+          SCOPED_TRACE(::testing::Message() << "bits " << bits << " symmetric " << symmetric << " n " << n
+                                            << " shape " << shape);
+          ASSERT_EQ(fast.clusters.distinct_clusters, ref.clusters.distinct_clusters);
+          EXPECT_EQ(fast.clusters.lower_boundary, ref.clusters.lower_boundary);
+          EXPECT_EQ(fast.clusters.upper_boundary, ref.clusters.upper_boundary);
+          EXPECT_EQ(fast.clusters.centers, ref.clusters.centers);
+          EXPECT_EQ(fast.clusters.counts, ref.clusters.counts);
+          EXPECT_EQ(fast.clusters.inertia, ref.clusters.inertia);
+          EXPECT_EQ(fast.shrink_lo, ref.shrink_lo);
+          EXPECT_EQ(fast.shrink_hi, ref.shrink_hi);
+          compared += ref.clusters.distinct_clusters == 3;
+        }
+      }
+    }
+  }
+  EXPECT_GT(compared, 150);
 }
 
 TEST(CutsTest, DeterministicAndIndependentOfTheSignOfZero) {

@@ -82,6 +82,10 @@ int64_t SampleStride(int64_t n, int64_t sample_size);
 // caller must decide degeneracy on all values, e.g. with KMeans1D).
 QuantAwareSplit ChooseQuantAwareSplitFromSample(const std::vector<float>& sorted_sample,
                                                 int64_t unit_size, const QuantSpec& spec);
+// The same with the grid of candidate cut pairs scanned pair by pair, the reference the
+// vectorised grid scan must equal (cuts_test).
+QuantAwareSplit ChooseQuantAwareSplitFromSampleReference(const std::vector<float>& sorted_sample,
+                                                         int64_t unit_size, const QuantSpec& spec);
 
 // The range search of step 2 on one branch's members (any order): the shrink factors
 // {lo, hi} (each in [0.5, 1]) for the branch's min and max with the lowest squared
