@@ -39,6 +39,9 @@ namespace {
 // Mapped weights larger than this are handed back to the kernel piece by piece while a
 // pass runs (bounding memory); smaller ones when their transform is done.
 constexpr int64_t kReleasePiecesAboveBytes = int64_t{256} << 20;
+// MatMulNBits and GatherBlockQuantized re-encoding works on bands of columns / rows of
+// about this many bytes.
+constexpr int64_t kEncodeBandBytes = int64_t{8} << 20;
 // Stage "transform", compact and MatMulNBits layers: the branches' codes (packed in their
 // container) re-encoded (core/transform/encode.h) and written with their parameters.
 // outer8 layers are re-quantized (QuantizeOuterAt8) from the FP32 `values`, and their
@@ -64,14 +67,38 @@ absl::Status WriteReencoded(const GroupPlan& p, const float* values, TransformRe
   };
   auto encode_kernel = [&](int slot, const uint8_t* c, const BranchParams& params,
                            const QuantSpec& s, int code_bits) -> absl::Status {
-    if (gather) {
-      auto e = EncodeGatherBlockQuantized(c, params, p.layout, s, code_bits);
+    if (gather) {  // in bands of rows: a large table's data is never held twice
+      absl::Status written;
+      auto e = EncodeGatherBlockQuantizedInBands(
+          c, params, p.layout, s, code_bits, kEncodeBandBytes,
+          [&](int64_t offset, const std::vector<uint8_t>& bytes) {
+            written = out.WriteTensorBytes(p.data[slot], offset, bytes.data(), bytes.size());
+            return written;
+          });
+      if (!written.ok()) return written;
       if (!e.ok()) return failed(e.status());
-      return write_kernel(slot, e->data, e->scales, e->zero_points);
+      SQ_RETURN_IF_ERROR(out.WriteTensorBytes(p.scale[slot], 0, e->scales.data(), e->scales.size() * 4));
+      return out.WriteTensorBytes(p.zero_point[slot], 0, e->zero_points.data(), e->zero_points.size());
     }
-    auto e = EncodeMatMulNBits(c, params, p.layout, s, code_bits);
-    if (!e.ok()) return failed(e.status());
-    return write_kernel(slot, e->b, e->scales, e->zero_points);
+    // In bands of columns: a 1 GB lm_head's transposed B is never held whole.
+    absl::Status written;
+    absl::Status st = EncodeMatMulNBitsInBands(
+        c, params, p.layout, s, code_bits, kEncodeBandBytes, [&](int64_t n0, const NBitsEncoding& band) {
+          const int64_t col_bytes = band.blocks * band.block_size * band.bits / 8;
+          const int64_t zp_col = (band.blocks * band.bits + 7) / 8;
+          written = out.WriteTensorBytes(p.data[slot], n0 * col_bytes, band.b.data(), band.b.size());
+          if (written.ok()) {
+            written = out.WriteTensorBytes(p.scale[slot], n0 * band.blocks * 4, band.scales.data(),
+                                           band.scales.size() * 4);
+          }
+          if (written.ok()) {
+            written = out.WriteTensorBytes(p.zero_point[slot], n0 * zp_col, band.zero_points.data(),
+                                           band.zero_points.size());
+          }
+          return written;
+        });
+    if (!written.ok()) return written;  // the output's error (a full disk), as it is
+    return st.ok() ? st : failed(st);
   };
   if (p.form == LayerForm::kNBitsOuter8 || p.form == LayerForm::kGatherOuter8) {
     std::vector<const uint8_t*> branch_codes = {codes[0].data(), codes[1].data(), codes[2].data()};

@@ -255,6 +255,121 @@ TEST(EncodeTest, MatMulNBitsFastEqualsReference) {
   EXPECT_GT(cases, 300);
 }
 
+// Encoded a band of columns at a time, MatMulNBits' bytes are the whole encoding's: every
+// band lands at its column offset and together they cover it exactly (bands of 8 and 16
+// columns, a ragged last band, and a width whose rows do not start on bytes: one band).
+TEST(EncodeTest, MatMulNBitsInBandsEqualsTheWholeEncoding) {
+  int banded = 0;
+  for (int64_t k : {1, 7, 64, 131}) {
+    for (int64_t n : {3, 8, 40, 130}) {
+      const std::vector<float> w = Weights(k * n, 29 + k + n);
+      for (int bits : {4, 8}) {
+        for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+          for (bool sym : {false, true}) {
+            const TransformConfig c = SplitConfig(bits, sym, gran, 32);
+            Branches br = TransformAll(w, {k, n}, 1, 0, c);
+            ParamLayout l{{k, n}, gran, 1, 0, 32};
+            if (!NBitsCanCarry(l, bits)) continue;
+            const int mid = br.result.num_branches > 1 ? 1 : 0;  // an unsplit weight has one
+            for (int cb : {bits, 8}) {
+              const std::vector<uint8_t> codes = cb == 8 ? br.codes[mid] : Pack(br.codes[mid], cb, sym);
+              auto whole = EncodeMatMulNBits(codes.data(), br.result.params[mid], l, c.spec, cb);
+              ASSERT_TRUE(whole.ok());
+              for (int64_t band_bytes : {int64_t{1}, k * cb, k * cb * 2, int64_t{1} << 20}) {
+                const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
+                                                      ToString(gran), sym ? " sym" : " asym", " band bytes ",
+                                                      band_bytes);
+                std::vector<uint8_t> b(whole->b.size(), 0xA5), zp(whole->zero_points.size(), 0xA5);
+                std::vector<float> scales(whole->scales.size(), -1.0f);
+                int bands = 0;
+                absl::Status st = EncodeMatMulNBitsInBands(
+                    codes.data(), br.result.params[mid], l, c.spec, cb, band_bytes,
+                    [&](int64_t n0, const NBitsEncoding& e) {
+                      const int64_t col = e.blocks * e.block_size * e.bits / 8, zp_col = (e.blocks * e.bits + 7) / 8;
+                      EXPECT_LE(static_cast<int64_t>(n0 * col + e.b.size()), static_cast<int64_t>(b.size())) << what;
+                      std::memcpy(b.data() + n0 * col, e.b.data(), e.b.size());
+                      std::memcpy(scales.data() + n0 * e.blocks, e.scales.data(), e.scales.size() * 4);
+                      std::memcpy(zp.data() + n0 * zp_col, e.zero_points.data(), e.zero_points.size());
+                      ++bands;
+                      return absl::OkStatus();
+                    });
+                ASSERT_TRUE(st.ok()) << st;
+                EXPECT_EQ(b, whole->b) << what;
+                EXPECT_EQ(scales, whole->scales) << what;
+                EXPECT_EQ(zp, whole->zero_points) << what;
+                banded += bands > 1;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(banded, 100);
+  // A sink's error stops the encoding and is returned as it is.
+  const std::vector<float> w = Weights(64 * 40, 3);
+  const TransformConfig c = SplitConfig(4, false, Granularity::kChannel, 32);
+  Branches br = TransformAll(w, {64, 40}, 1, 0, c);
+  int calls = 0;
+  absl::Status st = EncodeMatMulNBitsInBands(br.codes[1].data(), br.result.params[1],
+                                             ParamLayout{{64, 40}, Granularity::kChannel, 1, 0, 32}, c.spec, 8, 64 * 8,
+                                             [&](int64_t, const NBitsEncoding&) {
+                                               ++calls;
+                                               return absl::ResourceExhaustedError("disk full");
+                                             });
+  EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(calls, 1);
+}
+
+// Streamed in bands of rows, GatherBlockQuantized's data is the whole encoding's, byte for
+// byte and in order (the same-container XOR and the field-by-field path alike).
+TEST(EncodeTest, GatherBlockQuantizedInBandsEqualsTheWholeEncoding) {
+  int banded = 0;
+  for (int64_t r : {1, 5, 64}) {
+    for (int64_t cols : {16, 32, 48}) {
+      const std::vector<float> w = Weights(r * cols, 41 + r + cols);
+      for (int bits : {2, 3, 4, 8}) {
+        for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
+          for (bool sym : {false, true}) {
+            const TransformConfig c = SplitConfig(bits, sym, gran, 16);
+            Branches br = TransformAll(w, {r, cols}, 0, 1, c);
+            ParamLayout l{{r, cols}, gran, 0, 1, 16};
+            if (!GatherCanCarry(l, bits)) continue;
+            const int mid = br.result.num_branches > 1 ? 1 : 0;
+            for (int cb : {ContainerBits(bits), 8}) {
+              const std::vector<uint8_t> codes = cb == 8 ? br.codes[mid] : Pack(br.codes[mid], cb, sym);
+              auto whole = EncodeGatherBlockQuantized(codes.data(), br.result.params[mid], l, c.spec, cb);
+              ASSERT_TRUE(whole.ok()) << whole.status();
+              for (int64_t band_bytes : {int64_t{1}, cols, int64_t{1} << 20}) {
+                const std::string what = absl::StrCat("R ", r, " C ", cols, " bits ", bits, " container ", cb,
+                                                      " ", ToString(gran), sym ? " sym" : " asym", " band ",
+                                                      band_bytes);
+                std::vector<uint8_t> data;
+                int bands = 0;
+                auto e = EncodeGatherBlockQuantizedInBands(
+                    codes.data(), br.result.params[mid], l, c.spec, cb, band_bytes,
+                    [&](int64_t offset, const std::vector<uint8_t>& bytes) {
+                      EXPECT_EQ(offset, static_cast<int64_t>(data.size())) << what;
+                      data.insert(data.end(), bytes.begin(), bytes.end());
+                      ++bands;
+                      return absl::OkStatus();
+                    });
+                ASSERT_TRUE(e.ok()) << e.status();
+                EXPECT_EQ(data, whole->data) << what;
+                EXPECT_EQ(e->scales, whole->scales) << what;
+                EXPECT_EQ(e->zero_points, whole->zero_points) << what;
+                EXPECT_TRUE(e->data.empty());
+                banded += bands > 1;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(banded, 50);
+}
+
 // The fast outer8 equals the reference: codes, parameters and error energy, on [K, N]
 // weights and [R, C] tables, odd and even widths, 4- and 8-bit containers.
 TEST(EncodeTest, Outer8FastEqualsReference) {

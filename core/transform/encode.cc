@@ -380,6 +380,63 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
   return e;
 }
 
+absl::Status EncodeMatMulNBitsInBands(
+    const uint8_t* codes, const BranchParams& params, const ParamLayout& layout,
+    const QuantSpec& spec, int code_bits, int64_t band_bytes,
+    const std::function<absl::Status(int64_t n0, const NBitsEncoding& band)>& sink) {
+  if (!NBitsCanCarry(layout, spec.bits)) {
+    return absl::InternalError("MatMulNBits cannot carry this weight layout");
+  }
+  const int64_t k = layout.shape[0], n = layout.shape[1];
+  // Columns per band: a multiple of 8, so that every band starts on a byte of each row.
+  const int64_t per_column = std::max<int64_t>(1, k * code_bits / 8);
+  const int64_t band = std::max<int64_t>(8, band_bytes / per_column / 8 * 8);
+  if ((n * code_bits) % 8 != 0 || band >= n) {
+    SQ_ASSIGN_OR_RETURN(NBitsEncoding e, EncodeMatMulNBits(codes, params, layout, spec, code_bits));
+    return sink(0, e);
+  }
+  const int64_t row_bytes = n * code_bits / 8;
+  std::vector<uint8_t> band_codes;
+  for (int64_t n0 = 0; n0 < n; n0 += band) {
+    const int64_t n1 = std::min(n, n0 + band), width = n1 - n0;
+    // The band's codes, row by row, and its parameters.
+    const int64_t band_row = width * code_bits / 8;  // whole bytes: n * code_bits % 8 == 0
+    band_codes.assign(static_cast<size_t>(k * band_row), 0);
+    for (int64_t r = 0; r < k; ++r) {
+      std::memcpy(band_codes.data() + r * band_row, codes + r * row_bytes + n0 * code_bits / 8,
+                  static_cast<size_t>(band_row));
+    }
+    BranchParams bp;
+    bp.axis = params.axis;
+    bp.block_size = params.block_size;
+    switch (layout.granularity) {
+      case Granularity::kTensor:
+        bp = params;
+        break;
+      case Granularity::kChannel:
+        bp.shape = {width};
+        bp.scales.assign(params.scales.begin() + n0, params.scales.begin() + n1);
+        bp.zero_points.assign(params.zero_points.begin() + n0, params.zero_points.begin() + n1);
+        break;
+      case Granularity::kBlock: {
+        const int64_t blocks = static_cast<int64_t>(params.scales.size()) / n;
+        bp.shape = {blocks, width};
+        for (int64_t kb = 0; kb < blocks; ++kb) {
+          bp.scales.insert(bp.scales.end(), params.scales.begin() + kb * n + n0, params.scales.begin() + kb * n + n1);
+          bp.zero_points.insert(bp.zero_points.end(), params.zero_points.begin() + kb * n + n0,
+                                params.zero_points.begin() + kb * n + n1);
+        }
+        break;
+      }
+    }
+    ParamLayout bl = layout;
+    bl.shape = {k, width};
+    SQ_ASSIGN_OR_RETURN(NBitsEncoding e, EncodeMatMulNBits(band_codes.data(), bp, bl, spec, code_bits));
+    SQ_RETURN_IF_ERROR(sink(n0, e));
+  }
+  return absl::OkStatus();
+}
+
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e) {
   std::vector<float> w(static_cast<size_t>(e.k * e.n));
   const int64_t blob = e.block_size * e.bits / 8;
@@ -456,6 +513,39 @@ absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
   for (int64_t i = 0; i < n; ++i) {
     PutBits(e.data.data(), i, e.bits,
             static_cast<uint32_t>(CodeAt(codes, i, code_bits, spec.symmetric) + offset));
+  }
+  return e;
+}
+
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantizedInBands(
+    const uint8_t* codes, const BranchParams& params, const ParamLayout& layout, const QuantSpec& spec,
+    int code_bits, int64_t band_bytes,
+    const std::function<absl::Status(int64_t offset, const std::vector<uint8_t>& bytes)>& sink) {
+  SQ_ASSIGN_OR_RETURN(GatherEncoding e, GatherParams(params, layout, spec));
+  const int32_t offset = -spec.qmin();
+  const int64_t row_bytes = e.cols * e.bits / 8;  // whole bytes (GatherCanCarry)
+  const int64_t rows_per_band = std::max<int64_t>(1, band_bytes / std::max<int64_t>(row_bytes, 1));
+  // Codes already in the table's container, using all of its bits: the data is the codes
+  // with each signed field moved up by 2^(bits-1), i.e. its top bit flipped; a whole-byte
+  // XOR. (3-bit codes in a 4-bit container move by 4: field by field.)
+  const bool same_container = code_bits == e.bits && (spec.bits == e.bits || !spec.symmetric);
+  uint8_t flip = 0;
+  if (spec.symmetric) flip = e.bits == 8 ? 0x80 : e.bits == 4 ? 0x88 : 0xAA;
+  std::vector<uint8_t> band;
+  for (int64_t r0 = 0; r0 < e.rows; r0 += rows_per_band) {
+    const int64_t r1 = std::min(e.rows, r0 + rows_per_band);
+    band.assign(static_cast<size_t>((r1 - r0) * row_bytes), 0);
+    if (same_container) {
+      const uint8_t* in = codes + r0 * row_bytes;
+      for (size_t i = 0; i < band.size(); ++i) band[i] = in[i] ^ flip;
+    } else {
+      const int64_t first = r0 * e.cols, count = (r1 - r0) * e.cols;
+      for (int64_t i = 0; i < count; ++i) {
+        PutBits(band.data(), i, e.bits,
+                static_cast<uint32_t>(CodeAt(codes, first + i, code_bits, spec.symmetric) + offset));
+      }
+    }
+    SQ_RETURN_IF_ERROR(sink(r0 * row_bytes, band));
   }
   return e;
 }

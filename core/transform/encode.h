@@ -128,6 +128,17 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBitsReference(const uint8_t* codes,
                                                          const BranchParams& params,
                                                          const ParamLayout& layout,
                                                          const QuantSpec& spec, int code_bits = 8);
+// EncodeMatMulNBits a band of columns at a time, so that the transposed B of a large
+// weight is never held whole: `sink(n0, band)` receives columns [n0, n0 + band.n) encoded,
+// whose b, scales and zero_points are exactly EncodeMatMulNBits' bytes from column n0 on
+// (at n0 * band.blocks * block_size * bits / 8, n0 * band.blocks, n0 * ceil(band.blocks *
+// bits / 8)). Bands hold about `band_bytes` of codes (a multiple of 8 columns); a weight
+// whose code rows do not start on bytes is encoded as one band. Errors: EncodeMatMulNBits'
+// and the sink's (the first stops the encoding).
+absl::Status EncodeMatMulNBitsInBands(
+    const uint8_t* codes, const BranchParams& params, const ParamLayout& layout,
+    const QuantSpec& spec, int code_bits, int64_t band_bytes,
+    const std::function<absl::Status(int64_t n0, const NBitsEncoding& band)>& sink);
 // Reference decoder: W[K, N] row-major, as MatMulNBits dequantizes it.
 std::vector<float> DecodeMatMulNBits(const NBitsEncoding& e);
 
@@ -151,6 +162,14 @@ absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized(const uint8_t* codes,
                                                           const BranchParams& params,
                                                           const ParamLayout& layout,
                                                           const QuantSpec& spec, int code_bits = 8);
+// EncodeGatherBlockQuantized with the data streamed a band of rows at a time (about
+// `band_bytes` each), so that a large table is never held twice: `sink(offset, bytes)`
+// receives the data's bytes from `offset` on, in order; the returned encoding holds the
+// scales and zero points and an empty `data`. Same bytes as the whole encoding.
+absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantizedInBands(
+    const uint8_t* codes, const BranchParams& params, const ParamLayout& layout, const QuantSpec& spec,
+    int code_bits, int64_t band_bytes,
+    const std::function<absl::Status(int64_t offset, const std::vector<uint8_t>& bytes)>& sink);
 // The same for 8-bit codes (one byte each, row-major), re-encoded in place: the data is
 // `codes` itself, so a large table's codes are never held twice.
 absl::StatusOr<GatherEncoding> EncodeGatherBlockQuantized8(std::vector<uint8_t> codes,
