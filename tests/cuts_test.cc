@@ -104,6 +104,26 @@ TEST(CutsTest, TheVectorisedGridScanEqualsThePairByPairReference) {
   EXPECT_GT(compared, 150);
 }
 
+TEST(CutsTest, SortSampleSortsAsStdSort) {
+  std::mt19937_64 rng(5);
+  for (size_t n : {0, 1, 2, 63, 64, 65, 128, 130, 1000, 5000}) {
+    for (int shape = 0; shape < 4; ++shape) {
+      std::vector<float> v = HeavyTailed(n, rng());
+      if (shape == 1) {
+        for (float& x : v) x = std::fabs(x);  // one byte pattern shared at the top
+      } else if (shape == 2) {
+        for (float& x : v) x = std::round(x * 100.0f) / 100.0f + 0.0f;  // ties and zeros
+      } else if (shape == 3) {
+        for (size_t k = 0; k < n; ++k) v[k] = k % 2 ? -std::ldexp(1.0f, static_cast<int>(k % 60) - 30) : 1e30f;
+      }
+      std::vector<float> want = v;
+      std::sort(want.begin(), want.end());
+      SortSample(v);
+      EXPECT_EQ(v, want) << "n " << n << " shape " << shape;
+    }
+  }
+}
+
 TEST(CutsTest, DeterministicAndIndependentOfTheSignOfZero) {
   std::vector<float> v = HeavyTailed(5000, 3);
   v[10] = 0.0f;

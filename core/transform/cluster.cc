@@ -90,7 +90,7 @@ void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const Quan
           sample.push_back(mx[c]);
         }
         for (float& v : sample) v += 0.0f;
-        std::sort(sample.begin(), sample.end());
+        SortSample(sample);
         const QuantAwareSplit q = ChooseQuantAwareSplitFromSample(sample, rows, spec);
         out.units[c] = q.clusters;
         for (int b = 0; b < 3; ++b) {

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -39,7 +41,7 @@ std::vector<float> SortedSample(absl::Span<const float> values, int64_t sample_s
     s.push_back(mx);
   }
   for (float& v : s) v += 0.0f;  // -0 -> +0: the order never depends on the sign of zero
-  std::sort(s.begin(), s.end());
+  SortSample(s);
   return s;
 }
 
@@ -309,6 +311,46 @@ std::array<float, 2> SearchBranchShrink(absl::Span<const float> members, const Q
     if (!moved) break;
   }
   return {ShrinkFactor(a), ShrinkFactor(b)};
+}
+
+void SortSample(std::vector<float>& v) {
+  const size_t n = v.size();
+  if (n < 64) {
+    std::sort(v.begin(), v.end());
+    return;
+  }
+  // Keys ordered as the floats: negatives have every bit flipped, the rest the sign bit.
+  std::vector<uint32_t> keys(n), tmp(n);
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, &v[i], 4);
+    keys[i] = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  }
+  // All four byte histograms in one read; a byte every key shares needs no pass.
+  uint32_t count[4][256] = {};
+  for (uint32_t k : keys) {
+    ++count[0][k & 0xFF];
+    ++count[1][(k >> 8) & 0xFF];
+    ++count[2][(k >> 16) & 0xFF];
+    ++count[3][k >> 24];
+  }
+  for (int pass = 0; pass < 4; ++pass) {
+    const int shift = 8 * pass;
+    if (count[pass][(keys[0] >> shift) & 0xFF] == n) continue;
+    uint32_t start[256];
+    uint32_t sum = 0;
+    for (int d = 0; d < 256; ++d) {
+      start[d] = sum;
+      sum += count[pass][d];
+    }
+    for (uint32_t k : keys) tmp[start[(k >> shift) & 0xFF]++] = k;
+    keys.swap(tmp);
+  }
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t k = keys[i];
+    const uint32_t b = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
+    std::memcpy(&v[i], &b, 4);
+  }
 }
 
 int64_t UnitSampleSize(int64_t units) {
