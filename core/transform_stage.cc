@@ -272,12 +272,13 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
   std::vector<int> finished;  // plan indices, in completion order
   size_t done_tasks = 0;
 
-  // A tensor bigger than a fair share of the work would trail behind the others: its
-  // passes are cut across extra threads.
-  auto run_plan = [&](int i) -> absl::Status {
+  // A tensor bigger than a fair share of the work would trail behind the others, and the
+  // last task has nothing left to run beside it (a run-alone lm_head, scheduled last):
+  // their passes are cut across extra threads.
+  auto run_plan = [&](int i, bool last) -> absl::Status {
     const GroupPlan& p = plans[i];
     const int64_t numel = NumElements(p.group->shape);
-    const int parts = threads > 1 && numel * threads > 2 * total_weight_elements ? threads : 1;
+    const int parts = threads > 1 && (last || numel * threads > 2 * total_weight_elements) ? threads : 1;
     const auto start = std::chrono::steady_clock::now();
     absl::StatusOr<TransformResult> r = TransformLayer(model, p, out, parts);
     if (!r.ok()) return r.status();
@@ -296,6 +297,7 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
     while (!stop.load()) {
       size_t k = next.fetch_add(1);
       std::unique_lock<std::mutex> big_layer;
+      bool last = false;  // nothing is queued after this task
       if (k < tasks.size()) {
         if (buffers_much(tasks[k])) {
           big_layer = std::unique_lock<std::mutex>(big_layer_mu, std::try_to_lock);
@@ -311,11 +313,16 @@ absl::StatusOr<std::vector<TransformResult>> RunTransformStage(LoadedModel& mode
           if (deferred.empty()) break;
           k = deferred.front();
           deferred.erase(deferred.begin());
+          last = deferred.empty();
         }
         big_layer = std::unique_lock<std::mutex>(big_layer_mu);
       }
+      if (k + 1 == tasks.size()) {
+        std::lock_guard<std::mutex> lock(mu);
+        last = deferred.empty();
+      }
       const Task& t = tasks[k];
-      absl::Status s = t.plan >= 0 ? run_plan(t.plan) : out.RunCopy(t.copy);
+      absl::Status s = t.plan >= 0 ? run_plan(t.plan, last) : out.RunCopy(t.copy);
       if (big_layer.owns_lock()) big_layer.unlock();
       std::lock_guard<std::mutex> lock(mu);
       if (t.plan >= 0) {
