@@ -116,8 +116,7 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
   auto& data_file = out->data_file_;
   auto& copies = out->copies_;
   // Copies: the untouched tensors that go to the data file (external mode only).
-  std::map<const onnx::TensorProto*, int> copy_of;  // tensor -> index in copies
-  std::vector<onnx::TensorProto*> copied;           // copies[i]'s tensor
+  std::vector<onnx::TensorProto*> copied;  // copies[i]'s tensor
   if (external) {
     for (onnx::TensorProto* t : all) {
       if (slots.count(t)) continue;
@@ -142,7 +141,6 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
         job.inline_bytes = InlineBytes(*t);
         job.size = static_cast<int64_t>(job.inline_bytes.size());
       }
-      copy_of[t] = static_cast<int>(copies.size());
       copied.push_back(t);
       copies.push_back(std::move(job));
     }
@@ -198,7 +196,9 @@ absl::StatusOr<std::unique_ptr<OutputFiles>> OutputFiles::LayOut(LoadedModel& mo
         job.offset = place(copied[task.copy], job.size);
       } else {
         for (const auto& [t, bytes] : plans[task.plan].tensor_bytes) {
-          if (!in_graph.count(t)) continue;
+          if (!in_graph.count(t)) {
+            return absl::InternalError(absl::StrCat("planned tensor '", t->name(), "' is not an initializer"));
+          }
           Slot& slot = slots[t];
           slot.offset = place(t, slot.size);
         }
