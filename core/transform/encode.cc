@@ -333,30 +333,58 @@ absl::StatusOr<NBitsEncoding> EncodeMatMulNBits(const uint8_t* codes, const Bran
   // top bit of each field.
   // Transposed in tiles: the input read along rows, each column's output bytes written in
   // order, a tile's output lines few enough to stay in L1.
-  constexpr int64_t kRowTile = 128;
   int64_t k = 0;
   if (code_bits == 4 && e.bits == 4 && e.n % 2 == 0) {
     const uint8_t flip = spec.symmetric ? 0x88 : 0x00;
     const int64_t row_bytes = e.n / 2, pairs = e.k / 2;
-    // 16 columns a tile: their 16 output lines sit at a power-of-two stride (K/2 bytes),
-    // which maps them to few cache sets; more would evict each other.
-    constexpr int64_t kColPairs = 8;
-    for (int64_t p0 = 0; p0 < pairs; p0 += kRowTile / 2) {
-      const int64_t p1 = std::min(pairs, p0 + kRowTile / 2);
-      for (int64_t j0 = 0; j0 < row_bytes; j0 += kColPairs) {
-        const int64_t j1 = std::min(row_bytes, j0 + kColPairs);
-        for (int64_t kp = p0; kp < p1; ++kp) {
-          const uint8_t* r0 = codes + (2 * kp) * row_bytes;
-          const uint8_t* r1 = r0 + row_bytes;
-          uint8_t* out = e.b.data() + kp;
-          for (int64_t j = j0; j < j1; ++j) {
-            const uint8_t a = r0[j] ^ flip, b = r1[j] ^ flip;
-            out[(2 * j) * col_bytes] = static_cast<uint8_t>((a & 0x0F) | (b << 4));
-            out[(2 * j + 1) * col_bytes] = static_cast<uint8_t>((a >> 4) | (b & 0xF0));
+    // Row pairs [p0, p1) of column pairs [j0, j1), byte by byte.
+    auto scalar = [&](int64_t p0, int64_t p1, int64_t j0, int64_t j1) {
+      for (int64_t kp = p0; kp < p1; ++kp) {
+        const uint8_t* r0 = codes + (2 * kp) * row_bytes;
+        const uint8_t* r1 = r0 + row_bytes;
+        uint8_t* out = e.b.data() + kp;
+        for (int64_t j = j0; j < j1; ++j) {
+          const uint8_t a = r0[j] ^ flip, b = r1[j] ^ flip;
+          out[(2 * j) * col_bytes] = static_cast<uint8_t>((a & 0x0F) | (b << 4));
+          out[(2 * j + 1) * col_bytes] = static_cast<uint8_t>((a >> 4) | (b & 0xF0));
+        }
+      }
+    };
+    // Tiles of 32 rows x 16 columns: each row's 8 bytes unpacked to one code per byte, the
+    // two 16 x 16 byte blocks transposed, and each column's 32 codes packed back into 16
+    // bytes (two rows per byte) and stored whole.
+    const int64_t p32 = pairs / 16 * 16, j16 = row_bytes / 8 * 8;
+    alignas(16) uint8_t rows[32][16], cols[16][32];
+    const __m128i lo_nib = _mm_set1_epi8(0x0F), f = _mm_set1_epi8(static_cast<char>(flip));
+    // Blocks of 128 rows (their input stays in L2 across the column tiles; each column
+    // gets a whole 64-byte line of output per block).
+    const __m128i low_byte = _mm_set1_epi16(0x00FF), high_nib = _mm_set1_epi16(0x00F0);
+    for (int64_t block = 0; block < p32; block += 64) {
+      const int64_t block_end = std::min(p32, block + 64);
+      for (int64_t j0 = 0; j0 < j16; j0 += 8) {
+        for (int64_t p0 = block; p0 < block_end; p0 += 16) {
+          for (int r = 0; r < 32; ++r) {
+            const __m128i v = _mm_xor_si128(
+                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + (2 * p0 + r) * row_bytes + j0)), f);
+            const __m128i lo = _mm_and_si128(v, lo_nib), hi = _mm_and_si128(_mm_srli_epi16(v, 4), lo_nib);
+            _mm_store_si128(reinterpret_cast<__m128i*>(rows[r]), _mm_unpacklo_epi8(lo, hi));
+          }
+          TransposeBytes16(rows[0], 16, cols[0], 32, 0);
+          TransposeBytes16(rows[16], 16, cols[0] + 16, 32, 0);
+          for (int c = 0; c < 16; ++c) {
+            const __m128i a = _mm_load_si128(reinterpret_cast<const __m128i*>(cols[c]));
+            const __m128i b = _mm_load_si128(reinterpret_cast<const __m128i*>(cols[c] + 16));
+            // Each 16-bit lane holds rows 2i (low byte) and 2i+1: their nibbles into one byte.
+            const __m128i qa = _mm_or_si128(_mm_and_si128(a, low_byte), _mm_and_si128(_mm_srli_epi16(a, 4), high_nib));
+            const __m128i qb = _mm_or_si128(_mm_and_si128(b, low_byte), _mm_and_si128(_mm_srli_epi16(b, 4), high_nib));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(e.b.data() + (2 * j0 + c) * col_bytes + p0),
+                             _mm_packus_epi16(qa, qb));
           }
         }
       }
     }
+    scalar(p32, pairs, 0, j16);         // the rows below the last whole tile
+    scalar(0, pairs, j16, row_bytes);   // the columns right of it
     k = 2 * pairs;
   } else if (code_bits == 8 && e.bits == 8) {
     // 16 x 16 blocks transposed in registers, a band of 16 columns at a time down all rows
