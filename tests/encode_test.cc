@@ -3,6 +3,7 @@
 #include "core/transform/encode.h"
 
 #include <cstring>
+#include <initializer_list>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -219,39 +220,50 @@ std::vector<uint8_t> Pack(const std::vector<uint8_t>& codes8, int bits, bool sym
   return out;
 }
 
-// The fast MatMulNBits encoder equals the element-by-element reference byte for byte, for
-// odd and even K and N, both containers, every granularity and symmetry.
-TEST(EncodeTest, MatMulNBitsFastEqualsReference) {
-  int cases = 0;
-  for (int64_t k : {1, 7, 64, 131}) {
-    for (int64_t n : {1, 2, 3, 130, 258}) {
-      const std::vector<float> w = Weights(k * n, 17 + k + n);
+// Every [K, N] MatMul weight case MatMulNBits can carry, over the given K and N, both code
+// widths, every granularity and symmetry: fn(k, n, bits, gran, sym, config, branches, layout).
+template <typename Fn>
+void ForEachNBitsCase(std::initializer_list<int64_t> ks, std::initializer_list<int64_t> ns, uint64_t seed,
+                      Fn&& fn) {
+  for (int64_t k : ks) {
+    for (int64_t n : ns) {
+      const std::vector<float> w = Weights(k * n, seed + k + n);
       for (int bits : {4, 8}) {
         for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
           for (bool sym : {false, true}) {
             const TransformConfig c = SplitConfig(bits, sym, gran, 32);
-            Branches br = TransformAll(w, {k, n}, 1, 0, c);
-            ParamLayout l{{k, n}, gran, 1, 0, 32};
-            if (!NBitsCanCarry(l, bits)) continue;
-            for (int b = 0; b < br.result.num_branches; ++b) {
-              for (int cb : {bits, 8}) {
-                const std::vector<uint8_t> codes = cb == 8 ? br.codes[b] : Pack(br.codes[b], cb, sym);
-                auto fast = EncodeMatMulNBits(codes.data(), br.result.params[b], l, c.spec, cb);
-                auto ref = EncodeMatMulNBitsReference(codes.data(), br.result.params[b], l, c.spec, cb);
-                ASSERT_TRUE(fast.ok() && ref.ok());
-                const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
-                                                      ToString(gran), sym ? " sym" : " asym", " branch ", b);
-                EXPECT_EQ(fast->b, ref->b) << what;
-                EXPECT_EQ(fast->scales, ref->scales) << what;
-                EXPECT_EQ(fast->zero_points, ref->zero_points) << what;
-                ++cases;
-              }
-            }
+            const Branches br = TransformAll(w, {k, n}, 1, 0, c);
+            const ParamLayout l{{k, n}, gran, 1, 0, 32};
+            if (NBitsCanCarry(l, bits)) fn(k, n, bits, gran, sym, c, br, l);
           }
         }
       }
     }
   }
+}
+
+// The fast MatMulNBits encoder equals the element-by-element reference byte for byte, for
+// odd and even K and N, both containers, every granularity and symmetry.
+TEST(EncodeTest, MatMulNBitsFastEqualsReference) {
+  int cases = 0;
+  ForEachNBitsCase({1, 7, 64, 131}, {1, 2, 3, 130, 258}, 17, [&](int64_t k, int64_t n, int bits, Granularity gran,
+                                                                bool sym, const TransformConfig& c,
+                                                                const Branches& br, const ParamLayout& l) {
+    for (int b = 0; b < br.result.num_branches; ++b) {
+      for (int cb : {bits, 8}) {
+        const std::vector<uint8_t> codes = cb == 8 ? br.codes[b] : Pack(br.codes[b], cb, sym);
+        auto fast = EncodeMatMulNBits(codes.data(), br.result.params[b], l, c.spec, cb);
+        auto ref = EncodeMatMulNBitsReference(codes.data(), br.result.params[b], l, c.spec, cb);
+        ASSERT_TRUE(fast.ok() && ref.ok());
+        const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
+                                              ToString(gran), sym ? " sym" : " asym", " branch ", b);
+        EXPECT_EQ(fast->b, ref->b) << what;
+        EXPECT_EQ(fast->scales, ref->scales) << what;
+        EXPECT_EQ(fast->zero_points, ref->zero_points) << what;
+        ++cases;
+      }
+    }
+  });
   EXPECT_GT(cases, 300);
 }
 
@@ -260,51 +272,38 @@ TEST(EncodeTest, MatMulNBitsFastEqualsReference) {
 // columns, a ragged last band, and a width whose rows do not start on bytes: one band).
 TEST(EncodeTest, MatMulNBitsInBandsEqualsTheWholeEncoding) {
   int banded = 0;
-  for (int64_t k : {1, 7, 64, 131}) {
-    for (int64_t n : {3, 8, 40, 130}) {
-      const std::vector<float> w = Weights(k * n, 29 + k + n);
-      for (int bits : {4, 8}) {
-        for (Granularity gran : {Granularity::kTensor, Granularity::kChannel, Granularity::kBlock}) {
-          for (bool sym : {false, true}) {
-            const TransformConfig c = SplitConfig(bits, sym, gran, 32);
-            Branches br = TransformAll(w, {k, n}, 1, 0, c);
-            ParamLayout l{{k, n}, gran, 1, 0, 32};
-            if (!NBitsCanCarry(l, bits)) continue;
-            const int mid = br.result.num_branches > 1 ? 1 : 0;  // an unsplit weight has one
-            for (int cb : {bits, 8}) {
-              const std::vector<uint8_t> codes = cb == 8 ? br.codes[mid] : Pack(br.codes[mid], cb, sym);
-              auto whole = EncodeMatMulNBits(codes.data(), br.result.params[mid], l, c.spec, cb);
-              ASSERT_TRUE(whole.ok());
-              for (int64_t band_bytes : {int64_t{1}, k * cb, k * cb * 2, int64_t{1} << 20}) {
-                const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
-                                                      ToString(gran), sym ? " sym" : " asym", " band bytes ",
-                                                      band_bytes);
-                std::vector<uint8_t> b(whole->b.size(), 0xA5), zp(whole->zero_points.size(), 0xA5);
-                std::vector<float> scales(whole->scales.size(), -1.0f);
-                int bands = 0;
-                absl::Status st = EncodeMatMulNBitsInBands(
-                    codes.data(), br.result.params[mid], l, c.spec, cb, band_bytes,
-                    [&](int64_t n0, const NBitsEncoding& e) {
-                      const int64_t col = e.blocks * e.block_size * e.bits / 8, zp_col = (e.blocks * e.bits + 7) / 8;
-                      EXPECT_LE(static_cast<int64_t>(n0 * col + e.b.size()), static_cast<int64_t>(b.size())) << what;
-                      std::memcpy(b.data() + n0 * col, e.b.data(), e.b.size());
-                      std::memcpy(scales.data() + n0 * e.blocks, e.scales.data(), e.scales.size() * 4);
-                      std::memcpy(zp.data() + n0 * zp_col, e.zero_points.data(), e.zero_points.size());
-                      ++bands;
-                      return absl::OkStatus();
-                    });
-                ASSERT_TRUE(st.ok()) << st;
-                EXPECT_EQ(b, whole->b) << what;
-                EXPECT_EQ(scales, whole->scales) << what;
-                EXPECT_EQ(zp, whole->zero_points) << what;
-                banded += bands > 1;
-              }
-            }
-          }
-        }
+  ForEachNBitsCase({1, 7, 64, 131}, {3, 8, 40, 130}, 29, [&](int64_t k, int64_t n, int bits, Granularity gran,
+                                                            bool sym, const TransformConfig& c, const Branches& br,
+                                                            const ParamLayout& l) {
+    const int mid = br.result.num_branches > 1 ? 1 : 0;  // an unsplit weight has one
+    for (int cb : {bits, 8}) {
+      const std::vector<uint8_t> codes = cb == 8 ? br.codes[mid] : Pack(br.codes[mid], cb, sym);
+      auto whole = EncodeMatMulNBits(codes.data(), br.result.params[mid], l, c.spec, cb);
+      ASSERT_TRUE(whole.ok());
+      for (int64_t band_bytes : {int64_t{1}, k * cb, k * cb * 2, int64_t{1} << 20}) {
+        const std::string what = absl::StrCat("K ", k, " N ", n, " bits ", bits, " container ", cb, " ",
+                                              ToString(gran), sym ? " sym" : " asym", " band bytes ", band_bytes);
+        std::vector<uint8_t> b(whole->b.size(), 0xA5), zp(whole->zero_points.size(), 0xA5);
+        std::vector<float> scales(whole->scales.size(), -1.0f);
+        int bands = 0;
+        absl::Status st = EncodeMatMulNBitsInBands(
+            codes.data(), br.result.params[mid], l, c.spec, cb, band_bytes, [&](int64_t n0, const NBitsEncoding& e) {
+              const int64_t col = e.blocks * e.block_size * e.bits / 8, zp_col = (e.blocks * e.bits + 7) / 8;
+              EXPECT_LE(static_cast<int64_t>(n0 * col + e.b.size()), static_cast<int64_t>(b.size())) << what;
+              std::memcpy(b.data() + n0 * col, e.b.data(), e.b.size());
+              std::memcpy(scales.data() + n0 * e.blocks, e.scales.data(), e.scales.size() * 4);
+              std::memcpy(zp.data() + n0 * zp_col, e.zero_points.data(), e.zero_points.size());
+              ++bands;
+              return absl::OkStatus();
+            });
+        ASSERT_TRUE(st.ok()) << st;
+        EXPECT_EQ(b, whole->b) << what;
+        EXPECT_EQ(scales, whole->scales) << what;
+        EXPECT_EQ(zp, whole->zero_points) << what;
+        banded += bands > 1;
       }
     }
-  }
+  });
   EXPECT_GT(banded, 100);
   // A sink's error stops the encoding and is returned as it is.
   const std::vector<float> w = Weights(64 * 40, 3);
