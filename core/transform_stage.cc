@@ -184,6 +184,14 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
   // mapped until they are done: re-faulting their pages on every pass costs more.
   const int64_t numel = NumElements(p.group->shape);
   const bool release_pieces = w.mapping != nullptr && numel * 4 > kReleasePiecesAboveBytes;
+  // Hands back the pages of elements [begin, end) of a mapped weight.
+  ReleaseFn release_range;
+  if (w.mapping != nullptr) {
+    release_range = [&w](int64_t begin, int64_t end) {
+      w.mapping->Release(w.mapping_offset + begin * 4, (end - begin) * 4);
+    };
+  }
+  if (release_pieces) view.release = release_range;  // what passes read out of order
   ParallelFor parallel;
   if (parts > 1 || release_pieces) {
     parallel = [parts, numel, release_pieces, &w](int64_t n, const std::function<void(int64_t, int64_t)>& fn) {
@@ -222,13 +230,7 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
                                             result->num_branches));
   }
   if (reencode) {
-    ReleaseFn release;
-    if (w.mapping != nullptr) {
-      release = [&w](int64_t begin, int64_t end) {
-        w.mapping->Release(w.mapping_offset + begin * 4, (end - begin) * 4);
-      };
-    }
-    SQ_RETURN_IF_ERROR(WriteReencoded(p, w.data, *result, codes, release, out));
+    SQ_RETURN_IF_ERROR(WriteReencoded(p, w.data, *result, codes, release_range, out));
   } else if (p.scale[0] != nullptr) {
     for (int b = 0; b < expected; ++b) {
       const BranchParams& bp = result->params[b];

@@ -53,6 +53,13 @@ struct WeightView {
   std::vector<int64_t> shape;  // rank >= 1
   int channel_axis = 0;        // output-channel axis
   int reduction_axis = 0;      // axis blocks run along (kBlock)
+  // Optional, for data mapped from a file: the transform may call it, from any of its
+  // threads, with element ranges [begin, end) it has finished reading in a pass that
+  // walks the weight out of order (the cut search's sample rows, read a span of columns
+  // at a time), so their pages can be handed back. Reading them again later must still
+  // work (it may only be slower). Passes that walk the weight in order leave page
+  // handling to the ParallelFor the caller passes.
+  std::function<void(int64_t begin, int64_t end)> release = nullptr;
   int64_t num_elements() const;
 };
 

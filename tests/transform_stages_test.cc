@@ -7,8 +7,10 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/quantizer.h"
@@ -466,6 +468,60 @@ TEST(TransformStagesTest, QuantAwareColumnsAreEachGatheredColumnsSplit) {
           EXPECT_EQ(cl.shrink[col][2 * b + 1], q.shrink_hi[b]);
         }
       }
+    }
+  }
+}
+
+// A mapped weight's sample rows are handed back (WeightView::release) a span of columns at
+// a time as the cut search finishes them: every sample row exactly once, column by
+// column, nothing outside them, and the same cuts as without the hook. Columns wider than
+// one span, sampled and unsampled rows, 1 and 3 threads.
+TEST(TransformStagesTest, QuantAwareColumnsHandBackEachSampleRowOnceAndChangeNothing) {
+  std::mt19937_64 rng(9);
+  for (int64_t rows : {100, 600}) {  // 600 > UnitSampleSize(4500): every 5th row sampled
+    const int64_t cols = 4500;
+    WeightView w;
+    w.shape = {rows, cols};
+    w.channel_axis = 1;
+    const std::vector<float> v = Values(rows * cols, rng);
+    w.data = v.data();
+    TransformConfig c;
+    c.cluster_per_channel = true;
+    const IndexMap units = UnitMap(w, c);
+    QuantSpec spec;
+    spec.bits = 4;
+    const int64_t stride = SampleStride(rows, UnitSampleSize(cols));
+    for (int threads : {1, 3}) {
+      const Clustering plain = ClusterFast(w, w.num_elements(), units, ClusterMethod::kFast,
+                                           Threaded(threads), &spec);
+      std::mutex mu;
+      std::vector<std::pair<int64_t, int64_t>> handed;
+      WeightView released = w;
+      released.release = [&](int64_t begin, int64_t end) {
+        std::lock_guard<std::mutex> lock(mu);
+        handed.emplace_back(begin, end);
+      };
+      const Clustering cl = ClusterFast(released, w.num_elements(), units, ClusterMethod::kFast,
+                                        Threaded(threads), &spec);
+      for (int64_t col = 0; col < cols; ++col) {
+        ASSERT_EQ(cl.units[col].lower_boundary, plain.units[col].lower_boundary) << col;
+        ASSERT_EQ(cl.units[col].upper_boundary, plain.units[col].upper_boundary) << col;
+        ASSERT_EQ(cl.units[col].counts, plain.units[col].counts) << col;
+      }
+      std::vector<int64_t> covered(static_cast<size_t>(rows * cols), 0);
+      for (const auto& [begin, end] : handed) {
+        ASSERT_LT(begin, end);
+        ASSERT_EQ(begin / cols, (end - 1) / cols) << "a range crosses rows";
+        ASSERT_EQ(begin / cols % stride, 0) << "row " << begin / cols << " is not a sample row";
+        for (int64_t e = begin; e < end; ++e) ++covered[e];
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t want = r % stride == 0 ? 1 : 0;
+        for (int64_t col = 0; col < cols; ++col) {
+          ASSERT_EQ(covered[r * cols + col], want) << "row " << r << " column " << col << " threads " << threads;
+        }
+      }
+      EXPECT_GT(handed.size(), static_cast<size_t>(2 * rows / stride)) << "one span per row: not in spans";
     }
   }
 }

@@ -46,10 +46,12 @@ void ClusterUnit(absl::Span<const float> values, ClusterMethod method,
 // The quantization-aware split of every column of a row-major [rows, cols] matrix, reading
 // it by rows: min/max and the final counts in row-range pieces (merged in any order: both
 // are order-independent), the sample rows (every SampleStride-th, as ChooseQuantAwareSplit
-// samples a unit) gathered per tile of columns. Same result as ChooseQuantAwareSplit on
-// each gathered column.
+// samples a unit) gathered per tile of columns, each span of kReleaseColumns handed to
+// `release` (when set) in every sample row once its tiles are done. Same result as
+// ChooseQuantAwareSplit on each gathered column.
 void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const QuantSpec& spec,
-                       int64_t sample_size, const ParallelFor& parallel_for, Clustering& out) {
+                       int64_t sample_size, const ParallelFor& parallel_for,
+                       const std::function<void(int64_t, int64_t)>& release, Clustering& out) {
   const int64_t stride = SampleStride(rows, sample_size);
   const bool sampled = stride > 1;
   constexpr int64_t kRowPiece = 64;
@@ -78,8 +80,13 @@ void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const Quan
   constexpr int64_t kTile = 64;
   const int64_t tiles = (cols + kTile - 1) / kTile;
   std::vector<bool> need_kmeans(cols, false);
+  // The sample rows are read a tile of columns at a time, so no row is finished until
+  // the last tile: without handing back each span of columns once its tiles are done,
+  // every sample row of a mapped weight stays resident (an lm_head's ~500 rows: ~200 MB).
+  constexpr int64_t kReleaseColumns = 2048;
   RunParallel(tiles, parallel_for, [&](int64_t tb, int64_t te) {
     std::vector<float> sample;
+    int64_t span0 = tb * kTile;  // first column not yet handed back
     for (int64_t t = tb; t < te; ++t) {
       const int64_t c0 = t * kTile, c1 = std::min(cols, c0 + kTile);
       for (int64_t c = c0; c < c1; ++c) {
@@ -98,6 +105,10 @@ void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const Quan
           out.shrink[c][2 * b + 1] = q.shrink_hi[b];
         }
         if (q.clusters.distinct_clusters < 3 && sampled) need_kmeans[c] = true;
+      }
+      if (release && (c1 - span0 >= kReleaseColumns || t + 1 == te)) {
+        for (int64_t o = 0; o < rows; o += stride) release(o * cols + span0, o * cols + c1);
+        span0 = c1;
       }
     }
   });
@@ -170,7 +181,7 @@ Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
   if (quant_spec) out.shrink.resize(static_cast<size_t>(count));
   // A channel on the innermost axis (a MatMul's output column) is a strided unit.
   if (quant_spec && units.ax.I == 1 && units.ax.O > 1) {
-    QuantAwareColumns(w.data, units.ax.O, count, *quant_spec, sample_size, parallel_for, out);
+    QuantAwareColumns(w.data, units.ax.O, count, *quant_spec, sample_size, parallel_for, w.release, out);
     return out;
   }
   // k-means on columns: gather kTile of them at once, reading whole row pieces, instead of
