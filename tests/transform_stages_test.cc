@@ -439,22 +439,35 @@ TEST(TransformStagesTest, PackStagingIsPackCodes) {
   }
 }
 
+// A [rows, cols] weight whose units are its columns (a MatMul's output channels), for the
+// quantization-aware column search, and the 4-bit spec it runs under.
+struct ColumnWeight {
+  ColumnWeight(int64_t rows, int64_t cols, std::mt19937_64& rng) : values(Values(rows * cols, rng)) {
+    view.shape = {rows, cols};
+    view.channel_axis = 1;
+    view.data = values.data();
+    TransformConfig c;
+    c.cluster_per_channel = true;
+    units = UnitMap(view, c);
+    spec.bits = 4;
+  }
+  Clustering Cluster(const WeightView& w, int threads) const {
+    return ClusterFast(w, w.num_elements(), units, ClusterMethod::kFast, Threaded(threads), &spec);
+  }
+  std::vector<float> values;
+  WeightView view;
+  IndexMap units;
+  QuantSpec spec;
+};
+
 TEST(TransformStagesTest, QuantAwareColumnsAreEachGatheredColumnsSplit) {
   std::mt19937_64 rng(8);
   for (int64_t rows : {40, 9000}) {  // 9000 > UnitSampleSize(70): sampled columns
-    WeightView w;
-    w.shape = {rows, 70};
-    w.channel_axis = 1;
-    const std::vector<float> v = Values(rows * 70, rng);
-    w.data = v.data();
-    TransformConfig c;
-    c.cluster_per_channel = true;
-    const IndexMap units = UnitMap(w, c);
-    QuantSpec spec;
-    spec.bits = 4;
+    const ColumnWeight cw(rows, 70, rng);
+    const std::vector<float>& v = cw.values;
+    const QuantSpec& spec = cw.spec;
     for (int threads : {1, 3}) {
-      const Clustering cl = ClusterFast(w, w.num_elements(), units, ClusterMethod::kFast,
-                                        Threaded(threads), &spec);
+      const Clustering cl = cw.Cluster(cw.view, threads);
       ASSERT_EQ(cl.units.size(), 70u);
       for (int64_t col = 0; col < 70; ++col) {
         std::vector<float> column;
@@ -480,29 +493,18 @@ TEST(TransformStagesTest, QuantAwareColumnsHandBackEachSampleRowOnceAndChangeNot
   std::mt19937_64 rng(9);
   for (int64_t rows : {100, 600}) {  // 600 > UnitSampleSize(4500): every 5th row sampled
     const int64_t cols = 4500;
-    WeightView w;
-    w.shape = {rows, cols};
-    w.channel_axis = 1;
-    const std::vector<float> v = Values(rows * cols, rng);
-    w.data = v.data();
-    TransformConfig c;
-    c.cluster_per_channel = true;
-    const IndexMap units = UnitMap(w, c);
-    QuantSpec spec;
-    spec.bits = 4;
+    const ColumnWeight cw(rows, cols, rng);
     const int64_t stride = SampleStride(rows, UnitSampleSize(cols));
     for (int threads : {1, 3}) {
-      const Clustering plain = ClusterFast(w, w.num_elements(), units, ClusterMethod::kFast,
-                                           Threaded(threads), &spec);
+      const Clustering plain = cw.Cluster(cw.view, threads);
       std::mutex mu;
       std::vector<std::pair<int64_t, int64_t>> handed;
-      WeightView released = w;
+      WeightView released = cw.view;
       released.release = [&](int64_t begin, int64_t end) {
         std::lock_guard<std::mutex> lock(mu);
         handed.emplace_back(begin, end);
       };
-      const Clustering cl = ClusterFast(released, w.num_elements(), units, ClusterMethod::kFast,
-                                        Threaded(threads), &spec);
+      const Clustering cl = cw.Cluster(released, threads);
       for (int64_t col = 0; col < cols; ++col) {
         ASSERT_EQ(cl.units[col].lower_boundary, plain.units[col].lower_boundary) << col;
         ASSERT_EQ(cl.units[col].upper_boundary, plain.units[col].upper_boundary) << col;
