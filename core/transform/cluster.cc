@@ -47,7 +47,8 @@ void ClusterUnit(absl::Span<const float> values, ClusterMethod method,
 // it by rows: min/max and the final counts in row-range pieces (merged in any order: both
 // are order-independent), the sample rows (every SampleStride-th, as ChooseQuantAwareSplit
 // samples a unit) gathered per tile of columns, each span of kReleaseColumns handed to
-// `release` (when set) in every sample row once its tiles are done. Same result as
+// `release` (when set), with the span before it, in every sample row once its tiles are
+// done. Same result as
 // ChooseQuantAwareSplit on each gathered column.
 void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const QuantSpec& spec,
                        int64_t sample_size, const ParallelFor& parallel_for,
@@ -86,7 +87,10 @@ void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const Quan
   constexpr int64_t kReleaseColumns = 2048;
   RunParallel(tiles, parallel_for, [&](int64_t tb, int64_t te) {
     std::vector<float> sample;
-    int64_t span0 = tb * kTile;  // first column not yet handed back
+    // Each hand-back reaches back over the span before it: a release drops only the whole
+    // pages inside its range, so the page a span boundary falls in (rows are not
+    // page-aligned) would otherwise be dropped by neither span.
+    int64_t span0 = tb * kTile, prev0 = span0;
     for (int64_t t = tb; t < te; ++t) {
       const int64_t c0 = t * kTile, c1 = std::min(cols, c0 + kTile);
       for (int64_t c = c0; c < c1; ++c) {
@@ -107,7 +111,8 @@ void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const Quan
         if (q.clusters.distinct_clusters < 3 && sampled) need_kmeans[c] = true;
       }
       if (release && (c1 - span0 >= kReleaseColumns || t + 1 == te)) {
-        for (int64_t o = 0; o < rows; o += stride) release(o * cols + span0, o * cols + c1);
+        for (int64_t o = 0; o < rows; o += stride) release(o * cols + prev0, o * cols + c1);
+        prev0 = span0;
         span0 = c1;
       }
     }
