@@ -184,7 +184,6 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
   // mapped until they are done: re-faulting their pages on every pass costs more.
   const int64_t numel = NumElements(p.group->shape);
   const bool release_pieces = w.mapping != nullptr && numel * 4 > kReleasePiecesAboveBytes;
-  // Hands back the pages of elements [begin, end) of a mapped weight.
   ReleaseFn release_range;
   if (w.mapping != nullptr) {
     release_range = [&w](int64_t begin, int64_t end) {

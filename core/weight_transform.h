@@ -48,6 +48,10 @@
 
 namespace sq {
 
+// Hands back the pages of elements [begin, end) of a weight mapped from a file (they may
+// still be read again: only slower).
+using ReleaseFn = std::function<void(int64_t begin, int64_t end)>;
+
 struct WeightView {
   const float* data = nullptr;
   std::vector<int64_t> shape;  // rank >= 1
@@ -59,7 +63,7 @@ struct WeightView {
   // at a time), so their pages can be handed back. Reading them again later must still
   // work (it may only be slower). Passes that walk the weight in order leave page
   // handling to the ParallelFor the caller passes.
-  std::function<void(int64_t begin, int64_t end)> release = nullptr;
+  ReleaseFn release = nullptr;
   int64_t num_elements() const;
 };
 

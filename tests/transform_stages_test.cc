@@ -488,9 +488,9 @@ TEST(TransformStagesTest, QuantAwareColumnsAreEachGatheredColumnsSplit) {
 // A mapped weight's sample rows are handed back (WeightView::release) a span of columns at
 // a time as the cut search finishes them, each with the span before it (so no page at a
 // span boundary is missed): every column of every sample row at least once and at most
-// twice, nothing outside them, and the same cuts as without the hook. Columns wider than one span, sampled and unsampled rows, 1 and
-// 3 threads.
-TEST(TransformStagesTest, QuantAwareColumnsHandBackEachSampleRowOnceAndChangeNothing) {
+// twice, nothing outside them, and the same cuts as without the hook. Columns wider than
+// one span, sampled and unsampled rows, 1 and 3 threads.
+TEST(TransformStagesTest, QuantAwareColumnsHandBackEverySampleRowAndChangeNothing) {
   std::mt19937_64 rng(9);
   for (int64_t rows : {100, 600}) {  // 600 > UnitSampleSize(4500): every 5th row sampled
     const int64_t cols = 4500;

@@ -51,7 +51,7 @@ void ClusterUnit(absl::Span<const float> values, ClusterMethod method,
 // done. Same result as ChooseQuantAwareSplit on each gathered column.
 void QuantAwareColumns(const float* data, int64_t rows, int64_t cols, const QuantSpec& spec,
                        int64_t sample_size, const ParallelFor& parallel_for,
-                       const std::function<void(int64_t, int64_t)>& release, Clustering& out) {
+                       const ReleaseFn& release, Clustering& out) {
   const int64_t stride = SampleStride(rows, sample_size);
   const bool sampled = stride > 1;
   constexpr int64_t kRowPiece = 64;

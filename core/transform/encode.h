@@ -186,8 +186,8 @@ std::vector<float> DecodeGatherBlockQuantized(const GatherEncoding& e);
 // two kernels run instead of three. `values` are the layer's FP32 weights; returns the
 // outer branch's 8-bit codes (its zero point outside the outer clusters) and parameters,
 // and the layer's squared weight error with this form.
-// Called with element ranges [begin, end) of `values` that will not be read again.
-using ReleaseFn = std::function<void(int64_t begin, int64_t end)>;
+// `release` (ReleaseFn, weight_transform.h) is called with element ranges [begin, end)
+// of `values` that will not be read again.
 struct OuterBranch {
   std::vector<uint8_t> codes;
   BranchParams params;
