@@ -85,6 +85,7 @@ void FillReport(const std::vector<WeightGroup>& groups, const std::vector<GroupP
     l.split_decision = p.split_decision;
     l.rounding = !l.quantized ? "" : p.config.balanced_rounding ? "balanced" : "nearest";
     l.offset_channels = r.offset_slices;
+    l.bands = r.bands;
     for (int c = 0; c < 3; ++c) l.clusters[c] = {r.clusters[c].count, r.clusters[c].min, r.clusters[c].max};
     l.degenerate_channels = r.degenerate_units;
     float smin = std::numeric_limits<float>::infinity(), smax = 0;

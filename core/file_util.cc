@@ -104,12 +104,29 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
     }
     data = static_cast<const uint8_t*>(p);
   }
-  close(fd);
-  return std::unique_ptr<MappedFile>(new MappedFile(path, data, st.st_size));
+  return std::unique_ptr<MappedFile>(new MappedFile(path, fd, data, st.st_size));
 }
 
 MappedFile::~MappedFile() {
   if (data_ != nullptr) munmap(const_cast<uint8_t*>(data_), static_cast<size_t>(size_));
+  close(fd_);
+}
+
+absl::Status MappedFile::ReadAt(int64_t offset, int64_t length, void* out) const {
+  if (offset < 0 || length < 0 || offset > size_ || length > size_ - offset) {
+    return absl::OutOfRangeError(absl::StrCat("read of ", length, " bytes at ", offset,
+                                              " is outside '", path_, "' (", size_, " bytes)"));
+  }
+  auto* dst = static_cast<uint8_t*>(out);
+  while (length > 0) {
+    const ssize_t got = pread(fd_, dst, static_cast<size_t>(length), static_cast<off_t>(offset));
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return ErrnoStatus(got < 0 ? errno : EIO, "cannot read", path_);
+    dst += got;
+    offset += got;
+    length -= got;
+  }
+  return absl::OkStatus();
 }
 
 void MappedFile::Release(int64_t offset, int64_t length) const {

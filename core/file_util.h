@@ -33,11 +33,17 @@ class MappedFile {
   // Drops the pages of [offset, offset + length) from this process's resident set (the
   // page cache keeps them); later reads fault them back in. Bounds memory on big models.
   void Release(int64_t offset, int64_t length) const;
+  // Copies [offset, offset + length) into `out` with pread on the file this maps (kept
+  // open), so the pages never enter this process's resident set: for a caller that reads
+  // a large tensor a piece at a time into its own buffer. The bytes are the mapping's.
+  // Errors: OutOfRange outside the file, the read's errno otherwise.
+  absl::Status ReadAt(int64_t offset, int64_t length, void* out) const;
 
  private:
-  MappedFile(std::string path, const uint8_t* data, int64_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  MappedFile(std::string path, int fd, const uint8_t* data, int64_t size)
+      : path_(std::move(path)), fd_(fd), data_(data), size_(size) {}
   std::string path_;
+  int fd_;
   const uint8_t* data_;
   int64_t size_;
 };

@@ -130,7 +130,8 @@ std::string ReportToJson(const ModelReport& r, int indent) {
                       {"override", l.override_rule},
                       {"split_decision", l.split_decision},
                       {"rounding", l.rounding},
-                      {"offset_channels", l.offset_channels}});
+                      {"offset_channels", l.offset_channels},
+                      {"bands", l.bands}});
   }
   nlohmann::json stages = nlohmann::json::array();
   for (const auto& s : r.stages) stages.push_back({{"stage", s.stage}, {"seconds", s.seconds}});

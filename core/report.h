@@ -62,6 +62,9 @@ struct LayerReport {
   // balanced rounding how many output channels were rounded with a non-zero offset.
   std::string rounding;
   int64_t offset_channels = 0;
+  // Bands of channels the layer was transformed, re-encoded and written in, to bound
+  // memory (0: whole; core/transform_stage.h).
+  int64_t bands = 0;
 };
 
 struct StageTiming {

@@ -153,6 +153,12 @@ absl::Status HistogramClusterAndRanges(const WeightView& weight, int64_t n,
 // The spec the quantization-aware cut search models each branch's error with: float
 // scales (float16 ones are within 2^-10 of them, and their exponent is known only once the
 // ranges are).
+// The units the cut search's sample budget is spread over: this weight's, or the whole
+// weight's when this is a band of it.
+int64_t SampleUnits(const TransformConfig& config, int64_t units) {
+  return config.whole ? config.whole->units : units;
+}
+
 QuantSpec CutSearchSpec(const TransformConfig& config) {
   QuantSpec s = config.spec;
   s.half_scales = false;
@@ -172,7 +178,8 @@ absl::Status ClusterAndPlan(const WeightView& weight, int64_t n, const Transform
       return NonFiniteError(weight.data, n, parallel_for);
     }
     const QuantSpec model_spec = CutSearchSpec(config);
-    const Clustering cl = ClusterFast(weight, n, units, config.cluster_method, parallel_for,
+    const Clustering cl = ClusterFast(weight, n, units, SampleUnits(config, units.Count()),
+                                      config.cluster_method, parallel_for,
                                       QuantAwareCuts(config) ? &model_spec : nullptr);
     st.plan = PlanSplit(cl, true, config.keep_three_branches);
     if (st.plan.split && ShrinksRanges(config)) st.shrink = cl.shrink;
@@ -297,7 +304,7 @@ ReferenceSplit ReferenceCluster(const WeightView& weight, const TransformConfig&
     for (const auto& v : unit_values) {
       if (QuantAwareCuts(config)) {
         const QuantAwareSplit q =
-            ChooseQuantAwareSplit(v, CutSearchSpec(config), UnitSampleSize(num_units));
+            ChooseQuantAwareSplit(v, CutSearchSpec(config), UnitSampleSize(SampleUnits(config, num_units)));
         cl.units.push_back(q.clusters);
         cl.shrink.push_back({q.shrink_lo[0], q.shrink_hi[0], q.shrink_lo[1], q.shrink_hi[1],
                              q.shrink_lo[2], q.shrink_hi[2]});
@@ -562,7 +569,9 @@ absl::StatusOr<TransformResult> TransformWeightReference(const WeightView& weigh
     max_abs = std::max(max_abs, std::fabs(weight.data[k]));
   }
   TransformConfig config = layer_config;
-  if (config.spec.half_scales) config.spec.half_exponent = HalfScaleExponent(max_abs);
+  if (config.spec.half_scales) {
+    config.spec.half_exponent = config.whole ? config.whole->half_exponent : HalfScaleExponent(max_abs);
+  }
   const BranchParams layout = ParamsLayout(weight, config);
   const ReferenceMaps maps = ReferenceIndexMaps(weight, config, layout, n);
 

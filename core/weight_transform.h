@@ -38,6 +38,7 @@
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -98,6 +99,15 @@ struct TransformConfig {
   // outer8 form re-quantizes the outer clusters at 8 bits, so their 4-bit errors never
   // reach the artifact).
   bool balance_middle_only = false;
+  // Set when this weight is a band of channels of a larger one (the engine's transform
+  // stage goes through a 1 GB lm_head that way): what the whole weight decides for all its
+  // channels at once, so that each band's channels come out exactly as in the whole.
+  struct Whole {
+    int64_t units = 1;       // the whole's clustering units: the cut search's sample budget
+                             // is spread over them (cuts.h, UnitSampleSize)
+    int half_exponent = 0;   // with spec.half_scales: HalfScaleExponent(max |w| of the whole)
+  };
+  std::optional<Whole> whole;
 };
 
 // DequantizeLinear-shaped parameters of one branch.
@@ -135,6 +145,8 @@ struct TransformResult {
                                        // value times 2^scale_exponent (quantizer.h)
   double seconds = 0;                  // the engine's transform stage: this layer's wall time
                                        // (read, transform, re-encode, write)
+  int64_t bands = 0;                   // the engine's transform stage: bands of channels the
+                                       // layer went through in (0: whole)
 };
 
 // Receives encoded bytes of `branch` at `offset` within that branch's encoded tensor.

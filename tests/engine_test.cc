@@ -1215,6 +1215,118 @@ TEST_F(EngineTest, EmbeddingTableOuter8IsTheDefaultAndLowersTheError) {
   EXPECT_LE(Compare(Path("emb.onnx"), Path("emb-default.onnx")), 0.05);
 }
 
+// A large MatMul or Gather layer under ort-cpu goes through the transform a band of
+// channels at a time (columns of the MatMul weight, rows of the table; a 1 GB lm_head
+// would otherwise buffer ~400 MB of codes): the artifact is byte for byte the whole
+// layer's, in every kernel form, granularity and bit width that bands, with a last band
+// narrower than the others, and the report's figures are the whole layer's. 1024 values
+// per channel: the whole layer's cut search samples them (300 channels share the sample
+// budget), a band of 40 alone would not.
+TEST_F(EngineTest, LargeLayersInBandsGiveTheWholeLayersBytes) {
+  onnx::ModelProto m = testing::NewModel(17);
+  GraphBuilder g(m.mutable_graph());
+  g.Input("ids", {-1}, onnx::TensorProto::INT64);
+  // Channels after the first band 64 times smaller, one of them 2^30 times: float16
+  // scales share one exponent per layer, the whole layer's, under which that channel's
+  // scales are float16 subnormals (under its band's own exponent they would not be).
+  std::vector<float> emb = testing::TestWeights(300 * 1024, 51), w = testing::TestWeights(1024 * 300, 52);
+  for (int c = 40; c < 300; ++c) {
+    const float f = std::ldexp(1.0f, c == 100 ? -30 : -6);
+    for (int i = 0; i < 1024; ++i) {
+      emb[c * 1024 + i] *= f;
+      w[i * 300 + c] *= f;
+    }
+  }
+  g.Initializer("emb", {300, 1024}, emb);
+  g.Initializer("w", {1024, 300}, w);
+  g.Node("Gather", {"emb", "ids"}, {"h"}, "embed");
+  g.Node("MatMul", {"h", "w"}, {"y"}, "lm_head");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, Path("big.onnx")).ok());
+  struct EnvGuard {
+    ~EnvGuard() {
+      unsetenv("SQ_BANDS_ABOVE_BYTES");
+      unsetenv("SQ_BAND_BYTES");
+    }
+  } guard;
+  // 1024 values per channel, 160 KiB a band: 40 channels, and 20 in the last.
+  setenv("SQ_BAND_BYTES", "163840", 1);
+  int cases = 0, banded = 0;
+  for (const QuantCase& c : {QuantCase{4, Granularity::kChannel, 0, false}, QuantCase{4, Granularity::kBlock, 16, true},
+                             QuantCase{2, Granularity::kChannel, 0, false}, QuantCase{8, Granularity::kChannel, 0, true},
+                             QuantCase{3, Granularity::kChannel, 0, false}}) {
+    for (SplitForm form : {SplitForm::kOuter8, SplitForm::kBranches}) {
+      for (SplitMode split : {SplitMode::kOn, SplitMode::kOff}) {
+        if (form == SplitForm::kOuter8 && (split == SplitMode::kOff || c.bits > 4)) continue;
+        QuantizeOptions o;
+        c.Apply(&o);
+        o.target = Target::kOrtCpu;
+        o.form = form;
+        o.split = split;
+        o.nbits_min_elements = 0;
+        const std::string tag = absl::StrCat(c.bits, ToString(c.g), c.symmetric, ToString(form), ToString(split));
+        setenv("SQ_BANDS_ABOVE_BYTES", "off", 1);
+        auto whole = Quantize(Path("big.onnx"), Path(tag + "-whole.onnx"), o);
+        ASSERT_TRUE(whole.ok()) << tag << ": " << whole.status();
+        setenv("SQ_BANDS_ABOVE_BYTES", "0", 1);
+        auto bands = Quantize(Path("big.onnx"), Path(tag + "-bands.onnx"), o);
+        ASSERT_TRUE(bands.ok()) << tag << ": " << bands.status();
+        const std::string a = ReadAll(Path(tag + "-whole.onnx")), b = ReadAll(Path(tag + "-bands.onnx"));
+        ASSERT_FALSE(a.empty()) << tag;
+        EXPECT_TRUE(a == b) << tag << ": the banded artifact differs";
+        ASSERT_EQ(whole->layers.size(), 2u);
+        ASSERT_EQ(bands->layers.size(), 2u);
+        for (size_t i = 0; i < 2; ++i) {
+          const LayerReport& x = whole->layers[i];
+          const LayerReport& y = bands->layers[i];
+          EXPECT_EQ(x.form, y.form) << tag;
+          EXPECT_EQ(x.bands, 0) << tag;
+          // In bands: the kernel forms (MatMulNBits: 2, 4 and 8 bits), unless a split
+          // clusters the whole tensor at once (blocked granularity: k-means cuts).
+          const bool kernel = absl::StartsWith(y.form, "matmulnbits") || absl::StartsWith(y.form, "gatherblockquantized");
+          const bool tensor_cuts = c.g == Granularity::kBlock && split == SplitMode::kOn;
+          EXPECT_EQ(y.bands, kernel && !tensor_cuts ? 8 : 0) << tag << " " << y.name;  // 7 of 40 channels, 1 of 20
+          banded += y.bands > 0;
+          EXPECT_EQ(x.split, y.split) << tag;
+          EXPECT_EQ(x.scale_min, y.scale_min) << tag;
+          EXPECT_EQ(x.scale_max, y.scale_max) << tag;
+          for (int k = 0; k < 3; ++k) {
+            EXPECT_EQ(x.clusters[k].count, y.clusters[k].count) << tag;
+            EXPECT_EQ(x.clusters[k].min, y.clusters[k].min) << tag;
+            EXPECT_EQ(x.clusters[k].max, y.clusters[k].max) << tag;
+          }
+          EXPECT_EQ(x.degenerate_channels, y.degenerate_channels) << tag;
+          // Energies are summed in another order: equal to rounding.
+          EXPECT_NEAR(x.mse_split, y.mse_split, 1e-9 * x.mse_split + 1e-30) << tag;
+          EXPECT_NEAR(x.mse_plain, y.mse_plain, 1e-9 * x.mse_plain + 1e-30) << tag;
+        }
+        ++cases;
+      }
+    }
+  }
+  EXPECT_EQ(cases, 14);
+  EXPECT_EQ(banded, 18);
+
+  // A non-finite value in a later band: the whole layer's error, naming the element.
+  w[250 * 300 + 123] = std::numeric_limits<float>::infinity();
+  for (auto& t : *m.mutable_graph()->mutable_initializer()) {
+    if (t.name() == "w") t.set_raw_data(std::string(reinterpret_cast<const char*>(w.data()), w.size() * 4));
+  }
+  ASSERT_TRUE(testing::SaveModel(m, Path("inf.onnx")).ok());
+  QuantizeOptions o;
+  o.target = Target::kOrtCpu;
+  o.min_weight_elements = 1;
+  setenv("SQ_BANDS_ABOVE_BYTES", "off", 1);
+  auto whole = Quantize(Path("inf.onnx"), Path("inf-whole.onnx"), o);
+  setenv("SQ_BANDS_ABOVE_BYTES", "0", 1);
+  auto bands = Quantize(Path("inf.onnx"), Path("inf-bands.onnx"), o);
+  ASSERT_FALSE(bands.ok());
+  EXPECT_EQ(bands.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bands.status().message(), HasSubstr("non-finite value at element 75123"));
+  EXPECT_EQ(bands.status(), whole.status());
+  EXPECT_FALSE(Exists(Path("inf-bands.onnx")));
+}
+
 // Tied embeddings: the table read by the Gather and (transposed) by the lm_head is one
 // layer, quantized once and stored once; no FP32 copy is kept for the lm_head.
 TEST_F(EngineTest, TiedEmbeddingIsQuantizedOnce) {

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -60,6 +61,31 @@ TEST(AvailableCpusTest, NeverMoreThanTheMachineAndAtLeastOne) {
 // Sha256File hashes through a mapping, 64 MiB at a time, else by read(): the empty file,
 // known vectors, and a file whose size is not a whole number of pieces must all give the
 // digest of their bytes; a missing file is NOT_FOUND.
+// ReadAt copies the mapped bytes through pread (the engine reads a large weight's bands
+// that way, keeping its pages out of the process), anywhere in the file, empty reads
+// included; a read past the end is OutOfRange and names the file.
+TEST(MappedFileTest, ReadAtGivesTheMappedBytesAndRefusesReadsPastTheEnd) {
+  const std::string dir = testing::MakeTempDir("sq-mapped");
+  const std::string path = dir + "/data.bin";
+  std::string bytes(70000, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 7919) >> 3);
+  std::ofstream(path, std::ios::binary) << bytes;
+  auto f = MappedFile::Open(path);
+  ASSERT_TRUE(f.ok()) << f.status();
+  for (auto [offset, length] : {std::pair<int64_t, int64_t>{0, 70000}, {4093, 9}, {69999, 1}, {70000, 0}, {123, 0}}) {
+    std::string got(static_cast<size_t>(length), 'x');
+    ASSERT_TRUE((*f)->ReadAt(offset, length, got.data()).ok()) << offset;
+    EXPECT_EQ(got, bytes.substr(static_cast<size_t>(offset), static_cast<size_t>(length))) << offset;
+    EXPECT_EQ(0, std::memcmp(got.data(), (*f)->data() + offset, static_cast<size_t>(length)));
+  }
+  char c;
+  for (auto [offset, length] : {std::pair<int64_t, int64_t>{69999, 2}, {70001, 0}, {-1, 1}, {0, -1}}) {
+    const absl::Status s = (*f)->ReadAt(offset, length, &c);
+    EXPECT_EQ(s.code(), absl::StatusCode::kOutOfRange) << offset << " " << length;
+    EXPECT_NE(s.message().find("data.bin"), std::string::npos) << s;
+  }
+}
+
 TEST(Sha256FileTest, MatchesTheDigestOfTheBytesAtAnySize) {
   const std::string dir = testing::MakeTempDir("sq-sha");
   auto put = [&](const std::string& name, const std::string& bytes) {

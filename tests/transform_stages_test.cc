@@ -452,7 +452,7 @@ struct ColumnWeight {
     spec.bits = 4;
   }
   Clustering Cluster(const WeightView& w, int threads) const {
-    return ClusterFast(w, w.num_elements(), units, ClusterMethod::kFast, Threaded(threads), &spec);
+    return ClusterFast(w, w.num_elements(), units, units.Count(), ClusterMethod::kFast, Threaded(threads), &spec);
   }
   std::vector<float> values;
   WeightView view;

@@ -166,7 +166,7 @@ bool ShrinksRanges(const TransformConfig& c) {
           (!c.cluster_per_channel && c.granularity == Granularity::kTensor));
 }
 
-Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
+Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units, int64_t sample_units,
                        ClusterMethod method, const ParallelFor& parallel_for,
                        const QuantSpec* quant_spec) {
   Clustering out;
@@ -180,7 +180,7 @@ Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
     return out;
   }
   const int64_t count = units.Count();
-  const int64_t sample_size = UnitSampleSize(count);
+  const int64_t sample_size = UnitSampleSize(sample_units);
   out.unit_size = units.ax.O * units.ax.I;
   out.units.resize(static_cast<size_t>(count));
   if (quant_spec) out.shrink.resize(static_cast<size_t>(count));

@@ -52,8 +52,10 @@ bool QuantAwareCuts(const TransformConfig& c);
 // one-sided error no rounding offset can balance). Blocked slices keep their min/max.
 bool ShrinksRanges(const TransformConfig& c);
 
-// `quant_spec` non-null: the quantization-aware split under that spec instead of k-means.
-Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units,
+// `quant_spec` non-null: the quantization-aware split under that spec instead of k-means,
+// each unit's sample sized as if the sample budget were spread over `sample_units` units
+// (UnitSampleSize: the units of the whole weight when `w` is a band of it).
+Clustering ClusterFast(const WeightView& w, int64_t n, const IndexMap& units, int64_t sample_units,
                        ClusterMethod method, const ParallelFor& parallel_for,
                        const QuantSpec* quant_spec);
 

@@ -39,7 +39,7 @@ BranchKernels ChooseKernelParams(const WeightView& weight, const TransformConfig
       if (ranges.mn[i] > ranges.mx[i]) continue;
       max_abs = std::max({max_abs, std::fabs(ranges.mn[i]), std::fabs(ranges.mx[i])});
     }
-    spec.half_exponent = HalfScaleExponent(max_abs);
+    spec.half_exponent = config.whole ? config.whole->half_exponent : HalfScaleExponent(max_abs);
     result.scale_exponent = spec.half_exponent;
   }
   auto fill = [&](KernelParams& k, BranchParams& bp, auto range_of) {
