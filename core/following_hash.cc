@@ -23,11 +23,12 @@ constexpr size_t kReadBytes = size_t{1} << 20;     // pread fallback: an L2-size
 EVP_MD_CTX* Ctx(void* p) { return static_cast<EVP_MD_CTX*>(p); }
 
 // Reads [begin, end) of `fd` into the digest: through a populated read-only mapping of the
-// page cache (no copy, no page faults), pread() into `buf` where mapping fails.
-absl::Status HashRange(int fd, const std::string& path, int64_t begin, int64_t end,
+// page cache (no copy, no page faults), pread() into `buf` where mapping fails or `map` is
+// false.
+absl::Status HashRange(int fd, const std::string& path, int64_t begin, int64_t end, bool map,
                        std::vector<unsigned char>& buf, EVP_MD_CTX* ctx) {
   static const int64_t kPage = sysconf(_SC_PAGESIZE);
-  while (begin < end) {
+  while (map && begin < end) {
     const int64_t len = std::min<int64_t>(end - begin, kClaimBytes);
     const int64_t base = begin / kPage * kPage;
     const size_t map_len = static_cast<size_t>(begin + len - base);
@@ -67,16 +68,16 @@ std::string HexDigest(EVP_MD_CTX* ctx) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<FollowingSha256>> FollowingSha256::Start(const std::string& path,
-                                                                        int64_t size) {
+                                                                        int64_t size, Read read) {
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return ErrnoStatus(errno, "cannot open", path);
-  std::unique_ptr<FollowingSha256> h(new FollowingSha256(path, fd, size));
+  std::unique_ptr<FollowingSha256> h(new FollowingSha256(path, fd, size, read));
   h->thread_ = std::thread([p = h.get()] { p->Run(); });
   return h;
 }
 
-FollowingSha256::FollowingSha256(std::string path, int fd, int64_t size)
-    : path_(std::move(path)), fd_(fd), size_(size) {
+FollowingSha256::FollowingSha256(std::string path, int fd, int64_t size, Read read)
+    : path_(std::move(path)), fd_(fd), size_(size), read_(read) {
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
   ctx_ = ctx;
@@ -136,7 +137,7 @@ void FollowingSha256::Run() {
     }
     claimed_ = end;
     lock.unlock();
-    absl::Status s = HashRange(fd_, path_, begin, end, buf, Ctx(ctx_));
+    absl::Status s = HashRange(fd_, path_, begin, end, read_ == Read::kMapped, buf, Ctx(ctx_));
     lock.lock();
     if (!s.ok()) {
       read_status_ = s;
@@ -173,7 +174,7 @@ absl::StatusOr<std::string> FollowingSha256::Finish() {
     EVP_DigestInit_ex(Ctx(ctx_), EVP_sha256(), nullptr);
     from = 0;
   }
-  absl::Status s = HashRange(fd_, path_, from, size_, buf, Ctx(ctx_));
+  absl::Status s = HashRange(fd_, path_, from, size_, read_ == Read::kMapped, buf, Ctx(ctx_));
   if (!s.ok()) return s;
   return HexDigest(Ctx(ctx_));
 }

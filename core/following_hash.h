@@ -34,9 +34,14 @@ namespace sq {
 
 class FollowingSha256 {
  public:
+  // How the hasher reads the file: through mappings of the page cache, falling back to
+  // pread() where mapping fails (kMapped), or with pread() only (kPread: what the fallback
+  // does, for tests).
+  enum class Read { kMapped, kPread };
   // Follows file `path` (opened read-only here; the writers keep their own descriptor),
   // whose final size is `size` bytes. Errors: those of open().
-  static absl::StatusOr<std::unique_ptr<FollowingSha256>> Start(const std::string& path, int64_t size);
+  static absl::StatusOr<std::unique_ptr<FollowingSha256>> Start(const std::string& path, int64_t size,
+                                                                 Read read = Read::kMapped);
   ~FollowingSha256();  // stops the thread; the digest is discarded
   FollowingSha256(const FollowingSha256&) = delete;
   FollowingSha256& operator=(const FollowingSha256&) = delete;
@@ -57,12 +62,13 @@ class FollowingSha256 {
   bool rehashed() const { return rehashed_; }
 
  private:
-  FollowingSha256(std::string path, int fd, int64_t size);
+  FollowingSha256(std::string path, int fd, int64_t size, Read read);
   void Run();
 
   const std::string path_;
   const int fd_;
   const int64_t size_;
+  const Read read_;
   void* ctx_ = nullptr;  // EVP_MD_CTX, owned by the thread until it stops, then by Finish
 
   mutable std::mutex mu_;

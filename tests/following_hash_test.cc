@@ -21,6 +21,13 @@
 namespace sq {
 namespace {
 
+std::string Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::string s(n, '\0');
+  for (char& c : s) c = static_cast<char>(rng());
+  return s;
+}
+
 class FollowingHashTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -37,6 +44,45 @@ class FollowingHashTest : public ::testing::Test {
     EXPECT_TRUE(s.ok()) << s.status();
     return s.ok() ? *s : "";
   }
+  // 64 chunks of uneven sizes with unreported gaps between them (padding: zeros from the
+  // truncate), written by 4 threads in a shuffled order, the hasher reading as `read` says.
+  void OutOfOrderWrites(FollowingSha256::Read read) {
+    constexpr int kChunks = 64;
+    std::mt19937 rng(7);
+    std::vector<int64_t> offset(kChunks), size(kChunks);
+    int64_t at = 0;
+    for (int i = 0; i < kChunks; ++i) {
+      at += rng() % 3 == 0 ? rng() % 5000 : 0;  // some gaps
+      offset[i] = at;
+      size[i] = 1 + rng() % 300000;
+      at += size[i];
+    }
+    const int64_t total = at + 123;  // a tail nobody writes
+    ASSERT_EQ(ftruncate(fd_, total), 0);
+    auto h = FollowingSha256::Start(path_, total, read);
+    ASSERT_TRUE(h.ok()) << h.status();
+    std::vector<int> order(kChunks);
+    std::iota(order.begin(), order.end(), 0);
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<std::thread> writers;
+    for (int w = 0; w < 4; ++w) {
+      writers.emplace_back([&, w] {
+        for (int k = w; k < kChunks; k += 4) {
+          const int i = order[k];
+          std::string bytes = Random(static_cast<size_t>(size[i]), static_cast<uint32_t>(i));
+          ASSERT_EQ(pwrite(fd_, bytes.data(), bytes.size(), offset[i]), static_cast<ssize_t>(bytes.size()));
+          // Reported in two halves, the second first.
+          (*h)->MarkWritten(offset[i] + size[i] / 2, size[i] - size[i] / 2);
+          (*h)->MarkWritten(offset[i], size[i] / 2);
+        }
+      });
+    }
+    for (auto& t : writers) t.join();
+    auto digest = (*h)->Finish();
+    ASSERT_TRUE(digest.ok()) << digest.status();
+    EXPECT_EQ(*digest, FileSha());
+    EXPECT_FALSE((*h)->rehashed());
+  }
   // Waits (up to 20 s) until the hasher has followed `bytes`.
   static bool WaitFollowed(const FollowingSha256& h, int64_t bytes) {
     for (int i = 0; i < 2000 && h.followed_bytes() < bytes; ++i) {
@@ -48,51 +94,13 @@ class FollowingHashTest : public ::testing::Test {
   int fd_ = -1;
 };
 
-std::string Random(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s(n, '\0');
-  for (char& c : s) c = static_cast<char>(rng());
-  return s;
+TEST_F(FollowingHashTest, OutOfOrderWritesFromManyThreadsGiveTheFilesDigest) {
+  OutOfOrderWrites(FollowingSha256::Read::kMapped);
 }
 
-TEST_F(FollowingHashTest, OutOfOrderWritesFromManyThreadsGiveTheFilesDigest) {
-  // 64 chunks of uneven sizes with unreported gaps between them (padding: zeros from the
-  // truncate), written by 4 threads in a shuffled order.
-  constexpr int kChunks = 64;
-  std::mt19937 rng(7);
-  std::vector<int64_t> offset(kChunks), size(kChunks);
-  int64_t at = 0;
-  for (int i = 0; i < kChunks; ++i) {
-    at += rng() % 3 == 0 ? rng() % 5000 : 0;  // some gaps
-    offset[i] = at;
-    size[i] = 1 + rng() % 300000;
-    at += size[i];
-  }
-  const int64_t total = at + 123;  // a tail nobody writes
-  ASSERT_EQ(ftruncate(fd_, total), 0);
-  auto h = FollowingSha256::Start(path_, total);
-  ASSERT_TRUE(h.ok()) << h.status();
-  std::vector<int> order(kChunks);
-  std::iota(order.begin(), order.end(), 0);
-  std::shuffle(order.begin(), order.end(), rng);
-  std::vector<std::thread> writers;
-  for (int w = 0; w < 4; ++w) {
-    writers.emplace_back([&, w] {
-      for (int k = w; k < kChunks; k += 4) {
-        const int i = order[k];
-        std::string bytes = Random(static_cast<size_t>(size[i]), static_cast<uint32_t>(i));
-        ASSERT_EQ(pwrite(fd_, bytes.data(), bytes.size(), offset[i]), static_cast<ssize_t>(bytes.size()));
-        // Reported in two halves, the second first.
-        (*h)->MarkWritten(offset[i] + size[i] / 2, size[i] - size[i] / 2);
-        (*h)->MarkWritten(offset[i], size[i] / 2);
-      }
-    });
-  }
-  for (auto& t : writers) t.join();
-  auto digest = (*h)->Finish();
-  ASSERT_TRUE(digest.ok()) << digest.status();
-  EXPECT_EQ(*digest, FileSha());
-  EXPECT_FALSE((*h)->rehashed());
+// The pread() fallback (where mapping fails) follows the same writes to the same digest.
+TEST_F(FollowingHashTest, ThePreadFallbackGivesTheSameDigest) {
+  OutOfOrderWrites(FollowingSha256::Read::kPread);
 }
 
 TEST_F(FollowingHashTest, HashesWhileTheFileIsWritten) {
