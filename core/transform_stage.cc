@@ -26,21 +26,37 @@ bool IsReencoded(LayerForm f) {
 }
 
 namespace {
-// Re-encoded layers buffering more codes than this run one at a time (see the workers).
+// Re-encoded layers buffering more codes than this go in bands or, where they cannot, run
+// one at a time (see the workers).
 constexpr int64_t kSerialReencodeAboveBytes = int64_t{128} << 20;
-}  // namespace
 
-namespace {
-bool TransformsInBands(const GroupPlan& p);
-}  // namespace
-
-bool RunsAlone(const GroupPlan& p) {
-  return IsReencoded(p.form) && !TransformsInBands(p) &&
-         p.num_branches * PackedBytes(NumElements(p.group->shape), p.config.storage_bits) >
-             kSerialReencodeAboveBytes;
+// The codes a re-encoded layer buffers whole: every branch, packed in its container.
+int64_t BufferedCodeBytes(const GroupPlan& p) {
+  return p.num_branches * PackedBytes(NumElements(p.group->shape), p.config.storage_bits);
 }
 
-namespace {
+// The branches' codes of a re-encoded layer or band, collected from TransformWeight's sink
+// (packed in their 2/4/8-bit container, per branch) before they are re-encoded.
+struct CodeBuffers {
+  CodeBuffers(int branches, int64_t elements, int storage_bits) : branches(branches) {
+    for (int b = 0; b < branches; ++b) codes[b].resize(static_cast<size_t>(PackedBytes(elements, storage_bits)));
+  }
+  // The sink: a piece of `branch` at `offset`; a branch or range outside the buffers is
+  // kept in `status` (Internal) and stops the rest.
+  void Put(int branch, int64_t offset, const uint8_t* data, size_t size) {
+    if (!status.ok()) return;
+    if (branch < 0 || branch >= branches) {
+      status = absl::InternalError(absl::StrCat("transform emitted unexpected branch ", branch));
+    } else if (offset < 0 || offset + static_cast<int64_t>(size) > static_cast<int64_t>(codes[branch].size())) {
+      status = absl::InternalError("transform wrote past the end of a branch");
+    } else {
+      std::memcpy(codes[branch].data() + offset, data, size);
+    }
+  }
+  const int branches;
+  std::array<std::vector<uint8_t>, 3> codes;
+  absl::Status status;
+};
 
 // Mapped weights larger than this are handed back to the kernel piece by piece while a
 // pass runs (bounding memory); smaller ones when their transform is done.
@@ -318,9 +334,16 @@ bool TransformsInBands(const GroupPlan& p) {
   const bool table = g.channel_axis == 0 && g.reduction_axis == 1;
   return above >= 0 && kernel_form && g.shape.size() == 2 && (matmul || table) &&
          c.encoding == WeightEncoding::kCodes && c.granularity != Granularity::kTensor &&
-         (!c.split || c.cluster_per_channel) &&
-         p.num_branches * PackedBytes(NumElements(g.shape), c.storage_bits) > above;
+         (!c.split || c.cluster_per_channel) && BufferedCodeBytes(p) > above;
 }
+
+}  // namespace
+
+bool RunsAlone(const GroupPlan& p) {
+  return IsReencoded(p.form) && !TransformsInBands(p) && BufferedCodeBytes(p) > kSerialReencodeAboveBytes;
+}
+
+namespace {
 
 // TransformLayer for a layer that goes in bands: `parts` threads take a band each.
 absl::StatusOr<TransformResult> TransformLayerInBands(const GroupPlan& p, const FloatTensor& w,
@@ -361,28 +384,16 @@ absl::StatusOr<TransformResult> TransformLayerInBands(const GroupPlan& p, const 
     ChannelBand band{sp.c0, p.layout};
     band.layout.shape = columns ? std::vector<int64_t>{rows, sp.count} : std::vector<int64_t>{sp.count, cols};
     WeightView view{values.get(), band.layout.shape, g.channel_axis, g.reduction_axis};
-    std::array<std::vector<uint8_t>, 3> codes;
-    for (int b = 0; b < p.num_branches; ++b) {
-      codes[b].resize(static_cast<size_t>(PackedBytes(band_n, config.storage_bits)));
-    }
-    absl::Status sink_status;
-    auto sink = [&](int branch, int64_t offset, const uint8_t* data, size_t size) {
-      if (!sink_status.ok()) return;
-      if (branch < 0 || branch >= p.num_branches || offset < 0 ||
-          offset + static_cast<int64_t>(size) > static_cast<int64_t>(codes[branch].size())) {
-        sink_status = absl::InternalError("transform wrote outside a band's branch");
-        return;
-      }
-      std::memcpy(codes[branch].data() + offset, data, size);
-    };
-    absl::StatusOr<TransformResult> r = TransformWeight(view, config, sink);
+    CodeBuffers buffers(p.num_branches, band_n, config.storage_bits);
+    absl::StatusOr<TransformResult> r = TransformWeight(
+        view, config, [&](int b, int64_t offset, const uint8_t* data, size_t size) { buffers.Put(b, offset, data, size); });
     if (!r.ok()) return named(r.status());
-    SQ_RETURN_IF_ERROR(sink_status);
+    SQ_RETURN_IF_ERROR(buffers.status);
     if (r->num_branches != p.num_branches) {
       return absl::InternalError(absl::StrCat("weight '", g.weight_name, "': planned ", p.num_branches,
                                               " branches, a band made ", r->num_branches));
     }
-    SQ_RETURN_IF_ERROR(WriteReencoded(p, band, values.get(), *r, codes, nullptr, out));
+    SQ_RETURN_IF_ERROR(WriteReencoded(p, band, values.get(), *r, buffers.codes, nullptr, out));
     results[i] = *std::move(r);
     return absl::OkStatus();
   }));
@@ -404,27 +415,15 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
   view.channel_axis = p.group->channel_axis;
   view.reduction_axis = p.group->reduction_axis;
   absl::Status sink_status;
-  // Compact and MatMulNBits layers are re-encoded from the branches' codes, which are
-  // collected here first (packed in their 2/4/8-bit container, per branch).
+  // Compact and kernel-form layers are re-encoded from the branches' codes, collected
+  // first; the others' codes are written as they come.
   const bool reencode = IsReencoded(p.form);
-  std::array<std::vector<uint8_t>, 3> codes;
-  if (reencode) {
-    for (int b = 0; b < p.num_branches; ++b) {
-      codes[b].resize(static_cast<size_t>(PackedBytes(NumElements(p.group->shape), p.config.storage_bits)));
-    }
-  }
+  CodeBuffers buffers(reencode ? p.num_branches : 0, NumElements(p.group->shape), p.config.storage_bits);
   auto sink = [&](int branch, int64_t offset, const uint8_t* data, size_t size) {
+    if (reencode) return buffers.Put(branch, offset, data, size);
     if (!sink_status.ok()) return;
-    if (branch < 0 || branch > 2 || (reencode ? branch >= p.num_branches : p.data[branch] == nullptr)) {
+    if (branch < 0 || branch > 2 || p.data[branch] == nullptr) {
       sink_status = absl::InternalError(absl::StrCat("transform emitted unexpected branch ", branch));
-      return;
-    }
-    if (reencode) {
-      if (offset < 0 || offset + static_cast<int64_t>(size) > static_cast<int64_t>(codes[branch].size())) {
-        sink_status = absl::InternalError("transform wrote past the end of a branch");
-        return;
-      }
-      std::memcpy(codes[branch].data() + offset, data, size);
       return;
     }
     sink_status = out.WriteTensorBytes(p.data[branch], offset, data, size);
@@ -473,6 +472,7 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
                         absl::StrCat("layer weight '", p.group->weight_name, "': ", result.status().message()));
   }
   SQ_RETURN_IF_ERROR(sink_status);
+  SQ_RETURN_IF_ERROR(buffers.status);
   int expected = p.config.encoding == WeightEncoding::kDequantizedSum ? 1 : p.num_branches;
   if (result->num_branches != p.num_branches) {
     return absl::InternalError(absl::StrCat("weight '", p.group->weight_name, "': planned ",
@@ -480,7 +480,8 @@ absl::StatusOr<TransformResult> TransformLayer(LoadedModel& model, const GroupPl
                                             result->num_branches));
   }
   if (reencode) {
-    SQ_RETURN_IF_ERROR(WriteReencoded(p, ChannelBand{0, p.layout}, w.data, *result, codes, release_range, out));
+    SQ_RETURN_IF_ERROR(
+        WriteReencoded(p, ChannelBand{0, p.layout}, w.data, *result, buffers.codes, release_range, out));
   } else if (p.scale[0] != nullptr) {
     for (int b = 0; b < expected; ++b) {
       const BranchParams& bp = result->params[b];

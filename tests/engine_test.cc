@@ -1219,9 +1219,9 @@ TEST_F(EngineTest, EmbeddingTableOuter8IsTheDefaultAndLowersTheError) {
 // channels at a time (columns of the MatMul weight, rows of the table; a 1 GB lm_head
 // would otherwise buffer ~400 MB of codes): the artifact is byte for byte the whole
 // layer's, in every kernel form, granularity and bit width that bands, with a last band
-// narrower than the others, and the report's figures are the whole layer's. 1024 values
-// per channel: the whole layer's cut search samples them (300 channels share the sample
-// budget), a band of 40 alone would not.
+// narrower than the others, whatever the threads, and the report's figures are the whole
+// layer's. 1024 values per channel: the whole layer's cut search samples them (300
+// channels share the sample budget), a band of 40 alone would not.
 TEST_F(EngineTest, LargeLayersInBandsGiveTheWholeLayersBytes) {
   onnx::ModelProto m = testing::NewModel(17);
   GraphBuilder g(m.mutable_graph());
@@ -1265,10 +1265,13 @@ TEST_F(EngineTest, LargeLayersInBandsGiveTheWholeLayersBytes) {
         o.split = split;
         o.nbits_min_elements = 0;
         const std::string tag = absl::StrCat(c.bits, ToString(c.g), c.symmetric, ToString(form), ToString(split));
+        // Whole on one thread; in bands on two (the last layer's bands then run side by side).
         setenv("SQ_BANDS_ABOVE_BYTES", "off", 1);
+        o.threads = 1;
         auto whole = Quantize(Path("big.onnx"), Path(tag + "-whole.onnx"), o);
         ASSERT_TRUE(whole.ok()) << tag << ": " << whole.status();
         setenv("SQ_BANDS_ABOVE_BYTES", "0", 1);
+        o.threads = 2;
         auto bands = Quantize(Path("big.onnx"), Path(tag + "-bands.onnx"), o);
         ASSERT_TRUE(bands.ok()) << tag << ": " << bands.status();
         const std::string a = ReadAll(Path(tag + "-whole.onnx")), b = ReadAll(Path(tag + "-bands.onnx"));
