@@ -53,8 +53,13 @@ for t in "${run[@]}"; do
   crashes=$BUILD/crashes/$t
   mkdir -p "$corpus" "$crashes"
   log=$BUILD/fuzz-$t.log
+  # The files a harness writes (tests/fuzz/fuzz_util.h: ScratchDir, under $TMPDIR) go in a
+  # folder of this run's, removed after the target, so runs leave nothing in /tmp.
+  scratch=$(realpath -m "$BUILD/scratch/$t")
+  rm -rf "$scratch" && mkdir -p "$scratch"
   # ONNX Runtime (linked, never called by these harnesses) keeps process-lifetime allocations.
-  if ASAN_OPTIONS=detect_leaks=1 LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0" \
+  if TMPDIR="$scratch" ASAN_OPTIONS=detect_leaks=1 \
+     LSAN_OPTIONS="suppressions=$PWD/tests/lsan.supp:print_suppressions=0" \
      "$BUILD/tests/fuzz/${t}_fuzz" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
        -max_len=65536 -print_final_stats=1 -artifact_prefix="$crashes/" \
        "$corpus" "$BUILD/seeds/$t" >"$log" 2>&1; then
@@ -67,5 +72,6 @@ for t in "${run[@]}"; do
     grep -E "ERROR|invariant|SUMMARY|Test unit written" "$log" | head -20 >&2
     status=1
   fi
+  rm -rf "$scratch"
 done
 exit $status

@@ -15,6 +15,15 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 JOBS="${JOBS:-$(nproc)}"
 
+# The four builds take ~6.5 GB (build 1.9, build-asan 3.7, build-tsan 0.5, build-fuzz 0.2),
+# and ccache (~/.cache/ccache) grows beside them; the tests clean up what they write. Say so
+# up front rather than stop half-way with a compiler's "No space left on device".
+free_gb=$(df --output=avail -BG . | tail -1 | tr -dc 0-9)
+if (( free_gb < 8 )); then
+  echo "test: warning: only ${free_gb} GB free under $PWD; a full run needs about 8 GB" \
+       "(SQ_SKIP_SANITIZE=1 saves 3.7 GB)" >&2
+fi
+
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build -j"$JOBS"
 (cd build && ctest -j"$JOBS" --output-on-failure --timeout 900)

@@ -11,6 +11,7 @@
 
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
+#include "tests/support/model_builder.h"
 #include "tests/support/ort_runner.h"
 
 namespace sq {
@@ -18,11 +19,10 @@ namespace {
 
 using ::sq::testing::OrtTensor;
 
+// A file in this process's own folder (removed after the last test: MakeTempDir).
 std::string TmpPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  // The pid keeps parallel test processes (ctest -j) from sharing files.
-  return std::string(dir ? dir : "/tmp") + "/sq_opset_convert_test_" +
-         std::to_string(getpid()) + "_" + name;
+  static const std::string* const dir = new std::string(testing::MakeTempDir("sq-opset-convert"));
+  return *dir + "/" + name;
 }
 
 void SaveModel(const onnx::ModelProto& m, const std::string& path) {

@@ -172,15 +172,6 @@ absl::Status SaveModelWithExternalData(onnx::ModelProto model, const std::string
   return SaveModel(model, path);
 }
 
-std::string MakeTempDir(const std::string& prefix) {
-  const char* base = getenv("TEST_TMPDIR");
-  std::string tmpl = absl::StrCat(base ? base : "/tmp", "/", prefix, "-XXXXXX");
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  char* dir = mkdtemp(buf.data());
-  return dir ? std::string(dir) : std::string();
-}
-
 absl::Status WriteMatMulChain(const std::string& path, int layers, int dim, uint32_t seed) {
   onnx::ModelProto m = NewModel(13);
   m.set_producer_name("sq_tests");

@@ -56,7 +56,10 @@ absl::Status WriteMatMulChain(const std::string& path, int layers = 2, int dim =
 absl::Status SaveModelWithExternalData(onnx::ModelProto model, const std::string& path,
                                        const std::string& location, int64_t min_bytes = 64);
 
-// A fresh empty directory under the test temp dir.
+// A fresh empty directory under $TEST_TMPDIR (or /tmp); "" when it cannot be made. It is
+// removed, with everything in it, after the test program's last test (ctest runs each test in
+// a process of its own), so a run leaves nothing behind; SQ_KEEP_TEST_DIRS=1 keeps them to
+// look at a failing test's files.
 std::string MakeTempDir(const std::string& prefix);
 
 // A NumPy .npy image (format 1.0) of `shape` with dtype `descr` ("<f4", "<f8", "<i8", ...)
