@@ -7,6 +7,7 @@
 
 #include "client/quantize_command.h"
 #include "core/engine.h"
+#include "core/verify/ort_runner.h"
 #ifdef SQCTL_WITH_REMOTE
 #include "client/remote_commands.h"
 #endif
@@ -29,6 +30,7 @@ void Usage(FILE* out) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  sq::KeepOrtTelemetryOff();  // before any thread: see core/verify/ort_runner.h
   if (argc < 2) {
     Usage(stderr);
     return sq::cli::kExitUsage;

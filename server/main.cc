@@ -23,6 +23,7 @@
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 #include "core/verify/ort_worker.h"
+#include "core/verify/ort_runner.h"
 #include "server/server.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (host:port)");
@@ -73,6 +74,7 @@ std::string DefaultArtifactDir() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  sq::KeepOrtTelemetryOff();  // before any thread: see core/verify/ort_runner.h
   absl::SetProgramUsageMessage("SplitQuant quantization service (gRPC sq.v1)");
   // --help lists this file's flags (Abseil matches the program's name otherwise, and
   // "sq-server" is no file's name); --version prints the version.

@@ -211,6 +211,58 @@ int RunSqctlUnderTime(const std::string& args, const std::string& rss_file, std:
                     output);
 }
 
+// ONNX Runtime 1.29 (scripts/setup.sh's) has telemetry on by default: a process that
+// creates an Env writes a device id and an event store under $XDG_CACHE_HOME/Microsoft and a
+// mat-debug-<pid>.log in $TMPDIR, and may send events about the models it runs. sqctl runs
+// users' models in ONNX Runtime (verification) and must leave none of that behind
+// (core/verify/ort_runner.h: KeepOrtTelemetryOff). The second run, where the environment
+// opts back in, shows that the check sees ONNX Runtime's files when they are written.
+TEST(SqctlBinaryTest, VerificationLeavesNoOnnxRuntimeTelemetryBehind) {
+  const std::string dir = testing::MakeTempDir("sq-cli-telemetry");
+  onnx::ModelProto m = testing::NewModel(17);
+  testing::GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 64});
+  g.Initializer("w", {64, 64}, testing::TestWeights(64 * 64, 3));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  ASSERT_TRUE(testing::SaveModel(m, dir + "/m.onnx").ok());
+  // What ONNX Runtime's telemetry left under `run` (its cache and temp folders).
+  auto traces = [](const std::string& run) {
+    std::vector<std::string> found;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(run)) {
+      found.push_back(e.path().string());
+    }
+    return found;
+  };
+  for (const std::string opt_in : {"", "0"}) {
+    const std::string run = absl::StrCat(dir, "/run", opt_in);
+    std::filesystem::create_directories(run + "/cache");
+    std::filesystem::create_directories(run + "/tmp");
+    const std::string env = opt_in.empty() ? "env -u ORT_DISABLE_TELEMETRY"
+                                           : "env ORT_DISABLE_TELEMETRY=" + opt_in;
+    std::string out;
+    int rc = RunCommand(absl::StrCat(env, " XDG_CACHE_HOME=", run, "/cache TMPDIR=", run, "/tmp ",
+                                     SQ_BINARY_DIR, "/client/sqctl quantize ", dir, "/m.onnx -o ",
+                                     run, "/q.onnx --bits 4 2>&1"),
+                        &out);
+    ASSERT_EQ(rc, 0) << out;
+    ASSERT_THAT(out, HasSubstr("verification: passed in onnxruntime"));
+    const std::vector<std::string> left = traces(run + "/cache");
+    std::vector<std::string> logs;
+    for (const std::string& f : traces(run + "/tmp")) {
+      if (f.find("mat-debug-") != std::string::npos) logs.push_back(f);
+    }
+    if (opt_in.empty()) {
+      EXPECT_THAT(left, ::testing::IsEmpty());
+      EXPECT_THAT(logs, ::testing::IsEmpty());
+    } else {
+      EXPECT_THAT(left, ::testing::Contains(::testing::HasSubstr("Microsoft")))
+          << "the environment opted back in, and this ONNX Runtime writes its device id there";
+      EXPECT_THAT(logs, ::testing::Not(::testing::IsEmpty()));
+    }
+  }
+}
+
 TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
   std::string dir = testing::MakeTempDir("sq-cli");
   onnx::ModelProto m = testing::NewModel(17);

@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -43,7 +44,11 @@ double RssMb() {
 }
 
 Ort::Env& Env() {
-  static Ort::Env* env = new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "sq_bench_infer");
+  static Ort::Env* env = [] {
+    // ONNX Runtime telemetry off, as in sq itself (core/verify/ort_runner.h).
+    ::setenv("ORT_DISABLE_TELEMETRY", "1", /*overwrite=*/0);
+    return new Ort::Env(ORT_LOGGING_LEVEL_ERROR, "sq_bench_infer");
+  }();
   return *env;
 }
 

@@ -1,11 +1,11 @@
 #include "bench/ocr/ocr_eval.h"
 
-#include <cstdlib>
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 
 namespace sq_bench {
@@ -72,7 +72,11 @@ std::string TrimSpaces(const std::string& s) {
 }
 
 Ort::Env& GlobalEnv() {
-  static Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "sq_bench_ocr");
+  static Ort::Env env = [] {
+    // ONNX Runtime telemetry off, as in sq itself (core/verify/ort_runner.h).
+    ::setenv("ORT_DISABLE_TELEMETRY", "1", /*overwrite=*/0);
+    return Ort::Env(ORT_LOGGING_LEVEL_WARNING, "sq_bench_ocr");
+  }();
   return env;
 }
 

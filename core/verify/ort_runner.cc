@@ -1,5 +1,7 @@
 #include "core/verify/ort_runner.h"
 
+#include <stdlib.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -22,7 +24,12 @@ namespace {
 Ort::Env& GlobalEnv() {
   // Function-local static: thread-safe lazy init (C++11 magic statics). Never destroyed, so
   // sessions living in other statics cannot outlive it.
-  static Ort::Env* env = new Ort::Env(ORT_LOGGING_LEVEL_FATAL, "sq");
+  static Ort::Env* env = [] {
+    KeepOrtTelemetryOff();  // read by ONNX Runtime when the first Env is created
+    auto* e = new Ort::Env(ORT_LOGGING_LEVEL_FATAL, "sq");
+    e->DisableTelemetryEvents();
+    return e;
+  }();
   return *env;
 }
 
@@ -197,6 +204,8 @@ absl::StatusOr<std::unique_ptr<Ort::Session>> OpenSession(const OrtModelSource& 
 }
 
 }  // namespace
+
+void KeepOrtTelemetryOff() { ::setenv("ORT_DISABLE_TELEMETRY", "1", /*overwrite=*/0); }
 
 std::string OrtVersion() { return Ort::GetVersionString(); }
 

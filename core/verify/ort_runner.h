@@ -90,6 +90,17 @@ class OrtSession {
 // "1.xx.y", the ONNX Runtime this process runs.
 std::string OrtVersion();
 
+// ONNX Runtime 1.29's Linux build (the one scripts/setup.sh installs) has telemetry on by
+// default: every process that creates an Ort::Env writes a device id and an event store
+// under $XDG_CACHE_HOME (or ~/.cache)/Microsoft and a log file in $TMPDIR, and may send
+// process, session and model events to Microsoft. sq runs ONNX Runtime on its users' models,
+// so it turns that off: this sets ORT_DISABLE_TELEMETRY=1, which ONNX Runtime reads once when
+// its first Env is created, unless the environment already sets ORT_DISABLE_TELEMETRY (an
+// operator who sets it to 0 keeps ONNX Runtime's default). The programs call it first thing
+// in main, before any thread starts (setenv is not safe beside other threads' getenv); the
+// lazily created Env calls it again for library users, where it changes nothing once set.
+void KeepOrtTelemetryOff();
+
 // Just creates a session (proves the model loads in ORT). Returns ORT's error text on failure.
 absl::Status LoadInOrt(const std::string& model_path, const OrtRunOptions& = {});
 

@@ -10,8 +10,10 @@
 #include <cstring>
 
 #include "core/verify/ort_worker.h"
+#include "core/verify/ort_runner.h"
 
 int main(int argc, char** argv) {
+  sq::KeepOrtTelemetryOff();  // inherited from its parent too; see core/verify/ort_runner.h
   // Dies with its parent, even in the middle of a long run (a parent that ends normally
   // closes the socket, and the worker ends at end of stream).
   const pid_t parent = ::getppid();
