@@ -211,6 +211,17 @@ int RunSqctlUnderTime(const std::string& args, const std::string& rss_file, std:
                     output);
 }
 
+// x[?, 64] -> MatMul(w [64, 64]) -> y: one layer to split and quantize.
+absl::Status SaveOneMatMul(const std::string& path) {
+  onnx::ModelProto m = testing::NewModel(17);
+  testing::GraphBuilder g(m.mutable_graph());
+  g.Input("x", {-1, 64});
+  g.Initializer("w", {64, 64}, testing::TestWeights(64 * 64, 3));
+  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+  g.Output("y");
+  return testing::SaveModel(m, path);
+}
+
 // ONNX Runtime 1.29 (scripts/setup.sh's) has telemetry on by default: a process that
 // creates an Env writes a device id and an event store under $XDG_CACHE_HOME/Microsoft and a
 // mat-debug-<pid>.log in $TMPDIR, and may send events about the models it runs. sqctl runs
@@ -219,13 +230,7 @@ int RunSqctlUnderTime(const std::string& args, const std::string& rss_file, std:
 // opts back in, shows that the check sees ONNX Runtime's files when they are written.
 TEST(SqctlBinaryTest, VerificationLeavesNoOnnxRuntimeTelemetryBehind) {
   const std::string dir = testing::MakeTempDir("sq-cli-telemetry");
-  onnx::ModelProto m = testing::NewModel(17);
-  testing::GraphBuilder g(m.mutable_graph());
-  g.Input("x", {-1, 64});
-  g.Initializer("w", {64, 64}, testing::TestWeights(64 * 64, 3));
-  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
-  g.Output("y");
-  ASSERT_TRUE(testing::SaveModel(m, dir + "/m.onnx").ok());
+  ASSERT_TRUE(SaveOneMatMul(dir + "/m.onnx").ok());
   // What ONNX Runtime's telemetry left under `run` (its cache and temp folders).
   auto traces = [](const std::string& run) {
     std::vector<std::string> found;
@@ -265,13 +270,7 @@ TEST(SqctlBinaryTest, VerificationLeavesNoOnnxRuntimeTelemetryBehind) {
 
 TEST(SqctlBinaryTest, QuantizesAndWritesTheReport) {
   std::string dir = testing::MakeTempDir("sq-cli");
-  onnx::ModelProto m = testing::NewModel(17);
-  testing::GraphBuilder g(m.mutable_graph());
-  g.Input("x", {-1, 64});
-  g.Initializer("w", {64, 64}, testing::TestWeights(64 * 64, 3));
-  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
-  g.Output("y");
-  ASSERT_TRUE(testing::SaveModel(m, dir + "/m.onnx").ok());
+  ASSERT_TRUE(SaveOneMatMul(dir + "/m.onnx").ok());
   std::string out;
   int rc = RunSqctl(absl::StrCat("quantize ", dir, "/m.onnx -o ", dir, "/q.onnx --bits 4 --report ",
                                  dir, "/r.json"), &out);
