@@ -80,18 +80,23 @@ Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, 
 // first lock of a mutex made in the constructor reads as racing with the mutex's
 // construction. Each reactor releases this at the end of its constructor (every path: the
 // guard) and acquires it at the start of every gRPC callback, which makes the ordering
-// gRPC guarantees visible; one atomic load per callback.
+// gRPC guarantees visible; one atomic load per callback. The same holds between callbacks:
+// what one callback (or the upload's writer thread) writes before StartRead / StartWrite,
+// the callback that operation completes reads, possibly on another thread; Release() right
+// before the Start call publishes it. A read-modify-write, so that each release adds to what
+// the next acquire sees instead of replacing another thread's release.
 class Published {
  public:
   struct OnExit {
     explicit OnExit(Published* p) : p(p) {}
-    ~OnExit() { p->done_.store(true, std::memory_order_release); }
+    ~OnExit() { p->Release(); }
     Published* p;
   };
-  void Acquire() const { (void)done_.load(std::memory_order_acquire); }
+  void Release() { n_.fetch_add(1, std::memory_order_release); }
+  void Acquire() const { (void)n_.load(std::memory_order_acquire); }
 
  private:
-  std::atomic<bool> done_{false};
+  std::atomic<uint64_t> n_{0};
 };
 
 // ---- UploadModel --------------------------------------------------------------------------
@@ -155,6 +160,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     if (queued_ < BufferLimit()) {
       reading_ = true;
       lock.unlock();
+      published_.Release();
       StartRead(&request_);
     } else {
       paused_ = true;
@@ -234,6 +240,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
     session_ = std::move(*session);
     reading_ = true;
     writer_ = std::thread([this] { Store(); });
+    published_.Release();
     StartRead(&request_);
   }
 
@@ -276,6 +283,7 @@ class UploadReactor final : public grpc::ServerReadReactor<v1::UploadModelReques
         paused_ = false;
         reading_ = true;
         lock.unlock();
+        published_.Release();
         StartRead(&request_);
       }
     }
@@ -390,6 +398,7 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
       *current_.mutable_job() = std::move(pending_);
       has_pending_ = false;
     }
+    published_.Release();
     StartWrite(&current_);
   }
 
@@ -413,7 +422,10 @@ class WatchReactor final : public grpc::ServerWriteReactor<v1::WatchJobResponse>
       }
     }
     if (finish) Finish(status);
-    if (write) StartWrite(&current_);
+    if (write) {
+      published_.Release();
+      StartWrite(&current_);
+    }
   }
 
   void OnCancel() override {
@@ -560,6 +572,7 @@ class DownloadReactor final : public grpc::ServerWriteReactor<v1::DownloadArtifa
     response_.set_data(buffer_.data(), static_cast<size_t>(n));
     position_ += n;
     if (service_->metrics()) service_->metrics()->BytesDownloaded(n);
+    published_.Release();
     StartWrite(&response_);
   }
 
