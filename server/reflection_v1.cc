@@ -7,6 +7,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "grpc/health/v1/health.pb.h"
+#include "server/published.h"
 
 namespace sq::server {
 namespace {
@@ -31,31 +32,43 @@ void NotFound(const std::string& what, ServerReflectionResponse* response) {
   error->set_error_message(what);
 }
 
-// Reads a request, writes its answer, reads the next: one outstanding operation at a time.
+// Reads a request, writes its answer, reads the next: one outstanding operation at a time,
+// each callback possibly on another thread (published_: server/published.h).
 class Reactor final : public grpc::ServerBidiReactor<ServerReflectionRequest, ServerReflectionResponse> {
  public:
-  explicit Reactor(const ReflectionV1Service* service) : service_(service) { StartRead(&request_); }
+  explicit Reactor(const ReflectionV1Service* service) : service_(service) {
+    Published::OnExit publish(&published_);
+    StartRead(&request_);
+  }
 
   void OnReadDone(bool ok) override {
+    published_.Acquire();
     if (!ok) {  // the client closed its side
       Finish(grpc::Status::OK);
       return;
     }
     response_ = service_->Answer(request_);
+    published_.Release();
     StartWrite(&response_);
   }
 
   void OnWriteDone(bool ok) override {
+    published_.Acquire();
     if (!ok) {
       Finish(grpc::Status(grpc::StatusCode::CANCELLED, "reflection stream cancelled"));
       return;
     }
+    published_.Release();
     StartRead(&request_);
   }
 
-  void OnDone() override { delete this; }
+  void OnDone() override {
+    published_.Acquire();
+    delete this;
+  }
 
  private:
+  Published published_;
   const ReflectionV1Service* const service_;
   ServerReflectionRequest request_;
   ServerReflectionResponse response_;

@@ -26,6 +26,7 @@
 #include "google/protobuf/util/time_util.h"
 #include "proto/resource_names.h"
 #include "server/convert.h"
+#include "server/published.h"
 
 namespace sq::server {
 namespace {
@@ -74,30 +75,6 @@ Status CheckModelOwner(const ArtifactStore& store, const std::string& model_id, 
   if (tenant.empty() || store.HasModelOwner(model_id, tenant)) return Status::OK;
   return Status(StatusCode::NOT_FOUND, absl::StrCat("no model ", model_id));
 }
-
-// gRPC hands a reactor from the thread that made it to the threads that run its callbacks
-// through its core, which ThreadSanitizer cannot see (libgrpc is not instrumented), so the
-// first lock of a mutex made in the constructor reads as racing with the mutex's
-// construction. Each reactor releases this at the end of its constructor (every path: the
-// guard) and acquires it at the start of every gRPC callback, which makes the ordering
-// gRPC guarantees visible; one atomic load per callback. The same holds between callbacks:
-// what one callback (or the upload's writer thread) writes before StartRead / StartWrite,
-// the callback that operation completes reads, possibly on another thread; Release() right
-// before the Start call publishes it. A read-modify-write, so that each release adds to what
-// the next acquire sees instead of replacing another thread's release.
-class Published {
- public:
-  struct OnExit {
-    explicit OnExit(Published* p) : p(p) {}
-    ~OnExit() { p->Release(); }
-    Published* p;
-  };
-  void Release() { n_.fetch_add(1, std::memory_order_release); }
-  void Acquire() const { (void)n_.load(std::memory_order_acquire); }
-
- private:
-  std::atomic<uint64_t> n_{0};
-};
 
 // ---- UploadModel --------------------------------------------------------------------------
 
