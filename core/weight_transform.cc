@@ -150,15 +150,15 @@ absl::Status HistogramClusterAndRanges(const WeightView& weight, int64_t n,
   return absl::OkStatus();
 }
 
-// The spec the quantization-aware cut search models each branch's error with: float
-// scales (float16 ones are within 2^-10 of them, and their exponent is known only once the
-// ranges are).
 // The units the cut search's sample budget is spread over: this weight's, or the whole
 // weight's when this is a band of it.
 int64_t SampleUnits(const TransformConfig& config, int64_t units) {
   return config.whole ? config.whole->units : units;
 }
 
+// The spec the quantization-aware cut search models each branch's error with: float
+// scales (float16 ones are within 2^-10 of them, and their exponent is known only once the
+// ranges are).
 QuantSpec CutSearchSpec(const TransformConfig& config) {
   QuantSpec s = config.spec;
   s.half_scales = false;

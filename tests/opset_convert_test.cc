@@ -1,5 +1,4 @@
 // Tests for core/opset_convert (and a smoke test of tests/support/ort_runner).
-#include <unistd.h>
 #include "core/opset_convert.h"
 
 #include <cmath>

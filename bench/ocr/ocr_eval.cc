@@ -1,12 +1,14 @@
 #include "bench/ocr/ocr_eval.h"
 
+#include <cstdlib>
 #include <onnxruntime_cxx_api.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <fstream>
+
+#include "core/verify/ort_runner.h"
 
 namespace sq_bench {
 namespace {
@@ -73,8 +75,7 @@ std::string TrimSpaces(const std::string& s) {
 
 Ort::Env& GlobalEnv() {
   static Ort::Env env = [] {
-    // ONNX Runtime telemetry off, as in sq itself (core/verify/ort_runner.h).
-    ::setenv("ORT_DISABLE_TELEMETRY", "1", /*overwrite=*/0);
+    sq::KeepOrtTelemetryOff();  // as sq itself does (core/verify/ort_runner.h)
     return Ort::Env(ORT_LOGGING_LEVEL_WARNING, "sq_bench_ocr");
   }();
   return env;

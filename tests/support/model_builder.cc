@@ -1,7 +1,5 @@
 #include "tests/support/model_builder.h"
 
-#include <stdlib.h>
-
 #include <cmath>
 #include <cstring>
 #include <fstream>
