@@ -16,6 +16,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/support/hostile_corpus.h"
 #include "tests/support/model_builder.h"
+#include "tests/support/ort_telemetry.h"
 #include "tests/support/sanitizers.h"
 
 namespace sq::cli {
@@ -222,33 +223,20 @@ absl::Status SaveOneMatMul(const std::string& path) {
   return testing::SaveModel(m, path);
 }
 
-// ONNX Runtime 1.29 (scripts/setup.sh's) has telemetry on by default: a process that
-// creates an Env writes a device id and an event store under $XDG_CACHE_HOME/Microsoft and a
-// mat-debug-<pid>.log in $TMPDIR, and may send events about the models it runs. sqctl runs
-// users' models in ONNX Runtime (verification) and must leave none of that behind
-// (core/verify/ort_runner.h: KeepOrtTelemetryOff). The second run, where the environment
-// opts back in, shows that the check sees ONNX Runtime's files when they are written.
+// sqctl runs users' models in ONNX Runtime (verification, in its own process) and must
+// leave none of ONNX Runtime's telemetry behind (tests/support/ort_telemetry.h). The second
+// run, where the environment opts back in, shows that the check sees ONNX Runtime's files
+// when they are written.
 TEST(SqctlBinaryTest, VerificationLeavesNoOnnxRuntimeTelemetryBehind) {
   const std::string dir = testing::MakeTempDir("sq-cli-telemetry");
   ASSERT_TRUE(SaveOneMatMul(dir + "/m.onnx").ok());
-  // What ONNX Runtime's telemetry left under `run` (its cache and temp folders).
-  auto traces = [](const std::string& run) {
-    std::vector<std::string> found;
-    for (const auto& e : std::filesystem::recursive_directory_iterator(run)) {
-      found.push_back(e.path().string());
-    }
-    return found;
-  };
   for (const std::string opt_in : {"", "0"}) {
     const std::string run = absl::StrCat(dir, "/run", opt_in);
     std::filesystem::create_directories(run + "/cache");
     std::filesystem::create_directories(run + "/tmp");
-    // ONNX Runtime also keeps quiet under a CI service's variables (CI=true is set where
-    // this suite runs in CI): clear them, or both runs would pass without sq's part.
-    std::string env =
-        "env -u CI -u TF_BUILD -u GITHUB_ACTIONS -u GITLAB_CI -u CIRCLECI -u TRAVIS -u JENKINS_URL "
-        "-u CODEBUILD_BUILD_ID -u BUILDKITE -u TEAMCITY_VERSION -u APPVEYOR -u BITBUCKET_BUILD_NUMBER ";
-    env += opt_in.empty() ? "-u ORT_DISABLE_TELEMETRY" : "ORT_DISABLE_TELEMETRY=" + opt_in;
+    std::string env = "env";
+    for (const std::string& v : testing::OrtQuietVariables()) absl::StrAppend(&env, " -u ", v);
+    env += opt_in.empty() ? " -u ORT_DISABLE_TELEMETRY" : " ORT_DISABLE_TELEMETRY=" + opt_in;
     std::string out;
     int rc = RunCommand(absl::StrCat(env, " XDG_CACHE_HOME=", run, "/cache TMPDIR=", run, "/tmp ",
                                      SQ_BINARY_DIR, "/client/sqctl quantize ", dir, "/m.onnx -o ",
@@ -256,18 +244,14 @@ TEST(SqctlBinaryTest, VerificationLeavesNoOnnxRuntimeTelemetryBehind) {
                         &out);
     ASSERT_EQ(rc, 0) << out;
     ASSERT_THAT(out, HasSubstr("verification: passed in onnxruntime"));
-    const std::vector<std::string> left = traces(run + "/cache");
-    std::vector<std::string> logs;
-    for (const std::string& f : traces(run + "/tmp")) {
-      if (f.find("mat-debug-") != std::string::npos) logs.push_back(f);
-    }
+    const testing::OrtTelemetryTraces left = testing::FindOrtTelemetryTraces(run + "/cache", run + "/tmp");
     if (opt_in.empty()) {
-      EXPECT_THAT(left, ::testing::IsEmpty());
-      EXPECT_THAT(logs, ::testing::IsEmpty());
+      EXPECT_THAT(left.cache, ::testing::IsEmpty());
+      EXPECT_THAT(left.logs, ::testing::IsEmpty());
     } else {
-      EXPECT_THAT(left, ::testing::Contains(::testing::HasSubstr("Microsoft")))
+      EXPECT_THAT(left.cache, ::testing::Contains(::testing::HasSubstr("Microsoft")))
           << "the environment opted back in, and this ONNX Runtime writes its device id there";
-      EXPECT_THAT(logs, ::testing::Not(::testing::IsEmpty()));
+      EXPECT_THAT(left.logs, ::testing::Not(::testing::IsEmpty()));
     }
   }
 }

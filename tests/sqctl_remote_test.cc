@@ -19,6 +19,7 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/model_builder.h"
+#include "tests/support/ort_telemetry.h"
 #include "tests/support/ort_runner.h"
 
 namespace {
@@ -42,11 +43,19 @@ class SqctlRemoteTest : public ::testing::Test {
   void SetUp() override {
     dir_ = sq::testing::MakeTempDir("sq-sqctl-remote");
     log_ = dir_ + "/server.log";
+    std::filesystem::create_directories(dir_ + "/server-cache");
+    std::filesystem::create_directories(dir_ + "/server-tmp");
     pid_ = fork();
     if (pid_ == 0) {
       int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, 1);
       dup2(fd, 2);
+      // ONNX Runtime's telemetry, were it on, would write here (tests/support/ort_telemetry.h;
+      // the test below checks): the server's and its sq-ort-worker's own folders.
+      for (const std::string& v : sq::testing::OrtQuietVariables()) unsetenv(v.c_str());
+      unsetenv("ORT_DISABLE_TELEMETRY");
+      setenv("XDG_CACHE_HOME", (dir_ + "/server-cache").c_str(), 1);
+      setenv("TMPDIR", (dir_ + "/server-tmp").c_str(), 1);
       std::string server = absl::StrCat(SQ_BINARY_DIR, "/server/sq-server");
       std::string artifacts = absl::StrCat("--artifact_dir=", dir_, "/artifacts");
       execl(server.c_str(), server.c_str(), "--listen=127.0.0.1:0", "--metrics_listen=",
@@ -87,20 +96,25 @@ class SqctlRemoteTest : public ::testing::Test {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
   }
 
+  // x[?, 64] -> MatMul(w [64, 32]) -> y: the model the tests submit.
+  static absl::Status SaveOneMatMul(const std::string& path) {
+    onnx::ModelProto m = sq::testing::NewModel(17);
+    sq::testing::GraphBuilder g(m.mutable_graph());
+    g.Input("x", {-1, 64});
+    g.Initializer("w", {64, 32}, sq::testing::TestWeights(64 * 32, 9));
+    g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
+    g.Output("y");
+    return sq::testing::SaveModel(m, path);
+  }
+
   std::string dir_, log_;
   pid_t pid_ = -1;
   int port_ = 0;
 };
 
 TEST_F(SqctlRemoteTest, SubmitWatchDownloadListStatusAndErrors) {
-  onnx::ModelProto m = sq::testing::NewModel(17);
-  sq::testing::GraphBuilder g(m.mutable_graph());
-  g.Input("x", {-1, 64});
-  g.Initializer("w", {64, 32}, sq::testing::TestWeights(64 * 32, 9));
-  g.Node("MatMul", {"x", "w"}, {"y"}, "fc");
-  g.Output("y");
   const std::string model = dir_ + "/m.onnx";
-  ASSERT_TRUE(sq::testing::SaveModel(m, model).ok());
+  ASSERT_TRUE(SaveOneMatMul(model).ok());
 
   std::string out;
   ASSERT_EQ(Sqctl("health", &out), kExitOk) << out;
@@ -219,6 +233,24 @@ void WriteNpy(const std::string& path, int rows, int cols, float value) {
   f << "\x93NUMPY" << '\x01' << '\x00' << static_cast<char>(header.size() & 0xff)
     << static_cast<char>(header.size() >> 8) << header;
   for (int i = 0; i < rows * cols; ++i) f.write(reinterpret_cast<const char*>(&value), sizeof value);
+}
+
+// The server runs jobs' ONNX Runtime sessions (verification) in its sq-ort-worker; neither
+// may leave ONNX Runtime's telemetry behind (tests/support/ort_telemetry.h). SetUp gave the
+// server its own XDG_CACHE_HOME and TMPDIR, without ORT_DISABLE_TELEMETRY or CI variables.
+TEST_F(SqctlRemoteTest, TheServerAndItsOrtWorkerLeaveNoOnnxRuntimeTelemetryBehind) {
+  const std::string model = dir_ + "/m.onnx";
+  ASSERT_TRUE(SaveOneMatMul(model).ok());
+  std::string out;
+  ASSERT_EQ(Sqctl(absl::StrCat("submit ", model, " --bits 4 -o ", dir_, "/m.q.onnx"), &out), kExitOk) << out;
+  ASSERT_EQ(Sqctl("list --json", &out), kExitOk) << out;
+  const std::string job = nlohmann::json::parse(out)["jobs"][0]["job_id"];
+  ASSERT_EQ(Sqctl("report " + job + " --json", &out), kExitOk) << out;
+  ASSERT_EQ(nlohmann::json::parse(out)["verification"]["status"], "passed") << out;
+  const sq::testing::OrtTelemetryTraces left =
+      sq::testing::FindOrtTelemetryTraces(dir_ + "/server-cache", dir_ + "/server-tmp");
+  EXPECT_THAT(left.cache, ::testing::IsEmpty());
+  EXPECT_THAT(left.logs, ::testing::IsEmpty());
 }
 
 TEST_F(SqctlRemoteTest, SubmitUploadsCalibrationSamplesWithTheModel) {
